@@ -1,0 +1,49 @@
+"""Alembic environment: async, one transaction, serialised across replicas by an advisory lock."""
+
+from __future__ import annotations
+
+import asyncio
+
+import sqlalchemy as sa
+from alembic import context
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.tables import metadata
+
+# Any constant works; it only has to be the same for every replica of this service.
+MIGRATION_LOCK_KEY = 0x646C72  # "dlr"
+
+
+def _run(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=metadata, compare_type=True)
+    with context.begin_transaction():
+        # Replicas starting together wait here instead of racing; released at commit.
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        connection.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+        context.run_migrations()
+
+
+async def _run_async(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_run)
+    finally:
+        await engine.dispose()
+
+
+def _url() -> str:
+    url = context.config.attributes.get("database_url") or context.config.get_main_option(
+        "sqlalchemy.url")
+    if not url:
+        raise SystemExit("no database URL: use `dlr-reconciler migrate` or set sqlalchemy.url")
+    return str(url)
+
+
+if context.is_offline_mode():
+    context.configure(url=_url(), target_metadata=metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    asyncio.run(_run_async(_url()))

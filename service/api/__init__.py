@@ -1,0 +1,1 @@
+"""Thin HTTP handlers: read, verify, decode, call one function, return."""

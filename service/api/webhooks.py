@@ -1,0 +1,154 @@
+"""POST /webhooks/{source}: verify the raw body, keep it, merge its reports, then answer.
+
+Verification follows the source's `[sources.webhook]` table: HTTP Basic, a static header
+token, or Standard Webhooks signatures (HMAC-SHA256 over "id.timestamp.body").
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import logging
+import time
+from collections.abc import Mapping
+
+from litestar import Request, post
+from litestar.datastructures import State
+from litestar.response import Response
+
+from service.config import InfobipSource, Source, WebhookConfig
+from service.errors import BadRequest, ConfigError, Forbidden, NotFound, Unauthorized
+from service.ingest import Envelope, Ingestor
+from service.providers import infobip
+
+log = logging.getLogger(__name__)
+
+
+def _secret_key(secret: str) -> bytes:
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except binascii.Error:
+        raise ConfigError("standard_webhooks.secrets: a secret is not base64 "
+                          "(expected whsec_<base64>)") from None
+
+
+def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` value a Standard Webhooks sender puts on this body."""
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_secret_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+class Gate:
+    """Decides whether one request may deliver reports for one source."""
+
+    def __init__(self, name: str, hook: WebhookConfig) -> None:
+        self.name = name
+        self.hook = hook
+        self.networks = [ipaddress.ip_network(c, strict=False) for c in hook.allow_ips]
+        if hook.basic:
+            self.basic = f"{hook.basic.username}:{hook.basic.password}".encode()
+        if hook.standard_webhooks:
+            self.keys = [_secret_key(s) for s in hook.standard_webhooks.secrets if s]
+
+    def check(self, headers: Mapping[str, str], client_ip: str | None, body: bytes) -> None:
+        if self.networks and not self._allowed(client_ip):
+            raise Forbidden("source address not allowed")
+        hook = self.hook
+        if hook.basic:
+            self._check_basic(headers.get("authorization", ""))
+        elif hook.token:
+            presented = headers.get(hook.token.header.lower(), "").encode()
+            if not hmac.compare_digest(presented, hook.token.value.encode()):
+                raise Unauthorized("missing or wrong webhook token")
+        elif hook.standard_webhooks:
+            self._check_signature(headers, body, hook.standard_webhooks.tolerance_s)
+
+    def _allowed(self, client_ip: str | None) -> bool:
+        try:
+            address = ipaddress.ip_address(client_ip or "")
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    def _check_basic(self, authorization: str) -> None:
+        scheme, _, encoded = authorization.partition(" ")
+        try:
+            presented = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            presented = b""
+        if scheme.lower() != "basic" or not hmac.compare_digest(presented, self.basic):
+            raise Unauthorized("missing or wrong basic credentials")
+
+    def _check_signature(self, headers: Mapping[str, str], body: bytes, tolerance_s: int) -> None:
+        msg_id = headers.get("webhook-id")
+        stamp = headers.get("webhook-timestamp")
+        signatures = headers.get("webhook-signature")
+        if not (msg_id and stamp and signatures):
+            raise Unauthorized("missing webhook-id, webhook-timestamp or webhook-signature")
+        try:
+            timestamp = int(stamp)
+        except ValueError:
+            raise Unauthorized("webhook-timestamp is not a number") from None
+        if abs(time.time() - timestamp) > tolerance_s:
+            raise Unauthorized("webhook-timestamp outside the accepted window")
+        signed = f"{msg_id}.{timestamp}.".encode() + body
+        expected = [base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
+                    for key in self.keys]
+        for candidate in signatures.split():
+            version, _, value = candidate.partition(",")
+            if version == "v1" and any(hmac.compare_digest(value.encode(), e) for e in expected):
+                return
+        raise Unauthorized("no valid webhook signature")
+
+
+def build_gates(sources: Mapping[str, Source]) -> dict[str, Gate]:
+    """Gates for the sources that can receive pushes; a disabled or unset webhook has none."""
+    gates: dict[str, Gate] = {}
+    for name, source in sources.items():
+        hook = source.webhook
+        if hook is None or not isinstance(source, InfobipSource):
+            continue
+        if reason := hook.disabled_reason:
+            log.warning("webhook disabled", extra={"source": name, "reason": reason})
+            continue
+        if not (hook.basic or hook.token or hook.standard_webhooks or hook.unauthenticated):
+            continue
+        if hook.unauthenticated:
+            log.warning("webhook accepts unauthenticated pushes", extra={"source": name})
+        gates[name] = Gate(name, hook)
+    return gates
+
+
+@post("/webhooks/{source:str}", status_code=200, tags=["webhooks"],
+      summary="Receive an Infobip-compatible delivery report push")
+async def receive_reports(source: str, request: Request[None, None, State]) -> Response[object]:
+    gate: Gate | None = request.app.state.gates.get(source)
+    if gate is None:
+        raise NotFound(f"no webhook for source {source!r}")
+    body = await request.body()
+    gate.check(request.headers, request.client.host if request.client else None, body)
+    envelope = _decode(source, body, request.headers.get("content-type"))
+    ingestor: Ingestor = request.app.state.ingestor
+    await ingestor.ingest(envelope)
+    rejected = [{"index": r.index, "message_id": r.message_id, "reason": r.reason}
+                for r in envelope.rejections]
+    if envelope.error is not None or not envelope.reports and rejected:
+        detail = {"rejected": rejected} if rejected else None
+        raise BadRequest(envelope.error or "no usable report in the body", detail=detail)
+    return Response({"accepted": len(envelope.reports), "rejected": rejected})
+
+
+def _decode(source: str, body: bytes, content_type: str | None) -> Envelope:
+    """Decode in memory; whatever goes wrong, the body is kept with the reason."""
+    try:
+        reports, rejections = infobip.decode_reports(source, body)
+    except BadRequest as exc:
+        return Envelope(source, "push", body, content_type, error=exc.message)
+    except Exception as exc:  # a decoder bug must not lose the body
+        log.exception("decoder failed", extra={"source": source})
+        return Envelope(source, "push", body, content_type, error=f"decoder error: {exc!r}")
+    return Envelope(source, "push", body, content_type, reports, rejections)

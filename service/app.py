@@ -1,0 +1,86 @@
+"""create_app(settings, url) → Litestar; the lifespan owns the engine and the ingest writers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from service import db
+from service.api import messages, ops, webhooks
+from service.api.auth import TokenBook
+from service.config import Settings
+from service.errors import DatabaseUnavailable, ServiceError
+from service.ingest import IngestFailed, Ingestor
+
+log = logging.getLogger(__name__)
+
+
+def _error(status: int, message: str, detail: object = None,
+           headers: dict[str, str] | None = None) -> Response[dict[str, object]]:
+    return Response({"error": message, "detail": detail}, status_code=status, headers=headers)
+
+
+def _service_error(_: Request[None, None, State], exc: ServiceError) -> Response[dict[str, object]]:
+    headers = None
+    if isinstance(exc, DatabaseUnavailable):
+        headers = {"Retry-After": str(exc.retry_after_s)}
+    return _error(exc.status_code, exc.message, exc.detail, headers)
+
+
+def _http_error(_: Request[None, None, State], exc: HTTPException) -> Response[dict[str, object]]:
+    detail = exc.extra if exc.extra else None
+    return _error(exc.status_code, exc.detail, detail, exc.headers)
+
+
+def _ingest_failed(_: Request[None, None, State], exc: IngestFailed) -> Response[dict[str, object]]:
+    return _error(500, "internal error; the body was kept and can be replayed")
+
+
+def _unexpected(_: Request[None, None, State], exc: Exception) -> Response[dict[str, object]]:
+    if db.is_unavailable(exc):
+        return _error(503, "database unavailable", headers={"Retry-After": "5"})
+    log.exception("unhandled error", exc_info=exc)
+    return _error(500, "internal error")
+
+
+def create_app(settings: Settings, database_url: str) -> Litestar:
+    """The web application; nothing connects until its lifespan starts."""
+    gates = webhooks.build_gates(settings.sources)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = db.create_engine(database_url, settings.db_timeout_s)
+        ingestor = Ingestor(engine, timeout_s=settings.db_timeout_s * 3)
+        app.state.engine = engine
+        app.state.ingestor = ingestor
+        await ingestor.start()
+        try:
+            yield
+        finally:
+            await ingestor.stop()
+            await engine.dispose()
+
+    return Litestar(
+        route_handlers=[webhooks.receive_reports, messages.get_message, messages.list_messages,
+                        ops.live, ops.ready],
+        lifespan=[lifespan],
+        state=State({"settings": settings, "gates": gates, "tokens": TokenBook(settings.api_tokens),
+                     "head_revision": db.head_revision()}),
+        exception_handlers={
+            ServiceError: _service_error,
+            HTTPException: _http_error,
+            IngestFailed: _ingest_failed,
+            Exception: _unexpected,
+        },
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="dlr-reconciler", version="0.1.0", path="/schema",
+                                     render_plugins=[SwaggerRenderPlugin()]),
+        debug=False,
+    )

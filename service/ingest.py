@@ -1,0 +1,147 @@
+"""Raw body → inbox row + merged reports, in one transaction, shared by push and pull.
+
+Concurrent callers are coalesced: whatever arrives while a transaction is being
+written goes into the next one (group commit). Each caller still returns only after
+the transaction holding its body has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import db, store
+from service.errors import DatabaseUnavailable
+from service.providers import Rejection, Report
+
+log = logging.getLogger(__name__)
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    """One received body, already decoded in memory (decoding never touches the database)."""
+
+    source: str
+    channel: str
+    body: bytes
+    content_type: str | None
+    reports: Sequence[Report] = ()
+    rejections: Sequence[Rejection] = ()
+    error: str | None = None  # the whole body was unusable
+
+    def inbox_row(self, failure: str | None = None) -> store.InboxRow:
+        if failure is not None:
+            state, reason = "failed", failure
+        elif self.error is not None:
+            state, reason = "rejected", self.error
+        elif self.rejections:
+            state = "partial" if self.reports else "rejected"
+            reason = msgspec.json.encode(self.rejections).decode()
+        else:
+            state, reason = "accepted", None
+        return store.InboxRow(self.source, self.channel, self.content_type, self.body, state,
+                              len(self.reports), len(self.rejections), reason)
+
+
+class IngestFailed(Exception):
+    """A bug stopped the merge; the raw body was still stored (state 'failed') for replay."""
+
+
+class Ingestor:
+    """Writes envelopes with group commit; `writers` transactions may run at once."""
+
+    def __init__(self, engine: AsyncEngine, *, writers: int = 2, max_batch_reports: int = 5000,
+                 timeout_s: float = 15.0) -> None:
+        self._engine = engine
+        self._queue: asyncio.Queue[tuple[Envelope, asyncio.Future[None]]] = asyncio.Queue()
+        self._writers = writers
+        self._max_batch_reports = max_batch_reports
+        self._timeout_s = timeout_s
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._run(), name=f"ingest-writer-{i}")
+                       for i in range(self._writers)]
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the writers."""
+        await self._queue.join()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def ingest(self, envelope: Envelope) -> None:
+        """Store and merge one envelope; return once its transaction has committed.
+
+        Raises DatabaseUnavailable (nothing acknowledged) or IngestFailed (body kept).
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((envelope, future))
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
+        except TimeoutError:
+            raise DatabaseUnavailable("database did not answer in time") from None
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            size = len(batch[0][0].reports)
+            while size < self._max_batch_reports and not self._queue.empty():
+                item = self._queue.get_nowait()
+                batch.append(item)
+                size += len(item[0].reports)
+            try:
+                await self._write_batch(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _write_batch(self, batch: list[tuple[Envelope, asyncio.Future[None]]]) -> None:
+        try:
+            await write(self._engine, [envelope for envelope, _ in batch])
+        except DatabaseUnavailable as exc:
+            for _, future in batch:
+                _settle(future, exc=exc)
+            return
+        except Exception:
+            if len(batch) == 1:
+                await self._keep_failed(*batch[0])
+            else:  # find the one that fails; the others still go through
+                for item in batch:
+                    await self._write_batch([item])
+            return
+        for _, future in batch:
+            _settle(future)
+
+    async def _keep_failed(self, envelope: Envelope, future: asyncio.Future[None]) -> None:
+        log.exception("merge failed; raw body kept for replay", extra={"source": envelope.source})
+        try:
+            async with db.transaction(self._engine) as conn:
+                await store.insert_inbox(conn, [envelope.inbox_row(failure="merge failed")])
+        except Exception as exc:
+            _settle(future, exc=exc if isinstance(exc, DatabaseUnavailable) else IngestFailed())
+            return
+        _settle(future, exc=IngestFailed())
+
+
+def _settle(future: asyncio.Future[None], *, exc: BaseException | None = None) -> None:
+    if future.done():  # the caller gave up waiting
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(None)
+
+
+async def write(engine: AsyncEngine, envelopes: Sequence[Envelope]) -> int:
+    """One transaction: every body into the inbox, every report merged, per channel."""
+    async with db.transaction(engine) as conn:
+        await store.insert_inbox(conn, [e.inbox_row() for e in envelopes])
+        changed = 0
+        for channel in sorted({e.channel for e in envelopes}):
+            reports = [r for e in envelopes if e.channel == channel for r in e.reports]
+            changed += await store.merge_reports(conn, reports, channel)
+    return changed

@@ -1,0 +1,135 @@
+"""Pure reconciliation rules: status groups, normalisation and the merge. No IO.
+
+The merge is a join over a total order of observations, so the merged row does not
+depend on arrival order or on duplicates (commutative, associative, idempotent):
+
+* the state (status, done_at, error, provider status) comes from the greatest
+  observation by `order_key`: final above pending, then the later `done_at`, then the
+  status id, then the content hash;
+* each descriptive field (recipient, bulk, sender, parts, price, ...) is the greatest
+  non-null value seen, so it fills in, is never blanked by a null, and resolves a
+  disagreement between reports the same way whatever the order.
+
+`store.upsert_messages` mirrors these rules in SQL; tests hold the two to each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+import phonenumbers
+
+from service.providers import Report
+
+PENDING = "PENDING"
+FINAL_GROUPS = frozenset({"DELIVERED", "UNDELIVERABLE", "EXPIRED", "REJECTED"})
+INFOBIP_GROUPS = {1: PENDING, 2: "UNDELIVERABLE", 3: "DELIVERED", 4: "EXPIRED", 5: "REJECTED"}
+
+STATE_FIELDS = (
+    "status", "final", "status_id", "status_name", "status_description", "done_at",
+    "error_group_id", "error_group_name", "error_id", "error_name", "error_permanent",
+    "obs_hash",
+)
+DESCRIPTIVE_FIELDS = (
+    "to", "bulk_id", "sender", "callback_data", "sent_at", "sms_count", "mcc_mnc",
+    "operator", "text",
+)
+PRICE_FIELDS = ("price_amount", "price_currency")
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def status_group(group_name: str | None, group_id: int | None) -> str:
+    """The common status group for a provider's group name/id; unknown names are kept."""
+    name = (group_name or "").strip().upper()
+    if name == PENDING or name in FINAL_GROUPS:
+        return name
+    if group_id in INFOBIP_GROUPS:
+        return INFOBIP_GROUPS[group_id]
+    return name or PENDING
+
+
+def is_final(group: str) -> bool:
+    return group in FINAL_GROUPS
+
+
+def e164(number: str, default_region: str | None = None) -> str:
+    """E.164 for a recipient when it parses as a possible number, else the input unchanged.
+
+    Digits without '+' are read as international unless a default region is given
+    (Infobip sends "41793026727"; DiceSMS sends national numbers for its region).
+    """
+    raw = number.strip()
+    text = raw if raw.startswith("+") or default_region else f"+{raw}"
+    try:
+        parsed = phonenumbers.parse(text, default_region)
+    except phonenumbers.NumberParseException:
+        return raw
+    if not phonenumbers.is_possible_number(parsed):
+        return raw
+    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+def utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(UTC) if value is not None else None
+
+
+def money(value: Decimal | None) -> Decimal | None:
+    """One spelling per amount ("0.010" and "0.01" are the same price)."""
+    if value is None:
+        return None
+    normal = value.normalize()
+    return normal.quantize(Decimal(1)) if normal == normal.to_integral() else normal
+
+
+def observation(**fields: Any) -> Report:
+    """A Report with its normalised final flag and its content hash filled in."""
+    fields["final"] = is_final(fields["status"])
+    fields["obs_hash"] = b""
+    draft = Report(**fields)
+    content = msgspec.msgpack.encode(msgspec.structs.astuple(draft))
+    return msgspec.structs.replace(draft, obs_hash=hashlib.sha256(content).digest()[:16])
+
+
+def order_key(report: Report) -> tuple[bool, datetime, int, bytes]:
+    """The total order of observations; the greatest one carries the merged state."""
+    done = report.done_at if report.done_at is not None else _NEVER
+    status_id = report.status_id if report.status_id is not None else -1
+    return (report.final, done, status_id, report.obs_hash)
+
+
+def _greatest(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+def merge(current: Report | None, incoming: Report) -> Report:
+    """Join two observations of one message (or a merged row and an observation)."""
+    if current is None:
+        return incoming
+    winner = incoming if order_key(incoming) > order_key(current) else current
+    fill = {f: _greatest(getattr(current, f), getattr(incoming, f)) for f in DESCRIPTIVE_FIELDS}
+    prices = [(r.price_amount, r.price_currency or "") for r in (current, incoming)
+              if r.price_amount is not None]
+    if prices:
+        amount, currency = max(prices)
+        fill["price_amount"], fill["price_currency"] = amount, currency or None
+    else:
+        fill["price_amount"] = fill["price_currency"] = None
+    return msgspec.structs.replace(winner, **fill)
+
+
+def merge_all(reports: Iterable[Report]) -> list[Report]:
+    """Fold reports per (source, message_id), sorted by that key (a stable lock order)."""
+    merged: dict[tuple[str, str], Report] = {}
+    for report in reports:
+        key = (report.source, report.message_id)
+        merged[key] = merge(merged.get(key), report)
+    return [merged[key] for key in sorted(merged)]

@@ -1,0 +1,93 @@
+"""The schema, as SQLAlchemy Core tables; Alembic migrations create exactly this.
+
+Text columns that take part in comparisons use the "C" collation, so that PostgreSQL
+orders them by code point as Python does (the merge rule is evaluated in both).
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+CText = sa.Text(collation="C")
+Timestamp = sa.DateTime(timezone=True)
+
+messages_seq = sa.Sequence("messages_seq", metadata=metadata)
+
+inbox = sa.Table(
+    "inbox",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("source", CText, nullable=False),
+    sa.Column("channel", CText, nullable=False),  # push | pull
+    sa.Column("received_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.Column("content_type", sa.Text),
+    sa.Column("body", sa.LargeBinary, nullable=False),
+    # accepted | partial (some reports rejected) | rejected (nothing usable) | failed (bug)
+    sa.Column("state", CText, nullable=False),
+    sa.Column("accepted", sa.Integer, nullable=False),
+    sa.Column("rejected", sa.Integer, nullable=False),
+    sa.Column("reason", sa.Text),
+)
+sa.Index("ix_inbox_source_received_at", inbox.c.source, inbox.c.received_at)
+sa.Index("ix_inbox_rejected", inbox.c.id, postgresql_where=inbox.c.state != "accepted")
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("source", CText, primary_key=True),
+    sa.Column("message_id", CText, primary_key=True),
+    sa.Column("status", CText, nullable=False),
+    sa.Column("final", sa.Boolean, nullable=False),
+    sa.Column("obs_hash", sa.LargeBinary, nullable=False),
+    sa.Column("status_id", sa.Integer),
+    sa.Column("status_name", sa.Text),
+    sa.Column("status_description", sa.Text),
+    sa.Column("done_at", Timestamp),
+    sa.Column("error_group_id", sa.Integer),
+    sa.Column("error_group_name", sa.Text),
+    sa.Column("error_id", sa.Integer),
+    sa.Column("error_name", sa.Text),
+    sa.Column("error_permanent", sa.Boolean),
+    sa.Column("to", CText),
+    sa.Column("bulk_id", CText),
+    sa.Column("sender", CText),
+    sa.Column("callback_data", CText),
+    sa.Column("sent_at", Timestamp),
+    sa.Column("sms_count", sa.Integer),
+    sa.Column("price_amount", sa.Numeric),
+    sa.Column("price_currency", CText),
+    sa.Column("mcc_mnc", CText),
+    sa.Column("operator", CText),
+    sa.Column("text", CText),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),
+)
+sa.Index("ix_messages_seq", messages.c.seq)
+sa.Index("ix_messages_to", messages.c.to)
+sa.Index("ix_messages_source_bulk_id", messages.c.source, messages.c.bulk_id)
+sa.Index("ix_messages_source_callback_data", messages.c.source, messages.c.callback_data)
+
+# Every distinct observation of a message, once per channel it arrived through.
+message_history = sa.Table(
+    "message_history",
+    metadata,
+    sa.Column("source", CText, primary_key=True),
+    sa.Column("message_id", CText, primary_key=True),
+    sa.Column("obs_hash", sa.LargeBinary, primary_key=True),
+    sa.Column("channel", CText, primary_key=True),
+    sa.Column("status", CText, nullable=False),
+    sa.Column("status_id", sa.Integer),
+    sa.Column("status_name", sa.Text),
+    sa.Column("done_at", Timestamp),
+    sa.Column("observed_at", Timestamp, nullable=False, server_default=sa.func.now()),
+)
