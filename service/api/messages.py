@@ -9,7 +9,7 @@ from typing import Annotated
 import msgspec
 from litestar import get
 from litestar.datastructures import State
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, QueryParameter
 
 from service import db, reconcile, store
 from service.api.auth import require_scope
@@ -32,7 +32,7 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 @get("/v1/messages/{source:str}/{message_id:str}", guards=[require_scope], opt={"scope": "read"},
      tags=["messages"], summary="One message's merged state")
-async def get_message(source: str, message_id: str, state: State) -> Message:
+async def get_message(source: FromPath[str], message_id: FromPath[str], state: State) -> Message:
     async with db.transaction(state.engine) as conn:
         row = await store.get_message(conn, source, message_id)
     if row is None:
@@ -44,13 +44,13 @@ async def get_message(source: str, message_id: str, state: State) -> Message:
      summary="Messages matching filters, in (source, message_id) order, keyset-paginated")
 async def list_messages(
     state: State,
-    source: str | None = None,
-    status: str | None = None,
-    to: str | None = None,
-    bulk_id: str | None = None,
-    callback_data: str | None = None,
-    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-    cursor: str | None = None,
+    source: FromQuery[str | None] = None,
+    status: FromQuery[str | None] = None,
+    to: FromQuery[str | None] = None,
+    bulk_id: FromQuery[str | None] = None,
+    callback_data: FromQuery[str | None] = None,
+    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+    cursor: FromQuery[str | None] = None,
 ) -> MessagePage:
     filters = {"source": source, "status": status and status.upper(),
                "to": to and reconcile.e164(to), "bulk_id": bulk_id,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 
 from litestar import Request, post
+from litestar.params import FromPath
 from litestar.datastructures import State
 from litestar.response import Response
 
@@ -125,7 +126,7 @@ def build_gates(sources: Mapping[str, Source]) -> dict[str, Gate]:
 
 @post("/webhooks/{source:str}", status_code=200, tags=["webhooks"],
       summary="Receive an Infobip-compatible delivery report push")
-async def receive_reports(source: str, request: Request[None, None, State]) -> Response[object]:
+async def receive_reports(source: FromPath[str], request: Request[None, None, State]) -> Response[object]:
     gate: Gate | None = request.app.state.gates.get(source)
     if gate is None:
         raise NotFound(f"no webhook for source {source!r}")

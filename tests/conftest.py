@@ -1,0 +1,123 @@
+"""Real PostgreSQL for every test: the local server when it answers, else an embedded one.
+
+One database per test session, built by the real migrations; every test starts with
+empty tables (TRUNCATE is much cheaper than a database per test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import db
+from service.app import create_app
+from service.config import (
+    ApiToken,
+    BasicAuth,
+    InfobipSource,
+    Settings,
+    StandardWebhooksAuth,
+    TokenAuth,
+    WebhookConfig,
+)
+
+PAYLOADS = Path(__file__).parent / "payloads"
+SERVER_URL = os.environ.get("DLR_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+SW_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+READ_TOKEN, WRITE_TOKEN, ADMIN_TOKEN = "read-token", "write-token", "admin-token"
+
+
+def _server_answers(url: str) -> bool:
+    async def probe() -> bool:
+        try:
+            conn = await asyncpg.connect(url, timeout=3)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return False
+        await conn.close()
+        return True
+
+    return asyncio.run(probe())
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A PostgreSQL server URL (asyncpg spelling): local if it answers, else embedded."""
+    if _server_answers(SERVER_URL):
+        return SERVER_URL
+    return db.start_embedded(tmp_path_factory.mktemp("embedded")).replace("+asyncpg", "")
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    """A fresh migrated database for this test session (SQLAlchemy asyncpg URL)."""
+    name = f"dlr_test_{secrets.token_hex(4)}"
+    base, _, query = server_url.partition("?")
+    url = f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    sa_url = db.asyncpg_url(url)
+    db.migrate(sa_url)
+    yield sa_url
+    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = db.create_engine(database_url)
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("TRUNCATE inbox, messages, message_history RESTART IDENTITY")
+        await conn.exec_driver_sql("ALTER SEQUENCE messages_seq RESTART")
+    yield engine
+    await engine.dispose()
+
+
+def make_settings(**overrides: object) -> Settings:
+    sources = {
+        "ib": InfobipSource("ib", "http://127.0.0.1:1", webhook=WebhookConfig(
+            basic=BasicAuth("hook", "hook-password"))),
+        "ib-token": InfobipSource("ib-token", "http://127.0.0.1:1", webhook=WebhookConfig(
+            token=TokenAuth("token-value", header="X-Webhook-Token"))),
+        "ib-signed": InfobipSource("ib-signed", "http://127.0.0.1:1", webhook=WebhookConfig(
+            standard_webhooks=StandardWebhooksAuth(["whsec_b2xkLXNlY3JldA==", SW_SECRET]))),
+        "ib-open": InfobipSource("ib-open", "http://127.0.0.1:1", webhook=WebhookConfig(
+            unauthenticated=True)),
+        "ib-nohook": InfobipSource("ib-nohook", "http://127.0.0.1:1"),
+        "ib-empty": InfobipSource("ib-empty", "http://127.0.0.1:1", webhook=WebhookConfig(
+            basic=BasicAuth("hook", ""))),
+        "ib-fenced": InfobipSource("ib-fenced", "http://127.0.0.1:1", webhook=WebhookConfig(
+            unauthenticated=True, allow_ips=["10.0.0.0/8"])),
+    }
+    tokens = (ApiToken(READ_TOKEN, ["read"]), ApiToken(WRITE_TOKEN, ["write"]),
+              ApiToken(ADMIN_TOKEN, ["read", "write", "admin"]))
+    values: dict[str, object] = {"sources": sources, "api_tokens": tokens, "db_timeout_s": 2.0}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def client(engine: AsyncEngine, database_url: str) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    app = create_app(make_settings(), database_url)
+    async with AsyncTestClient(app=app) as test_client:
+        yield test_client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
