@@ -87,8 +87,11 @@ def money(value: Decimal | None) -> Decimal | None:
 
 
 def observation(**fields: Any) -> Report:
-    """A Report with its normalised final flag and its content hash filled in."""
+    """A Report with its final flag, canonical price and content hash filled in."""
     fields["final"] = is_final(fields["status"])
+    fields["price_amount"] = money(fields.get("price_amount"))
+    if fields["price_amount"] is None:  # a currency alone prices nothing
+        fields["price_currency"] = None
     fields["obs_hash"] = b""
     draft = Report(**fields)
     content = msgspec.msgpack.encode(msgspec.structs.astuple(draft))

@@ -124,7 +124,7 @@ def to_report(source: str, wire: SentSmsReport) -> Report:
         callback_data=wire.callbackData or None,
         sent_at=reconcile.utc(wire.sentAt),
         sms_count=wire.smsCount,
-        price_amount=reconcile.money(amount),
-        price_currency=(wire.price.currency or None) if wire.price and amount is not None else None,
+        price_amount=amount,
+        price_currency=(wire.price.currency or None) if wire.price else None,
         mcc_mnc=wire.mccMnc or None,
     )

@@ -1,0 +1,164 @@
+"""The database going away: 503 with Retry-After in bounded time, then recovery without restart."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import threading
+from collections.abc import Coroutine, Iterator
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import sqlalchemy as sa
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.app import create_app
+from service.tables import messages
+from tests.conftest import READ_TOKEN, free_port, make_settings
+from tests.reports import body, report
+
+BASIC = {"Authorization": "Basic " + base64.b64encode(b"hook:hook-password").decode()}
+
+
+class FaultyProxy:
+    """A TCP proxy in front of PostgreSQL that can refuse, or swallow, all traffic.
+
+    It runs its own event loop in a thread: the test client runs the app in another
+    thread and blocks the test's loop while a request is in flight.
+    """
+
+    def __init__(self, target_url: str) -> None:
+        parts = urlsplit(target_url)
+        socket_dir = parse_qs(parts.query).get("host", [""])[0]
+        self.unix_path = f"{socket_dir}/.s.PGSQL.{parts.port or 5432}" if socket_dir else None
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self.port = free_port()
+        self.mode = "up"
+        self.server: asyncio.Server | None = None
+        self.open: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, database_url: str) -> str:
+        parts = urlsplit(database_url)
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}{parts.path}"
+
+    def _call(self, coro: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=5)
+
+    def up(self) -> None:
+        self._call(self._up())
+
+    def down(self, mode: str = "refuse") -> None:
+        """refuse: connections are reset and the port closed; blackhole: nothing answers."""
+        self._call(self._down(mode))
+
+    def close(self) -> None:
+        self.down()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+
+    async def _up(self) -> None:
+        self.mode = "up"
+        if self.server is None:
+            self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+
+    async def _down(self, mode: str) -> None:
+        self.mode = mode
+        if mode == "refuse":
+            if self.server is not None:
+                self.server.close()
+                self.server = None
+            for writer in list(self.open):
+                writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open.add(writer)
+        try:
+            if self.unix_path:
+                up_reader, up_writer = await asyncio.open_unix_connection(self.unix_path)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self.target)
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        except OSError:
+            pass
+        finally:
+            self.open.discard(writer)
+            writer.transport.abort()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                while self.mode == "blackhole":
+                    await asyncio.sleep(0.05)
+                if self.mode != "up":
+                    break
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.transport.abort()
+
+
+@pytest.fixture
+def proxy(server_url: str) -> Iterator[FaultyProxy]:
+    proxy = FaultyProxy(server_url)
+    proxy.up()
+    yield proxy
+    proxy.close()
+
+
+async def _push(client: AsyncTestClient, message_id: str) -> int:  # type: ignore[type-arg]
+    response = await client.post(f"/webhooks/ib", content=body(report(message_id)), headers=BASIC)
+    if response.status_code == 503:
+        assert int(response.headers["retry-after"]) > 0
+        assert response.json()["error"]
+    return int(response.status_code)
+
+
+@pytest.mark.parametrize("mode", ["refuse", "blackhole"])
+async def test_outage_gives_503_then_recovers(engine: AsyncEngine, database_url: str,
+                                              proxy: FaultyProxy, mode: str) -> None:
+    app = create_app(make_settings(db_timeout_s=1.0), proxy.url(database_url))
+    acknowledged = []
+    async with AsyncTestClient(app=app) as client:
+        assert await _push(client, "before") == 200
+        acknowledged.append("before")
+
+        proxy.down(mode)
+        started = time.monotonic()
+        assert await _push(client, "during") == 503
+        assert time.monotonic() - started < 10, "a dead database must not hang requests"
+        assert (await client.get("/health/ready")).status_code == 503
+        read = await client.get("/v1/messages/ib/before",
+                                headers={"Authorization": f"Bearer {READ_TOKEN}"})
+        assert read.status_code == 503
+
+        proxy.up()
+        deadline = time.monotonic() + 10
+        status = 0
+        while time.monotonic() < deadline:
+            status = await _push(client, "after")
+            if status == 200:
+                break
+            await asyncio.sleep(0.2)
+        assert status == 200, "service did not recover after the database came back"
+        acknowledged.append("after")
+        assert (await client.get("/health/ready")).status_code == 200
+
+    async with engine.connect() as conn:
+        stored = set((await conn.execute(sa.select(messages.c.message_id))).scalars())
+    assert set(acknowledged) <= stored
+
+
+async def test_closed_port_gives_503(engine: AsyncEngine) -> None:
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
+    app = create_app(make_settings(db_timeout_s=1.0), url)
+    async with AsyncTestClient(app=app) as client:
+        assert await _push(client, "m1") == 503
+        assert (await client.get("/health/ready")).status_code == 503
+        assert (await client.get("/health/live")).status_code == 200

@@ -1,0 +1,183 @@
+"""The merge rule: order- and duplicate-independent, in Python and through the SQL upsert."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import msgspec
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service import db, reconcile, store
+from service.providers import Report
+from service.schemas import message_from_row
+from service.tables import messages
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+GROUPS = ["PENDING", "DELIVERED", "UNDELIVERABLE", "EXPIRED", "REJECTED", "SOMETHING_NEW"]
+
+
+@st.composite
+def observations(draw: st.DrawFn) -> list[Report]:
+    """A few observations of one message, with clashing and missing fields on purpose."""
+    count = draw(st.integers(1, 6))
+    maybe = st.none() | st.just(None)
+    out = []
+    for _ in range(count):
+        out.append(reconcile.observation(
+            source="ib",
+            message_id="m",
+            status=draw(st.sampled_from(GROUPS)),
+            status_id=draw(st.none() | st.integers(1, 9)),
+            status_name=draw(st.sampled_from([None, "A", "B"])),
+            done_at=draw(st.none() | st.integers(0, 3).map(lambda s: T0 + timedelta(seconds=s))),
+            error_id=draw(st.none() | st.integers(1, 3)),
+            to=draw(st.sampled_from([None, "+41793026727", "+41793026834"])),
+            bulk_id=draw(st.sampled_from([None, "b1", "b2"])),
+            callback_data=draw(st.sampled_from([None, "cb", "ç-ü"])),
+            sent_at=draw(st.sampled_from([None, T0, T0 - timedelta(seconds=1)])),
+            sms_count=draw(st.none() | st.integers(1, 3)),
+            price_amount=draw(st.sampled_from([None, Decimal("0.01"), Decimal("0.02")])),
+            price_currency=draw(st.sampled_from(["EUR", "USD", None])),
+            mcc_mnc=draw(maybe | st.just("22801")),
+        ))
+    return out
+
+
+@st.composite
+def arrivals(draw: st.DrawFn) -> tuple[list[Report], list[Report]]:
+    """Observations, and the same ones as they might arrive: reordered, some repeated."""
+    reports = draw(observations())
+    repeats = draw(st.lists(st.sampled_from(reports), max_size=3))
+    return reports, draw(st.permutations(reports + repeats))
+
+
+def fold(reports: list[Report]) -> Report | None:
+    merged = None
+    for r in reports:
+        merged = reconcile.merge(merged, r)
+    return merged
+
+
+@given(arrivals())
+def test_merge_ignores_order_and_duplicates(case: tuple[list[Report], list[Report]]) -> None:
+    reports, arrived = case
+    assert fold(arrived) == fold(reports)
+
+
+@given(observations(), observations())
+def test_merge_is_associative(left: list[Report], right: list[Report]) -> None:
+    assert reconcile.merge(fold(left), fold(right)) == fold(left + right)  # type: ignore[arg-type]
+
+
+@given(observations())
+def test_final_is_never_replaced_by_pending(reports: list[Report]) -> None:
+    merged = fold(reports)
+    assert merged is not None
+    assert merged.final == any(r.final for r in reports)
+    if any(r.final for r in reports):
+        assert merged.status != "PENDING"
+
+
+def test_status_groups() -> None:
+    assert reconcile.status_group("DELIVERED", 3) == "DELIVERED"
+    assert reconcile.status_group("delivered", None) == "DELIVERED"
+    assert reconcile.status_group(None, 2) == "UNDELIVERABLE"
+    assert reconcile.status_group("QUEUED", 9) == "QUEUED"
+    assert reconcile.status_group(None, None) == "PENDING"
+    assert not reconcile.is_final("QUEUED")
+
+
+@pytest.mark.parametrize(("raw", "region", "expected"), [
+    ("41793026727", None, "+41793026727"),
+    ("+41793026727", None, "+41793026727"),
+    ("9842271353", "NP", "+9779842271353"),
+    ("+977 984-2271353", None, "+9779842271353"),
+    ("not a number", None, "not a number"),
+    ("1", None, "1"),
+])
+def test_e164(raw: str, region: str | None, expected: str) -> None:
+    assert reconcile.e164(raw, region) == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("0.010", "0.01"), ("10", "10"), ("10.00", "10"), ("1E+1", "10"), ("0.0070", "0.007")])
+def test_money_has_one_spelling(raw: str, expected: str) -> None:
+    assert format(reconcile.money(Decimal(raw)), "f") == expected
+
+
+# --- the same rule through PostgreSQL -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def runner(database_url: str) -> Iterator[tuple[asyncio.Runner, object]]:
+    with asyncio.Runner() as run:
+        engine = db.create_engine(database_url)
+        yield run, engine
+        run.run(engine.dispose())
+
+
+def _comparable(row: object) -> dict[str, object]:
+    data = msgspec.to_builtins(message_from_row(row))
+    for volatile in ("message_id", "seq", "updated_at"):
+        data.pop(volatile)
+    return data
+
+
+def _as_row(report: Report) -> object:
+    values = msgspec.structs.asdict(report) | {"seq": 0, "updated_at": T0}
+    return type("Row", (), values)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(arrivals(), st.permutations(range(6)), st.integers(1, 4))
+def test_upsert_matches_pure_merge_in_any_order(
+        runner: tuple[asyncio.Runner, object], case: tuple[list[Report], list[Report]],
+        permutation: list[int], batches: int) -> None:
+    """Two message ids get the same observations in different orders, batches and repeats."""
+    run, engine = runner
+    key = uuid.uuid4().hex
+    reports, arrived = case
+    reordered = sorted(arrived, key=lambda r: permutation[arrived.index(r) % 6])
+    orders = [arrived, reordered]
+
+    async def apply(message_id: str, sequence: list[Report]) -> object:
+        renamed = [msgspec.structs.replace(r, message_id=message_id) for r in sequence]
+        for i in range(batches):
+            async with db.transaction(engine) as conn:  # type: ignore[arg-type]
+                await store.merge_reports(conn, renamed[i::batches], "push")
+        async with db.transaction(engine) as conn:  # type: ignore[arg-type]
+            return await store.get_message(conn, "ib", message_id)
+
+    rows = [run.run(apply(f"{key}-{i}", order)) for i, order in enumerate(orders)]
+    expected = _comparable(_as_row(fold(reports)))  # type: ignore[arg-type]
+    assert _comparable(rows[0]) == expected
+    assert _comparable(rows[1]) == expected
+
+
+def test_upsert_takes_a_new_seq_only_on_change(runner: tuple[asyncio.Runner, object]) -> None:
+    run, engine = runner
+    pending = reconcile.observation(source="ib", message_id="seq-test", status="PENDING",
+                                    status_id=7, done_at=T0)
+    final = reconcile.observation(source="ib", message_id="seq-test", status="DELIVERED",
+                                  status_id=5, done_at=T0)
+
+    async def apply(*reports: Report) -> tuple[int, int]:
+        async with db.transaction(engine) as conn:  # type: ignore[arg-type]
+            changed = await store.merge_reports(conn, reports, "pull")
+            seq = await conn.scalar(sa.select(messages.c.seq).where(
+                messages.c.message_id == "seq-test"))
+        return changed, int(seq or 0)
+
+    changed, first = run.run(apply(pending))
+    assert changed == 1
+    assert run.run(apply(pending)) == (0, first)
+    changed, second = run.run(apply(final, pending))
+    assert changed == 1 and second > first
+    assert run.run(apply(pending, final)) == (0, second)
