@@ -15,7 +15,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from service import db
 from service.api import messages, ops, webhooks
 from service.api.auth import TokenBook
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.errors import DatabaseUnavailable, ServiceError
 from service.ingest import IngestFailed, Ingestor
 
@@ -84,3 +84,10 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
                                      render_plugins=[SwaggerRenderPlugin()]),
         debug=False,
     )
+
+
+def create_app_from_env() -> Litestar:
+    """The app of one worker process of `serve --workers N`; the parent set DLR_DATABASE_URL."""
+    settings = load_settings()
+    assert settings.database_url is not None
+    return create_app(settings, db.asyncpg_url(settings.database_url))

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
 from service import db
 from service.config import Settings, load_settings
@@ -23,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", help="listen address (DLR_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (DLR_PORT, default 8080)")
     serve.add_argument("--migrate", action="store_true", help="migrate the database first")
+    serve.add_argument("--workers", type=int, help="worker processes (DLR_WORKERS, default 1)")
     commands.add_parser("migrate", help="upgrade the database schema to the newest revision")
     args = parser.parse_args(argv)
 
@@ -33,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         if args.command == "migrate":
             return _migrate(settings)
-        return _serve(settings, args.host, args.port, args.migrate)
+        return _serve(settings, args.host, args.port, args.migrate, args.workers)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -52,7 +55,8 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool) -> int:
+def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool,
+           workers: int | None) -> int:
     import uvicorn
 
     from service.app import create_app
@@ -64,12 +68,18 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
     if problem:
         print(f"cannot serve: {problem}", file=sys.stderr)
         return 4
-    app = create_app(settings, url)
     # uvicorn re-raises SIGTERM after its graceful shutdown; exiting normally instead lets
     # the embedded database stop with us (atexit).
     signal.signal(signal.SIGTERM, _exit_normally)
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port,
-                log_level="warning", timeout_graceful_shutdown=30, server_header=False)
+    options: dict[str, Any] = {"host": host or settings.host, "port": port or settings.port,
+                               "log_level": "warning", "timeout_graceful_shutdown": 30,
+                               "server_header": False}
+    workers = workers or settings.workers
+    if workers == 1:
+        uvicorn.run(create_app(settings, url), **options)
+    else:  # each worker builds its own app, on the database this process chose
+        os.environ["DLR_DATABASE_URL"] = url
+        uvicorn.run("service.app:create_app_from_env", factory=True, workers=workers, **options)
     return 0
 
 

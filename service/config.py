@@ -107,6 +107,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8080
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     db_timeout_s: float = 5.0
+    workers: int = 1
     api_tokens: tuple[ApiToken, ...] = ()
     sources: Mapping[str, Source] = {}
 
@@ -124,6 +125,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         port=_int(env, "DLR_PORT", 8080, 1, 65535),
         max_body_bytes=_int(env, "DLR_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 1 << 30),
         db_timeout_s=_int(env, "DLR_DB_TIMEOUT_S", 5, 1, 300),
+        workers=_int(env, "DLR_WORKERS", 1, 1, 64),
         api_tokens=tuple(file_config.api.tokens),
         sources=_check_sources(file_config.sources),
     )

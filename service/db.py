@@ -79,17 +79,29 @@ def is_unavailable(exc: BaseException) -> bool:
 
 
 @asynccontextmanager
-async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """One transaction, committed on exit; an unreachable database raises DatabaseUnavailable."""
+async def _translated() -> AsyncIterator[None]:
     try:
-        async with engine.begin() as conn:
-            yield conn
+        yield
     except DatabaseUnavailable:
         raise
     except Exception as exc:
         if is_unavailable(exc):
             raise DatabaseUnavailable("database unavailable", detail=type(exc).__name__) from exc
         raise
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """One transaction, committed on exit; an unreachable database raises DatabaseUnavailable."""
+    async with _translated(), engine.begin() as conn:
+        yield conn
+
+
+@asynccontextmanager
+async def statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection for single statements, each atomic on its own (no BEGIN/COMMIT trips)."""
+    async with _translated(), engine.connect() as conn:
+        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 # --- migrations -------------------------------------------------------------------------

@@ -53,7 +53,7 @@ class IngestFailed(Exception):
 class Ingestor:
     """Writes envelopes with group commit; `writers` transactions may run at once."""
 
-    def __init__(self, engine: AsyncEngine, *, writers: int = 2, max_batch_reports: int = 5000,
+    def __init__(self, engine: AsyncEngine, *, writers: int = 4, max_batch_reports: int = 5000,
                  timeout_s: float = 15.0) -> None:
         self._engine = engine
         self._queue: asyncio.Queue[tuple[Envelope, asyncio.Future[None]]] = asyncio.Queue()
@@ -119,8 +119,8 @@ class Ingestor:
     async def _keep_failed(self, envelope: Envelope, future: asyncio.Future[None]) -> None:
         log.exception("merge failed; raw body kept for replay", extra={"source": envelope.source})
         try:
-            async with db.transaction(self._engine) as conn:
-                await store.insert_inbox(conn, [envelope.inbox_row(failure="merge failed")])
+            async with db.statement(self._engine) as conn:
+                await store.write(conn, [envelope.inbox_row(failure="merge failed")], [])
         except Exception as exc:
             _settle(future, exc=exc if isinstance(exc, DatabaseUnavailable) else IngestFailed())
             return
@@ -137,11 +137,7 @@ def _settle(future: asyncio.Future[None], *, exc: BaseException | None = None) -
 
 
 async def write(engine: AsyncEngine, envelopes: Sequence[Envelope]) -> int:
-    """One transaction: every body into the inbox, every report merged, per channel."""
-    async with db.transaction(engine) as conn:
-        await store.insert_inbox(conn, [e.inbox_row() for e in envelopes])
-        changed = 0
-        for channel in sorted({e.channel for e in envelopes}):
-            reports = [r for e in envelopes if e.channel == channel for r in e.reports]
-            changed += await store.merge_reports(conn, reports, channel)
-    return changed
+    """Every body into the inbox and every report merged, atomically; return rows changed."""
+    async with db.statement(engine) as conn:
+        return await store.write(conn, [e.inbox_row() for e in envelopes],
+                                 [(r, e.channel) for e in envelopes for r in e.reports])

@@ -15,6 +15,7 @@ depend on arrival order or on duplicates (commutative, associative, idempotent):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ def is_final(group: str) -> bool:
     return group in FINAL_GROUPS
 
 
+@functools.lru_cache(maxsize=65536)  # a message's number recurs in each of its reports
 def e164(number: str, default_region: str | None = None) -> str:
     """E.164 for a recipient when it parses as a possible number, else the input unchanged.
 

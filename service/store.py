@@ -1,4 +1,4 @@
-"""All SQL: inbox writes, the batch upsert that applies the merge rule, and reads.
+"""All SQL: the one write (inbox + history + merge) and the reads.
 
 Writes take whole batches as arrays (`INSERT … SELECT FROM unnest(…)`): one statement,
 one plan, whatever the batch size.
@@ -32,37 +32,33 @@ class InboxRow(msgspec.Struct, frozen=True):
     reason: str | None
 
 
-def _unnest(table: sa.Table, names: Sequence[str]) -> Any:
-    """`unnest(:name::type[], …) AS t(name, …)`, one array parameter per column."""
-    arrays = [sa.bindparam(n, type_=pg.ARRAY(table.c[n].type)) for n in names]
+def _unnest(table: sa.Table, names: Sequence[str], prefix: str) -> Any:
+    """`unnest(:prefix_name::type[], …) AS t(name, …)`, one array parameter per column."""
+    arrays = [sa.bindparam(f"{prefix}_{n}", type_=pg.ARRAY(table.c[n].type)) for n in names]
     return sa.func.unnest(*arrays).table_valued(*names).render_derived()
 
 
-def _columns(rows: Sequence[msgspec.Struct], names: Sequence[str]) -> dict[str, list[Any]]:
-    return {n: [getattr(r, n) for r in rows] for n in names}
+def _columns(rows: Sequence[Any], names: Sequence[str], prefix: str) -> dict[str, list[Any]]:
+    return {f"{prefix}_{n}": [getattr(r, n) for r in rows] for n in names}
 
 
-_INBOX_FIELDS = tuple(InboxRow.__struct_fields__)
-_inbox_src = _unnest(inbox, _INBOX_FIELDS)
-_INSERT_INBOX = pg.insert(inbox).from_select(
-    list(_INBOX_FIELDS), sa.select(*[_inbox_src.c[n] for n in _INBOX_FIELDS]))
+def _insert_from(table: sa.Table, names: Sequence[str], prefix: str) -> Any:
+    src = _unnest(table, names, prefix)
+    return pg.insert(table).from_select(list(names), sa.select(*[src.c[n] for n in names]))
 
 
-async def insert_inbox(conn: AsyncConnection, rows: Sequence[InboxRow]) -> None:
-    await conn.execute(_INSERT_INBOX, _columns(rows, _INBOX_FIELDS))
-
-
-def _build_upsert() -> Any:
-    src = _unnest(messages, REPORT_FIELDS)
+def _upsert_messages() -> Any:
+    """Merge observations into `messages`: the SQL twin of `reconcile.merge`."""
+    src = _unnest(messages, REPORT_FIELDS, "m")
     stmt = pg.insert(messages).from_select(
-        [*REPORT_FIELDS, "seq"], sa.select(*[src.c[n] for n in REPORT_FIELDS], messages_seq.next_value()))
+        [*REPORT_FIELDS, "seq"],
+        sa.select(*[src.c[n] for n in REPORT_FIELDS], messages_seq.next_value()))
     new, old = stmt.excluded, messages.c
 
-    def order_key(row: Any) -> Any:  # reconcile.order_key, in SQL
-        return sa.tuple_(row.final,
-                         sa.func.coalesce(row.done_at, sa.literal_column("'-infinity'::timestamptz")),
-                         sa.func.coalesce(row.status_id, -1),
-                         row.obs_hash)
+    def order_key(row: Any) -> Any:  # reconcile.order_key
+        never = sa.literal_column("'-infinity'::timestamptz")
+        return sa.tuple_(row.final, sa.func.coalesce(row.done_at, never),
+                         sa.func.coalesce(row.status_id, -1), row.obs_hash)
 
     wins = order_key(new) > order_key(old)
     price_wins = sa.and_(
@@ -83,28 +79,42 @@ def _build_upsert() -> Any:
     ).returning(old.seq)
 
 
-_UPSERT = _build_upsert()
+_INBOX_FIELDS = tuple(InboxRow.__struct_fields__)
+_HISTORY_FIELDS = ("source", "message_id", "obs_hash", "channel", "status", "status_id",
+                   "status_name", "done_at")
+# One statement, so one round trip and atomic without BEGIN/COMMIT: the raw bodies, the
+# history of observations and the merge commit together or not at all.
+_WRITE = (_upsert_messages()
+          .add_cte(_insert_from(inbox, _INBOX_FIELDS, "i").cte("new_inbox"))
+          .add_cte(_insert_from(message_history, _HISTORY_FIELDS, "h")
+                   .on_conflict_do_nothing().cte("new_history")))
 
-_HISTORY_FIELDS = ("source", "message_id", "obs_hash", "status", "status_id", "status_name",
-                   "done_at")
-_history_src = _unnest(message_history, _HISTORY_FIELDS)
-_INSERT_HISTORY = pg.insert(message_history).from_select(
-    [*_HISTORY_FIELDS, "channel"],
-    sa.select(*[_history_src.c[n] for n in _HISTORY_FIELDS], sa.bindparam("channel")),
-).on_conflict_do_nothing()
+
+class _Observed(msgspec.Struct, frozen=True):
+    """A history row: one observation and the channel it came through."""
+
+    source: str
+    message_id: str
+    obs_hash: bytes
+    channel: str
+    status: str
+    status_id: int | None
+    status_name: str | None
+    done_at: Any
 
 
-async def merge_reports(conn: AsyncConnection, reports: Sequence[Report], channel: str) -> int:
-    """Merge observations into `messages` and record them in the history; return rows changed."""
-    if not reports:
-        return 0
-    merged = reconcile.merge_all(reports)
-    result = await conn.execute(_UPSERT, _columns(merged, REPORT_FIELDS))
-    changed = len(result.all())
-    distinct = sorted({(r.source, r.message_id, r.obs_hash): r for r in reports}.items())
-    params: dict[str, Any] = _columns([r for _, r in distinct], _HISTORY_FIELDS)
-    await conn.execute(_INSERT_HISTORY, params | {"channel": channel})
-    return changed
+async def write(conn: AsyncConnection, bodies: Sequence[InboxRow],
+                observed: Sequence[tuple[Report, str]]) -> int:
+    """Keep the raw bodies, record each observation, merge them; return merged rows changed."""
+    merged = reconcile.merge_all(report for report, _ in observed)
+    history = sorted({(r.source, r.message_id, r.obs_hash, channel): _Observed(
+        r.source, r.message_id, r.obs_hash, channel, r.status, r.status_id, r.status_name,
+        r.done_at) for r, channel in observed}.items())
+    params = (_columns(bodies, _INBOX_FIELDS, "i")
+              | _columns([h for _, h in history], _HISTORY_FIELDS, "h")
+              | _columns(merged, REPORT_FIELDS, "m"))
+    result = await conn.execute(_WRITE, params)
+    return len(result.all())
 
 
 async def get_message(conn: AsyncConnection, source: str, message_id: str) -> sa.Row[Any] | None:

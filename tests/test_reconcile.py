@@ -151,7 +151,7 @@ def test_upsert_matches_pure_merge_in_any_order(
         renamed = [msgspec.structs.replace(r, message_id=message_id) for r in sequence]
         for i in range(batches):
             async with db.transaction(engine) as conn:  # type: ignore[arg-type]
-                await store.merge_reports(conn, renamed[i::batches], "push")
+                await store.write(conn, [], [(r, "push") for r in renamed[i::batches]])
         async with db.transaction(engine) as conn:  # type: ignore[arg-type]
             return await store.get_message(conn, "ib", message_id)
 
@@ -170,7 +170,7 @@ def test_upsert_takes_a_new_seq_only_on_change(runner: tuple[asyncio.Runner, obj
 
     async def apply(*reports: Report) -> tuple[int, int]:
         async with db.transaction(engine) as conn:  # type: ignore[arg-type]
-            changed = await store.merge_reports(conn, reports, "pull")
+            changed = await store.write(conn, [], [(r, "pull") for r in reports])
             seq = await conn.scalar(sa.select(messages.c.seq).where(
                 messages.c.message_id == "seq-test"))
         return changed, int(seq or 0)

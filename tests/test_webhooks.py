@@ -218,10 +218,14 @@ async def test_a_full_2000_report_push_is_accepted(client: Client, engine: Async
 
 async def test_merge_bug_keeps_the_body_for_replay(client: Client, engine: AsyncEngine,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    async def broken(*args: object) -> int:
-        raise RuntimeError("bug")
+    real_write = store.write
 
-    monkeypatch.setattr(store, "merge_reports", broken)
+    async def broken(conn: object, bodies: object, observed: list[object]) -> int:
+        if observed:
+            raise RuntimeError("bug in the merge")
+        return await real_write(conn, bodies, observed)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "write", broken)
     payload = body(report("m1"))
     response = await push(client, payload)
     assert response.status_code == 500
