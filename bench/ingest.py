@@ -5,10 +5,10 @@
 Prints:
 - raw: asyncpg `INSERT … SELECT FROM unnest(…) ON CONFLICT DO UPDATE`, 1000-row batches,
   into the same `messages` table (the ceiling for any ingest path);
-- batched: reports/s through HTTP with 100-report bodies (8 connections), and its ratio to raw;
+- batched: reports/s through HTTP with 100-report bodies (16 connections), and its ratio to raw;
 - single: requests/s and p50/p99 latency for 1-report bodies at 32 connections, and the
   ratio of reports/s to raw.
-Targets (DESIGN section 9): batched ≥ 0.5 × raw; single ≥ 1,500 req/s with p99 < 50 ms.
+Targets (DESIGN section 9): batched ≥ 0.5 of raw; single ≥ 1,500 req/s with p99 < 50 ms.
 """
 
 from __future__ import annotations

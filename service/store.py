@@ -56,7 +56,7 @@ def _upsert_messages() -> Any:
     new, old = stmt.excluded, messages.c
 
     def order_key(row: Any) -> Any:  # reconcile.order_key
-        never = sa.literal_column("'-infinity'::timestamptz")
+        never: Any = sa.literal_column("'-infinity'::timestamptz")
         return sa.tuple_(row.final, sa.func.coalesce(row.done_at, never),
                          sa.func.coalesce(row.status_id, -1), row.obs_hash)
 
