@@ -1,0 +1,23 @@
+# One image for every role: `serve` (default), `worker`, `migrate`, given as arguments.
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md alembic.ini ./
+COPY service ./service
+COPY migrations ./migrations
+RUN python -m venv /opt/dlr && /opt/dlr/bin/pip install .
+
+FROM python:3.11-slim-bookworm
+RUN useradd --system --uid 10001 --home-dir /var/lib/dlr --create-home dlr
+COPY --from=build /opt/dlr /opt/dlr
+ENV PATH=/opt/dlr/bin:$PATH PYTHONUNBUFFERED=1 DLR_HOST=0.0.0.0 DLR_PORT=8080 \
+    DLR_DATA_DIR=/var/lib/dlr
+USER dlr
+WORKDIR /var/lib/dlr
+EXPOSE 8080
+# uvicorn drains requests in flight on SIGTERM before exiting
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"DLR_PORT\"]}/health/live', timeout=2)"]
+ENTRYPOINT ["dlr-reconciler"]
+CMD ["serve"]
