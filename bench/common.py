@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -15,45 +14,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import asyncpg
-
-from service import db
+from tests.databases import scratch_database, server_or_embedded
 
 SERVER_URL = os.environ.get("DLR_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-async def _answers(url: str) -> bool:
-    try:
-        conn = await asyncpg.connect(url, timeout=3)
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return False
-    await conn.close()
-    return True
-
-
 @contextmanager
-def scratch_database() -> Iterator[str]:
-    """A new migrated database (asyncpg URL, no driver suffix) dropped afterwards."""
-    server = SERVER_URL
-    if not asyncio.run(_answers(server)):
-        server = db.start_embedded(Path(tempfile.mkdtemp())).replace("+asyncpg", "")
-    name = f"dlr_bench_{secrets.token_hex(4)}"
-    base, _, query = server.partition("?")
-    url = f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        db.migrate(db.asyncpg_url(url))
+def bench_database() -> Iterator[str]:
+    """A new migrated database on the local server (else an embedded one), dropped afterwards."""
+    server = server_or_embedded(SERVER_URL, Path(tempfile.mkdtemp()))
+    with scratch_database(server) as url:
         yield url
-    finally:
-        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
 
 
 def free_port() -> int:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from bench.common import load, percentile, running_service, scratch_database
+from bench.common import bench_database, load, percentile, running_service
 
 HEADERS = {"X-Hook": "bench-hook"}
 
@@ -87,7 +87,7 @@ def main() -> None:
     parser.add_argument("--raw-rows", type=int, default=100_000)
     args = parser.parse_args()
 
-    with scratch_database() as url:
+    with bench_database() as url:
         raw = asyncio.run(raw_rate(url, args.raw_rows))
         print(f"raw unnest upsert        {raw:10,.0f} rows/s   (1000-row batches, asyncpg)")
         with running_service(url) as port:

@@ -75,6 +75,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
                                "log_level": "warning", "timeout_graceful_shutdown": 30,
                                "server_header": False}
     workers = workers or settings.workers
+    log.info("serving on http://%s:%s (%d worker%s)", options["host"], options["port"], workers,
+             "" if workers == 1 else "s")
     if workers == 1:
         uvicorn.run(create_app(settings, url), **options)
     else:  # each worker builds its own app, on the database this process chose

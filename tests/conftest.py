@@ -6,14 +6,11 @@ empty tables (TRUNCATE is much cheaper than a database per test).
 
 from __future__ import annotations
 
-import asyncio
 import os
-import secrets
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -29,6 +26,7 @@ from service.config import (
     TokenAuth,
     WebhookConfig,
 )
+from tests.databases import scratch_database, server_or_embedded
 
 PAYLOADS = Path(__file__).parent / "payloads"
 SERVER_URL = os.environ.get("DLR_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -36,45 +34,17 @@ SW_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 READ_TOKEN, WRITE_TOKEN, ADMIN_TOKEN = "read-token", "write-token", "admin-token"
 
 
-def _server_answers(url: str) -> bool:
-    async def probe() -> bool:
-        try:
-            conn = await asyncpg.connect(url, timeout=3)
-        except (OSError, asyncpg.PostgresError, TimeoutError):
-            return False
-        await conn.close()
-        return True
-
-    return asyncio.run(probe())
-
-
 @pytest.fixture(scope="session")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A PostgreSQL server URL (asyncpg spelling): local if it answers, else embedded."""
-    if _server_answers(SERVER_URL):
-        return SERVER_URL
-    return db.start_embedded(tmp_path_factory.mktemp("embedded")).replace("+asyncpg", "")
+    return server_or_embedded(SERVER_URL, tmp_path_factory.mktemp("embedded"))
 
 
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> Iterator[str]:
     """A fresh migrated database for this test session (SQLAlchemy asyncpg URL)."""
-    name = f"dlr_test_{secrets.token_hex(4)}"
-    base, _, query = server_url.partition("?")
-    url = f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    sa_url = db.asyncpg_url(url)
-    db.migrate(sa_url)
-    yield sa_url
-    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    with scratch_database(server_url) as url:
+        yield db.asyncpg_url(url)
 
 
 @pytest.fixture

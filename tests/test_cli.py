@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -17,24 +16,13 @@ import pytest
 
 from service import db
 from tests.conftest import free_port
+from tests.databases import scratch_database
 
 
 @pytest.fixture
 def empty_database(server_url: str) -> Iterator[str]:
-    name = f"dlr_empty_{secrets.token_hex(4)}"
-    base, _, query = server_url.partition("?")
-    url = f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    yield url
-    asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    with scratch_database(server_url, migrated=False) as url:
+        yield url
 
 
 def _env(url: str, port: int) -> dict[str, str]:
