@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,12 +14,13 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from service import db
-from service.api import messages, ops, webhooks
+from service import db, worker
+from service.api import messages, ops, runs, webhooks
 from service.api.auth import TokenBook
 from service.config import Settings, load_settings
 from service.errors import DatabaseUnavailable, ServiceError
 from service.ingest import IngestFailed, Ingestor
+from service.providers import http
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,8 @@ def _unexpected(_: Request[None, None, State], exc: Exception) -> Response[dict[
     return _error(500, "internal error")
 
 
-def create_app(settings: Settings, database_url: str) -> Litestar:
-    """The web application; nothing connects until its lifespan starts."""
+def create_app(settings: Settings, database_url: str, *, reconciler: bool = False) -> Litestar:
+    """The web application (and, if asked, the reconciler); nothing connects until it starts."""
     gates = webhooks.build_gates(settings.sources)
 
     @asynccontextmanager
@@ -61,15 +64,22 @@ def create_app(settings: Settings, database_url: str) -> Litestar:
         app.state.engine = engine
         app.state.ingestor = ingestor
         await ingestor.start()
+        client = http.new_client()
+        stop = asyncio.Event()
+        pulling = asyncio.create_task(worker.run_forever(engine, client, settings.sources, stop)
+                                      if reconciler else stop.wait())
         try:
             yield
         finally:
+            stop.set()
+            await pulling
             await ingestor.stop()
+            await client.aclose()
             await engine.dispose()
 
     return Litestar(
         route_handlers=[webhooks.receive_reports, messages.get_message, messages.list_messages,
-                        ops.live, ops.ready],
+                        runs.list_runs, ops.live, ops.ready],
         lifespan=[lifespan],
         state=State({"settings": settings, "gates": gates, "tokens": TokenBook(settings.api_tokens),
                      "head_revision": db.head_revision()}),
@@ -90,4 +100,5 @@ def create_app_from_env() -> Litestar:
     """The app of one worker process of `serve --workers N`; the parent set DLR_DATABASE_URL."""
     settings = load_settings()
     assert settings.database_url is not None
-    return create_app(settings, db.asyncpg_url(settings.database_url))
+    return create_app(settings, db.asyncpg_url(settings.database_url),
+                      reconciler=os.environ.get("DLR_RECONCILER", "1") == "1")

@@ -1,4 +1,4 @@
-"""Command line: serve | migrate."""
+"""Command line: serve | worker | migrate | pull SOURCE."""
 
 from __future__ import annotations
 
@@ -26,7 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="listen port (DLR_PORT, default 8080)")
     serve.add_argument("--migrate", action="store_true", help="migrate the database first")
     serve.add_argument("--workers", type=int, help="worker processes (DLR_WORKERS, default 1)")
+    serve.add_argument("--no-reconciler", action="store_true",
+                       help="serve HTTP only; leave pulling to `worker` processes")
+    commands.add_parser("worker", help="run only the reconciler (pulls every source on its interval)")
     commands.add_parser("migrate", help="upgrade the database schema to the newest revision")
+    pull = commands.add_parser("pull", help="one reconcile pass of one source, then exit")
+    pull.add_argument("source")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -36,13 +41,21 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings()
         if args.command == "migrate":
             return _migrate(settings)
-        return _serve(settings, args.host, args.port, args.migrate, args.workers)
+        if args.command == "pull":
+            return _pull(settings, args.source)
+        if args.command == "worker":
+            return _worker(settings)
+        return _serve(settings, args.host, args.port, args.migrate, args.workers,
+                      reconciler=not args.no_reconciler)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     except DatabaseUnavailable as exc:
         print(f"database unavailable: {exc.detail or exc}", file=sys.stderr)
         return 3
+    except NotMigrated as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 4
 
 
 def _migrate(settings: Settings) -> int:
@@ -56,18 +69,12 @@ def _migrate(settings: Settings) -> int:
 
 
 def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool,
-           workers: int | None) -> int:
+           workers: int | None, *, reconciler: bool) -> int:
     import uvicorn
 
     from service.app import create_app
 
-    url = db.database_url(settings)
-    if migrate or settings.database_url is None:  # the embedded database is ours to migrate
-        db.migrate(url)
-    problem = asyncio.run(db.check_migrated(url, settings.db_timeout_s))
-    if problem:
-        print(f"cannot serve: {problem}", file=sys.stderr)
-        return 4
+    url = _ready_database(settings, migrate)
     # uvicorn re-raises SIGTERM after its graceful shutdown; exiting normally instead lets
     # the embedded database stop with us (atexit).
     signal.signal(signal.SIGTERM, _exit_normally)
@@ -78,10 +85,77 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
     log.info("serving on http://%s:%s (%d worker%s)", options["host"], options["port"], workers,
              "" if workers == 1 else "s")
     if workers == 1:
-        uvicorn.run(create_app(settings, url), **options)
+        uvicorn.run(create_app(settings, url, reconciler=reconciler), **options)
     else:  # each worker builds its own app, on the database this process chose
         os.environ["DLR_DATABASE_URL"] = url
+        os.environ["DLR_RECONCILER"] = "1" if reconciler else "0"
         uvicorn.run("service.app:create_app_from_env", factory=True, workers=workers, **options)
+    return 0
+
+
+class NotMigrated(Exception):
+    pass
+
+
+def _ready_database(settings: Settings, migrate: bool) -> str:
+    """The database URL, migrated if it is ours (embedded) or if asked; else checked."""
+    url = db.database_url(settings)
+    if migrate or settings.database_url is None:
+        db.migrate(url)
+    problem = asyncio.run(db.check_migrated(url, settings.db_timeout_s))
+    if problem:
+        raise NotMigrated(problem)
+    return url
+
+
+def _pull(settings: Settings, name: str) -> int:
+    from service import worker
+    from service.providers import http
+
+    source = settings.sources.get(name)
+    if source is None:
+        print(f"no source named {name!r} in the configuration", file=sys.stderr)
+        return 2
+    url = _ready_database(settings, migrate=False)
+
+    async def once() -> worker.RunResult | None:
+        engine = db.create_engine(url, settings.db_timeout_s, pool_size=2)
+        try:
+            async with http.new_client() as client:
+                return await worker.pull(engine, client, source, worker.holder_id())
+        finally:
+            await engine.dispose()
+
+    result = asyncio.run(once())
+    if result is None:
+        print(f"{name}: another process is pulling this source now", file=sys.stderr)
+        return 5
+    print(f"{name}: {result.pages} pages, {result.reports} reports, {result.changed} changed, "
+          f"{result.rejected} rejected" + (f"; error: {result.error}" if result.error else ""))
+    return 1 if result.error else 0
+
+
+def _worker(settings: Settings) -> int:
+    from service import worker
+    from service.providers import http
+
+    url = _ready_database(settings, migrate=False)
+
+    async def forever() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        engine = db.create_engine(url, settings.db_timeout_s, pool_size=2)
+        try:
+            async with http.new_client() as client:
+                await worker.run_forever(engine, client, settings.sources, stop)
+                await stop.wait()  # nothing to pull: stay up until told to stop
+        finally:
+            await engine.dispose()
+
+    log.info("reconciler running")
+    asyncio.run(forever())
     return 0
 
 

@@ -15,8 +15,8 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db, store
-from service.errors import DatabaseUnavailable
-from service.providers import Rejection, Report
+from service.errors import BadRequest, DatabaseUnavailable
+from service.providers import Rejection, Report, infobip
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,18 @@ class Envelope(msgspec.Struct, frozen=True):
             state, reason = "accepted", None
         return store.InboxRow(self.source, self.channel, self.content_type, self.body, state,
                               len(self.reports), len(self.rejections), reason)
+
+
+def decode_infobip(source: str, channel: str, body: bytes, content_type: str | None) -> Envelope:
+    """Decode in memory; whatever goes wrong, the envelope keeps the body and the reason."""
+    try:
+        reports, rejections = infobip.decode_reports(source, body)
+    except BadRequest as exc:
+        return Envelope(source, channel, body, content_type, error=exc.message)
+    except Exception as exc:  # a decoder bug must not lose the body
+        log.exception("decoder failed", extra={"source": source})
+        return Envelope(source, channel, body, content_type, error=f"decoder error: {exc!r}")
+    return Envelope(source, channel, body, content_type, reports, rejections)
 
 
 class IngestFailed(Exception):

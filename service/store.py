@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import reconcile
 from service.providers import Report
-from service.tables import inbox, message_history, messages, messages_seq
+from service.tables import inbox, leases, message_history, messages, messages_seq, runs
 
 REPORT_FIELDS = tuple(Report.__struct_fields__)
 
@@ -134,4 +134,58 @@ async def list_messages(conn: AsyncConnection, filters: dict[str, str], limit: i
         query = query.where(messages.c[name] == value)
     if after is not None:
         query = query.where(sa.tuple_(messages.c.source, messages.c.message_id) > after)
+    return (await conn.execute(query)).all()
+
+
+# --- pulled pages: kept first, decoded and merged afterwards ------------------------------
+
+async def keep_raw(conn: AsyncConnection, row: InboxRow) -> int:
+    """Store one raw body before anything else happens to it; return its inbox id."""
+    values = msgspec.structs.asdict(row)
+    return int(await conn.scalar(sa.insert(inbox).values(values).returning(inbox.c.id)))
+
+
+async def mark_inbox(conn: AsyncConnection, inbox_id: int, row: InboxRow) -> None:
+    """Record what decoding a kept body found."""
+    await conn.execute(sa.update(inbox).where(inbox.c.id == inbox_id).values(
+        state=row.state, accepted=row.accepted, rejected=row.rejected, reason=row.reason))
+
+
+# --- leases: one puller per source across all replicas ------------------------------------
+
+async def acquire_lease(conn: AsyncConnection, source: str, holder: str, ttl_s: float) -> bool:
+    """Take or extend the lease on `source` for `holder`; False while another holds it."""
+    until = sa.func.now() + sa.func.make_interval(0, 0, 0, 0, 0, 0, ttl_s)
+    stmt = pg.insert(leases).values(source=source, holder=holder, expires_at=until)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[leases.c.source],
+        set_={"holder": holder, "expires_at": until},
+        where=sa.or_(leases.c.holder == holder, leases.c.expires_at < sa.func.now()),
+    ).returning(leases.c.holder)
+    return (await conn.execute(upsert)).first() is not None
+
+
+async def release_lease(conn: AsyncConnection, source: str, holder: str) -> None:
+    await conn.execute(sa.delete(leases).where(leases.c.source == source,
+                                               leases.c.holder == holder))
+
+
+# --- runs -----------------------------------------------------------------------------------
+
+async def start_run(conn: AsyncConnection, source: str) -> int:
+    stmt = sa.insert(runs).values(source=source, started_at=sa.func.now()).returning(runs.c.id)
+    return int(await conn.scalar(stmt))
+
+
+async def finish_run(conn: AsyncConnection, run_id: int, *, pages: int, reports: int,
+                     changed: int, rejected: int, error: str | None) -> None:
+    await conn.execute(sa.update(runs).where(runs.c.id == run_id).values(
+        finished_at=sa.func.now(), pages=pages, reports=reports, changed=changed,
+        rejected=rejected, error=error))
+
+
+async def list_runs(conn: AsyncConnection, source: str | None, limit: int) -> Sequence[sa.Row[Any]]:
+    query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
+    if source is not None:
+        query = query.where(runs.c.source == source)
     return (await conn.execute(query)).all()

@@ -91,3 +91,29 @@ message_history = sa.Table(
     sa.Column("done_at", Timestamp),
     sa.Column("observed_at", Timestamp, nullable=False, server_default=sa.func.now()),
 )
+
+# One row per reconciler pass over one source.
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("source", CText, nullable=False),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("finished_at", Timestamp),
+    sa.Column("pages", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("reports", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("changed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rejected", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+)
+sa.Index("ix_runs_source_started_at", runs.c.source, runs.c.started_at)
+
+# Who may pull a source now. A lease row rather than a session advisory lock, so that
+# it survives a transaction-pooling PgBouncer (no session state between transactions).
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("source", CText, primary_key=True),
+    sa.Column("holder", CText, nullable=False),
+    sa.Column("expires_at", Timestamp, nullable=False),
+)

@@ -22,8 +22,7 @@ from litestar.response import Response
 
 from service.config import InfobipSource, Source, WebhookConfig
 from service.errors import BadRequest, ConfigError, Forbidden, NotFound, Unauthorized
-from service.ingest import Envelope, Ingestor
-from service.providers import infobip
+from service.ingest import Ingestor, decode_infobip
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +131,7 @@ async def receive_reports(source: FromPath[str], request: Request[None, None, St
         raise NotFound(f"no webhook for source {source!r}")
     body = await request.body()
     gate.check(request.headers, request.client.host if request.client else None, body)
-    envelope = _decode(source, body, request.headers.get("content-type"))
+    envelope = decode_infobip(source, "push", body, request.headers.get("content-type"))
     ingestor: Ingestor = request.app.state.ingestor
     await ingestor.ingest(envelope)
     rejected = [{"index": r.index, "message_id": r.message_id, "reason": r.reason}
@@ -142,14 +141,3 @@ async def receive_reports(source: FromPath[str], request: Request[None, None, St
         raise BadRequest(envelope.error or "no usable report in the body", detail=detail)
     return Response({"accepted": len(envelope.reports), "rejected": rejected})
 
-
-def _decode(source: str, body: bytes, content_type: str | None) -> Envelope:
-    """Decode in memory; whatever goes wrong, the body is kept with the reason."""
-    try:
-        reports, rejections = infobip.decode_reports(source, body)
-    except BadRequest as exc:
-        return Envelope(source, "push", body, content_type, error=exc.message)
-    except Exception as exc:  # a decoder bug must not lose the body
-        log.exception("decoder failed", extra={"source": source})
-        return Envelope(source, "push", body, content_type, error=f"decoder error: {exc!r}")
-    return Envelope(source, "push", body, content_type, reports, rejections)

@@ -10,11 +10,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
+import httpx
 import msgspec
 
 from service import reconcile
+from service.config import InfobipSource
 from service.errors import BadRequest
-from service.providers import Rejection, Report
+from service.providers import Rejection, Report, http
 
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=100_000)]
@@ -128,3 +130,11 @@ def to_report(source: str, wire: SentSmsReport) -> Report:
         price_currency=(wire.price.currency or None) if wire.price else None,
         mcc_mnc=wire.mccMnc or None,
     )
+
+
+async def fetch_reports_page(client: httpx.AsyncClient, source: InfobipSource, limit: int = 1000,
+                             retry: http.Retry = http.DEFAULT_RETRY) -> httpx.Response:
+    """GET /sms/1/reports: the next page of one-time reports (each is handed out only once)."""
+    headers = {"Authorization": f"App {source.api_key}", "Accept": "application/json"}
+    return await http.get(client, source.base_url, "/sms/1/reports", headers, {"limit": limit},
+                          retry)

@@ -1,0 +1,39 @@
+"""GET /v1/runs: recent reconciler passes (scope admin)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+import msgspec
+from litestar import get
+from litestar.datastructures import State
+from litestar.params import FromQuery, QueryParameter
+
+from service import db, store
+from service.api.auth import require_scope
+
+
+class Run(msgspec.Struct):
+    id: int
+    source: str
+    started_at: datetime
+    finished_at: datetime | None
+    pages: int
+    reports: int
+    changed: int
+    rejected: int
+    error: str | None
+
+
+class RunList(msgspec.Struct):
+    items: list[Run]
+
+
+@get("/v1/runs", guards=[require_scope], opt={"scope": "admin"}, tags=["operations"],
+     summary="Recent reconciler runs, newest first")
+async def list_runs(state: State, source: FromQuery[str | None] = None,
+                    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50) -> RunList:
+    async with db.transaction(state.engine) as conn:
+        rows = await store.list_runs(conn, source, limit)
+    return RunList([Run(**row._asdict()) for row in rows])
