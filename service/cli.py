@@ -1,4 +1,4 @@
-"""Command line: serve | worker | migrate | pull SOURCE."""
+"""Command line: serve | worker | migrate | pull SOURCE | replay."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import logging
 import os
 import signal
 import sys
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
 from service import db
-from service.config import Settings, load_settings
+from service.config import InfobipSource, Settings, load_settings
 from service.errors import ConfigError, DatabaseUnavailable
 
 log = logging.getLogger("service")
@@ -32,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("migrate", help="upgrade the database schema to the newest revision")
     pull = commands.add_parser("pull", help="one reconcile pass of one source, then exit")
     pull.add_argument("source")
+    replay = commands.add_parser("replay", help="decode and merge kept bodies again")
+    replay.add_argument("--rejected", action="store_true",
+                        help="only bodies not fully accepted (rejected, partial, failed, received)")
+    replay.add_argument("--since", type=datetime.fromisoformat, help="received at or after (ISO 8601)")
+    replay.add_argument("--until", type=datetime.fromisoformat, help="received before (ISO 8601)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -45,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             return _pull(settings, args.source)
         if args.command == "worker":
             return _worker(settings)
+        if args.command == "replay":
+            return _replay(settings, args.rejected, args.since, args.until)
         return _serve(settings, args.host, args.port, args.migrate, args.workers,
                       reconciler=not args.no_reconciler)
     except ConfigError as exc:
@@ -133,6 +141,28 @@ def _pull(settings: Settings, name: str) -> int:
     print(f"{name}: {result.pages} pages, {result.reports} reports, {result.changed} changed, "
           f"{result.rejected} rejected" + (f"; error: {result.error}" if result.error else ""))
     return 1 if result.error else 0
+
+
+def _replay(settings: Settings, only_unaccepted: bool, since: datetime | None,
+            until: datetime | None) -> int:
+    from service import ingest
+
+    url = _ready_database(settings, migrate=False)
+    kinds = {name: ("infobip" if isinstance(s, InfobipSource) else "dicesms")
+             for name, s in settings.sources.items()}
+
+    async def run() -> ingest.ReplayResult:
+        engine = db.create_engine(url, settings.db_timeout_s, pool_size=2)
+        try:
+            return await ingest.replay(engine, kinds, only_unaccepted=only_unaccepted,
+                                       since=since, until=until)
+        finally:
+            await engine.dispose()
+
+    result = asyncio.run(run())
+    print(f"replayed {result.bodies} bodies: {result.reports} reports, {result.changed} rows "
+          f"changed, {result.rejected} rejected, {result.skipped} skipped (unknown source)")
+    return 0
 
 
 def _worker(settings: Settings) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -153,3 +154,41 @@ async def write(engine: AsyncEngine, envelopes: Sequence[Envelope]) -> int:
     async with db.statement(engine) as conn:
         return await store.write(conn, [e.inbox_row() for e in envelopes],
                                  [(r, e.channel) for e in envelopes for r in e.reports])
+
+
+class ReplayResult(msgspec.Struct):
+    bodies: int = 0
+    reports: int = 0
+    rejected: int = 0
+    changed: int = 0
+    skipped: int = 0
+
+
+async def replay(engine: AsyncEngine, kinds: dict[str, str], *, only_unaccepted: bool,
+                 since: datetime | None = None, until: datetime | None = None,
+                 page: int = 200) -> ReplayResult:
+    """Decode and merge kept bodies again (after a decoder fix, say); safe to repeat.
+
+    `kinds` maps source names to their provider kind; bodies of unknown sources are skipped.
+    """
+    result = ReplayResult()
+    after = 0
+    while True:
+        async with db.transaction(engine) as conn:
+            rows = await store.inbox_page(conn, after, page, only_unaccepted=only_unaccepted,
+                                          since=since, until=until)
+        if not rows:
+            return result
+        after = rows[-1].id
+        for row in rows:
+            if kinds.get(row.source) != "infobip":
+                result.skipped += 1
+                continue
+            envelope = decode_infobip(row.source, row.channel, row.body, row.content_type)
+            async with db.transaction(engine) as conn:
+                result.changed += await store.write(
+                    conn, [], [(r, envelope.channel) for r in envelope.reports])
+                await store.mark_inbox(conn, row.id, envelope.inbox_row())
+            result.bodies += 1
+            result.reports += len(envelope.reports)
+            result.rejected += len(envelope.rejections) + (envelope.error is not None)

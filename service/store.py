@@ -7,6 +7,7 @@ one plan, whatever the batch size.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -188,4 +189,19 @@ async def list_runs(conn: AsyncConnection, source: str | None, limit: int) -> Se
     query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
     if source is not None:
         query = query.where(runs.c.source == source)
+    return (await conn.execute(query)).all()
+
+
+async def inbox_page(conn: AsyncConnection, after_id: int, limit: int, *, only_unaccepted: bool,
+                     since: datetime | None, until: datetime | None) -> Sequence[Any]:
+    """Kept bodies in id order after `after_id`, for replay."""
+    query = (sa.select(inbox.c.id, inbox.c.source, inbox.c.channel, inbox.c.content_type,
+                       inbox.c.body)
+             .where(inbox.c.id > after_id).order_by(inbox.c.id).limit(limit))
+    if only_unaccepted:
+        query = query.where(inbox.c.state != "accepted")
+    if since is not None:
+        query = query.where(inbox.c.received_at >= since)
+    if until is not None:
+        query = query.where(inbox.c.received_at < until)
     return (await conn.execute(query)).all()

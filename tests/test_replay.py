@@ -1,0 +1,94 @@
+"""replay: kept bodies decoded and merged again, idempotently, so a fix turns them into data."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import ingest, store, worker
+from service.config import InfobipSource
+from service.providers import infobip
+from service.providers.fakes import FakeInfobip
+from service.tables import inbox, messages
+from tests.reports import body, report
+
+BASIC = {"Authorization": "Basic " + base64.b64encode(b"hook:hook-password").decode()}
+KINDS = {"ib": "infobip"}
+
+
+async def states(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        return list((await conn.execute(sa.select(inbox.c.state).order_by(inbox.c.id))).scalars())
+
+
+async def message_count(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(sa.select(sa.func.count()).select_from(messages)) or 0)
+
+
+async def test_bodies_rejected_by_a_decoder_bug_are_merged_after_the_fix(
+        client: AsyncTestClient, engine: AsyncEngine,  # type: ignore[type-arg]
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def buggy(source: str, raw: bytes) -> object:
+        raise KeyError("a decoder bug")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(infobip, "decode_reports", buggy)
+        response = await client.post("/webhooks/ib", content=body(report("m1"), report("m2")),
+                                     headers=BASIC)
+        assert response.status_code == 400
+    assert await states(engine) == ["rejected"]
+    assert await message_count(engine) == 0
+
+    first = await ingest.replay(engine, KINDS, only_unaccepted=True)
+    assert (first.bodies, first.reports, first.changed) == (1, 2, 2)
+    assert await states(engine) == ["accepted"]
+    assert await message_count(engine) == 2
+    again = await ingest.replay(engine, KINDS, only_unaccepted=False)
+    assert (again.bodies, again.changed) == (1, 0)
+
+
+async def test_a_pulled_page_that_failed_to_merge_is_recovered(
+        engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*args: object) -> int:
+        raise RuntimeError("bug in the merge")
+
+    with FakeInfobip() as fake:
+        fake.queue(report("m1"), report("m2"), report("m3"))
+        with monkeypatch.context() as patch:
+            patch.setattr(store, "write", broken)
+            async with httpx.AsyncClient() as client:
+                source = InfobipSource("ib", fake.url, api_key=fake.api_key)
+                with pytest.raises(RuntimeError):
+                    await worker.pull(engine, client, source, "t")
+    assert await states(engine) == ["received"]
+    result = await ingest.replay(engine, KINDS, only_unaccepted=True)
+    assert result.changed == 3
+    assert await message_count(engine) == 3
+
+
+async def test_bodies_of_unknown_sources_are_skipped(client: AsyncTestClient,  # type: ignore[type-arg]
+                                                     engine: AsyncEngine) -> None:
+    await client.post("/webhooks/ib", content=body(report("m1")), headers=BASIC)
+    result = await ingest.replay(engine, {}, only_unaccepted=False)
+    assert (result.bodies, result.skipped) == (0, 1)
+
+
+def test_replay_command(engine: AsyncEngine, database_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "dlr.toml"
+    config.write_text('[[sources]]\nname = "ib"\nkind = "infobip"\nbase_url = "http://127.0.0.1:9"\n')
+    env = os.environ | {"DLR_DATABASE_URL": database_url, "DLR_CONFIG": str(config)}
+    done = subprocess.run([sys.executable, "-m", "service", "replay", "--rejected",
+                           "--since", "2026-01-01T00:00:00+00:00"], env=env, capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("replayed 0 bodies")
