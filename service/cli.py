@@ -13,7 +13,7 @@ from types import FrameType
 from typing import Any
 
 from service import db
-from service.config import InfobipSource, Settings, load_settings
+from service.config import Settings, load_settings
 from service.errors import ConfigError, DatabaseUnavailable
 
 log = logging.getLogger("service")
@@ -148,13 +148,11 @@ def _replay(settings: Settings, only_unaccepted: bool, since: datetime | None,
     from service import ingest
 
     url = _ready_database(settings, migrate=False)
-    kinds = {name: ("infobip" if isinstance(s, InfobipSource) else "dicesms")
-             for name, s in settings.sources.items()}
 
     async def run() -> ingest.ReplayResult:
         engine = db.create_engine(url, settings.db_timeout_s, pool_size=2)
         try:
-            return await ingest.replay(engine, kinds, only_unaccepted=only_unaccepted,
+            return await ingest.replay(engine, settings.sources, only_unaccepted=only_unaccepted,
                                        since=since, until=until)
         finally:
             await engine.dispose()

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db, store
+from service.config import InfobipSource, Source
 from service.errors import BadRequest, DatabaseUnavailable
-from service.providers import Rejection, Report, infobip
+from service.providers import Rejection, Report, dicesms, infobip
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class Envelope(msgspec.Struct, frozen=True):
     reports: Sequence[Report] = ()
     rejections: Sequence[Rejection] = ()
     error: str | None = None  # the whole body was unusable
+    url: str | None = None  # where a pulled body was fetched from
 
     def inbox_row(self, failure: str | None = None) -> store.InboxRow:
         if failure is not None:
@@ -44,19 +47,44 @@ class Envelope(msgspec.Struct, frozen=True):
         else:
             state, reason = "accepted", None
         return store.InboxRow(self.source, self.channel, self.content_type, self.body, state,
-                              len(self.reports), len(self.rejections), reason)
+                              len(self.reports), len(self.rejections), reason, self.url)
 
 
-def decode_infobip(source: str, channel: str, body: bytes, content_type: str | None) -> Envelope:
+Decoder = Callable[[bytes], tuple[list[Report], list[Rejection]]]
+
+
+def decode(source: str, channel: str, body: bytes, content_type: str | None, decoder: Decoder,
+           url: str | None = None) -> Envelope:
     """Decode in memory; whatever goes wrong, the envelope keeps the body and the reason."""
     try:
-        reports, rejections = infobip.decode_reports(source, body)
+        reports, rejections = decoder(body)
     except BadRequest as exc:
-        return Envelope(source, channel, body, content_type, error=exc.message)
+        return Envelope(source, channel, body, content_type, error=exc.message, url=url)
     except Exception as exc:  # a decoder bug must not lose the body
         log.exception("decoder failed", extra={"source": source})
-        return Envelope(source, channel, body, content_type, error=f"decoder error: {exc!r}")
-    return Envelope(source, channel, body, content_type, reports, rejections)
+        return Envelope(source, channel, body, content_type, error=f"decoder error: {exc!r}",
+                        url=url)
+    return Envelope(source, channel, body, content_type, reports, rejections, url=url)
+
+
+def decode_infobip(source: str, channel: str, body: bytes, content_type: str | None,
+                   url: str | None = None) -> Envelope:
+    return decode(source, channel, body, content_type,
+                  lambda raw: infobip.decode_reports(source, raw), url)
+
+
+def decoder_for(source: Source, url: str | None) -> Decoder:
+    """How to read a body kept for `source`, by where it was fetched from."""
+    if isinstance(source, InfobipSource):
+        return lambda raw: infobip.decode_reports(source.name, raw)
+    statuses = dicesms.StatusTable(source.status_map)
+    path = urlsplit(url or "").path.rstrip("/")
+    if path.endswith("/api/batch-ids"):
+        return dicesms.no_reports
+    if path.endswith("/api/sms-report"):
+        return lambda raw: dicesms.decode_report_page(source, statuses, raw)
+    batch_id = unquote(path.rsplit("/", 1)[-1])
+    return lambda raw: dicesms.decode_batch_report(source, statuses, batch_id, raw)
 
 
 class IngestFailed(Exception):
@@ -164,12 +192,12 @@ class ReplayResult(msgspec.Struct):
     skipped: int = 0
 
 
-async def replay(engine: AsyncEngine, kinds: dict[str, str], *, only_unaccepted: bool,
+async def replay(engine: AsyncEngine, sources: Mapping[str, Source], *, only_unaccepted: bool,
                  since: datetime | None = None, until: datetime | None = None,
                  page: int = 200) -> ReplayResult:
     """Decode and merge kept bodies again (after a decoder fix, say); safe to repeat.
 
-    `kinds` maps source names to their provider kind; bodies of unknown sources are skipped.
+    Bodies of sources no longer configured are skipped.
     """
     result = ReplayResult()
     after = 0
@@ -181,10 +209,12 @@ async def replay(engine: AsyncEngine, kinds: dict[str, str], *, only_unaccepted:
             return result
         after = rows[-1].id
         for row in rows:
-            if kinds.get(row.source) != "infobip":
+            source = sources.get(row.source)
+            if source is None:
                 result.skipped += 1
                 continue
-            envelope = decode_infobip(row.source, row.channel, row.body, row.content_type)
+            envelope = decode(row.source, row.channel, row.body, row.content_type,
+                              decoder_for(source, row.url), row.url)
             async with db.transaction(engine) as conn:
                 result.changed += await store.write(
                     conn, [], [(r, envelope.channel) for r in envelope.reports])

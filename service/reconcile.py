@@ -60,7 +60,7 @@ def is_final(group: str) -> bool:
 
 @functools.lru_cache(maxsize=65536)  # a message's number recurs in each of its reports
 def e164(number: str, default_region: str | None = None) -> str:
-    """E.164 for a recipient when it parses as a possible number, else the input unchanged.
+    """E.164 for a recipient that is a valid number, else the input unchanged (so it shows).
 
     Digits without '+' are read as international unless a default region is given
     (Infobip sends "41793026727"; DiceSMS sends national numbers for its region).
@@ -71,7 +71,7 @@ def e164(number: str, default_region: str | None = None) -> str:
         parsed = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException:
         return raw
-    if not phonenumbers.is_possible_number(parsed):
+    if not phonenumbers.is_valid_number(parsed):
         return raw
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
 

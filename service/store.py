@@ -17,7 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import reconcile
 from service.providers import Report
-from service.tables import inbox, leases, message_history, messages, messages_seq, runs
+from service.tables import (
+    inbox,
+    leases,
+    message_history,
+    messages,
+    messages_seq,
+    pull_cursors,
+    runs,
+)
 
 REPORT_FIELDS = tuple(Report.__struct_fields__)
 
@@ -31,6 +39,7 @@ class InboxRow(msgspec.Struct, frozen=True):
     accepted: int
     rejected: int
     reason: str | None
+    url: str | None = None
 
 
 def _unnest(table: sa.Table, names: Sequence[str], prefix: str) -> Any:
@@ -196,7 +205,7 @@ async def inbox_page(conn: AsyncConnection, after_id: int, limit: int, *, only_u
                      since: datetime | None, until: datetime | None) -> Sequence[Any]:
     """Kept bodies in id order after `after_id`, for replay."""
     query = (sa.select(inbox.c.id, inbox.c.source, inbox.c.channel, inbox.c.content_type,
-                       inbox.c.body)
+                       inbox.c.body, inbox.c.url)
              .where(inbox.c.id > after_id).order_by(inbox.c.id).limit(limit))
     if only_unaccepted:
         query = query.where(inbox.c.state != "accepted")
@@ -205,3 +214,27 @@ async def inbox_page(conn: AsyncConnection, after_id: int, limit: int, *, only_u
     if until is not None:
         query = query.where(inbox.c.received_at < until)
     return (await conn.execute(query)).all()
+
+
+async def get_cursor(conn: AsyncConnection, source: str, name: str) -> str | None:
+    query = sa.select(pull_cursors.c.value).where(pull_cursors.c.source == source,
+                                                  pull_cursors.c.name == name)
+    value = await conn.scalar(query)
+    return str(value) if value is not None else None
+
+
+async def set_cursor(conn: AsyncConnection, source: str, name: str, value: str | None) -> None:
+    stmt = pg.insert(pull_cursors).values(source=source, name=name, value=value)
+    await conn.execute(stmt.on_conflict_do_update(
+        index_elements=[pull_cursors.c.source, pull_cursors.c.name],
+        set_={"value": value, "updated_at": sa.func.now()}))
+
+
+async def bulk_progress(conn: AsyncConnection, source: str,
+                        bulk_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Per bulk id: (messages stored, of which final)."""
+    query = (sa.select(messages.c.bulk_id, sa.func.count(),
+                       sa.func.count().filter(messages.c.final))
+             .where(messages.c.source == source, messages.c.bulk_id.in_(bulk_ids))
+             .group_by(messages.c.bulk_id))
+    return {row[0]: (row[1], row[2]) for row in await conn.execute(query)}

@@ -36,6 +36,7 @@ inbox = sa.Table(
     sa.Column("accepted", sa.Integer, nullable=False),
     sa.Column("rejected", sa.Integer, nullable=False),
     sa.Column("reason", sa.Text),
+    sa.Column("url", sa.Text),  # what a pulled body was fetched from; null for pushes
 )
 sa.Index("ix_inbox_source_received_at", inbox.c.source, inbox.c.received_at)
 sa.Index("ix_inbox_rejected", inbox.c.id, postgresql_where=inbox.c.state != "accepted")
@@ -116,4 +117,15 @@ leases = sa.Table(
     sa.Column("source", CText, primary_key=True),
     sa.Column("holder", CText, nullable=False),
     sa.Column("expires_at", Timestamp, nullable=False),
+)
+
+
+# Where a source's reconciler left off (the DiceSMS listing walk's next URL, say).
+pull_cursors = sa.Table(
+    "pull_cursors",
+    metadata,
+    sa.Column("source", CText, primary_key=True),
+    sa.Column("name", CText, primary_key=True),
+    sa.Column("value", sa.Text),
+    sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),
 )

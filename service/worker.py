@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -11,15 +12,17 @@ import secrets
 import socket
 import time
 from collections.abc import Mapping
+from datetime import datetime
+from urllib.parse import quote, urljoin
 
 import httpx
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db, ingest, store
-from service.config import InfobipSource, Source
+from service.config import DiceSmsSource, InfobipSource, Source
 from service.errors import DatabaseUnavailable
-from service.providers import http, infobip
+from service.providers import Rejection, Report, dicesms, http, infobip
 
 log = logging.getLogger(__name__)
 LEASE_TTL_S = 120.0
@@ -40,8 +43,9 @@ def holder_id() -> str:
 
 
 def pullable(sources: Mapping[str, Source]) -> list[Source]:
-    """Sources this version can pull: Infobip-compatible ones with an API key."""
-    return [s for s in sources.values() if isinstance(s, InfobipSource) and s.api_key]
+    """Sources with pull credentials."""
+    return [s for s in sources.values()
+            if (s.api_key if isinstance(s, InfobipSource) else s.token)]
 
 
 async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, holder: str,
@@ -51,52 +55,124 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
         if not await store.acquire_lease(conn, source.name, holder, LEASE_TTL_S):
             return None
         run_id = await store.start_run(conn, source.name)
-    result = RunResult(source.name)
+    page = _Pages(engine, client, source, holder, retry, RunResult(source.name))
     try:
-        if not isinstance(source, InfobipSource):
-            raise http.ProviderError(f"pulling {source.name!r} (dicesms) is not supported yet")
-        await _drain_infobip(engine, client, source, holder, result, retry)
+        if isinstance(source, InfobipSource):
+            await _drain_infobip(page, source)
+        else:
+            await _pull_dicesms(page, source)
     except http.ProviderError as exc:
-        result.error = str(exc)
+        page.result.error = str(exc)
     finally:
         async with db.statement(engine) as conn:
+            result = page.result
             await store.finish_run(conn, run_id, pages=result.pages, reports=result.reports,
                                    changed=result.changed, rejected=result.rejected,
                                    error=result.error)
             await store.release_lease(conn, source.name, holder)
-    log.info("pull finished", extra=msgspec.structs.asdict(result))
-    return result
+    log.info("pull finished", extra=msgspec.structs.asdict(page.result))
+    return page.result
 
 
-async def _drain_infobip(engine: AsyncEngine, client: httpx.AsyncClient, source: InfobipSource,
-                         holder: str, result: RunResult, retry: http.Retry) -> None:
+class _Pages:
+    """Fetches pages for one run: each kept raw first, then decoded, merged and counted."""
+
+    def __init__(self, engine: AsyncEngine, client: httpx.AsyncClient, source: Source,
+                 holder: str, retry: http.Retry, result: RunResult) -> None:
+        self.engine, self.client, self.source = engine, client, source
+        self.holder, self.retry, self.result = holder, retry, result
+
+    async def take(self, response: httpx.Response, decoder: ingest.Decoder) -> ingest.Envelope:
+        url = str(response.request.url)
+        content_type = response.headers.get("content-type")
+        async with db.statement(self.engine) as conn:
+            kept = store.InboxRow(self.source.name, "pull", content_type, response.content,
+                                  "received", 0, 0, None, url)
+            inbox_id = await store.keep_raw(conn, kept)
+        self.result.pages += 1
+        if response.status_code == 404:  # "nothing found" is an answer
+            decoder = _nothing
+        envelope = ingest.decode(self.source.name, "pull", response.content, content_type,
+                                 decoder, url)
+        async with db.transaction(self.engine) as conn:
+            self.result.changed += await store.write(
+                conn, [], [(r, "pull") for r in envelope.reports])
+            await store.mark_inbox(conn, inbox_id, envelope.inbox_row())
+            still_ours = await store.acquire_lease(conn, self.source.name, self.holder,
+                                                   LEASE_TTL_S)
+        self.result.reports += len(envelope.reports)
+        self.result.rejected += len(envelope.rejections)
+        if envelope.error is not None:
+            raise http.ProviderError(f"page {self.result.pages} unusable (kept as inbox "
+                                     f"#{inbox_id}): {envelope.error}")
+        if not still_ours:
+            raise http.ProviderError("lease lost to another process; stopping")
+        return envelope
+
+
+def _nothing(body: bytes) -> tuple[list[Report], list[Rejection]]:
+    return [], []
+
+
+async def _drain_infobip(pages: _Pages, source: InfobipSource) -> None:
     """Fetch one-time report pages until one comes back empty.
 
     Each page is committed raw before it is decoded: a report handed out once is never
     lost to a crash or a decoder bug afterwards (`replay` merges what was kept).
     """
     while True:
-        response = await infobip.fetch_reports_page(client, source, retry=retry)
-        content_type = response.headers.get("content-type")
-        async with db.statement(engine) as conn:
-            kept = store.InboxRow(source.name, "pull", content_type, response.content,
-                                  "received", 0, 0, None)
-            inbox_id = await store.keep_raw(conn, kept)
-        result.pages += 1
-        envelope = ingest.decode_infobip(source.name, "pull", response.content, content_type)
-        async with db.transaction(engine) as conn:
-            result.changed += await store.write(conn, [], [(r, "pull") for r in envelope.reports])
-            await store.mark_inbox(conn, inbox_id, envelope.inbox_row())
-            still_ours = await store.acquire_lease(conn, source.name, holder, LEASE_TTL_S)
-        result.reports += len(envelope.reports)
-        result.rejected += len(envelope.rejections)
-        if envelope.error is not None:
-            raise http.ProviderError(f"page {result.pages} unusable (kept as inbox "
-                                     f"#{inbox_id}): {envelope.error}")
-        if not still_ours:
-            raise http.ProviderError("lease lost to another process; stopping")
+        response = await infobip.fetch_reports_page(pages.client, source, retry=pages.retry)
+        envelope = await pages.take(response, ingest.decoder_for(source, None))
         if not envelope.reports and not envelope.rejections:
             return
+
+
+WALK_PAGES_PER_RUN = 50
+
+
+async def _pull_dicesms(pages: _Pages, source: DiceSmsSource) -> None:
+    """Batch ids, then the batches not yet complete and final, then a slice of the full walk."""
+    statuses = dicesms.StatusTable(source.status_map)
+    response = await dicesms.fetch(pages.client, source, "/api/batch-ids", pages.retry)
+    await pages.take(response, dicesms.no_reports)
+    rows = dicesms.decode_batch_ids(response.content) if response.status_code == 200 else []
+    batch_of = {row.sent_at: row.batch_id for row in rows}
+    expected: dict[str, list[bool]] = {}
+    for row in rows:
+        expected.setdefault(row.batch_id, []).append(
+            statuses.is_final(row.status, row.delivered_at is not None))
+    async with db.transaction(pages.engine) as conn:
+        stored = await store.bulk_progress(conn, source.name, sorted(expected))
+    for batch_id, finals in sorted(expected.items()):
+        have, have_final = stored.get(batch_id, (0, 0))
+        if all(finals) and have >= len(finals) and have_final >= len(finals):
+            continue  # every message of the batch is here and final
+        path = f"/api/sms-report/{quote(batch_id, safe='')}/"
+        response = await dicesms.fetch(pages.client, source, path, pages.retry)
+        await pages.take(response, functools.partial(dicesms.decode_batch_report, source,
+                                                     statuses, batch_id))
+    await _walk_dicesms(pages, source, statuses, batch_of)
+
+
+async def _walk_dicesms(pages: _Pages, source: DiceSmsSource, statuses: dicesms.StatusTable,
+                        batch_of: Mapping[datetime, str]) -> None:
+    """Continue the paginated listing where the last run stopped; `next` stays on our origin."""
+    async with db.transaction(pages.engine) as conn:
+        url = await store.get_cursor(conn, source.name, "walk_next") or "/api/sms-report/"
+    for _ in range(WALK_PAGES_PER_RUN):
+        response = await dicesms.fetch(pages.client, source, url, pages.retry)
+        await pages.take(response, functools.partial(dicesms.decode_report_page, source,
+                                                     statuses, batch_of=batch_of))
+        next_url = dicesms.next_url(response.content) if response.status_code == 200 else None
+        if next_url is not None and http.origin(urljoin(source.base_url, next_url)) != \
+                http.origin(source.base_url):
+            raise http.ForeignOrigin(f"refused to follow next {next_url!r}: not on "
+                                     f"{source.base_url!r}")
+        async with db.transaction(pages.engine) as conn:
+            await store.set_cursor(conn, source.name, "walk_next", next_url)
+        if next_url is None:
+            return
+        url = next_url
 
 
 async def run_forever(engine: AsyncEngine, client: httpx.AsyncClient,

@@ -22,7 +22,7 @@ from service.tables import inbox, messages
 from tests.reports import body, report
 
 BASIC = {"Authorization": "Basic " + base64.b64encode(b"hook:hook-password").decode()}
-KINDS = {"ib": "infobip"}
+KINDS = {"ib": InfobipSource("ib", "http://127.0.0.1:9")}
 
 
 async def states(engine: AsyncEngine) -> list[str]:

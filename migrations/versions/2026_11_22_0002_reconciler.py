@@ -1,4 +1,4 @@
-"""reconciler runs and leases
+"""reconciler runs, leases, pull cursors; the URL a pulled body came from
 
 Revision ID: 0002
 Revises: 0001
@@ -36,9 +36,19 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_runs'))
     )
     op.create_index('ix_runs_source_started_at', 'runs', ['source', 'started_at'], unique=False)
+    op.create_table('pull_cursors',
+    sa.Column('source', sa.Text(collation='C'), nullable=False),
+    sa.Column('name', sa.Text(collation='C'), nullable=False),
+    sa.Column('value', sa.Text(), nullable=True),
+    sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.PrimaryKeyConstraint('source', 'name', name=op.f('pk_pull_cursors'))
+    )
+    op.add_column('inbox', sa.Column('url', sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column('inbox', 'url')
+    op.drop_table('pull_cursors')
     op.drop_index('ix_runs_source_started_at', table_name='runs')
     op.drop_table('runs')
     op.drop_table('leases')

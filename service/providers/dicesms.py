@@ -1,0 +1,180 @@
+"""DiceSMS: wire structs, the status table, derived message ids, and the pull client.
+
+DiceSMS reports carry no message id: a message is identified by its recipient (E.164,
+numbers given without country code are read in the source's region) and its `sent_at`
+to the microsecond. Its batch id comes from /api/sms-report/{batch_id}/ or, for the
+paginated listing, from /api/batch-ids joined on `sent_at`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated
+
+import httpx
+import msgspec
+
+from service import reconcile
+from service.config import DiceSmsSource
+from service.errors import BadRequest
+from service.providers import Rejection, Report, http
+
+AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+
+# Documented defaults; a source's `status_map` overrides or extends them.
+DEFAULT_STATUS_MAP = {
+    "SENT": "PENDING",
+    "PENDING": "PENDING",
+    "DELIVERED": "DELIVERED",
+    "UNDELIVERABLE": "UNDELIVERABLE",
+    "EXPIRED": "EXPIRED",
+    "REJECTED": "REJECTED",
+    "1": "DELIVERED",
+    "4": "UNDELIVERABLE",
+}
+
+
+class Recipient(msgspec.Struct):
+    client_phone: int | str
+    client_name: str | None = None
+
+
+class SmsReport(msgspec.Struct):
+    recipients: list[Recipient]
+    sent_at: AwareTime
+    status: str | int | None = None
+    delivered_at: AwareTime | None = None
+    message: str | None = None
+
+
+class BatchRow(msgspec.Struct):
+    sent_at: AwareTime
+    batch_id: str
+    status: str | int | None = None
+    delivered_at: AwareTime | None = None
+
+
+class ReportPage(msgspec.Struct):
+    results: list[msgspec.Raw]
+    next: str | None = None
+    count: int | None = None
+
+
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_report = msgspec.json.Decoder(SmsReport)
+_page = msgspec.json.Decoder(ReportPage)
+_batch_rows = msgspec.json.Decoder(list[BatchRow])
+
+
+class StatusTable:
+    """Maps DiceSMS status words and digits to status groups; counts what it cannot map."""
+
+    def __init__(self, overrides: Mapping[str, str]) -> None:
+        self.table = DEFAULT_STATUS_MAP | {k.upper(): v.upper() for k, v in overrides.items()}
+        self.unmapped: dict[str, int] = {}
+
+    def group(self, raw: str, delivered: bool) -> str:
+        if delivered:
+            return "DELIVERED"
+        if raw.upper() in self.table:
+            return self.table[raw.upper()]
+        self.unmapped[raw] = self.unmapped.get(raw, 0) + 1
+        return reconcile.PENDING
+
+    def is_final(self, raw: str | int | None, delivered: bool) -> bool:
+        return reconcile.is_final(self.group(str(raw or ""), delivered))
+
+
+def message_id(to: str, sent_at: datetime) -> str:
+    """The stable id of a DiceSMS message: its recipient and when it was sent."""
+    stamp = reconcile.utc(sent_at)
+    assert stamp is not None
+    return f"{to}@{stamp.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
+
+
+def to_reports(source: DiceSmsSource, statuses: StatusTable, item: SmsReport,
+               batch_id: str | None) -> list[Report]:
+    raw_status = str(item.status) if item.status is not None else ""
+    delivered = item.delivered_at is not None
+    group = statuses.group(raw_status, delivered)
+    reports = []
+    for recipient in item.recipients:
+        to = reconcile.e164(str(recipient.client_phone), source.default_region)
+        reports.append(reconcile.observation(
+            source=source.name,
+            message_id=message_id(to, item.sent_at),
+            status=group,
+            status_name=raw_status or None,
+            done_at=reconcile.utc(item.delivered_at),
+            to=to,
+            bulk_id=batch_id,
+            sent_at=reconcile.utc(item.sent_at),
+            text=item.message,
+        ))
+    return reports
+
+
+def _decode_items(source: DiceSmsSource, statuses: StatusTable, items: list[msgspec.Raw],
+                  batch_of: Mapping[datetime, str], batch_id: str | None,
+                  ) -> tuple[list[Report], list[Rejection]]:
+    reports: list[Report] = []
+    rejections: list[Rejection] = []
+    for index, raw in enumerate(items):
+        try:
+            item = _report.decode(raw)
+        except msgspec.ValidationError as exc:
+            rejections.append(Rejection(index, str(exc).replace("`$", f"`$[{index}]")))
+            continue
+        reports += to_reports(source, statuses, item, batch_id or batch_of.get(item.sent_at))
+    return reports, rejections
+
+
+def decode_batch_report(source: DiceSmsSource, statuses: StatusTable, batch_id: str,
+                        body: bytes) -> tuple[list[Report], list[Rejection]]:
+    """GET /api/sms-report/{batch_id}/: a JSON list of report items."""
+    try:
+        items = _raw_list.decode(body)
+    except msgspec.MsgspecError as exc:
+        raise BadRequest(f"not a DiceSMS report list: {exc}") from None
+    return _decode_items(source, statuses, items, {}, batch_id)
+
+
+def decode_report_page(source: DiceSmsSource, statuses: StatusTable,
+                       body: bytes, batch_of: Mapping[datetime, str] | None = None,
+                       ) -> tuple[list[Report], list[Rejection]]:
+    """GET /api/sms-report/: one page of the paginated listing (batch ids joined on sent_at)."""
+    try:
+        page = _page.decode(body)
+    except msgspec.MsgspecError as exc:
+        raise BadRequest(f"not a DiceSMS report page: {exc}") from None
+    return _decode_items(source, statuses, page.results, batch_of or {}, None)
+
+
+def next_url(body: bytes) -> str | None:
+    """The `next` link of a listing page that decoded."""
+    return _page.decode(body).next
+
+
+def decode_batch_ids(body: bytes) -> list[BatchRow]:
+    try:
+        return _batch_rows.decode(body)
+    except msgspec.MsgspecError as exc:
+        raise BadRequest(f"not a DiceSMS batch-id list: {exc}") from None
+
+
+def no_reports(body: bytes) -> tuple[list[Report], list[Rejection]]:
+    """A batch-id list, checked: its rows carry no recipient, so no report of their own."""
+    decode_batch_ids(body)
+    return [], []
+
+
+def headers(source: DiceSmsSource) -> dict[str, str]:
+    return {"Authorization": f"Token {source.token}", "Accept": "application/json"}
+
+
+async def fetch(client: httpx.AsyncClient, source: DiceSmsSource, path_or_url: str,
+                retry: http.Retry = http.DEFAULT_RETRY) -> httpx.Response:
+    """GET a DiceSMS endpoint; a 404 is an answer ("nothing found"), not a failure."""
+    return await http.get(client, source.base_url, path_or_url, headers(source), retry=retry,
+                          accept=(200, 404))
