@@ -51,7 +51,8 @@ def database_url(server_url: str) -> Iterator[str]:
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = db.create_engine(database_url)
     async with engine.begin() as conn:
-        await conn.exec_driver_sql("TRUNCATE inbox, messages, message_history, runs, leases, pull_cursors RESTART IDENTITY")
+        await conn.exec_driver_sql("TRUNCATE inbox, messages, message_history, runs, leases, "
+                                   "pull_cursors RESTART IDENTITY")
         await conn.exec_driver_sql("ALTER SEQUENCE messages_seq RESTART")
     yield engine
     await engine.dispose()
