@@ -23,6 +23,7 @@ from service.tables import (
     message_history,
     messages,
     messages_seq,
+    outbound,
     pull_cursors,
     runs,
 )
@@ -238,3 +239,55 @@ async def bulk_progress(conn: AsyncConnection, source: str,
              .where(messages.c.source == source, messages.c.bulk_id.in_(bulk_ids))
              .group_by(messages.c.bulk_id))
     return {row[0]: (row[1], row[2]) for row in await conn.execute(query)}
+
+
+class Registration(msgspec.Struct, frozen=True):
+    source: str
+    sent_at: datetime
+    message_id: str | None = None
+    callback_data: str | None = None
+    bulk_id: str | None = None
+    to: str | None = None
+
+
+_REGISTRATION_FIELDS = tuple(Registration.__struct_fields__)
+
+
+async def register_outbound(conn: AsyncConnection, rows: Sequence[Registration]) -> int:
+    """Record sent messages idempotently; return how many were new."""
+    new = 0
+    for keyed, target, where in (
+            ([r for r in rows if r.message_id is not None], "message_id",
+             outbound.c.message_id.is_not(None)),
+            ([r for r in rows if r.message_id is None], "callback_data",
+             outbound.c.message_id.is_(None))):
+        if not keyed:
+            continue
+        stmt = _insert_from(outbound, _REGISTRATION_FIELDS, "o").on_conflict_do_nothing(
+            index_elements=[outbound.c.source, outbound.c[target]], index_where=where,
+        ).returning(outbound.c.id)
+        new += len((await conn.execute(stmt, _columns(keyed, _REGISTRATION_FIELDS, "o"))).all())
+    return new
+
+
+async def gaps(conn: AsyncConnection, *, source: str | None, sent_before: datetime,
+               sent_after: datetime | None = None, with_message_id: bool = False,
+               limit: int = 100) -> Sequence[Any]:
+    """Registered messages without a final status, oldest first."""
+    m = messages.alias("m")
+    matched = sa.and_(m.c.source == outbound.c.source, sa.or_(
+        m.c.message_id == outbound.c.message_id,
+        sa.and_(outbound.c.message_id.is_(None), m.c.callback_data == outbound.c.callback_data)))
+    query = (sa.select(outbound.c.source, sa.func.coalesce(outbound.c.message_id, m.c.message_id)
+                       .label("message_id"), outbound.c.callback_data, outbound.c.bulk_id,
+                       outbound.c.to, outbound.c.sent_at, m.c.status)
+             .select_from(outbound.outerjoin(m, matched))
+             .where(outbound.c.sent_at < sent_before, sa.func.coalesce(m.c.final, False).is_(False))
+             .order_by(outbound.c.sent_at, outbound.c.id).limit(limit))
+    if source is not None:
+        query = query.where(outbound.c.source == source)
+    if sent_after is not None:
+        query = query.where(outbound.c.sent_at >= sent_after)
+    if with_message_id:
+        query = query.where(outbound.c.message_id.is_not(None))
+    return (await conn.execute(query)).all()

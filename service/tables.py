@@ -129,3 +129,25 @@ pull_cursors = sa.Table(
     sa.Column("value", sa.Text),
     sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),
 )
+
+
+# What the sending application says it sent; reports are matched to it by message id,
+# else by (source, callback_data).
+outbound = sa.Table(
+    "outbound",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("source", CText, nullable=False),
+    sa.Column("message_id", CText),
+    sa.Column("callback_data", CText),
+    sa.Column("bulk_id", CText),
+    sa.Column("to", CText),
+    sa.Column("sent_at", Timestamp, nullable=False),
+    sa.Column("registered_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("message_id IS NOT NULL OR callback_data IS NOT NULL", name="identified"),
+)
+sa.Index("uq_outbound_source_message_id", outbound.c.source, outbound.c.message_id, unique=True,
+         postgresql_where=outbound.c.message_id.is_not(None))
+sa.Index("uq_outbound_source_callback_data", outbound.c.source, outbound.c.callback_data,
+         unique=True, postgresql_where=outbound.c.message_id.is_(None))
+sa.Index("ix_outbound_sent_at", outbound.c.sent_at)

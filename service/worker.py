@@ -12,7 +12,7 @@ import secrets
 import socket
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import quote, urljoin
 
 import httpx
@@ -120,11 +120,30 @@ async def _drain_infobip(pages: _Pages, source: InfobipSource) -> None:
     Each page is committed raw before it is decoded: a report handed out once is never
     lost to a crash or a decoder bug afterwards (`replay` merges what was kept).
     """
+    decoder = ingest.decoder_for(source, None)
     while True:
         response = await infobip.fetch_reports_page(pages.client, source, retry=pages.retry)
-        envelope = await pages.take(response, ingest.decoder_for(source, None))
+        envelope = await pages.take(response, decoder)
         if not envelope.reports and not envelope.rejections:
-            return
+            break
+    await _look_up_gaps(pages, source, decoder)
+
+
+LOOKUPS_PER_RUN = 100
+LOOKUP_AFTER = timedelta(minutes=5)
+LOGS_KEPT_FOR = timedelta(hours=48)
+
+
+async def _look_up_gaps(pages: _Pages, source: InfobipSource, decoder: ingest.Decoder) -> None:
+    """Ask /sms/1/logs about registered messages the reports have not finished yet."""
+    now = datetime.now(UTC)
+    async with db.transaction(pages.engine) as conn:
+        missing = await store.gaps(conn, source=source.name, sent_before=now - LOOKUP_AFTER,
+                                   sent_after=now - LOGS_KEPT_FOR, with_message_id=True,
+                                   limit=LOOKUPS_PER_RUN)
+    for gap in missing:
+        response = await infobip.fetch_logs(pages.client, source, gap.message_id, pages.retry)
+        await pages.take(response, decoder)
 
 
 WALK_PAGES_PER_RUN = 50

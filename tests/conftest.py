@@ -26,6 +26,7 @@ from service.config import (
     TokenAuth,
     WebhookConfig,
 )
+from service.tables import metadata
 from tests.databases import scratch_database, server_or_embedded
 
 PAYLOADS = Path(__file__).parent / "payloads"
@@ -51,8 +52,8 @@ def database_url(server_url: str) -> Iterator[str]:
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = db.create_engine(database_url)
     async with engine.begin() as conn:
-        await conn.exec_driver_sql("TRUNCATE inbox, messages, message_history, runs, leases, "
-                                   "pull_cursors RESTART IDENTITY")
+        names = ", ".join(table.name for table in metadata.sorted_tables)
+        await conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY")
         await conn.exec_driver_sql("ALTER SEQUENCE messages_seq RESTART")
     yield engine
     await engine.dispose()

@@ -4,7 +4,8 @@ Used by the tests, and meant for demos and load tests. Each checks its provider'
 credentials, can be told to fail first (`faults`: status codes, Retry-After, redirects),
 and records the requests it served.
 
-- FakeInfobip hands out each queued report once from GET /sms/1/reports.
+- FakeInfobip hands out each queued report once from GET /sms/1/reports, and answers
+  GET /sms/1/logs?messageId= from `logs` without consuming.
 - FakeDiceSms serves its messages from /api/batch-ids, /api/sms-report/{batch_id}/ and
   the paginated /api/sms-report/ with absolute `next` links.
 """
@@ -96,6 +97,7 @@ class FakeInfobip(FakeServer):
         super().__init__()
         self.api_key = api_key
         self.queued: deque[dict[str, Any]] = deque()
+        self.logs: dict[str, dict[str, Any]] = {}  # messageId -> latest state, not consumed
 
     def queue(self, *reports: dict[str, Any]) -> None:
         with self.lock:
@@ -104,6 +106,9 @@ class FakeInfobip(FakeServer):
     def answer(self, path: str, query: dict[str, list[str]], headers: Any) -> Answer:
         if headers.get("Authorization") != f"App {self.api_key}":
             return _json(401, {"requestError": {"serviceException": {"messageId": "UNAUTHORIZED"}}})
+        if path == "/sms/1/logs":
+            wanted = query.get("messageId", [""])[0]
+            return _json(200, {"results": [self.logs[wanted]] if wanted in self.logs else []})
         if path != "/sms/1/reports":
             return _json(404, {})
         limit = min(int(query.get("limit", ["50"])[0]), 1000)

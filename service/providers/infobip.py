@@ -138,3 +138,11 @@ async def fetch_reports_page(client: httpx.AsyncClient, source: InfobipSource, l
     headers = {"Authorization": f"App {source.api_key}", "Accept": "application/json"}
     return await http.get(client, source.base_url, "/sms/1/reports", headers, {"limit": limit},
                           retry)
+
+
+async def fetch_logs(client: httpx.AsyncClient, source: InfobipSource, message_id: str,
+                     retry: http.Retry = http.DEFAULT_RETRY) -> httpx.Response:
+    """GET /sms/1/logs for one message: not consuming, kept by Infobip for 48 hours."""
+    headers = {"Authorization": f"App {source.api_key}", "Accept": "application/json"}
+    return await http.get(client, source.base_url, "/sms/1/logs", headers,
+                          {"messageId": message_id}, retry)

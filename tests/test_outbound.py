@@ -1,0 +1,104 @@
+"""Registering sent messages, matching reports to them, listing gaps, and looking gaps up."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import worker
+from service.config import InfobipSource
+from service.providers import http
+from service.providers.fakes import FakeInfobip
+from tests.conftest import READ_TOKEN, WRITE_TOKEN
+from tests.reports import body, report
+
+Client = AsyncTestClient  # type: ignore[type-arg]
+WRITE = {"Authorization": f"Bearer {WRITE_TOKEN}"}
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+BASIC = {"Authorization": "Basic " + base64.b64encode(b"hook:hook-password").decode()}
+AN_HOUR_AGO = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+
+
+def sent(**fields: Any) -> dict[str, Any]:
+    return {"source": "ib", "sent_at": AN_HOUR_AGO, "to": "+41793026727"} | fields
+
+
+async def test_registration_is_idempotent_and_visible(client: Client) -> None:
+    batch = [sent(message_id="m1", callback_data="order-1", bulk_id="b1"),
+             sent(callback_data="order-2")]
+    first = await client.post("/v1/outbound", json=batch, headers=WRITE)
+    assert first.json() == {"registered": 2, "already_known": 0}
+    again = await client.post("/v1/outbound", json=batch, headers=WRITE)
+    assert again.json() == {"registered": 0, "already_known": 2}
+    message = (await client.get("/v1/messages/ib/m1", headers=READ)).json()
+    assert (message["status"], message["callback_data"], message["bulk_id"]) == \
+        ("PENDING", "order-1", "b1")
+
+
+async def test_report_matched_by_message_id_carries_what_was_registered(client: Client) -> None:
+    await client.post("/v1/outbound", json=[sent(message_id="m1", callback_data="order-1")],
+                      headers=WRITE)
+    await client.post("/webhooks/ib", content=body(report("m1")), headers=BASIC)
+    message = (await client.get("/v1/messages/ib/m1", headers=READ)).json()
+    assert (message["status"], message["callback_data"]) == ("DELIVERED", "order-1")
+
+
+async def test_gaps_by_message_id_and_by_callback_data(client: Client) -> None:
+    await client.post("/v1/outbound", headers=WRITE, json=[
+        sent(message_id="m1"), sent(message_id="m2"), sent(callback_data="order-3"),
+        sent(callback_data="order-4")])
+    await client.post("/webhooks/ib", headers=BASIC, content=body(
+        report("m1"), report("ib-9", callbackData="order-3"),
+        report("ib-10", callbackData="order-4", status={"groupId": 1, "groupName": "PENDING"})))
+    gaps = (await client.get("/v1/gaps", params={"older_than": "30m"}, headers=READ)).json()
+    found = {(g["message_id"], g["callback_data"], g["status"]) for g in gaps["items"]}
+    assert found == {("m2", None, "PENDING"), ("ib-10", "order-4", "PENDING")}
+    later = await client.get("/v1/gaps", params={"older_than": "2h"}, headers=READ)
+    assert later.json()["items"] == []
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    ([sent(source="nope", message_id="x")], "unknown source"),
+    ([sent()], "give message_id or callback_data"),
+    ([sent(message_id="x", sent_at="2026-11-01T10:00:00")], "timezone"),
+    ([sent(message_id="x", colour="red")], "unknown field"),
+    ({"not": "a list"}, "array"),
+])
+async def test_bad_registrations_are_400(client: Client, payload: object, message: str) -> None:
+    response = await client.post("/v1/outbound", json=payload, headers=WRITE)
+    assert response.status_code == 400
+    assert message in str(response.json())
+
+
+async def test_registration_needs_write_scope(client: Client) -> None:
+    response = await client.post("/v1/outbound", json=[sent(message_id="m")], headers=READ)
+    assert response.status_code == 403
+
+
+async def test_bad_grace_period_is_400(client: Client) -> None:
+    response = await client.get("/v1/gaps", params={"older_than": "soon"}, headers=READ)
+    assert response.status_code == 400
+
+
+async def test_pull_looks_up_registered_messages_still_open(client: Client,
+                                                            engine: AsyncEngine) -> None:
+    await client.post("/v1/outbound", headers=WRITE, json=[
+        sent(message_id="lost-push"), sent(message_id="recent",
+                                           sent_at=datetime.now(UTC).isoformat())])
+    with FakeInfobip() as fake:
+        fake.logs["lost-push"] = report("lost-push", group_id=2, status_id=9)
+        async with httpx.AsyncClient() as http_client:
+            result = await worker.pull(engine, http_client,
+                                       InfobipSource("ib", fake.url, api_key=fake.api_key),
+                                       "t", http.Retry(attempts=2, base_s=0.01))
+        assert "/sms/1/logs?messageId=lost-push" in fake.requests
+        assert not any("recent" in r for r in fake.requests)  # too young to chase
+    assert result is not None and result.error is None
+    message = (await client.get("/v1/messages/ib/lost-push", headers=READ)).json()
+    assert message["status"] == "UNDELIVERABLE"
