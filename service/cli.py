@@ -1,4 +1,4 @@
-"""Command line: serve | worker | migrate | pull SOURCE | replay."""
+"""Command line: serve | worker | migrate | pull SOURCE | replay | simulate."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 from datetime import datetime
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 from service import db
 from service.config import Settings, load_settings
@@ -33,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("migrate", help="upgrade the database schema to the newest revision")
     pull = commands.add_parser("pull", help="one reconcile pass of one source, then exit")
     pull.add_argument("source")
+    sim = commands.add_parser("simulate", help="fake providers feeding a running service; "
+                              "exits 0 once it matches their truth")
+    sim.add_argument("--url", default=None, help="the service (default http://DLR_HOST:DLR_PORT)")
+    sim.add_argument("--infobip", default="ib", help="the infobip source to fake")
+    sim.add_argument("--dicesms", default="dice", help="the dicesms source to fake")
+    sim.add_argument("--messages", type=int, default=200)
+    sim.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for convergence")
     replay = commands.add_parser("replay", help="decode and merge kept bodies again")
     replay.add_argument("--rejected", action="store_true",
                         help="only bodies not fully accepted (rejected, partial, failed, received)")
@@ -51,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             return _pull(settings, args.source)
         if args.command == "worker":
             return _worker(settings)
+        if args.command == "simulate":
+            return _simulate(settings, args)
         if args.command == "replay":
             return _replay(settings, args.rejected, args.since, args.until)
         return _serve(settings, args.host, args.port, args.migrate, args.workers,
@@ -161,6 +171,47 @@ def _replay(settings: Settings, only_unaccepted: bool, since: datetime | None,
     print(f"replayed {result.bodies} bodies: {result.reports} reports, {result.changed} rows "
           f"changed, {result.rejected} rejected, {result.skipped} skipped (unknown source)")
     return 0
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    import httpx
+
+    from service import simulate
+    from service.config import DiceSmsSource, InfobipSource
+    from service.providers.fakes import FakeDiceSms, FakeInfobip
+
+    ib, dice = settings.sources.get(args.infobip), settings.sources.get(args.dicesms)
+    if not isinstance(ib, InfobipSource) or not isinstance(dice, DiceSmsSource):
+        print(f"simulate needs an infobip source {args.infobip!r} and a dicesms source "
+              f"{args.dicesms!r} in DLR_CONFIG", file=sys.stderr)
+        return 2
+    token = next((t.token for t in settings.api_tokens if "read" in t.scopes), None)
+    if token is None:
+        print("simulate needs an API token with the read scope in DLR_CONFIG", file=sys.stderr)
+        return 2
+    base = args.url or f"http://{settings.host}:{settings.port}"
+    scenario = simulate.Scenario(args.messages, ib_source=ib.name, dice_source=dice.name)
+    with FakeInfobip(ib.api_key or "", port=_port(ib.base_url)) as fake_ib, \
+            FakeDiceSms(dice.token or "", page_size=50, port=_port(dice.base_url)) as fake_dice:
+        scenario.load(fake_ib, fake_dice)
+        print(f"fake Infobip on {fake_ib.url}, fake DiceSMS on {fake_dice.url}; "
+              f"{len(scenario.pushes)} pushes ({len(scenario.lost_finals)} final reports lost "
+              f"in transit, left for the pull) to {base}")
+
+        async def run() -> list[str]:
+            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+                await simulate.push(client, scenario, simulate.hook_headers(ib.webhook))
+                return await simulate.wait_until_matching(client, scenario, token, args.timeout)
+
+        differences = asyncio.run(run())
+    for line in differences[:20]:
+        print(line)
+    print(f"{len(scenario.truth)} messages, {len(differences)} differences")
+    return 1 if differences else 0
+
+
+def _port(url: str) -> int:
+    return urlsplit(url).port or 80
 
 
 def _worker(settings: Settings) -> int:

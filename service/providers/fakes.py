@@ -35,11 +35,11 @@ class Fault:
 class FakeServer:
     """HTTP plumbing shared by the fakes: a threaded server, faults, a request log."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.faults: deque[Fault] = deque()
         self.requests: list[str] = []
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -93,8 +93,8 @@ def _json(status: int, value: object) -> Answer:
 
 
 class FakeInfobip(FakeServer):
-    def __init__(self, api_key: str = "fake-key") -> None:
-        super().__init__()
+    def __init__(self, api_key: str = "fake-key", port: int = 0) -> None:
+        super().__init__(port)
         self.api_key = api_key
         self.queued: deque[dict[str, Any]] = deque()
         self.logs: dict[str, dict[str, Any]] = {}  # messageId -> latest state, not consumed
@@ -133,8 +133,8 @@ class DiceMessage:
 
 class FakeDiceSms(FakeServer):
     def __init__(self, token: str = "fake-token", page_size: int = 5,
-                 next_base: str | None = None) -> None:
-        super().__init__()
+                 next_base: str | None = None, port: int = 0) -> None:
+        super().__init__(port)
         self.token = token
         self.page_size = page_size
         self.next_base = next_base  # where `next` links point; our own URL by default

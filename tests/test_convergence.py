@@ -1,0 +1,37 @@
+"""Lossy, duplicated, reordered pushes plus the reconciler's pulls converge on the truth."""
+
+from __future__ import annotations
+
+import httpx
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import simulate, worker
+from service.app import create_app
+from service.config import BasicAuth, DiceSmsSource, InfobipSource, WebhookConfig
+from service.providers import http
+from service.providers.fakes import FakeDiceSms, FakeInfobip
+from tests.conftest import READ_TOKEN, make_settings
+
+
+async def test_pushes_and_pulls_converge_to_the_truth(engine: AsyncEngine,
+                                                      database_url: str) -> None:
+    scenario = simulate.Scenario(messages=300, seed=7, loss=0.2, duplicates=0.1)
+    assert scenario.lost_finals  # some finals really were lost in transit
+    with FakeInfobip() as fake_ib, FakeDiceSms(page_size=40) as fake_dice:
+        scenario.load(fake_ib, fake_dice)
+        ib = InfobipSource("ib", fake_ib.url, api_key=fake_ib.api_key,
+                           webhook=WebhookConfig(basic=BasicAuth("hook", "pw")))
+        dice = DiceSmsSource("dice", fake_dice.url, token=fake_dice.token)
+        app = create_app(make_settings(sources={"ib": ib, "dice": dice}), database_url)
+        async with AsyncTestClient(app=app) as client:
+            await simulate.push(client, scenario, simulate.hook_headers(ib.webhook))
+            before = scenario.differences(await simulate.fetch_all(client, READ_TOKEN))
+            assert before, "pushes alone should not be complete"
+            async with httpx.AsyncClient() as provider_client:
+                for source in (ib, dice, ib, dice):  # a second pass must change nothing
+                    result = await worker.pull(engine, provider_client, source, "t",
+                                               http.Retry(attempts=2, base_s=0.01))
+                    assert result is not None and result.error is None
+            after = scenario.differences(await simulate.fetch_all(client, READ_TOKEN))
+    assert after == []
