@@ -189,10 +189,11 @@ async def start_run(conn: AsyncConnection, source: str) -> int:
 
 
 async def finish_run(conn: AsyncConnection, run_id: int, *, pages: int, reports: int,
-                     changed: int, rejected: int, error: str | None) -> None:
+                     changed: int, rejected: int, error: str | None,
+                     detail: dict[str, Any] | None) -> None:
     await conn.execute(sa.update(runs).where(runs.c.id == run_id).values(
         finished_at=sa.func.now(), pages=pages, reports=reports, changed=changed,
-        rejected=rejected, error=error))
+        rejected=rejected, error=error, detail=detail))
 
 
 async def list_runs(conn: AsyncConnection, source: str | None, limit: int) -> Sequence[sa.Row[Any]]:
@@ -291,3 +292,12 @@ async def gaps(conn: AsyncConnection, *, source: str | None, sent_before: dateti
     if with_message_id:
         query = query.where(outbound.c.message_id.is_not(None))
     return (await conn.execute(query)).all()
+
+
+async def sent_per_day(conn: AsyncConnection, source: str, days: Sequence[str],
+                       tz: str) -> dict[str, int]:
+    """Messages of `source` sent on each local day (YYYYMMDD in time zone `tz`)."""
+    day = sa.func.to_char(sa.func.timezone(tz, messages.c.sent_at), "YYYYMMDD")
+    query = (sa.select(day, sa.func.count()).where(messages.c.source == source, day.in_(days))
+             .group_by(day))
+    return {row[0]: row[1] for row in await conn.execute(query)}

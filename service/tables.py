@@ -7,6 +7,7 @@ orders them by code point as Python does (the merge rule is evaluated in both).
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -106,6 +107,7 @@ runs = sa.Table(
     sa.Column("changed", sa.Integer, nullable=False, server_default="0"),
     sa.Column("rejected", sa.Integer, nullable=False, server_default="0"),
     sa.Column("error", sa.Text),
+    sa.Column("detail", JSONB),  # e.g. the provider's own counters against ours
 )
 sa.Index("ix_runs_source_started_at", runs.c.source, runs.c.started_at)
 

@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import quote, urljoin
 
 import httpx
@@ -35,6 +36,7 @@ class RunResult(msgspec.Struct):
     changed: int = 0
     rejected: int = 0
     error: str | None = None
+    detail: dict[str, Any] | None = None
 
 
 def holder_id() -> str:
@@ -68,7 +70,7 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
             result = page.result
             await store.finish_run(conn, run_id, pages=result.pages, reports=result.reports,
                                    changed=result.changed, rejected=result.rejected,
-                                   error=result.error)
+                                   error=result.error, detail=result.detail)
             await store.release_lease(conn, source.name, holder)
     log.info("pull finished", extra=msgspec.structs.asdict(page.result))
     return page.result
@@ -171,6 +173,33 @@ async def _pull_dicesms(pages: _Pages, source: DiceSmsSource) -> None:
         await pages.take(response, functools.partial(dicesms.decode_batch_report, source,
                                                      statuses, batch_id))
     await _walk_dicesms(pages, source, statuses, batch_of)
+    await _compare_counts(pages, source)
+    if statuses.unmapped:
+        pages.result.detail = (pages.result.detail or {}) | {"unmapped_statuses": statuses.unmapped}
+
+
+NEPAL = "Asia/Kathmandu"  # DiceSMS counts days in Nepal time
+
+
+async def _compare_counts(pages: _Pages, source: DiceSmsSource) -> None:
+    """The provider's enqueue counters per day against our messages; staff-only, 403 is normal."""
+    try:
+        response = await dicesms.fetch(pages.client, source, "/api/metrics/snapshot/",
+                                       pages.retry)
+    except http.AuthRejected:
+        return
+    if response.status_code != 200:
+        return
+    try:
+        theirs = dicesms.enqueued_per_day(response.content)
+    except msgspec.MsgspecError:
+        log.warning("metrics snapshot not understood", extra={"source": source.name})
+        return
+    async with db.transaction(pages.engine) as conn:
+        ours = await store.sent_per_day(conn, source.name, sorted(theirs), NEPAL)
+    pages.result.detail = (pages.result.detail or {}) | {"counts": {
+        day: {"provider": n, "ours": ours.get(day, 0), "missing": n - ours.get(day, 0)}
+        for day, n in sorted(theirs.items())}}
 
 
 async def _walk_dicesms(pages: _Pages, source: DiceSmsSource, statuses: dicesms.StatusTable,

@@ -184,3 +184,27 @@ async def test_wrong_token_ends_the_run(engine: AsyncEngine) -> None:
             result = await worker.pull(engine, client, source, "test", FAST)
         assert len(fake.requests) == 1
     assert result is not None and "credentials" in (result.error or "")
+
+
+def test_seed_metrics_snapshot_counts_per_day() -> None:
+    body = (SEEDS / "metrics_snapshot.json").read_bytes()
+    assert dicesms.enqueued_per_day(body) == {"20251105": 3}
+
+
+async def test_provider_counters_are_compared_with_ours(engine: AsyncEngine) -> None:
+    with FakeDiceSms(page_size=50) as fake:
+        fake.messages = messages_of_three_batches()  # all sent on 2025-11-04, Nepal time
+        fake.snapshot = {"sms:metrics:enqueue:d:20251104": 13, "sms:metrics:enqueue": 13,
+                         "sms:metrics:enqueue:op:NCELL:d:20251104": 5}
+        result = await pull(engine, fake)
+    assert result.detail == {"counts": {"20251104": {"provider": 13, "ours": 12, "missing": 1}}}
+
+
+async def test_unmapped_statuses_are_kept_raw_and_counted(engine: AsyncEngine) -> None:
+    with FakeDiceSms(page_size=50) as fake:
+        fake.messages = [DiceMessage(9842271353, "2025-11-04T17:00:45.126760+05:45", "b",
+                                     "QUEUED_AT_SMSC")]
+        result = await pull(engine, fake)
+    assert result.detail is not None and result.detail["unmapped_statuses"]["QUEUED_AT_SMSC"] > 0
+    [row] = (await stored(engine)).values()
+    assert (row.status, row.status_name) == ("PENDING", "QUEUED_AT_SMSC")

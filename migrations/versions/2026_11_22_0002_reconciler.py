@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision = '0002'
 down_revision = '0001'
@@ -33,6 +34,7 @@ def upgrade() -> None:
     sa.Column('changed', sa.Integer(), server_default='0', nullable=False),
     sa.Column('rejected', sa.Integer(), server_default='0', nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
+    sa.Column('detail', postgresql.JSONB(astext_type=sa.Text()), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_runs'))
     )
     op.create_index('ix_runs_source_started_at', 'runs', ['source', 'started_at'], unique=False)

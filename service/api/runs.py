@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from litestar import get
@@ -24,6 +24,7 @@ class Run(msgspec.Struct):
     changed: int
     rejected: int
     error: str | None
+    detail: dict[str, Any] | None
 
 
 class RunList(msgspec.Struct):

@@ -8,6 +8,7 @@ paginated listing, from /api/batch-ids joined on `sent_at`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated
@@ -178,3 +179,12 @@ async def fetch(client: httpx.AsyncClient, source: DiceSmsSource, path_or_url: s
     """GET a DiceSMS endpoint; a 404 is an answer ("nothing found"), not a failure."""
     return await http.get(client, source.base_url, path_or_url, headers(source), retry=retry,
                           accept=(200, 404))
+
+
+DAY_COUNTER = re.compile(r"^sms:metrics:enqueue:d:(\d{8})$")
+
+
+def enqueued_per_day(body: bytes) -> dict[str, int]:
+    """From /api/metrics/snapshot/: messages the provider enqueued per local day (YYYYMMDD)."""
+    counters = msgspec.json.decode(body, type=dict[str, int])
+    return {m[1]: value for key, value in counters.items() if (m := DAY_COUNTER.match(key))}

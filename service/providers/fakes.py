@@ -139,6 +139,7 @@ class FakeDiceSms(FakeServer):
         self.page_size = page_size
         self.next_base = next_base  # where `next` links point; our own URL by default
         self.messages: list[DiceMessage] = []
+        self.snapshot: dict[str, int] | None = None  # None: answer 403, as for non-staff
 
     def answer(self, path: str, query: dict[str, list[str]], headers: Any) -> Answer:
         if headers.get("Authorization") != f"Token {self.token}":
@@ -154,7 +155,9 @@ class FakeDiceSms(FakeServer):
             items = [m.report() for m in self.messages if m.batch_id == batch_id]
             return _json(200, items) if items else _json(404, {"error": "SMS message not found."})
         if path == "/api/metrics/snapshot/":
-            return _json(403, {"detail": "You do not have permission to perform this action."})
+            if self.snapshot is None:
+                return _json(403, {"detail": "You do not have permission to perform this action."})
+            return _json(200, self.snapshot)
         return _json(404, {"detail": "Not found."})
 
     def _page(self, page: int) -> Answer:
