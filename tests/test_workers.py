@@ -1,0 +1,52 @@
+"""Two `worker` processes on one database: one puller per source at a time, nothing doubled."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.providers.fakes import FakeInfobip
+from service.tables import inbox, messages, runs
+from tests.reports import report
+
+
+async def test_two_workers_share_a_source_without_overlap(engine: AsyncEngine, database_url: str,
+                                                          tmp_path: Path) -> None:
+    with FakeInfobip() as fake:
+        fake.queue(*[report(f"m{i}") for i in range(5000)])
+        config = tmp_path / "dlr.toml"
+        config.write_text(f'[[sources]]\nname = "ib"\nkind = "infobip"\nbase_url = "{fake.url}"\n'
+                          f'api_key = "{fake.api_key}"\npull_interval_s = 0.2\n')
+        env = os.environ | {"DLR_DATABASE_URL": database_url, "DLR_CONFIG": str(config)}
+        workers = [subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                   for _ in range(2)]
+        try:
+            deadline = time.monotonic() + 60
+            while fake.queued and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(1.5)  # a few more passes, on an empty provider
+        finally:
+            for process in workers:
+                process.send_signal(signal.SIGTERM)
+            errors = [process.communicate(timeout=30)[1] for process in workers]
+        assert [p.returncode for p in workers] == [0, 0], errors
+        assert not fake.queued
+
+    async with engine.connect() as conn:
+        stored = await conn.scalar(sa.select(sa.func.count()).select_from(messages))
+        accepted = await conn.scalar(sa.select(sa.func.sum(inbox.c.accepted)))
+        passes = (await conn.execute(sa.select(runs.c.started_at, runs.c.finished_at,
+                                               runs.c.reports).order_by(runs.c.started_at))).all()
+    assert stored == 5000
+    assert accepted == 5000  # every report handed out once, and kept once
+    assert sum(p.reports for p in passes) == 5000
+    for earlier, later in zip(passes, passes[1:], strict=False):
+        assert earlier.finished_at <= later.started_at, "two passes over one source overlapped"
