@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service import db
 from service.providers.fakes import FakeInfobip
 from service.tables import inbox, messages, runs
 from tests.reports import report
 
 
-async def test_two_workers_share_a_source_without_overlap(engine: AsyncEngine, database_url: str,
-                                                          tmp_path: Path) -> None:
+def test_two_workers_share_a_source_without_overlap(engine: AsyncEngine, database_url: str,
+                                                    tmp_path: Path) -> None:
     with FakeInfobip() as fake:
         fake.queue(*[report(f"m{i}") for i in range(5000)])
         config = tmp_path / "dlr.toml"
@@ -40,13 +44,22 @@ async def test_two_workers_share_a_source_without_overlap(engine: AsyncEngine, d
         assert [p.returncode for p in workers] == [0, 0], errors
         assert not fake.queued
 
-    async with engine.connect() as conn:
-        stored = await conn.scalar(sa.select(sa.func.count()).select_from(messages))
-        accepted = await conn.scalar(sa.select(sa.func.sum(inbox.c.accepted)))
-        passes = (await conn.execute(sa.select(runs.c.started_at, runs.c.finished_at,
-                                               runs.c.reports).order_by(runs.c.started_at))).all()
+    async def outcome() -> tuple[Any, Any, list[Any]]:
+        checker = db.create_engine(database_url)
+        try:
+            async with checker.connect() as conn:
+                stored = await conn.scalar(sa.select(sa.func.count()).select_from(messages))
+                accepted = await conn.scalar(sa.select(sa.func.sum(inbox.c.accepted)))
+                passes = (await conn.execute(sa.select(
+                    runs.c.started_at, runs.c.finished_at, runs.c.reports,
+                ).order_by(runs.c.started_at))).all()
+        finally:
+            await checker.dispose()
+        return stored, accepted, list(passes)
+
+    stored, accepted, passes = asyncio.run(outcome())
     assert stored == 5000
     assert accepted == 5000  # every report handed out once, and kept once
     assert sum(p.reports for p in passes) == 5000
-    for earlier, later in zip(passes, passes[1:], strict=False):
+    for earlier, later in itertools.pairwise(passes):
         assert earlier.finished_at <= later.started_at, "two passes over one source overlapped"
