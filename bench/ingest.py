@@ -16,27 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import time
 import uuid
-from datetime import UTC, datetime
 
-import asyncpg
-
-from bench.common import bench_database, load, percentile, running_service
+from bench.common import bench_database, load, percentile, raw_rate, report, running_service
 
 HEADERS = {"X-Hook": "bench-hook"}
-
-
-def report(message_id: str, n: int) -> dict[str, object]:
-    return {
-        "bulkId": "bulk-bench", "messageId": message_id, "to": f"4179{3000000 + n % 6000000}",
-        "sentAt": "2026-11-01T10:00:00.000+0000", "doneAt": "2026-11-01T10:00:05.000+0000",
-        "smsCount": 1, "price": {"pricePerMessage": 0.01, "currency": "EUR"},
-        "status": {"groupId": 3, "groupName": "DELIVERED", "id": 5, "name": "DELIVERED_TO_HANDSET",
-                   "description": "Message delivered to handset"},
-        "error": {"groupId": 0, "groupName": "Ok", "id": 0, "name": "NO_ERROR", "permanent": False},
-        "callbackData": "order-42",
-    }
 
 
 def bodies(count: int, per_body: int) -> list[bytes]:
@@ -44,40 +28,6 @@ def bodies(count: int, per_body: int) -> list[bytes]:
     return [json.dumps({"results": [report(f"{run}-{b}-{i}", b * per_body + i)
                                      for i in range(per_body)]}).encode()
             for b in range(count)]
-
-
-RAW_SQL = """
-INSERT INTO messages (source, message_id, status, final, obs_hash, status_id, status_name,
-                      done_at, "to", bulk_id, sent_at, sms_count, price_amount, price_currency,
-                      callback_data, seq)
-SELECT t.*, nextval('messages_seq') FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[],
-    $5::bytea[], $6::int[], $7::text[], $8::timestamptz[], $9::text[], $10::text[],
-    $11::timestamptz[], $12::int[], $13::numeric[], $14::text[], $15::text[])
-    AS t(source, message_id, status, final, obs_hash, status_id, status_name, done_at, "to",
-         bulk_id, sent_at, sms_count, price_amount, price_currency, callback_data)
-ON CONFLICT (source, message_id) DO UPDATE SET status = excluded.status, done_at = excluded.done_at,
-    seq = excluded.seq
-"""
-
-
-async def raw_rate(url: str, rows: int) -> float:
-    from decimal import Decimal
-
-    conn = await asyncpg.connect(url)
-    now = datetime.now(UTC)
-    run = uuid.uuid4().hex[:8]
-    try:
-        started = time.perf_counter()
-        for batch in range(rows // 1000):
-            ids = [f"raw-{run}-{batch}-{i}" for i in range(1000)]
-            n = len(ids)
-            await conn.execute(RAW_SQL, ["ib"] * n, ids, ["DELIVERED"] * n, [True] * n,
-                               [b"0123456789abcdef"] * n, [5] * n, ["DELIVERED_TO_HANDSET"] * n,
-                               [now] * n, ["+41793026727"] * n, ["bulk"] * n, [now] * n, [1] * n,
-                               [Decimal("0.01")] * n, ["EUR"] * n, ["order-42"] * n)
-        return rows // 1000 * 1000 / (time.perf_counter() - started)
-    finally:
-        await conn.close()
 
 
 def main() -> None:
