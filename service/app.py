@@ -80,7 +80,7 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
     return Litestar(
         route_handlers=[webhooks.receive_reports, messages.get_message, messages.list_messages,
                         runs.list_runs, outbound.register, outbound.list_gaps, ops.live,
-                        ops.ready],
+                        ops.ready, ops.metrics],
         lifespan=[lifespan],
         state=State({"settings": settings, "gates": gates, "tokens": TokenBook(settings.api_tokens),
                      "head_revision": db.head_revision()}),

@@ -79,6 +79,7 @@ class DiceSmsSource(_Strict, frozen=True, tag="dicesms", tag_field="kind"):
     token: str | None = None
     default_region: str = "NP"
     pull_interval_s: float = 300.0
+    walk_interval_s: float = 3600.0  # how often the full listing walk starts over
     status_map: dict[str, str] = {}
     webhook: WebhookConfig | None = None
 

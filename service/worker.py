@@ -20,7 +20,7 @@ import httpx
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import db, ingest, store
+from service import db, ingest, metrics, store
 from service.config import DiceSmsSource, InfobipSource, Source
 from service.errors import DatabaseUnavailable
 from service.providers import Rejection, Report, dicesms, http, infobip
@@ -72,8 +72,13 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
                                    changed=result.changed, rejected=result.rejected,
                                    error=result.error, detail=result.detail)
             await store.release_lease(conn, source.name, holder)
-    log.info("pull finished", extra=msgspec.structs.asdict(page.result))
-    return page.result
+    result = page.result
+    metrics.RUNS.labels(source.name, "error" if result.error else "ok").inc()
+    metrics.PULLED_REPORTS.labels(source.name).inc(result.reports)
+    for day, counts in (result.detail or {}).get("counts", {}).items():
+        metrics.COUNT_MISSING.labels(source.name, day).set(counts["missing"])
+    log.info("pull finished", extra=msgspec.structs.asdict(result))
+    return result
 
 
 class _Pages:
@@ -176,6 +181,8 @@ async def _pull_dicesms(pages: _Pages, source: DiceSmsSource) -> None:
     await _compare_counts(pages, source)
     if statuses.unmapped:
         pages.result.detail = (pages.result.detail or {}) | {"unmapped_statuses": statuses.unmapped}
+        for raw, count in statuses.unmapped.items():
+            metrics.UNMAPPED_STATUSES.labels(source.name, raw).inc(count)
 
 
 NEPAL = "Asia/Kathmandu"  # DiceSMS counts days in Nepal time
@@ -204,9 +211,18 @@ async def _compare_counts(pages: _Pages, source: DiceSmsSource) -> None:
 
 async def _walk_dicesms(pages: _Pages, source: DiceSmsSource, statuses: dicesms.StatusTable,
                         batch_of: Mapping[datetime, str]) -> None:
-    """Continue the paginated listing where the last run stopped; `next` stays on our origin."""
+    """Continue the paginated listing where the last run stopped; `next` stays on our origin.
+
+    A finished walk starts over only after the source's `walk_interval_s`.
+    """
     async with db.transaction(pages.engine) as conn:
-        url = await store.get_cursor(conn, source.name, "walk_next") or "/api/sms-report/"
+        url = await store.get_cursor(conn, source.name, "walk_next")
+        finished = await store.get_cursor(conn, source.name, "walk_finished_at")
+    if url is None and finished is not None:
+        since = datetime.now(UTC) - datetime.fromisoformat(finished)
+        if since.total_seconds() < source.walk_interval_s:
+            return
+    url = url or "/api/sms-report/"
     for _ in range(WALK_PAGES_PER_RUN):
         response = await dicesms.fetch(pages.client, source, url, pages.retry)
         await pages.take(response, functools.partial(dicesms.decode_report_page, source,
@@ -218,6 +234,9 @@ async def _walk_dicesms(pages: _Pages, source: DiceSmsSource, statuses: dicesms.
                                      f"{source.base_url!r}")
         async with db.transaction(pages.engine) as conn:
             await store.set_cursor(conn, source.name, "walk_next", next_url)
+            if next_url is None:
+                await store.set_cursor(conn, source.name, "walk_finished_at",
+                                       datetime.now(UTC).isoformat())
         if next_url is None:
             return
         url = next_url

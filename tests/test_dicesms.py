@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import worker
@@ -96,8 +97,8 @@ def messages_of_three_batches() -> list[DiceMessage]:
     return out
 
 
-async def pull(engine: AsyncEngine, fake: FakeDiceSms) -> worker.RunResult:
-    source = DiceSmsSource("dice", fake.url, token=fake.token)
+async def pull(engine: AsyncEngine, fake: FakeDiceSms, walk_interval_s: float = 0) -> worker.RunResult:
+    source = DiceSmsSource("dice", fake.url, token=fake.token, walk_interval_s=walk_interval_s)
     async with httpx.AsyncClient() as client:
         result = await worker.pull(engine, client, source, "test", FAST)
     assert result is not None
@@ -198,6 +199,8 @@ async def test_provider_counters_are_compared_with_ours(engine: AsyncEngine) -> 
                          "sms:metrics:enqueue:op:NCELL:d:20251104": 5}
         result = await pull(engine, fake)
     assert result.detail == {"counts": {"20251104": {"provider": 13, "ours": 12, "missing": 1}}}
+    assert REGISTRY.get_sample_value("dlr_provider_count_missing",
+                                     {"source": "dice", "day": "20251104"}) == 1
 
 
 async def test_unmapped_statuses_are_kept_raw_and_counted(engine: AsyncEngine) -> None:
@@ -208,3 +211,16 @@ async def test_unmapped_statuses_are_kept_raw_and_counted(engine: AsyncEngine) -
     assert result.detail is not None and result.detail["unmapped_statuses"]["QUEUED_AT_SMSC"] > 0
     [row] = (await stored(engine)).values()
     assert (row.status, row.status_name) == ("PENDING", "QUEUED_AT_SMSC")
+
+
+async def test_a_finished_walk_waits_for_its_interval(engine: AsyncEngine) -> None:
+    with FakeDiceSms(page_size=5) as fake:
+        fake.messages = messages_of_three_batches()
+        await pull(engine, fake, walk_interval_s=3600)
+        assert "/api/sms-report/?page=3" in fake.requests  # walked to the end
+        fake.requests.clear()
+        await pull(engine, fake, walk_interval_s=3600)
+        assert not [r for r in fake.requests if r.startswith("/api/sms-report/?")
+                    or r == "/api/sms-report/"]
+        await pull(engine, fake, walk_interval_s=0)
+        assert "/api/sms-report/" in fake.requests

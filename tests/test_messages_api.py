@@ -87,6 +87,8 @@ async def test_bad_parameters_are_400(loaded: Client, params: dict[str, str]) ->
 async def test_health_and_schema(client: Client) -> None:
     assert (await client.get("/health/live")).json() == {"status": "ok"}
     assert (await client.get("/health/ready")).json() == {"status": "ready"}
+    scraped = await client.get("/metrics")
+    assert scraped.status_code == 200 and "dlr_reconciler_runs_total" in scraped.text
     schema = (await client.get("/schema/openapi.json")).json()
     assert "/webhooks/{source}" in schema["paths"]
     assert "/v1/messages" in schema["paths"]

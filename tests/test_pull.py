@@ -72,6 +72,16 @@ async def test_retries_5xx_and_429_then_succeeds(engine: AsyncEngine) -> None:
     assert slept[1] == 7  # Retry-After honoured
 
 
+async def test_slow_answers_time_out_and_are_retried(engine: AsyncEngine) -> None:
+    with FakeInfobip() as fake:
+        fake.queue(report("m1"))
+        fake.faults.append(Fault(200, body=b'{"results": []}', delay_s=1.0))
+        async with httpx.AsyncClient(timeout=0.2) as client:
+            result = await worker.pull(engine, client, source_for(fake), "t", FAST)
+        assert len(fake.requests) == 3  # the slow one, then the page, then the empty page
+    assert result is not None and result.error is None and result.reports == 1
+
+
 async def test_gives_up_after_bounded_attempts_and_records_it(engine: AsyncEngine) -> None:
     with FakeInfobip() as fake:
         fake.queue(report("m1"))

@@ -1,4 +1,4 @@
-"""Health endpoints for probes: live (the process answers) and ready (database at head)."""
+"""Probes (live: the process answers; ready: database at head) and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 from litestar import get
 from litestar.datastructures import State
 from litestar.response import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import db
 from service.errors import DatabaseUnavailable
@@ -30,3 +31,8 @@ async def ready(state: State) -> Response[dict[str, str]]:
         return Response({"status": f"database at revision {revision}, "
                                    f"needs {state.head_revision}"}, status_code=503)
     return Response({"status": "ready"})
+
+
+@get("/metrics", tags=["ops"], summary="Prometheus metrics of this process", media_type=CONTENT_TYPE_LATEST)
+async def metrics() -> bytes:
+    return generate_latest()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import deque
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -26,10 +27,12 @@ Answer = tuple[int, bytes, dict[str, str]]
 class Fault:
     """One scripted answer that replaces the next real one."""
 
-    def __init__(self, status: int, headers: dict[str, str] | None = None, body: bytes = b"") -> None:
+    def __init__(self, status: int, headers: dict[str, str] | None = None, body: bytes = b"",
+                 delay_s: float = 0.0) -> None:
         self.status = status
         self.headers = headers or {}
         self.body = body
+        self.delay_s = delay_s  # answer this late (a slow or stuck provider)
 
 
 class FakeServer:
@@ -68,6 +71,7 @@ class FakeServer:
                 with fake.lock:
                     fault = fake.faults.popleft() if fake.faults else None
                 if fault is not None:
+                    time.sleep(fault.delay_s)
                     status, body, headers = fault.status, fault.body, fault.headers
                 else:
                     url = urlsplit(self.path)
