@@ -50,10 +50,6 @@ class WebhookConfig(_Strict, frozen=True):
     allow_ips: list[str] = []
 
     @property
-    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [ipaddress.ip_network(cidr, strict=False) for cidr in self.allow_ips]
-
-    @property
     def disabled_reason(self) -> str | None:
         """Why this webhook must refuse everything, or None when it can accept."""
         if self.basic and not (self.basic.username and self.basic.password):

@@ -134,9 +134,6 @@ async def get_message(conn: AsyncConnection, source: str, message_id: str) -> sa
     return (await conn.execute(query)).first()
 
 
-LIST_FILTERS = ("source", "status", "to", "bulk_id", "callback_data")
-
-
 async def list_messages(conn: AsyncConnection, filters: dict[str, str], limit: int,
                         after: tuple[str, str] | None) -> Sequence[sa.Row[Any]]:
     """A page in (source, message_id) order, starting after a keyset cursor."""
