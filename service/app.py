@@ -93,6 +93,7 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="dlr-reconciler", version="0.1.0", path="/schema",
                                      render_plugins=[SwaggerRenderPlugin()]),
+        logging_config=None,  # the CLI configures logging once for every command
         debug=False,
     )
 

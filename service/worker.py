@@ -77,7 +77,10 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
     metrics.PULLED_REPORTS.labels(source.name).inc(result.reports)
     for day, counts in (result.detail or {}).get("counts", {}).items():
         metrics.COUNT_MISSING.labels(source.name, day).set(counts["missing"])
-    log.info("pull finished", extra=msgspec.structs.asdict(result))
+    log.log(logging.WARNING if result.error else logging.INFO,
+            "pull %s: %d pages, %d reports, %d changed, %d rejected%s", source.name,
+            result.pages, result.reports, result.changed, result.rejected,
+            f"; error: {result.error}" if result.error else "")
     return result
 
 
