@@ -49,6 +49,19 @@ class Message(msgspec.Struct):
     updated_at: datetime
 
 
+class Observation(msgspec.Struct):
+    status: str
+    status_id: int | None
+    status_name: str | None
+    done_at: datetime | None
+    channel: str  # push | pull | outbound
+    observed_at: datetime
+
+
+class MessageDetail(Message):
+    history: list[Observation]
+
+
 class MessagePage(msgspec.Struct):
     items: list[Message]
     next_cursor: str | None

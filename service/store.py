@@ -134,12 +134,41 @@ async def get_message(conn: AsyncConnection, source: str, message_id: str) -> sa
     return (await conn.execute(query)).first()
 
 
-async def list_messages(conn: AsyncConnection, filters: dict[str, str], limit: int,
+async def history(conn: AsyncConnection, source: str, message_id: str) -> Sequence[Any]:
+    """Every distinct observation of a message, per channel, in the order they happened."""
+    h = message_history.c
+    query = (sa.select(h.status, h.status_id, h.status_name, h.done_at, h.channel, h.observed_at)
+             .where(h.source == source, h.message_id == message_id)
+             .order_by(h.done_at.asc().nulls_first(), h.observed_at, h.channel))
+    return (await conn.execute(query)).all()
+
+
+class MessageFilter(msgspec.Struct, frozen=True):
+    source: str | None = None
+    status: str | None = None
+    final: bool | None = None
+    to: str | None = None
+    bulk_id: str | None = None
+    callback_data: str | None = None
+    sent_from: datetime | None = None
+    sent_to: datetime | None = None
+    updated_since: datetime | None = None
+
+
+async def list_messages(conn: AsyncConnection, where: MessageFilter, limit: int,
                         after: tuple[str, str] | None) -> Sequence[sa.Row[Any]]:
     """A page in (source, message_id) order, starting after a keyset cursor."""
-    query = sa.select(messages).order_by(messages.c.source, messages.c.message_id).limit(limit)
-    for name, value in filters.items():
-        query = query.where(messages.c[name] == value)
+    m = messages.c
+    query = sa.select(messages).order_by(m.source, m.message_id).limit(limit)
+    for name in ("source", "status", "final", "to", "bulk_id", "callback_data"):
+        if (value := getattr(where, name)) is not None:
+            query = query.where(m[name] == value)
+    if where.sent_from is not None:
+        query = query.where(m.sent_at >= where.sent_from)
+    if where.sent_to is not None:
+        query = query.where(m.sent_at < where.sent_to)
+    if where.updated_since is not None:
+        query = query.where(m.updated_at >= where.updated_since)
     if after is not None:
         query = query.where(sa.tuple_(messages.c.source, messages.c.message_id) > after)
     return (await conn.execute(query)).all()

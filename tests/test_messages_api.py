@@ -69,6 +69,13 @@ async def test_pages_return_every_row_once(loaded: Client) -> None:
     ({"to": "41793026727"}, {"m00", "m01", "m02"}),
     ({"to": "+41 79 302 67 27"}, {"m00", "m01", "m02"}),
     ({"source": "other"}, set()),
+    ({"final": "false"}, {f"m{i:02}" for i in range(0, 25, 3)}),
+    ({"final": "true", "bulk_id": "bulk-0"}, {f"m{i:02}" for i in range(2, 25, 2) if i % 3}),
+    ({"sent_from": "2026-11-01T10:00:00Z", "sent_to": "2026-11-01T10:00:00.001Z"},
+     {f"m{i:02}" for i in range(25)}),
+    ({"sent_from": "2026-11-01T10:00:01Z"}, set()),
+    ({"updated_since": "2000-01-01T00:00:00+00:00"}, {f"m{i:02}" for i in range(25)}),
+    ({"updated_since": "2999-01-01T00:00:00+00:00"}, set()),
 ])
 async def test_filters(loaded: Client, params: dict[str, str], expected: set[str]) -> None:
     page = (await loaded.get("/v1/messages", params=params | {"limit": "100"},
@@ -77,7 +84,9 @@ async def test_filters(loaded: Client, params: dict[str, str], expected: set[str
 
 
 @pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "1001"}, {"limit": "x"},
-                                    {"cursor": "%%%"}, {"cursor": "bm90IGpzb24="}])
+                                    {"cursor": "%%%"}, {"cursor": "bm90IGpzb24="},
+                                    {"final": "maybe"}, {"sent_from": "yesterday"},
+                                    {"updated_since": "2026-11-01T00:00:00"}])
 async def test_bad_parameters_are_400(loaded: Client, params: dict[str, str]) -> None:
     response = await loaded.get("/v1/messages", params=params, headers=READ)
     assert response.status_code == 400

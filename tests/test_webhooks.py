@@ -64,7 +64,10 @@ async def test_seed_example_accepted_verbatim_and_read_back(client: Client) -> N
     assert set(message) == {
         "source", "message_id", "bulk_id", "to", "sender", "callback_data", "status", "final",
         "provider_status", "error", "sent_at", "done_at", "sms_count", "price", "mcc_mnc",
-        "operator", "text", "seq", "updated_at"}
+        "operator", "text", "seq", "updated_at", "history"}
+    [seen] = message["history"]
+    assert (seen["status"], seen["channel"], seen["done_at"]) == ("DELIVERED", "push",
+                                                                  "2019-11-09T16:00:00Z")
 
 
 async def test_offsets_are_normalised_to_utc(client: Client) -> None:
@@ -122,6 +125,7 @@ async def test_pending_then_final_advances_seq_and_keeps_history(
     assert final["status"] == "DELIVERED"
     assert final["seq"] > pending["seq"]
     assert await count(engine, message_history) == 2
+    assert [o["status"] for o in final["history"]] == ["PENDING", "DELIVERED"]
 
 
 async def test_unknown_status_group_is_kept_not_rejected(client: Client) -> None:

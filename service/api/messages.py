@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -14,7 +15,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from service import db, reconcile, store
 from service.api.auth import require_scope
 from service.errors import BadRequest, NotFound
-from service.schemas import Message, MessagePage, message_from_row
+from service.schemas import MessageDetail, MessagePage, Observation, message_from_row
 
 _cursor_decoder = msgspec.json.Decoder(tuple[str, str])
 
@@ -32,12 +33,16 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 @get("/v1/messages/{source:str}/{message_id:str}", guards=[require_scope], opt={"scope": "read"},
      tags=["messages"], summary="One message's merged state")
-async def get_message(source: FromPath[str], message_id: FromPath[str], state: State) -> Message:
+async def get_message(source: FromPath[str], message_id: FromPath[str],
+                      state: State) -> MessageDetail:
     async with db.transaction(state.engine) as conn:
         row = await store.get_message(conn, source, message_id)
+        seen = await store.history(conn, source, message_id)
     if row is None:
         raise NotFound(f"no message {message_id!r} from source {source!r}")
-    return message_from_row(row)
+    message = message_from_row(row)
+    return MessageDetail(**msgspec.structs.asdict(message),
+                         history=[Observation(**o._asdict()) for o in seen])
 
 
 @get("/v1/messages", guards=[require_scope], opt={"scope": "read"}, tags=["messages"],
@@ -49,16 +54,24 @@ async def list_messages(
     to: FromQuery[str | None] = None,
     bulk_id: FromQuery[str | None] = None,
     callback_data: FromQuery[str | None] = None,
+    final: FromQuery[bool | None] = None,
+    sent_from: FromQuery[datetime | None] = None,
+    sent_to: FromQuery[datetime | None] = None,
+    updated_since: FromQuery[datetime | None] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     cursor: FromQuery[str | None] = None,
 ) -> MessagePage:
-    filters = {"source": source, "status": status and status.upper(),
-               "to": to and reconcile.e164(to), "bulk_id": bulk_id,
-               "callback_data": callback_data}
-    present = {k: v for k, v in filters.items() if v is not None}
+    for name, moment in (("sent_from", sent_from), ("sent_to", sent_to),
+                         ("updated_since", updated_since)):
+        if moment is not None and moment.tzinfo is None:
+            raise BadRequest(f"{name}: give a time zone offset (e.g. 2026-11-01T00:00:00Z)")
+    where = store.MessageFilter(
+        source=source, status=status and status.upper(), final=final,
+        to=to and reconcile.e164(to), bulk_id=bulk_id, callback_data=callback_data,
+        sent_from=sent_from, sent_to=sent_to, updated_since=updated_since)
     after = decode_cursor(cursor) if cursor else None
     async with db.transaction(state.engine) as conn:
-        rows = await store.list_messages(conn, present, limit + 1, after)
+        rows = await store.list_messages(conn, where, limit + 1, after)
     items = [message_from_row(r) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
