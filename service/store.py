@@ -327,3 +327,23 @@ async def sent_per_day(conn: AsyncConnection, source: str, days: Sequence[str],
     query = (sa.select(day, sa.func.count()).where(messages.c.source == source, day.in_(days))
              .group_by(day))
     return {row[0]: row[1] for row in await conn.execute(query)}
+
+
+BILLING_KEYS = ("day", "source", "currency", "operator", "status")
+
+
+async def billing(conn: AsyncConnection, since: datetime, until: datetime, keys: Sequence[str],
+                  tz: str) -> Sequence[Any]:
+    """Messages, parts and exact amount per group, for messages sent in [since, until)."""
+    m = messages.c
+    parts = sa.func.coalesce(m.sms_count, 1)
+    columns = {"day": sa.func.to_char(sa.func.timezone(tz, m.sent_at), "YYYY-MM-DD"),
+               "source": m.source, "currency": m.price_currency, "operator": m.operator,
+               "status": m.status}
+    grouped = [columns[k].label(k) for k in keys]
+    query = (sa.select(*grouped, sa.func.count().label("messages"),
+                       sa.func.sum(parts).label("parts"),
+                       sa.func.coalesce(sa.func.sum(m.price_amount * parts), 0).label("amount"))
+             .where(m.sent_at >= since, m.sent_at < until)
+             .group_by(*grouped).order_by(*grouped))
+    return (await conn.execute(query)).all()

@@ -1,0 +1,91 @@
+"""GET /v1/billing/summary: messages, parts and money per group, exact, as JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zoneinfo
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, get
+from litestar.datastructures import State
+from litestar.params import FromQuery, QueryParameter
+from litestar.response import Response
+
+from service import db, reconcile, store
+from service.api.auth import require_scope
+from service.errors import BadRequest
+
+
+class SummaryRow(msgspec.Struct, omit_defaults=True):
+    """One group; `amount` is exact, in `currency` (every row is one currency)."""
+
+    messages: int
+    parts: int
+    amount: str
+    currency: str | None
+    day: str | None = None
+    source: str | None = None
+    operator: str | None = None
+    status: str | None = None
+
+
+class Summary(msgspec.Struct):
+    rows: list[SummaryRow]
+
+
+def _moment(name: str, value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise BadRequest(f"{name}: not an ISO 8601 time: {value!r}") from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"{name}: give a time zone offset (e.g. 2026-11-01T00:00:00Z)")
+    return moment
+
+
+def _groups(group_by: str) -> list[str]:
+    keys = [k.strip() for k in group_by.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in store.BILLING_KEYS]
+    if unknown:
+        raise BadRequest(f"group_by: unknown {', '.join(unknown)}; "
+                         f"choose from {', '.join(store.BILLING_KEYS)}")
+    if "currency" not in keys:  # money only adds up within one currency
+        keys.append("currency")
+    return list(dict.fromkeys(keys))
+
+
+@get("/v1/billing/summary", guards=[require_scope], opt={"scope": "read"}, tags=["billing"],
+     summary="Messages, parts and amount per group, for messages sent in [from, to)",
+     description="amount = sum of price per part x parts (a message without a part count "
+                 "counts as one part). Days are calendar days in `tz`. Every row is in one "
+                 "currency: currency is always a group key. `Accept: text/csv` for CSV.")
+async def billing_summary(
+    request: Request[Any, Any, State],
+    state: State,
+    start: Annotated[str, QueryParameter(name="from")],
+    to: FromQuery[str],
+    group_by: FromQuery[str] = "currency",
+    tz: FromQuery[str] = "UTC",
+) -> Response[Any]:
+    since, until = _moment("from", start), _moment("to", to)
+    if until <= since:
+        raise BadRequest("to: must be after from")
+    if tz not in zoneinfo.available_timezones():
+        raise BadRequest(f"tz: unknown time zone {tz!r} (e.g. UTC, Asia/Kathmandu)")
+    keys = _groups(group_by)
+    async with db.transaction(state.engine) as conn:
+        found = await store.billing(conn, since, until, keys, tz)
+    rows = [SummaryRow(messages=r.messages, parts=r.parts, amount=format(reconcile.money(r.amount), "f"),
+                       **{k: getattr(r, k) for k in keys}) for r in found]
+    if "text/csv" in request.headers.get("accept", ""):
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow([*keys, "messages", "parts", "amount"])
+        for row in rows:
+            writer.writerow([*(getattr(row, k) or "" for k in keys), row.messages, row.parts,
+                             row.amount])
+        return Response(out.getvalue(), media_type="text/csv")
+    return Response(Summary(rows))

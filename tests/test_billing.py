@@ -1,0 +1,121 @@
+"""GET /v1/billing/summary: exact totals, unchanged by duplicates, replays and reordering."""
+
+from __future__ import annotations
+
+import base64
+import random
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import ingest
+from tests.conftest import READ_TOKEN, make_settings
+from tests.reports import body, report
+
+Client = AsyncTestClient  # type: ignore[type-arg]
+READ = {"Authorization": f"Bearer {READ_TOKEN}"}
+BASIC = {"Authorization": "Basic " + base64.b64encode(b"hook:hook-password").decode()}
+NOVEMBER = {"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}
+
+
+def fixture_reports() -> list[dict[str, Any]]:
+    """Six messages; prices written as the provider would, including float-hostile ones."""
+    rows = [  # id, sentAt, parts, price, currency, final group
+        ("a", "2026-11-01T10:00:00.000+0000", 1, "0.1", "EUR", 3),
+        ("b", "2026-11-01T20:00:00.000+0000", 3, "0.1", "EUR", 2),  # 01:45 on the 2nd in Nepal
+        ("c", "2026-11-02T09:00:00.000+0000", 2, "0.2", "EUR", 3),
+        ("d", "2026-11-02T09:30:00.000+0000", 1, "0.0125", "USD", 3),
+        ("e", "2026-11-30T23:59:59.999+0000", 2, "0.0125", "USD", 5),
+        ("f", "2026-12-01T00:00:00.000+0000", 1, "9.99", "EUR", 3),  # outside November
+    ]
+    reports = []
+    for message_id, sent, parts, price, currency, group in rows:
+        for status in ({"groupId": 1, "groupName": "PENDING", "id": 7},
+                       {"groupId": group, "groupName": {2: "UNDELIVERABLE", 3: "DELIVERED",
+                                                        5: "REJECTED"}[group], "id": 5}):
+            reports.append(report(message_id, sentAt=sent, smsCount=parts, status=status,
+                                  price={"pricePerMessage": f"<{price}>", "currency": currency}))
+    return reports
+
+
+def encode(reports: list[dict[str, Any]]) -> bytes:
+    raw = body(*reports)
+    for price in ("0.1", "0.2", "0.0125", "9.99"):  # as JSON numbers, not strings
+        raw = raw.replace(f'"<{price}>"'.encode(), price.encode())
+    return raw
+
+
+async def summary(client: Client, **params: str) -> list[dict[str, Any]]:
+    response = await client.get("/v1/billing/summary", params=NOVEMBER | params, headers=READ)
+    assert response.status_code == 200, response.text
+    return list(response.json()["rows"])
+
+
+EXPECTED_BY_CURRENCY = [
+    {"currency": "EUR", "messages": 3, "parts": 6, "amount": "0.8"},    # 0.1 + 0.3 + 0.4
+    {"currency": "USD", "messages": 2, "parts": 3, "amount": "0.0375"},  # 0.0125 + 0.025
+]
+
+
+async def test_totals_equal_a_hand_computed_sum(client: Client) -> None:
+    assert (await client.post("/webhooks/ib", content=encode(fixture_reports()),
+                              headers=BASIC)).status_code == 200
+    assert await summary(client) == EXPECTED_BY_CURRENCY
+    by_day = await summary(client, group_by="day,status")
+    assert [(r["day"], r["status"], r["currency"], r["amount"]) for r in by_day] == [
+        ("2026-11-01", "DELIVERED", "EUR", "0.1"),
+        ("2026-11-01", "UNDELIVERABLE", "EUR", "0.3"),
+        ("2026-11-02", "DELIVERED", "EUR", "0.4"),
+        ("2026-11-02", "DELIVERED", "USD", "0.0125"),
+        ("2026-11-30", "REJECTED", "USD", "0.025"),
+    ]
+    nepal = await summary(client, group_by="day", tz="Asia/Kathmandu")
+    assert [(r["day"], r["currency"], r["messages"]) for r in nepal] == [
+        ("2026-11-01", "EUR", 1), ("2026-11-02", "EUR", 2), ("2026-11-02", "USD", 1),
+        ("2026-12-01", "USD", 1)]
+
+
+async def test_duplicates_replays_and_reordering_change_nothing(
+        client: Client, engine: AsyncEngine) -> None:
+    reports = fixture_reports()
+    await client.post("/webhooks/ib", content=encode(reports), headers=BASIC)
+    first = await summary(client, group_by="day,source,status")
+    shuffled = reports * 3
+    random.Random(4).shuffle(shuffled)
+    for i in range(0, len(shuffled), 5):
+        await client.post("/webhooks/ib", content=encode(shuffled[i:i + 5]), headers=BASIC)
+    await ingest.replay(engine, make_settings().sources, only_unaccepted=False)
+    assert await summary(client, group_by="day,source,status") == first
+    assert await summary(client) == EXPECTED_BY_CURRENCY
+    total = sum(Decimal(r["amount"]) for r in first if r["currency"] == "EUR")
+    assert total == Decimal("0.8")
+
+
+async def test_csv(client: Client) -> None:
+    await client.post("/webhooks/ib", content=encode(fixture_reports()), headers=BASIC)
+    response = await client.get("/v1/billing/summary", params=NOVEMBER | {"group_by": "source"},
+                                headers=READ | {"Accept": "text/csv"})
+    assert response.headers["content-type"].startswith("text/csv")
+    assert response.text.splitlines() == ["source,currency,messages,parts,amount",
+                                          "ib,EUR,3,6,0.8", "ib,USD,2,3,0.0375"]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"group_by": "colour"}, "group_by"),
+    ({"tz": "Mars/Olympus"}, "tz"),
+    ({"from": "2026-11-01T00:00:00"}, "time zone"),
+    ({"to": "soon"}, "ISO 8601"),
+    ({"from": "2026-12-01T00:00:00Z"}, "after"),
+])
+async def test_bad_parameters(client: Client, params: dict[str, str], message: str) -> None:
+    response = await client.get("/v1/billing/summary", params=NOVEMBER | params, headers=READ)
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+async def test_missing_range_is_400(client: Client) -> None:
+    response = await client.get("/v1/billing/summary", headers=READ)
+    assert response.status_code == 400
