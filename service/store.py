@@ -347,3 +347,25 @@ async def billing(conn: AsyncConnection, since: datetime, until: datetime, keys:
              .where(m.sent_at >= since, m.sent_at < until)
              .group_by(*grouped).order_by(*grouped))
     return (await conn.execute(query)).all()
+
+
+async def bulk(conn: AsyncConnection, source: str, bulk_id: str) -> tuple[Any, Sequence[Any],
+                                                                          Sequence[Any]]:
+    """A bulk's totals, its counts per status, and its parts and money per currency."""
+    m = messages.c
+    mine = sa.and_(m.source == source, m.bulk_id == bulk_id)
+    parts = sa.func.coalesce(m.sms_count, 1)
+    totals = (await conn.execute(sa.select(
+        sa.func.count().label("messages"), sa.func.coalesce(sa.func.sum(parts), 0).label("parts"),
+        sa.func.count().filter(m.status == "DELIVERED").label("delivered"),
+        sa.func.count().filter(m.final).label("final"),
+        sa.func.min(m.sent_at).label("first_sent_at"), sa.func.max(m.sent_at).label("last_sent_at"),
+    ).where(mine))).one()
+    statuses = (await conn.execute(sa.select(m.status, sa.func.count().label("messages"))
+                                   .where(mine).group_by(m.status).order_by(m.status))).all()
+    money = (await conn.execute(
+        sa.select(m.price_currency.label("currency"), sa.func.sum(parts).label("parts"),
+                  sa.func.coalesce(sa.func.sum(m.price_amount * parts), 0).label("amount"))
+        .where(mine, m.price_amount.is_not(None))
+        .group_by(m.price_currency).order_by(m.price_currency))).all()
+    return totals, statuses, money

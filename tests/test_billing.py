@@ -119,3 +119,17 @@ async def test_bad_parameters(client: Client, params: dict[str, str], message: s
 async def test_missing_range_is_400(client: Client) -> None:
     response = await client.get("/v1/billing/summary", headers=READ)
     assert response.status_code == 400
+
+
+async def test_bulk_summary(client: Client) -> None:
+    reports = [r | {"bulkId": "bulk-x"} for r in fixture_reports()]
+    await client.post("/webhooks/ib", content=encode(reports), headers=BASIC)
+    bulk = (await client.get("/v1/bulks/ib/bulk-x", headers=READ)).json()
+    assert (bulk["messages"], bulk["final"], bulk["parts"]) == (6, 6, 10)
+    assert bulk["statuses"] == {"DELIVERED": 4, "REJECTED": 1, "UNDELIVERABLE": 1}
+    assert bulk["money"] == [{"currency": "EUR", "parts": 7, "amount": "10.79"},
+                             {"currency": "USD", "parts": 3, "amount": "0.0375"}]
+    assert (bulk["first_sent_at"], bulk["last_sent_at"]) == ("2026-11-01T10:00:00Z",
+                                                             "2026-12-01T00:00:00Z")
+    assert bulk["delivery_rate"] == round(4 / 6, 4)
+    assert (await client.get("/v1/bulks/ib/nope", headers=READ)).status_code == 404
