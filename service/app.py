@@ -15,7 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from service import db, worker
-from service.api import billing, bulks, messages, ops, outbound, runs, webhooks
+from service.api import billing, bulks, changes, messages, ops, outbound, runs, webhooks
 from service.api.auth import TokenBook
 from service.config import Settings, load_settings
 from service.errors import DatabaseUnavailable, ServiceError
@@ -80,7 +80,8 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
     return Litestar(
         route_handlers=[webhooks.receive_reports, messages.get_message, messages.list_messages,
                         runs.list_runs, outbound.register, outbound.list_gaps, ops.live,
-                        ops.ready, ops.metrics, billing.billing_summary, bulks.get_bulk],
+                        ops.ready, ops.metrics, billing.billing_summary, bulks.get_bulk,
+                        changes.list_changes],
         lifespan=[lifespan],
         state=State({"settings": settings, "gates": gates, "tokens": TokenBook(settings.api_tokens),
                      "head_revision": db.head_revision()}),

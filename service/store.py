@@ -58,12 +58,21 @@ def _insert_from(table: sa.Table, names: Sequence[str], prefix: str) -> Any:
     return pg.insert(table).from_select(list(names), sa.select(*[src.c[n] for n in names]))
 
 
+# Writers hold this advisory lock shared while they take `seq` values; the change feed
+# takes it exclusively for an instant to learn a horizon below which no seq is in flight.
+FEED_LOCK_KEY = 0x646C7266  # "dlrf"
+
+
 def _upsert_messages() -> Any:
     """Merge observations into `messages`: the SQL twin of `reconcile.merge`."""
     src = _unnest(messages, REPORT_FIELDS, "m")
+    # Joined into the source rows, so the lock is held before the first nextval().
+    guard = sa.select(sa.func.pg_advisory_xact_lock_shared(FEED_LOCK_KEY).label("locked")).cte(
+        "feed_guard")
     stmt = pg.insert(messages).from_select(
         [*REPORT_FIELDS, "seq"],
-        sa.select(*[src.c[n] for n in REPORT_FIELDS], messages_seq.next_value()))
+        sa.select(*[src.c[n] for n in REPORT_FIELDS], messages_seq.next_value())
+        .select_from(src.join(guard, sa.true())))
     new, old = stmt.excluded, messages.c
 
     def order_key(row: Any) -> Any:  # reconcile.order_key
@@ -369,3 +378,23 @@ async def bulk(conn: AsyncConnection, source: str, bulk_id: str) -> tuple[Any, S
         .where(mine, m.price_amount.is_not(None))
         .group_by(m.price_currency).order_by(m.price_currency))).all()
     return totals, statuses, money
+
+
+async def feed_horizon(conn: AsyncConnection) -> int:
+    """The highest seq below which every change is committed (waits out writers in flight).
+
+    Call in a transaction of its own: it holds the feed lock until that commits.
+    """
+    await conn.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
+    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(FEED_LOCK_KEY)))
+    value = await conn.scalar(sa.text(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM messages_seq"))
+    return int(value or 0)
+
+
+async def changes(conn: AsyncConnection, after: int, horizon: int, limit: int) -> Sequence[Any]:
+    """Merged rows changed after `after`, up to the horizon, in seq order."""
+    m = messages.c
+    query = (sa.select(messages).where(m.seq > after, m.seq <= horizon).order_by(m.seq)
+             .limit(limit))
+    return (await conn.execute(query)).all()
