@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 import phonenumbers
+import phonenumbers.carrier
 
 from service.providers import Report
 
@@ -74,6 +75,25 @@ def e164(number: str, default_region: str | None = None) -> str:
     if not phonenumbers.is_valid_number(parsed):
         return raw
     return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+
+
+# Networks by MCC+MNC where we bill by network; the rest fall back to the number's carrier.
+NETWORKS = {"42901": "Nepal Telecom", "42902": "Ncell", "42904": "Smart Telecom"}
+
+
+@functools.lru_cache(maxsize=65536)
+def operator(to: str | None, mcc_mnc: str | None = None) -> str | None:
+    """The network a message went to: from the provider's MCC+MNC when we know it, else
+    from the number's original carrier (a ported number keeps its old carrier's name)."""
+    if mcc_mnc and (name := NETWORKS.get(mcc_mnc.replace("-", "").strip())):
+        return name
+    if not to or not to.startswith("+"):
+        return None
+    try:
+        name = phonenumbers.carrier.name_for_number(phonenumbers.parse(to), "en")
+    except phonenumbers.NumberParseException:
+        return None
+    return str(name) or None
 
 
 def utc(value: datetime | None) -> datetime | None:

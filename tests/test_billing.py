@@ -133,3 +133,10 @@ async def test_bulk_summary(client: Client) -> None:
                                                              "2026-12-01T00:00:00Z")
     assert bulk["delivery_rate"] == round(4 / 6, 4)
     assert (await client.get("/v1/bulks/ib/nope", headers=READ)).status_code == 404
+
+
+async def test_grouped_by_operator(client: Client) -> None:
+    await client.post("/webhooks/ib", content=encode(fixture_reports()), headers=BASIC)
+    rows = await summary(client, group_by="operator")
+    assert [(r["operator"], r["currency"], r["messages"]) for r in rows] == [
+        ("Swisscom", "EUR", 3), ("Swisscom", "USD", 2)]

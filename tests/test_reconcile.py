@@ -181,3 +181,16 @@ def test_upsert_takes_a_new_seq_only_on_change(runner: tuple[asyncio.Runner, obj
     changed, second = run.run(apply(final, pending))
     assert changed == 1 and second > first
     assert run.run(apply(pending, final)) == (0, second)
+
+
+@pytest.mark.parametrize(("to", "mcc_mnc", "expected"), [
+    ("+9779842271353", None, "Nepal Telecom"),
+    ("+9779801912821", None, "NCell"),
+    ("+9779612345678", None, "Smart Telecom"),
+    ("+9779842271353", "42902", "Ncell"),  # the provider's network wins (a ported number)
+    ("+41793026727", None, "Swisscom"),
+    ("98625000000", None, None),
+    (None, None, None),
+])
+def test_operator(to: str | None, mcc_mnc: str | None, expected: str | None) -> None:
+    assert reconcile.operator(to, mcc_mnc) == expected

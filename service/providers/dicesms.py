@@ -112,6 +112,7 @@ def to_reports(source: DiceSmsSource, statuses: StatusTable, item: SmsReport,
             bulk_id=batch_id,
             sent_at=reconcile.utc(item.sent_at),
             text=item.message,
+            operator=reconcile.operator(to),
         ))
     return reports
 

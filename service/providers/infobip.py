@@ -120,7 +120,7 @@ def to_report(source: str, wire: SentSmsReport) -> Report:
         error_id=error.id if error else None,
         error_name=error.name if error else None,
         error_permanent=error.permanent if error else None,
-        to=reconcile.e164(wire.to) if wire.to else None,
+        to=(to := reconcile.e164(wire.to) if wire.to else None),
         bulk_id=wire.bulkId or None,
         sender=wire.sender or None,
         callback_data=wire.callbackData or None,
@@ -129,6 +129,7 @@ def to_report(source: str, wire: SentSmsReport) -> Report:
         price_amount=amount,
         price_currency=(wire.price.currency or None) if wire.price else None,
         mcc_mnc=wire.mccMnc or None,
+        operator=reconcile.operator(to, wire.mccMnc),
     )
 
 
