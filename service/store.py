@@ -156,7 +156,7 @@ class MessageFilter(msgspec.Struct, frozen=True):
     source: str | None = None
     status: str | None = None
     final: bool | None = None
-    to: str | None = None
+    to: tuple[str, ...] | None = None  # any of these spellings
     bulk_id: str | None = None
     callback_data: str | None = None
     sent_from: datetime | None = None
@@ -169,9 +169,11 @@ async def list_messages(conn: AsyncConnection, where: MessageFilter, limit: int,
     """A page in (source, message_id) order, starting after a keyset cursor."""
     m = messages.c
     query = sa.select(messages).order_by(m.source, m.message_id).limit(limit)
-    for name in ("source", "status", "final", "to", "bulk_id", "callback_data"):
+    for name in ("source", "status", "final", "bulk_id", "callback_data"):
         if (value := getattr(where, name)) is not None:
             query = query.where(m[name] == value)
+    if where.to is not None:
+        query = query.where(m.to.in_(where.to))
     if where.sent_from is not None:
         query = query.where(m.sent_at >= where.sent_from)
     if where.sent_to is not None:

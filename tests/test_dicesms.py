@@ -224,3 +224,21 @@ async def test_a_finished_walk_waits_for_its_interval(engine: AsyncEngine) -> No
                     or r == "/api/sms-report/"]
         await pull(engine, fake, walk_interval_s=0)
         assert "/api/sms-report/" in fake.requests
+
+
+async def test_phone_filter_accepts_any_spelling(engine: AsyncEngine, database_url: str) -> None:
+    from litestar.testing import AsyncTestClient
+
+    from service.app import create_app
+    from tests.conftest import READ_TOKEN, make_settings
+
+    with FakeDiceSms(page_size=50) as fake:
+        fake.messages = messages_of_three_batches()
+        await pull(engine, fake)
+    settings = make_settings(sources=make_settings().sources | {
+        "dice": DiceSmsSource("dice", "http://127.0.0.1:9", token="t")})
+    async with AsyncTestClient(app=create_app(settings, database_url)) as client:
+        for spelling in ("+9779842271300", "9779842271300", "9842271300", "+977 984-2271300"):
+            page = (await client.get("/v1/messages", params={"to": spelling},
+                                     headers={"Authorization": f"Bearer {READ_TOKEN}"})).json()
+            assert [m["to"] for m in page["items"]] == ["+9779842271300"], spelling

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated
 
@@ -14,6 +15,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 
 from service import db, reconcile, store
 from service.api.auth import require_scope
+from service.config import DiceSmsSource, Source
 from service.errors import BadRequest, NotFound
 from service.schemas import MessageDetail, MessagePage, Observation, message_from_row
 
@@ -29,6 +31,15 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         return _cursor_decoder.decode(base64.urlsafe_b64decode(cursor.encode()))
     except (binascii.Error, ValueError, msgspec.DecodeError):
         raise BadRequest("cursor is not one this API returned") from None
+
+
+def _spellings(to: str, source: str | None, sources: Mapping[str, Source]) -> tuple[str, ...]:
+    """Stored forms `to` may stand for: as international, and as national in each region
+    of a DiceSMS source (the named one, or all of them)."""
+    regions = {s.default_region for s in sources.values()
+               if isinstance(s, DiceSmsSource) and (source is None or s.name == source)}
+    forms = {reconcile.e164(to)} | {reconcile.e164(to, region) for region in regions}
+    return tuple(sorted(forms | {to.strip()}))
 
 
 @get("/v1/messages/{source:str}/{message_id:str}", guards=[require_scope], opt={"scope": "read"},
@@ -67,7 +78,8 @@ async def list_messages(
             raise BadRequest(f"{name}: give a time zone offset (e.g. 2026-11-01T00:00:00Z)")
     where = store.MessageFilter(
         source=source, status=status and status.upper(), final=final,
-        to=to and reconcile.e164(to), bulk_id=bulk_id, callback_data=callback_data,
+        to=_spellings(to, source, state.settings.sources) if to else None, bulk_id=bulk_id,
+        callback_data=callback_data,
         sent_from=sent_from, sent_to=sent_to, updated_since=updated_since)
     after = decode_cursor(cursor) if cursor else None
     async with db.transaction(state.engine) as conn:
