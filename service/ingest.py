@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import db, store
+from service import db, metrics, store
 from service.config import InfobipSource, Source
 from service.errors import BadRequest, DatabaseUnavailable
 from service.providers import Rejection, Report, dicesms, infobip
@@ -180,8 +180,10 @@ def _settle(future: asyncio.Future[None], *, exc: BaseException | None = None) -
 async def write(engine: AsyncEngine, envelopes: Sequence[Envelope]) -> int:
     """Every body into the inbox and every report merged, atomically; return rows changed."""
     async with db.statement(engine) as conn:
-        return await store.write(conn, [e.inbox_row() for e in envelopes],
-                                 [(r, e.channel) for e in envelopes for r in e.reports])
+        changed = await store.write(conn, [e.inbox_row() for e in envelopes],
+                                    [(r, e.channel) for e in envelopes for r in e.reports])
+    metrics.MERGED_CHANGES.labels(envelopes[0].channel if envelopes else "push").inc(changed)
+    return changed
 
 
 class ReplayResult(msgspec.Struct):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 RUNS = Counter("dlr_reconciler_runs_total", "Reconciler passes, by source and outcome",
                ["source", "outcome"])
@@ -14,3 +14,10 @@ UNMAPPED_STATUSES = Counter("dlr_unmapped_statuses_total",
 COUNT_MISSING = Gauge("dlr_provider_count_missing",
                       "Messages the provider counted for a day that we do not have",
                       ["source", "day"])
+
+HTTP_SECONDS = Histogram("dlr_http_request_seconds", "HTTP request latency",
+                         ["method", "route", "status"],
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+WEBHOOK_REPORTS = Counter("dlr_webhook_reports_total", "Reports in webhook bodies, by outcome",
+                          ["source", "outcome"])
+MERGED_CHANGES = Counter("dlr_merge_changes_total", "Merged rows a write changed", ["channel"])

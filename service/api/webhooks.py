@@ -20,6 +20,7 @@ from litestar.datastructures import State
 from litestar.params import FromPath
 from litestar.response import Response
 
+from service import metrics
 from service.config import InfobipSource, Source, WebhookConfig
 from service.errors import BadRequest, ConfigError, Forbidden, NotFound, Unauthorized
 from service.ingest import Ingestor, decode_infobip
@@ -134,6 +135,8 @@ async def receive_reports(source: FromPath[str], request: Request[None, None, St
     envelope = decode_infobip(source, "push", body, request.headers.get("content-type"))
     ingestor: Ingestor = request.app.state.ingestor
     await ingestor.ingest(envelope)
+    metrics.WEBHOOK_REPORTS.labels(source, "accepted").inc(len(envelope.reports))
+    metrics.WEBHOOK_REPORTS.labels(source, "rejected").inc(len(envelope.rejections))
     rejected = [{"index": r.index, "message_id": r.message_id, "reason": r.reason}
                 for r in envelope.rejections]
     if envelope.error is not None or (not envelope.reports and rejected):
