@@ -13,6 +13,7 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from sqlalchemy import exc as sa_exc
 
 from service import db, worker
 from service.api import billing, bulks, changes, messages, ops, outbound, runs, webhooks
@@ -48,6 +49,9 @@ def _ingest_failed(_: Request[None, None, State], exc: IngestFailed) -> Response
 
 
 def _unexpected(_: Request[None, None, State], exc: Exception) -> Response[dict[str, object]]:
+    if isinstance(exc, sa_exc.DBAPIError) and str(getattr(exc.orig, "sqlstate", "")).startswith("22"):
+        # SQLSTATE class 22, data exception: a parameter PostgreSQL cannot take (a NUL, say)
+        return _error(400, "a parameter holds a value the database cannot take")
     if db.is_unavailable(exc):
         return _error(503, "database unavailable", headers={"Retry-After": "5"})
     log.exception("unhandled error", exc_info=exc)

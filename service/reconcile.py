@@ -110,6 +110,9 @@ def money(value: Decimal | None) -> Decimal | None:
 
 def observation(**fields: Any) -> Report:
     """A Report with its final flag, canonical price and content hash filled in."""
+    for name, value in fields.items():
+        if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
+            raise msgspec.ValidationError(f"{name} contains a NUL character")
     fields["final"] = is_final(fields["status"])
     fields["price_amount"] = money(fields.get("price_amount"))
     if fields["price_amount"] is None:  # a currency alone prices nothing

@@ -332,3 +332,13 @@ async def test_ip_allow_list(client: Client, engine: AsyncEngine) -> None:
 async def test_response_is_json_error_shape(client: Client) -> None:
     response = await push(client, b"{", "ib")
     assert set(json.loads(response.content)) == {"error", "detail"}
+
+
+async def test_nul_characters_are_rejected_per_report(client: Client, engine: AsyncEngine) -> None:
+    payload = body(report("good"), report("nul", callbackData="a\u0000b"))
+    response = await push(client, payload)
+    assert response.status_code == 200
+    assert response.json()["accepted"] == 1
+    assert "NUL" in response.json()["rejected"][0]["reason"]
+    read = await client.get("/v1/messages", params={"callback_data": "a\u0000b"}, headers=READ)
+    assert read.status_code == 400

@@ -15,6 +15,7 @@ from litestar.params import FromQuery, QueryParameter
 from litestar.response import Response
 
 from service import db, reconcile, store
+from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import BadRequest
 
@@ -57,7 +58,7 @@ def _groups(group_by: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-@get("/v1/billing/summary", guards=[require_scope], opt={"scope": "read"}, tags=["billing"],
+@get("/v1/billing/summary", guards=[require_scope], opt={"scope": "read"}, responses=ERRORS, tags=["billing"],
      summary="Messages, parts and amount per group, for messages sent in [from, to)",
      description="amount = sum of price per part x parts (a message without a part count "
                  "counts as one part). Days are calendar days in `tz`. Every row is in one "

@@ -10,6 +10,7 @@ from litestar.datastructures import State
 from litestar.params import FromPath
 
 from service import db, reconcile, store
+from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import NotFound
 
@@ -34,7 +35,8 @@ class Bulk(msgspec.Struct):
 
 
 @get("/v1/bulks/{source:str}/{bulk_id:str}", guards=[require_scope], opt={"scope": "read"},
-     tags=["messages"], summary="Counts per status, parts and money per currency of one bulk")
+     responses=ERRORS, tags=["messages"],
+     summary="Counts per status, parts and money per currency of one bulk")
 async def get_bulk(source: FromPath[str], bulk_id: FromPath[str], state: State) -> Bulk:
     async with db.transaction(state.engine) as conn:
         totals, statuses, money = await store.bulk(conn, source, bulk_id)

@@ -17,6 +17,7 @@ from litestar.datastructures import State
 from litestar.params import QueryParameter
 
 from service import db, store
+from service.api import ERRORS
 from service.api.auth import require_scope
 from service.schemas import Message, message_from_row
 
@@ -26,9 +27,9 @@ class ChangePage(msgspec.Struct):
     after: int  # pass back as `after` for the next page
 
 
-@get("/v1/changes", guards=[require_scope], opt={"scope": "read"}, tags=["messages"],
+@get("/v1/changes", guards=[require_scope], opt={"scope": "read"}, responses=ERRORS, tags=["messages"],
      summary="Merged rows changed after a seq, in seq order; resume from the returned after")
-async def list_changes(state: State, after: Annotated[int, QueryParameter(ge=0)] = 0,
+async def list_changes(state: State, after: Annotated[int, QueryParameter(ge=0, le=2**63 - 1)] = 0,
                        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100) -> ChangePage:
     async with db.transaction(state.engine) as conn:
         horizon = await store.feed_horizon(conn)

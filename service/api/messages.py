@@ -14,6 +14,7 @@ from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from service import db, reconcile, store
+from service.api import ERRORS
 from service.api.auth import require_scope
 from service.config import DiceSmsSource, Source
 from service.errors import BadRequest, NotFound
@@ -43,7 +44,7 @@ def _spellings(to: str, source: str | None, sources: Mapping[str, Source]) -> tu
 
 
 @get("/v1/messages/{source:str}/{message_id:str}", guards=[require_scope], opt={"scope": "read"},
-     tags=["messages"], summary="One message's merged state")
+     responses=ERRORS, tags=["messages"], summary="One message's merged state")
 async def get_message(source: FromPath[str], message_id: FromPath[str],
                       state: State) -> MessageDetail:
     async with db.transaction(state.engine) as conn:
@@ -56,7 +57,7 @@ async def get_message(source: FromPath[str], message_id: FromPath[str],
                          history=[Observation(**o._asdict()) for o in seen])
 
 
-@get("/v1/messages", guards=[require_scope], opt={"scope": "read"}, tags=["messages"],
+@get("/v1/messages", guards=[require_scope], opt={"scope": "read"}, responses=ERRORS, tags=["messages"],
      summary="Messages matching filters, in (source, message_id) order, keyset-paginated")
 async def list_messages(
     state: State,

@@ -12,6 +12,7 @@ from litestar.datastructures import State
 from litestar.params import FromQuery, JSONBody, QueryParameter
 
 from service import db, reconcile, store
+from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import BadRequest
 
@@ -50,7 +51,7 @@ class GapList(msgspec.Struct):
 
 
 @post("/v1/outbound", guards=[require_scope], opt={"scope": "write"}, status_code=200,
-      tags=["outbound"], summary="Register sent messages (idempotent)")
+      responses=ERRORS, tags=["outbound"], summary="Register sent messages (idempotent)")
 async def register(data: JSONBody[list[SentMessage]], state: State) -> Registered:
     if len(data) > 10_000:
         raise BadRequest("at most 10000 messages per request")
@@ -82,7 +83,7 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=int(match[1]) * UNITS[match[2]])
 
 
-@get("/v1/gaps", guards=[require_scope], opt={"scope": "read"}, tags=["outbound"],
+@get("/v1/gaps", guards=[require_scope], opt={"scope": "read"}, responses=ERRORS, tags=["outbound"],
      summary="Registered messages with no final status after a grace period (default 48h)")
 async def list_gaps(state: State, source: FromQuery[str | None] = None,
                     older_than: FromQuery[str] = "48h",

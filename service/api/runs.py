@@ -11,6 +11,7 @@ from litestar.datastructures import State
 from litestar.params import FromQuery, QueryParameter
 
 from service import db, store
+from service.api import ERRORS
 from service.api.auth import require_scope
 
 
@@ -31,7 +32,7 @@ class RunList(msgspec.Struct):
     items: list[Run]
 
 
-@get("/v1/runs", guards=[require_scope], opt={"scope": "admin"}, tags=["operations"],
+@get("/v1/runs", guards=[require_scope], opt={"scope": "admin"}, responses=ERRORS, tags=["operations"],
      summary="Recent reconciler runs, newest first")
 async def list_runs(state: State, source: FromQuery[str | None] = None,
                     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50) -> RunList:

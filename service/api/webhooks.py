@@ -21,6 +21,7 @@ from litestar.params import FromPath
 from litestar.response import Response
 
 from service import metrics
+from service.api import ERRORS
 from service.config import InfobipSource, Source, WebhookConfig
 from service.errors import BadRequest, ConfigError, Forbidden, NotFound, Unauthorized
 from service.ingest import Ingestor, decode_infobip
@@ -124,7 +125,7 @@ def build_gates(sources: Mapping[str, Source]) -> dict[str, Gate]:
     return gates
 
 
-@post("/webhooks/{source:str}", status_code=200, tags=["webhooks"],
+@post("/webhooks/{source:str}", status_code=200, responses=ERRORS, tags=["webhooks"],
       summary="Receive an Infobip-compatible delivery report push")
 async def receive_reports(source: FromPath[str], request: Request[None, None, State]) -> Response[object]:
     gate: Gate | None = request.app.state.gates.get(source)
