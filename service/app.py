@@ -15,7 +15,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from sqlalchemy import exc as sa_exc
 
-from service import db, worker
+from service import db, metrics, worker
 from service.api import billing, bulks, changes, messages, ops, outbound, runs, webhooks
 from service.api.auth import TokenBook
 from service.config import Settings, load_settings
@@ -67,6 +67,7 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
         engine = db.create_engine(database_url, settings.db_timeout_s)
         ingestor = Ingestor(engine, timeout_s=settings.db_timeout_s * 3)
         app.state.engine = engine
+        metrics.DB_POOL_IN_USE.set_function(lambda: engine.pool.checkedout())  # type: ignore[attr-defined]
         app.state.ingestor = ingestor
         await ingestor.start()
         client = http.new_client()

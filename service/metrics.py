@@ -21,3 +21,7 @@ HTTP_SECONDS = Histogram("dlr_http_request_seconds", "HTTP request latency",
 WEBHOOK_REPORTS = Counter("dlr_webhook_reports_total", "Reports in webhook bodies, by outcome",
                           ["source", "outcome"])
 MERGED_CHANGES = Counter("dlr_merge_changes_total", "Merged rows a write changed", ["channel"])
+LAST_SUCCESS = Gauge("dlr_reconciler_last_success_timestamp_seconds",
+                     "When a source's last pass without error finished (lag: now minus this)",
+                     ["source"])
+DB_POOL_IN_USE = Gauge("dlr_db_pool_connections_in_use", "Database connections checked out")

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 
+def doc(description: str, *examples: object) -> msgspec.Meta:
+    """Field documentation for /schema."""
+    return msgspec.Meta(description=description, examples=list(examples) or None)
+
+
+
 class Price(msgspec.Struct):
-    amount: str
-    currency: str | None
+    amount: Annotated[str, doc("Price per SMS part, exact decimal", "0.01")]
+    currency: Annotated[str | None, doc("ISO 4217", "EUR")]
 
 
 class ProviderStatus(msgspec.Struct):
@@ -28,24 +34,26 @@ class ErrorInfo(msgspec.Struct):
 
 
 class Message(msgspec.Struct):
-    source: str
-    message_id: str
-    bulk_id: str | None
-    to: str | None
+    source: Annotated[str, doc("Configured provider account", "ib")]
+    message_id: Annotated[str, doc("Provider message id (DiceSMS: recipient@sent_at)",
+                                   "MESSAGE-ID-123-xyz")]
+    bulk_id: Annotated[str | None, doc("Infobip bulkId or DiceSMS batch_id", "BULK-ID-123-xyz")]
+    to: Annotated[str | None, doc("Recipient, E.164 (as given when not a valid number)",
+                                  "+41793026727")]
     sender: str | None
-    callback_data: str | None
-    status: str
-    final: bool
+    callback_data: Annotated[str | None, doc("Echoed from the send request", "order-42")]
+    status: Annotated[str, doc("Status group", "DELIVERED")]
+    final: Annotated[bool, doc("True once the status can no longer change", True)]
     provider_status: ProviderStatus
     error: ErrorInfo | None
-    sent_at: datetime | None
-    done_at: datetime | None
-    sms_count: int | None
+    sent_at: Annotated[datetime | None, doc("UTC", "2019-11-09T16:00:00Z")]
+    done_at: Annotated[datetime | None, doc("UTC", "2019-11-09T16:00:00Z")]
+    sms_count: Annotated[int | None, doc("SMS parts", 1)]
     price: Price | None
-    mcc_mnc: str | None
-    operator: str | None
+    mcc_mnc: Annotated[str | None, doc("Mobile country and network code", "22801")]
+    operator: Annotated[str | None, doc("Network", "Swisscom")]
     text: str | None
-    seq: int
+    seq: Annotated[int, doc("Position in the change feed; grows with every change", 2)]
     updated_at: datetime
 
 

@@ -74,6 +74,8 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
             await store.release_lease(conn, source.name, holder)
     result = page.result
     metrics.RUNS.labels(source.name, "error" if result.error else "ok").inc()
+    if not result.error:
+        metrics.LAST_SUCCESS.labels(source.name).set_to_current_time()
     metrics.PULLED_REPORTS.labels(source.name).inc(result.reports)
     for day, counts in (result.detail or {}).get("counts", {}).items():
         metrics.COUNT_MISSING.labels(source.name, day).set(counts["missing"])

@@ -101,3 +101,26 @@ async def test_health_and_schema(client: Client) -> None:
     schema = (await client.get("/schema/openapi.json")).json()
     assert "/webhooks/{source}" in schema["paths"]
     assert "/v1/messages" in schema["paths"]
+
+
+async def test_pages_see_every_row_once_while_rows_change(client: Client) -> None:
+    original = [f"p{i:03}" for i in range(300)]
+    await client.post("/webhooks/ib", headers=BASIC, content=body(
+        *[report(m, status={"groupId": 1, "groupName": "PENDING", "id": 7}) for m in original]))
+    seen: list[str] = []
+    cursor = None
+    page_number = 0
+    while True:
+        params = {"limit": "17", "source": "ib"} | ({"cursor": cursor} if cursor else {})
+        page = (await client.get("/v1/messages", params=params, headers=READ)).json()
+        seen += [m["message_id"] for m in page["items"]]
+        page_number += 1
+        # between pages: new rows on both sides of the cursor, and updates to old ones
+        await client.post("/webhooks/ib", headers=BASIC, content=body(
+            report(f"p{page_number * 7:03}x"), report(f"a{page_number:03}"),
+            *[report(m) for m in original[page_number * 5:page_number * 5 + 5]]))
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert [m for m in seen if m in set(original)] == original  # each once, in order
+    assert len(seen) == len(set(seen))

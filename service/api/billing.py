@@ -18,16 +18,17 @@ from service import db, reconcile, store
 from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import BadRequest
+from service.schemas import doc
 
 
 class SummaryRow(msgspec.Struct, omit_defaults=True):
     """One group; `amount` is exact, in `currency` (every row is one currency)."""
 
-    messages: int
-    parts: int
-    amount: str
-    currency: str | None
-    day: str | None = None
+    messages: Annotated[int, doc("Messages in the group", 3)]
+    parts: Annotated[int, doc("SMS parts", 6)]
+    amount: Annotated[str, doc("Sum of price per part x parts, exact", "0.8")]
+    currency: Annotated[str | None, doc("Currency of amount", "EUR")]
+    day: Annotated[str | None, doc("Calendar day in tz", "2026-11-01")] = None
     source: str | None = None
     operator: str | None = None
     status: str | None = None

@@ -15,6 +15,7 @@ from service import db, reconcile, store
 from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import BadRequest
+from service.schemas import doc
 
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
@@ -23,12 +24,13 @@ UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class SentMessage(msgspec.Struct, forbid_unknown_fields=True):
-    source: str
-    sent_at: AwareTime
-    to: str | None = None
-    message_id: Text | None = None
-    bulk_id: Text | None = None
-    callback_data: Text | None = None
+    source: Annotated[str, doc("Configured source", "ib")]
+    sent_at: Annotated[AwareTime, doc("With an offset", "2026-11-01T10:00:00Z")]
+    to: Annotated[str | None, doc("Recipient", "+41793026727")] = None
+    message_id: Annotated[Text | None, doc("The provider's id, when known", "MSG-1")] = None
+    bulk_id: Annotated[Text | None, doc("The provider's bulk id", "BULK-1")] = None
+    callback_data: Annotated[Text | None, doc("Matches reports without message_id",
+                                              "order-42")] = None
 
 
 class Registered(msgspec.Struct):
