@@ -77,6 +77,9 @@ class RequestLog(MiddlewareProtocol):
             seconds = time.perf_counter() - started
             route = _route_of(request["path"])
             metrics.HTTP_SECONDS.labels(request["method"], route, str(status)).observe(seconds)
+            if route == "/webhooks/{source}" and status != 404:  # 404: not one of our sources
+                source = request["path"].removeprefix("/webhooks/")
+                metrics.WEBHOOK_REQUESTS.labels(source, str(status)).inc()
             self.log.info("%s %s %d", request["method"], request["path"], status,
                           extra={"status": status, "ms": round(seconds * 1000, 1)})
 

@@ -25,3 +25,5 @@ LAST_SUCCESS = Gauge("dlr_reconciler_last_success_timestamp_seconds",
                      "When a source's last pass without error finished (lag: now minus this)",
                      ["source"])
 DB_POOL_IN_USE = Gauge("dlr_db_pool_connections_in_use", "Database connections checked out")
+WEBHOOK_REQUESTS = Counter("dlr_webhook_requests_total", "Webhook requests by source and status",
+                           ["source", "status"])

@@ -57,3 +57,6 @@ async def test_requests_are_logged_without_secrets_or_numbers(client: Client,
     for secret in ("hook-password", basic, READ_TOKEN, "41793026727", "9779842271353"):
         assert secret not in text
     assert "+97798******53" in text
+    scraped = (await client.get("/metrics")).text
+    assert 'dlr_webhook_requests_total{source="ib",status="200"}' in scraped
+    assert 'dlr_webhook_requests_total{source="ib",status="400"}' in scraped
