@@ -97,9 +97,13 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
     options: dict[str, Any] = {"host": host or settings.host, "port": port or settings.port,
                                "log_level": "warning", "timeout_graceful_shutdown": 30,
                                "server_header": False}
+    scheme = "http"
+    if settings.tls_cert and settings.tls_key:  # for deployments without a TLS ingress
+        options |= {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+        scheme = "https"
     workers = workers or settings.workers
-    log.info("serving on http://%s:%s (%d worker%s)", options["host"], options["port"], workers,
-             "" if workers == 1 else "s")
+    log.info("serving on %s://%s:%s (%d worker%s)", scheme, options["host"], options["port"],
+             workers, "" if workers == 1 else "s")
     if workers == 1:
         uvicorn.run(create_app(settings, url, reconciler=reconciler), **options)
     else:  # each worker builds its own app, on the database this process chose

@@ -105,6 +105,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     db_timeout_s: float = 5.0
     workers: int = 1
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     api_tokens: tuple[ApiToken, ...] = ()
     sources: Mapping[str, Source] = {}
 
@@ -123,9 +125,23 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=_int(env, "DLR_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 1 << 30),
         db_timeout_s=_int(env, "DLR_DB_TIMEOUT_S", 5, 1, 300),
         workers=_int(env, "DLR_WORKERS", 1, 1, 64),
+        **_tls(env),
         api_tokens=tuple(file_config.api.tokens),
         sources=_check_sources(file_config.sources),
     )
+
+
+def _tls(env: Mapping[str, str]) -> dict[str, Path]:
+    """DLR_TLS_CERT and DLR_TLS_KEY (PEM files): both, or neither."""
+    cert, key = env.get("DLR_TLS_CERT"), env.get("DLR_TLS_KEY")
+    if not cert and not key:
+        return {}
+    if not (cert and key):
+        raise ConfigError("DLR_TLS_CERT and DLR_TLS_KEY: set both, or neither")
+    for name, path in (("DLR_TLS_CERT", cert), ("DLR_TLS_KEY", key)):
+        if not Path(path).is_file():
+            raise ConfigError(f"{name}: no file at {path}")
+    return {"tls_cert": Path(cert), "tls_key": Path(key)}
 
 
 def _int(env: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:

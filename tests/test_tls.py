@@ -1,0 +1,73 @@
+"""serve terminates TLS itself with DLR_TLS_CERT and DLR_TLS_KEY."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+
+from service.config import load_settings
+from service.errors import ConfigError
+from tests.conftest import PAYLOADS, free_port
+from tests.databases import scratch_database
+
+CONFIG = '''
+[[sources]]
+name = "ib"
+kind = "infobip"
+base_url = "http://127.0.0.1:9"
+[sources.webhook]
+token = { header = "X-Hook", value = "tls-hook" }
+'''
+
+
+def test_webhook_over_tls(server_url: str, tmp_path: Path) -> None:
+    authority = trustme.CA()
+    issued = authority.issue_cert("127.0.0.1", "localhost")
+    cert, key, ca = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "ca.pem"
+    issued.cert_chain_pems[0].write_to_path(str(cert))
+    issued.private_key_pem.write_to_path(str(key))
+    authority.cert_pem.write_to_path(str(ca))
+    (tmp_path / "dlr.toml").write_text(CONFIG)
+    port = free_port()
+    with scratch_database(server_url) as url:
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(tmp_path / "dlr.toml"),
+                            "DLR_PORT": str(port), "DLR_TLS_CERT": str(cert),
+                            "DLR_TLS_KEY": str(key)}
+        server = subprocess.Popen([sys.executable, "-m", "service", "serve", "--no-reconciler"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+        try:
+            with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=ssl.create_default_context(cafile=str(ca))) as client:
+                for _ in range(300):
+                    try:
+                        if client.get("/health/ready").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        assert server.poll() is None, server.communicate()[1]
+                        time.sleep(0.1)
+                pushed = client.post("/webhooks/ib", headers={"X-Hook": "tls-hook"},
+                                     content=(PAYLOADS / "infobip" / "seed_002.json").read_bytes())
+                assert pushed.json() == {"accepted": 2, "rejected": []}
+            with pytest.raises(httpx.TransportError):  # plain HTTP is not served
+                httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2)
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.communicate(timeout=30)
+
+
+def test_tls_needs_both_files(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("x")
+    with pytest.raises(ConfigError, match="set both"):
+        load_settings({"DLR_TLS_CERT": str(tmp_path / "cert.pem")})
+    with pytest.raises(ConfigError, match="no file"):
+        load_settings({"DLR_TLS_CERT": str(tmp_path / "cert.pem"),
+                       "DLR_TLS_KEY": str(tmp_path / "missing.pem")})
