@@ -46,7 +46,8 @@ def test_webhook_over_tls(server_url: str, tmp_path: Path) -> None:
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                   text=True)
         try:
-            with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=ssl.create_default_context(cafile=str(ca))) as client:
+            trusted = ssl.create_default_context(cafile=str(ca))
+            with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=trusted) as client:
                 for _ in range(300):
                     try:
                         if client.get("/health/ready").status_code == 200:
