@@ -20,7 +20,7 @@ from service.errors import ConfigError, DatabaseUnavailable
 log = logging.getLogger("service")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dlr-reconciler", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="HTTP API and webhooks")
@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="only bodies not fully accepted (rejected, partial, failed, received)")
     replay.add_argument("--since", type=datetime.fromisoformat, help="received at or after (ISO 8601)")
     replay.add_argument("--until", type=datetime.fromisoformat, help="received before (ISO 8601)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     logs.configure(os.environ.get("DLR_LOG_FORMAT", "json"))
     try:

@@ -1,0 +1,95 @@
+"""The deployment files agree with the code: commands, env names, ports, probe paths."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from service import cli
+from service.app import create_app
+from service.config import DEFAULT_MAX_BODY_BYTES, load_settings
+
+ROOT = Path(__file__).parent.parent
+DEPLOY = ROOT / "deploy"
+
+
+def documents() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted((DEPLOY / "k8s").rglob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def of_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for d in documents() if d.get("kind") == kind]
+
+
+def containers() -> list[dict[str, Any]]:
+    return [c for d in of_kind("Deployment") + of_kind("Job")
+            for c in d["spec"]["template"]["spec"]["containers"]]
+
+
+def variables_the_code_reads() -> set[str]:
+    names = set()
+    for path in (ROOT / "service").rglob("*.py"):
+        names |= set(re.findall(r'"(DLR_[A-Z_]+)"', path.read_text()))
+    return names
+
+
+def test_every_container_runs_a_real_command() -> None:
+    parser = cli.build_parser()
+    commands = set()
+    for container in containers():
+        args = parser.parse_args(container["args"])  # exits on an unknown flag
+        commands.add(args.command)
+    assert commands == {"serve", "worker", "migrate"}
+
+
+def test_env_names_are_ones_the_code_or_the_config_reads() -> None:
+    toml = of_kind("ConfigMap")[0]["data"]["dlr.toml"]
+    known = variables_the_code_reads() | set(re.findall(r'"env:([A-Z_]+)"', toml))
+    secret = of_kind("Secret")[0]["stringData"]
+    used = {e["name"] for c in containers() for e in c.get("env", [])} | set(secret)
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    for service in compose["services"].values():
+        used |= set(service.get("environment", {}))
+    assert {n for n in used if n.startswith("DLR_")} <= known
+    assert set(re.findall(r'"env:([A-Z_]+)"', toml)) <= set(secret)  # every reference is set
+
+
+def test_config_map_is_a_valid_configuration(tmp_path: Path) -> None:
+    toml = of_kind("ConfigMap")[0]["data"]["dlr.toml"]
+    (tmp_path / "dlr.toml").write_text(toml)
+    env = dict(of_kind("Secret")[0]["stringData"]) | {"DLR_CONFIG": str(tmp_path / "dlr.toml")}
+    settings = load_settings(env)
+    assert set(settings.sources) == {"ib", "dice"}
+
+
+def test_ports_and_probes_match_the_app() -> None:
+    [api] = [c for c in containers() if c["args"][0] == "serve"]
+    env = {e["name"]: e["value"] for e in api["env"]}
+    [port] = api["ports"]
+    assert int(env["DLR_PORT"]) == port["containerPort"]
+    [service] = of_kind("Service")
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+    paths = {route.path for route in create_app(load_settings({}), "postgresql+asyncpg://x/y").routes}
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert api[probe]["httpGet"]["path"] in paths
+        assert api[probe]["httpGet"]["port"] == port["name"]
+
+
+def test_ingress_lets_a_full_push_through() -> None:
+    [ingress] = of_kind("Ingress")
+    size = ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-body-size"]
+    assert int(size.rstrip("m")) * 1024 * 1024 >= DEFAULT_MAX_BODY_BYTES
+    assert ingress["spec"]["tls"], "webhooks carry credentials: TLS at the ingress"
+
+
+@pytest.mark.parametrize("line", ["EXPOSE 8080", "DLR_PORT=8080", 'ENTRYPOINT ["dlr-reconciler"]',
+                                  "/health/live", "USER dlr", "STOPSIGNAL SIGTERM"])
+def test_dockerfile(line: str) -> None:
+    assert line in (ROOT / "Dockerfile").read_text()
