@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,6 +12,7 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from service.config import Settings
@@ -55,21 +57,25 @@ def database_url(settings: Settings) -> str:
 
 
 def create_engine(url: str, timeout_s: float = 5.0, pool_size: int = 10) -> AsyncEngine:
-    """An engine whose every wait is bounded, so an absent database fails fast (503)."""
-    return create_async_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_timeout=timeout_s,
-        pool_recycle=1800,
-        connect_args={
-            "timeout": timeout_s,
-            "command_timeout": timeout_s * 4,
-            # No session state survives a transaction, so PgBouncer in transaction mode works.
-            "statement_cache_size": 0 if "pgbouncer=true" in url else 100,
-            "server_settings": {"application_name": "dlr-reconciler"},
-        },
-    )
+    """An engine whose every wait is bounded, so an absent database fails fast (503).
+
+    `?pgbouncer=true` on the URL turns off prepared-statement caching and names
+    statements uniquely, as a transaction-pooling PgBouncer needs.
+    """
+    parsed = make_url(url)
+    connect_args: dict[str, object] = {
+        "timeout": timeout_s,
+        "command_timeout": timeout_s * 4,
+        "server_settings": {"application_name": "dlr-reconciler"},
+    }
+    if parsed.query.get("pgbouncer") == "true":
+        parsed = parsed.difference_update_query(["pgbouncer"]).update_query_dict(
+            {"prepared_statement_cache_size": "0"})
+        connect_args |= {"statement_cache_size": 0,
+                         "prepared_statement_name_func": lambda: f"__dlr_{uuid.uuid4().hex}__"}
+    return create_async_engine(parsed, pool_size=pool_size, max_overflow=pool_size,
+                               pool_timeout=timeout_s, pool_recycle=1800,
+                               connect_args=connect_args)
 
 
 def is_unavailable(exc: BaseException) -> bool:

@@ -162,3 +162,16 @@ async def test_closed_port_gives_503(engine: AsyncEngine) -> None:
         assert await _push(client, "m1") == 503
         assert (await client.get("/health/ready")).status_code == 503
         assert (await client.get("/health/live")).status_code == 200
+
+
+async def test_pgbouncer_mode_url_works(database_url: str, engine: AsyncEngine) -> None:
+    from service import db, store
+
+    separator = "&" if "?" in database_url else "?"
+    bouncer = db.create_engine(f"{database_url}{separator}pgbouncer=true")
+    try:
+        for _ in range(3):  # the same statement again: no cached prepared statement needed
+            async with db.transaction(bouncer) as conn:
+                assert await store.get_message(conn, "ib", "none") is None
+    finally:
+        await bouncer.dispose()
