@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -50,14 +51,37 @@ def pullable(sources: Mapping[str, Source]) -> list[Source]:
             if (s.api_key if isinstance(s, InfobipSource) else s.token)]
 
 
+class Stopping(http.ProviderError):
+    """Shutdown asked for: the pass ends after the page in hand (the next pass resumes)."""
+
+
+def _stoppable(retry: http.Retry, stop: asyncio.Event) -> http.Retry:
+    """The same retry policy, whose waits end at once when shutdown is asked for."""
+
+    async def sleep(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        if stop.is_set():
+            raise Stopping("stopped for shutdown while waiting to retry")
+
+    return dataclasses.replace(retry, sleep=sleep)
+
+
 async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, holder: str,
-               retry: http.Retry = http.DEFAULT_RETRY) -> RunResult | None:
-    """One reconcile pass over one source; None when another process holds its lease."""
+               retry: http.Retry = http.DEFAULT_RETRY,
+               stop: asyncio.Event | None = None) -> RunResult | None:
+    """One reconcile pass over one source; None when another process holds its lease.
+
+    With `stop`, the pass ends after the page in hand once it is set: that page is kept
+    and merged, and no new one is requested.
+    """
+    stop = stop or asyncio.Event()
     async with db.statement(engine) as conn:
         if not await store.acquire_lease(conn, source.name, holder, LEASE_TTL_S):
             return None
         run_id = await store.start_run(conn, source.name)
-    page = _Pages(engine, client, source, holder, retry, RunResult(source.name))
+    page = _Pages(engine, client, source, holder, _stoppable(retry, stop), RunResult(source.name),
+                  stop)
     try:
         if isinstance(source, InfobipSource):
             await _drain_infobip(page, source)
@@ -90,9 +114,9 @@ class _Pages:
     """Fetches pages for one run: each kept raw first, then decoded, merged and counted."""
 
     def __init__(self, engine: AsyncEngine, client: httpx.AsyncClient, source: Source,
-                 holder: str, retry: http.Retry, result: RunResult) -> None:
+                 holder: str, retry: http.Retry, result: RunResult, stop: asyncio.Event) -> None:
         self.engine, self.client, self.source = engine, client, source
-        self.holder, self.retry, self.result = holder, retry, result
+        self.holder, self.retry, self.result, self.stop = holder, retry, result, stop
 
     async def take(self, response: httpx.Response, decoder: ingest.Decoder) -> ingest.Envelope:
         url = str(response.request.url)
@@ -119,6 +143,9 @@ class _Pages:
                                      f"#{inbox_id}): {envelope.error}")
         if not still_ours:
             raise http.ProviderError("lease lost to another process; stopping")
+        if self.stop.is_set():
+            raise Stopping(f"stopped for shutdown after page {self.result.pages}; "
+                           "the next pass resumes")
         return envelope
 
 
@@ -248,7 +275,8 @@ async def _walk_dicesms(pages: _Pages, source: DiceSmsSource, statuses: dicesms.
 
 
 async def run_forever(engine: AsyncEngine, client: httpx.AsyncClient,
-                      sources: Mapping[str, Source], stop: asyncio.Event) -> None:
+                      sources: Mapping[str, Source], stop: asyncio.Event,
+                      retry: http.Retry = http.DEFAULT_RETRY) -> None:
     """Pull every pullable source on its interval (with jitter) until `stop` is set."""
     holder = holder_id()
     due = {s.name: time.monotonic() for s in pullable(sources)}
@@ -260,7 +288,7 @@ async def run_forever(engine: AsyncEngine, client: httpx.AsyncClient,
             if due[source.name] > time.monotonic() or stop.is_set():
                 continue
             try:
-                await pull(engine, client, source, holder)
+                await pull(engine, client, source, holder, retry, stop)
             except DatabaseUnavailable:
                 log.warning("pull skipped: database unavailable", extra={"source": source.name})
             except Exception:

@@ -235,3 +235,29 @@ async def test_serve_runs_the_reconciler_in_process(engine: AsyncEngine, databas
                 await asyncio.sleep(0.05)
             assert found.status_code == 200
             assert found.json()["status"] == "DELIVERED"
+
+
+async def test_a_long_provider_outage_is_survived_and_counted_once(engine: AsyncEngine) -> None:
+    with FakeInfobip() as fake:
+        fake.queue(*[report(f"m{i}") for i in range(3000)])
+        fake.faults.extend([Fault(500), Fault(429, {"Retry-After": "0"}), Fault(503)] * 4
+                           + [Fault(200, body=b"{}", delay_s=0.5)] * 3)
+        source = InfobipSource("ib", fake.url, api_key=fake.api_key, pull_interval_s=0.05)
+        stop = asyncio.Event()
+        async with httpx.AsyncClient(timeout=0.2) as client:
+            reconciling = asyncio.create_task(worker.run_forever(
+                engine, client, {"ib": source}, stop, http.Retry(attempts=3, base_s=0.01)))
+            for _ in range(600):
+                passes = await rows(engine, sa.select(runs.c.error, runs.c.reports))
+                if fake.queued or not any(p.error is None and p.reports for p in passes):
+                    await asyncio.sleep(0.05)
+                    continue
+                break
+            stop.set()
+            await reconciling
+    failed = [p for p in passes if p.error]
+    assert len(failed) >= 4 and all("gave up" in p.error for p in failed)
+    assert sum(p.reports for p in passes) == 3000
+    assert len(await rows(engine, sa.select(messages.c.message_id))) == 3000
+    [accepted] = await rows(engine, sa.select(sa.func.sum(inbox.c.accepted)))
+    assert accepted[0] == 3000

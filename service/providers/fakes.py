@@ -41,6 +41,7 @@ class FakeServer:
     def __init__(self, port: int = 0) -> None:
         self.faults: deque[Fault] = deque()
         self.requests: list[str] = []
+        self.delay_s = 0.0  # every answer this late
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -74,6 +75,7 @@ class FakeServer:
                     time.sleep(fault.delay_s)
                     status, body, headers = fault.status, fault.body, fault.headers
                 else:
+                    time.sleep(fake.delay_s)
                     url = urlsplit(self.path)
                     with fake.lock:
                         status, body, headers = fake.answer(url.path, parse_qs(url.query),
