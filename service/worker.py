@@ -59,8 +59,10 @@ def _stoppable(retry: http.Retry, stop: asyncio.Event) -> http.Retry:
     """The same retry policy, whose waits end at once when shutdown is asked for."""
 
     async def sleep(seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        waits = [asyncio.ensure_future(retry.sleep(seconds)), asyncio.ensure_future(stop.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
         if stop.is_set():
             raise Stopping("stopped for shutdown while waiting to retry")
 
