@@ -1,0 +1,108 @@
+"""Soak: a steady webhook load with 1% malformed bodies; latency and memory over time.
+
+    .venv/bin/python -m bench.soak [--seconds 600] [--rate 800]
+
+Runs `serve` (2 workers) on a scratch database and sends single-report bodies at a fixed
+rate (default about half of the single-report capacity bench.ingest measures here) over
+32 connections. Prints, per minute: requests, statuses, p50/p99; and the service's RSS
+at the start and the end. Expected: only 200 and 400 (the malformed ones), p99 stable,
+RSS at the end within 10% of the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+
+from bench.common import bench_database, percentile, report, running_service
+
+HEAD = ("POST /webhooks/ib HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        "X-Hook: bench-hook\r\nContent-Length: {}\r\n\r\n")
+
+
+def service_rss_mb() -> float:
+    """Resident memory of the `serve` process and its worker processes."""
+    parents: dict[int, int] = {}
+    rss: dict[int, float] = {}
+    serve = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines()
+                          if ":" in line)
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        pid = int(status.parent.name)
+        parents[pid] = int(fields["PPid"])
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) / 1024
+        if b"service\x00serve" in cmdline:
+            serve.add(pid)
+    return sum(mb for pid, mb in rss.items() if pid in serve or parents.get(pid) in serve)
+
+
+async def soak(port: int, seconds: float, rate: float) -> list[tuple[int, float, int]]:
+    """(minute, latency, status) for every request."""
+    run = uuid.uuid4().hex[:8]
+    samples: list[tuple[int, float, int]] = []
+    started = time.perf_counter()
+    connections = 32
+    interval = connections / rate
+
+    async def connection(n: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sent = 0
+        try:
+            while (now := time.perf_counter()) - started < seconds:
+                sent += 1
+                if sent % 100 == n % 100:  # 1% malformed
+                    payload = b'{"results": [{"messageId": 42'
+                else:
+                    payload = json.dumps({"results": [report(f"{run}-{n}-{sent}", sent)]}).encode()
+                t0 = time.perf_counter()
+                writer.write(HEAD.format(len(payload)).encode() + payload)
+                status_line = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.decode().partition(":")
+                    if name.lower() == "content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                samples.append((int((t0 - started) // 60), time.perf_counter() - t0,
+                                int(status_line.split()[1])))
+                await asyncio.sleep(max(0.0, now + interval - time.perf_counter()))
+        finally:
+            writer.close()
+
+    await asyncio.gather(*[connection(n) for n in range(connections)])
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument("--rate", type=float, default=800)
+    args = parser.parse_args()
+    with bench_database() as url, running_service(url) as port:
+        time.sleep(2)
+        start_rss = service_rss_mb()
+        samples = asyncio.run(soak(port, args.seconds, args.rate))
+        end_rss = service_rss_mb()
+    for minute in sorted({m for m, _, _ in samples}):
+        in_minute = [(lat, st) for m, lat, st in samples if m == minute]
+        statuses: dict[int, int] = {}
+        for _, status in in_minute:
+            statuses[status] = statuses.get(status, 0) + 1
+        latencies = [lat for lat, _ in in_minute]
+        print(f"minute {minute:2}  {len(in_minute):6} requests  p50 "
+              f"{percentile(latencies, 0.5) * 1000:5.1f} ms  p99 "
+              f"{percentile(latencies, 0.99) * 1000:5.1f} ms  statuses {statuses}")
+    print(f"service RSS: start {start_rss:.0f} MB, end {end_rss:.0f} MB "
+          f"({(end_rss / start_rss - 1) * 100:+.1f}%, target within 10%)")
+
+
+if __name__ == "__main__":
+    main()
