@@ -73,6 +73,24 @@ def running_service(database_url: str, workers: int = 2) -> Iterator[int]:
         proc.wait(timeout=60)
 
 
+def webhook_request(body: bytes, headers: str = "X-Hook: bench-hook\r\n") -> bytes:
+    """A keep-alive POST of `body` to /webhooks/ib, as raw HTTP/1.1."""
+    return (f"POST /webhooks/ib HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"{headers}Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> int:
+    """Read one HTTP/1.1 response with a Content-Length; return its status."""
+    status_line = await reader.readline()
+    length = 0
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    await reader.readexactly(length)
+    return int(status_line.split()[1])
+
+
 async def load(port: int, bodies: list[bytes], connections: int,
                headers: dict[str, str]) -> tuple[float, list[float], dict[int, int]]:
     """POST every body over `connections` keep-alive connections; (seconds, latencies, statuses)."""
@@ -88,19 +106,10 @@ async def load(port: int, bodies: list[bytes], connections: int,
         try:
             while not queue.empty():
                 body = queue.get_nowait()
-                head = (f"POST /webhooks/ib HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-                        f"{extra}Content-Length: {len(body)}\r\n\r\n").encode()
                 started = time.perf_counter()
-                writer.write(head + body)
-                status_line = await reader.readline()
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.decode().partition(":")
-                    if name.lower() == "content-length":
-                        length = int(value)
-                await reader.readexactly(length)
+                writer.write(webhook_request(body, extra))
+                status = await read_response(reader)
                 latencies.append(time.perf_counter() - started)
-                status = int(status_line.split()[1])
                 statuses[status] = statuses.get(status, 0) + 1
         finally:
             writer.close()

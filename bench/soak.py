@@ -18,10 +18,14 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.common import bench_database, percentile, report, running_service
-
-HEAD = ("POST /webhooks/ib HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        "X-Hook: bench-hook\r\nContent-Length: {}\r\n\r\n")
+from bench.common import (
+    bench_database,
+    percentile,
+    read_response,
+    report,
+    running_service,
+    webhook_request,
+)
 
 
 def service_rss_mb() -> float:
@@ -63,16 +67,9 @@ async def soak(port: int, seconds: float, rate: float) -> list[tuple[int, float,
                 else:
                     payload = json.dumps({"results": [report(f"{run}-{n}-{sent}", sent)]}).encode()
                 t0 = time.perf_counter()
-                writer.write(HEAD.format(len(payload)).encode() + payload)
-                status_line = await reader.readline()
-                length = 0
-                while (line := await reader.readline()) not in (b"\r\n", b""):
-                    name, _, value = line.decode().partition(":")
-                    if name.lower() == "content-length":
-                        length = int(value)
-                await reader.readexactly(length)
-                samples.append((int((t0 - started) // 60), time.perf_counter() - t0,
-                                int(status_line.split()[1])))
+                writer.write(webhook_request(payload))
+                status = await read_response(reader)
+                samples.append((int((t0 - started) // 60), time.perf_counter() - t0, status))
                 await asyncio.sleep(max(0.0, now + interval - time.perf_counter()))
         finally:
             writer.close()
