@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import asyncpg
@@ -17,6 +15,7 @@ import pytest
 from service import db
 from tests.conftest import free_port
 from tests.databases import scratch_database
+from tests.services import serving
 
 
 @pytest.fixture
@@ -56,21 +55,6 @@ def test_serve_refuses_an_older_schema(empty_database: str) -> None:
 
 
 def test_serve_migrate_migrates_then_serves(empty_database: str) -> None:
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "service", "serve", "--migrate"],
-                              env=_env(empty_database, port), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        status = None
-        while time.monotonic() < deadline and status != 200:
-            assert server.poll() is None, server.communicate()[1]
-            try:
-                status = httpx.get(f"http://127.0.0.1:{port}/health/ready").status_code
-            except httpx.TransportError:
-                time.sleep(0.2)
-        assert status == 200
-    finally:
-        server.send_signal(signal.SIGTERM)
-        errors = server.communicate(timeout=60)[1]
-    assert server.returncode == 0, errors
+    with serving(_env(empty_database, free_port()), "--migrate") as served:
+        assert httpx.get(f"{served.base}/health/ready").status_code == 200
+    assert served.process.returncode == 0, served.output

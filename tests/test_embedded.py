@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
 from tests.conftest import PAYLOADS, free_port
+from tests.services import serving
 
 CONFIG = '''
 [api]
@@ -37,27 +34,13 @@ def test_migrate_then_serve_on_the_embedded_default(tmp_path: Path) -> None:
     assert migrated.returncode == 0, migrated.stderr
     assert "database at revision" in migrated.stdout
 
-    server = subprocess.Popen([*command, "serve"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.communicate()[0]
-            time.sleep(0.2)
+    with serving(env) as served, served.client() as client:
         seed = (PAYLOADS / "infobip" / "seed_002.json").read_bytes()
-        pushed = httpx.post(f"{base}/webhooks/ib", content=seed, headers={"X-Hook": "hook-secret"})
+        pushed = client.post("/webhooks/ib", content=seed, headers={"X-Hook": "hook-secret"})
         assert pushed.json() == {"accepted": 2, "rejected": []}
-        message = httpx.get(f"{base}/v1/messages/ib/MESSAGE-ID-123-xyz",
-                            headers={"Authorization": "Bearer t0ken"}).json()
+        message = client.get("/v1/messages/ib/MESSAGE-ID-123-xyz",
+                             headers={"Authorization": "Bearer t0ken"}).json()
         assert (message["status"], message["to"]) == ("DELIVERED", "+41793026727")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        output = server.communicate(timeout=60)[0]
-    assert server.returncode == 0, output
+    output = served.output
+    assert served.process.returncode == 0, output
     assert "hook-secret" not in output and "t0ken" not in output

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import free_port
 from tests.databases import scratch_database
+from tests.services import serving
 
 CONFIG = '''
 [api]
@@ -36,20 +34,8 @@ def service_url(server_url: str, tmp_path: Path) -> Iterator[str]:
     with scratch_database(server_url) as url:
         env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(tmp_path / "dlr.toml"),
                             "DLR_PORT": str(port), "DLR_LOG_FORMAT": "text"}
-        server = subprocess.Popen([sys.executable, "-m", "service", "serve", "--no-reconciler"],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            for _ in range(300):
-                try:
-                    if httpx.get(f"{base}/health/ready").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            yield base
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+        with serving(env, "--no-reconciler") as served:
+            yield served.base
 
 
 def test_api_conforms_to_its_schema(service_url: str, tmp_path: Path) -> None:

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import os
-import signal
 import ssl
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -18,6 +14,7 @@ from service.config import load_settings
 from service.errors import ConfigError
 from tests.conftest import PAYLOADS, free_port
 from tests.databases import scratch_database
+from tests.services import serving
 
 CONFIG = '''
 [[sources]]
@@ -42,27 +39,14 @@ def test_webhook_over_tls(server_url: str, tmp_path: Path) -> None:
         env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(tmp_path / "dlr.toml"),
                             "DLR_PORT": str(port), "DLR_TLS_CERT": str(cert),
                             "DLR_TLS_KEY": str(key)}
-        server = subprocess.Popen([sys.executable, "-m", "service", "serve", "--no-reconciler"],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True)
-        try:
-            trusted = ssl.create_default_context(cafile=str(ca))
-            with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=trusted) as client:
-                for _ in range(300):
-                    try:
-                        if client.get("/health/ready").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        assert server.poll() is None, server.communicate()[1]
-                        time.sleep(0.1)
-                pushed = client.post("/webhooks/ib", headers={"X-Hook": "tls-hook"},
-                                     content=(PAYLOADS / "infobip" / "seed_002.json").read_bytes())
-                assert pushed.json() == {"accepted": 2, "rejected": []}
+        trusted = ssl.create_default_context(cafile=str(ca))
+        with serving(env, "--no-reconciler", scheme="https", verify=trusted) as served, \
+                served.client(verify=trusted) as client:
+            pushed = client.post("/webhooks/ib", headers={"X-Hook": "tls-hook"},
+                                 content=(PAYLOADS / "infobip" / "seed_002.json").read_bytes())
+            assert pushed.json() == {"accepted": 2, "rejected": []}
             with pytest.raises(httpx.TransportError):  # plain HTTP is not served
                 httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2)
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.communicate(timeout=30)
 
 
 def test_tls_needs_both_files(tmp_path: Path) -> None:
