@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import sqlalchemy as sa
 from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from service.tables import metadata
+from service.retention import PARTITIONED
+from service.tables import SCHEMA_LOCK_KEY, metadata
 
-# Any constant works; it only has to be the same for every replica of this service.
-MIGRATION_LOCK_KEY = 0x646C72  # "dlr"
+# Partitions (`inbox_p2026_11`, `inbox_default`) are made at run time, not by migrations.
+_PARTITION = re.compile(rf"^({'|'.join(PARTITIONED)})_(p\d{{4}}_\d{{2}}|default)$")
+
+
+def _include_name(name: str | None, type_: str, parent_names: object) -> bool:
+    return not (type_ == "table" and name and _PARTITION.match(name))
 
 
 def _run(connection: Connection) -> None:
-    context.configure(connection=connection, target_metadata=metadata, compare_type=True)
+    context.configure(connection=connection, target_metadata=metadata, compare_type=True,
+                      include_name=_include_name)
     with context.begin_transaction():
         # Replicas starting together wait here instead of racing; released at commit.
-        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
         connection.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
         context.run_migrations()
 

@@ -72,7 +72,8 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
         await ingestor.start()
         client = http.new_client()
         stop = asyncio.Event()
-        pulling = asyncio.create_task(worker.run_forever(engine, client, settings.sources, stop)
+        pulling = asyncio.create_task(worker.run_forever(
+            engine, client, settings.sources, stop, keep_months=settings.retention_months)
                                       if reconciler else stop.wait())
         try:
             yield

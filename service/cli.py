@@ -1,4 +1,4 @@
-"""Command line: serve | worker | migrate | pull SOURCE | replay | simulate."""
+"""Command line: serve | worker | migrate | pull SOURCE | replay | simulate | prune."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ import logging
 import os
 import signal
 import sys
-from datetime import datetime
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from service import db, logs
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service import db, logs, retention
 from service.config import Settings, load_settings
 from service.errors import ConfigError, DatabaseUnavailable
 
 log = logging.getLogger("service")
+T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only bodies not fully accepted (rejected, partial, failed, received)")
     replay.add_argument("--since", type=datetime.fromisoformat, help="received at or after (ISO 8601)")
     replay.add_argument("--until", type=datetime.fromisoformat, help="received before (ISO 8601)")
+    prune = commands.add_parser("prune", help="drop inbox and history months older than "
+                                "DLR_RETENTION_MONTHS (merged messages are kept)")
+    prune.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
     return parser
 
 
@@ -63,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             return _worker(settings)
         if args.command == "simulate":
             return _simulate(settings, args)
+        if args.command == "prune":
+            return _prune(settings, args.dry_run)
         if args.command == "replay":
             return _replay(settings, args.rejected, args.since, args.until)
         return _serve(settings, args.host, args.port, args.migrate, args.workers,
@@ -84,6 +93,7 @@ def _migrate(settings: Settings) -> int:
         db.migrate(url)
     except OSError as exc:
         raise DatabaseUnavailable(str(exc), detail=str(exc)) from exc
+    _ensure_partitions(settings, url)
     print(f"database at revision {db.head_revision()}")
     return 0
 
@@ -129,7 +139,38 @@ def _ready_database(settings: Settings, migrate: bool) -> str:
     problem = asyncio.run(db.check_migrated(url, settings.db_timeout_s))
     if problem:
         raise NotMigrated(problem)
+    _ensure_partitions(settings, url)
     return url
+
+
+def _in_transaction(settings: Settings, url: str, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def run() -> T:
+        engine = db.create_engine(url, settings.db_timeout_s, pool_size=1)
+        try:
+            async with db.transaction(engine) as conn:
+                return await work(conn)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _ensure_partitions(settings: Settings, url: str) -> None:
+    made = _in_transaction(settings, url, lambda conn: retention.ensure_partitions(
+        conn, datetime.now(UTC), settings.retention_months))
+    if made:
+        log.info("partitions created", extra={"partitions": made})
+
+
+def _prune(settings: Settings, dry_run: bool) -> int:
+    url = _ready_database(settings, migrate=False)
+    pruned = _in_transaction(settings, url, lambda conn: retention.prune(
+        conn, datetime.now(UTC), settings.retention_months, dry_run))
+    verb = "would drop" if dry_run else "dropped"
+    print(f"keeping {settings.retention_months} months before this one (from {pruned.cutoff:%Y-%m-%d});"
+          f" {verb} {len(pruned.dropped)} partitions and {pruned.default_rows} older rows"
+          + "".join(f"\n  {name}" for name in pruned.dropped))
+    return 0
 
 
 def _pull(settings: Settings, name: str) -> int:
@@ -234,8 +275,8 @@ def _worker(settings: Settings) -> int:
         engine = db.create_engine(url, settings.db_timeout_s, pool_size=2)
         try:
             async with http.new_client() as client:
-                await worker.run_forever(engine, client, settings.sources, stop)
-                await stop.wait()  # nothing to pull: stay up until told to stop
+                await worker.run_forever(engine, client, settings.sources, stop,
+                                         keep_months=settings.retention_months)
         finally:
             await engine.dispose()
 

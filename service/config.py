@@ -105,6 +105,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     db_timeout_s: float = 5.0
     workers: int = 1
+    retention_months: int = 13  # whole months of inbox and history kept before this one
     tls_cert: Path | None = None
     tls_key: Path | None = None
     api_tokens: tuple[ApiToken, ...] = ()
@@ -125,6 +126,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=_int(env, "DLR_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 1 << 30),
         db_timeout_s=_int(env, "DLR_DB_TIMEOUT_S", 5, 1, 300),
         workers=_int(env, "DLR_WORKERS", 1, 1, 64),
+        retention_months=_int(env, "DLR_RETENTION_MONTHS", 13, 1, 1200),
         **_tls(env),
         api_tokens=tuple(file_config.api.tokens),
         sources=_check_sources(file_config.sources),

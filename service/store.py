@@ -102,12 +102,26 @@ def _upsert_messages() -> Any:
 _INBOX_FIELDS = tuple(InboxRow.__struct_fields__)
 _HISTORY_FIELDS = ("source", "message_id", "obs_hash", "channel", "status", "status_id",
                    "status_name", "done_at")
+
+
+def _insert_history() -> Any:
+    """History rows, each under its message's first-seen month (this month for a new one)."""
+    src = _unnest(message_history, _HISTORY_FIELDS, "h")
+    m = messages.c
+    first_seen = (sa.select(m.created_at)
+                  .where(m.source == src.c.source, m.message_id == src.c.message_id)
+                  .scalar_subquery())
+    month = sa.func.date_trunc("month", sa.func.coalesce(first_seen, sa.func.now()), "UTC")
+    return pg.insert(message_history).from_select(
+        [*_HISTORY_FIELDS, "first_seen_month"],
+        sa.select(*[src.c[n] for n in _HISTORY_FIELDS], month)).on_conflict_do_nothing()
+
+
 # One statement, so one round trip and atomic without BEGIN/COMMIT: the raw bodies, the
 # history of observations and the merge commit together or not at all.
 _WRITE = (_upsert_messages()
           .add_cte(_insert_from(inbox, _INBOX_FIELDS, "i").cte("new_inbox"))
-          .add_cte(_insert_from(message_history, _HISTORY_FIELDS, "h")
-                   .on_conflict_do_nothing().cte("new_history")))
+          .add_cte(_insert_history().cte("new_history")))
 
 
 class _Observed(msgspec.Struct, frozen=True):

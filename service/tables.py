@@ -17,6 +17,9 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+# Held (per transaction) by migrations and by partition changes, so that they never overlap.
+SCHEMA_LOCK_KEY = 0x646C72  # "dlr"
+
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 CText = sa.Text(collation="C")
 Timestamp = sa.DateTime(timezone=True)
@@ -29,7 +32,8 @@ inbox = sa.Table(
     sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
     sa.Column("source", CText, nullable=False),
     sa.Column("channel", CText, nullable=False),  # push | pull
-    sa.Column("received_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    # In the key because the table is partitioned by it (see service/retention.py).
+    sa.Column("received_at", Timestamp, primary_key=True, server_default=sa.func.now()),
     sa.Column("content_type", sa.Text),
     sa.Column("body", sa.LargeBinary, nullable=False),
     # accepted | partial (some reports rejected) | rejected (nothing usable) | failed (bug)
@@ -38,6 +42,7 @@ inbox = sa.Table(
     sa.Column("rejected", sa.Integer, nullable=False),
     sa.Column("reason", sa.Text),
     sa.Column("url", sa.Text),  # what a pulled body was fetched from; null for pushes
+    postgresql_partition_by="RANGE (received_at)",
 )
 sa.Index("ix_inbox_source_received_at", inbox.c.source, inbox.c.received_at)
 sa.Index("ix_inbox_rejected", inbox.c.id, postgresql_where=inbox.c.state != "accepted")
@@ -79,7 +84,10 @@ sa.Index("ix_messages_to", messages.c.to)
 sa.Index("ix_messages_source_bulk_id", messages.c.source, messages.c.bulk_id)
 sa.Index("ix_messages_source_callback_data", messages.c.source, messages.c.callback_data)
 
-# Every distinct observation of a message, once per channel it arrived through.
+# Every distinct observation of a message, once per channel it arrived through. Partitioned
+# by the month the message was first seen (its `created_at`), which never changes: a
+# message's whole history sits in one partition, so the key still de-duplicates and
+# dropping a month drops whole histories.
 message_history = sa.Table(
     "message_history",
     metadata,
@@ -87,11 +95,13 @@ message_history = sa.Table(
     sa.Column("message_id", CText, primary_key=True),
     sa.Column("obs_hash", sa.LargeBinary, primary_key=True),
     sa.Column("channel", CText, primary_key=True),
+    sa.Column("first_seen_month", Timestamp, primary_key=True),
     sa.Column("status", CText, nullable=False),
     sa.Column("status_id", sa.Integer),
     sa.Column("status_name", sa.Text),
     sa.Column("done_at", Timestamp),
     sa.Column("observed_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    postgresql_partition_by="RANGE (first_seen_month)",
 )
 
 # One row per reconciler pass over one source.

@@ -21,13 +21,14 @@ import httpx
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import db, ingest, metrics, store
+from service import db, ingest, metrics, retention, store
 from service.config import DiceSmsSource, InfobipSource, Source
 from service.errors import DatabaseUnavailable
 from service.providers import Rejection, Report, dicesms, http, infobip
 
 log = logging.getLogger(__name__)
 LEASE_TTL_S = 120.0
+UPKEEP_INTERVAL_S = 3600.0
 
 
 class RunResult(msgspec.Struct):
@@ -278,14 +279,18 @@ async def _walk_dicesms(pages: _Pages, source: DiceSmsSource, statuses: dicesms.
 
 async def run_forever(engine: AsyncEngine, client: httpx.AsyncClient,
                       sources: Mapping[str, Source], stop: asyncio.Event,
-                      retry: http.Retry = http.DEFAULT_RETRY) -> None:
-    """Pull every pullable source on its interval (with jitter) until `stop` is set."""
+                      retry: http.Retry = http.DEFAULT_RETRY, keep_months: int = 13) -> None:
+    """Pull every pullable source on its interval (with jitter), and keep the monthly
+    partitions made ahead, until `stop` is set."""
     holder = holder_id()
     due = {s.name: time.monotonic() for s in pullable(sources)}
     if not due:
         log.info("reconciler has no source to pull")
-        return
+    upkeep_due = time.monotonic() + UPKEEP_INTERVAL_S  # start-up made this month's
     while not stop.is_set():
+        if upkeep_due <= time.monotonic():
+            await _keep_partitions(engine, keep_months)
+            upkeep_due = time.monotonic() + UPKEEP_INTERVAL_S
         for source in pullable(sources):
             if due[source.name] > time.monotonic() or stop.is_set():
                 continue
@@ -297,6 +302,17 @@ async def run_forever(engine: AsyncEngine, client: httpx.AsyncClient,
                 log.exception("pull failed", extra={"source": source.name})
             jitter = random.uniform(0, 0.1 * source.pull_interval_s)  # noqa: S311
             due[source.name] = time.monotonic() + source.pull_interval_s + jitter
-        pause = max(0.0, min(due.values()) - time.monotonic())
+        pause = max(0.0, min([*due.values(), upkeep_due]) - time.monotonic())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=pause)
+
+
+async def _keep_partitions(engine: AsyncEngine, keep_months: int) -> None:
+    try:
+        async with db.transaction(engine) as conn:
+            made = await retention.ensure_partitions(conn, datetime.now(UTC), keep_months)
+    except Exception:
+        log.exception("partition upkeep failed")  # retried at the next upkeep
+        return
+    if made:
+        log.info("partitions created", extra={"partitions": made})

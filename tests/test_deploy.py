@@ -29,8 +29,9 @@ def of_kind(kind: str) -> list[dict[str, Any]]:
 
 
 def containers() -> list[dict[str, Any]]:
-    return [c for d in of_kind("Deployment") + of_kind("Job")
-            for c in d["spec"]["template"]["spec"]["containers"]]
+    pods = [d["spec"]["template"] for d in of_kind("Deployment") + of_kind("Job")]
+    pods += [d["spec"]["jobTemplate"]["spec"]["template"] for d in of_kind("CronJob")]
+    return [c for pod in pods for c in pod["spec"]["containers"]]
 
 
 def variables_the_code_reads() -> set[str]:
@@ -46,7 +47,7 @@ def test_every_container_runs_a_real_command() -> None:
     for container in containers():
         args = parser.parse_args(container["args"])  # exits on an unknown flag
         commands.add(args.command)
-    assert commands == {"serve", "worker", "migrate"}
+    assert commands == {"serve", "worker", "migrate", "prune"}
 
 
 def test_env_names_are_ones_the_code_or_the_config_reads() -> None:

@@ -1,0 +1,190 @@
+"""Monthly partitions: rows land in their month, stray months get one, prune drops old ones
+and keeps merged messages; the migration to partitioned tables keeps every row."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import db, ingest, retention
+from service.tables import inbox, message_history, messages
+from tests.databases import scratch_database
+from tests.reports import body, report
+
+NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
+
+
+@pytest.fixture
+def scratch_url(server_url: str) -> Iterator[str]:
+    with scratch_database(server_url) as url:
+        yield db.asyncpg_url(url)
+
+
+@pytest.fixture
+async def scratch(scratch_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = db.create_engine(scratch_url)
+    yield engine
+    await engine.dispose()
+
+
+async def ensure(engine: AsyncEngine, now: datetime = NOW, keep: int = 13) -> list[str]:
+    async with db.transaction(engine) as conn:
+        return await retention.ensure_partitions(conn, now, keep)
+
+
+async def where_rows_are(engine: AsyncEngine, table: sa.Table) -> dict[str, int]:
+    query = (sa.select(sa.cast(sa.literal_column("tableoid::regclass"), sa.Text), sa.func.count())
+             .select_from(table).group_by(sa.literal_column("1")))
+    async with engine.connect() as conn:
+        return {name: count for name, count in (await conn.execute(query)).all()}
+
+
+async def push(engine: AsyncEngine, *message_ids: str) -> None:
+    """One webhook body for each message."""
+    await ingest.write(engine, [ingest.decode_infobip("ib", "push", body(report(m)), None)
+                                for m in message_ids])
+
+
+async def test_this_month_and_the_next_two_are_made_once(scratch: AsyncEngine) -> None:
+    assert await ensure(scratch) == [f"{t}_p{m}" for t in retention.PARTITIONED
+                                     for m in ("2026_11", "2026_12", "2027_01")]
+    assert await ensure(scratch) == []
+    assert await ensure(scratch, NOW + timedelta(days=10)) == [
+        "inbox_p2027_02", "message_history_p2027_02"]
+
+
+async def test_rows_land_in_their_month(scratch: AsyncEngine) -> None:
+    await ensure(scratch, datetime.now(UTC))
+    await push(scratch, "m1", "m2")
+    month = f"{datetime.now(UTC):%Y_%m}"
+    assert await where_rows_are(scratch, inbox) == {f"inbox_p{month}": 2}
+    assert await where_rows_are(scratch, message_history) == {f"message_history_p{month}": 2}
+
+
+async def test_rows_without_a_partition_go_to_default_and_later_move(scratch: AsyncEngine) -> None:
+    await push(scratch, "m1")  # no partitions yet: nothing is refused
+    assert await where_rows_are(scratch, inbox) == {"inbox_default": 1}
+    made = await ensure(scratch, datetime.now(UTC))
+    month = f"{datetime.now(UTC):%Y_%m}"
+    assert f"inbox_p{month}" in made
+    assert await where_rows_are(scratch, inbox) == {f"inbox_p{month}": 1}
+    assert await where_rows_are(scratch, message_history) == {f"message_history_p{month}": 1}
+
+
+async def _age_everything(engine: AsyncEngine, by: timedelta) -> None:
+    """Pretend the rows written so far were written `by` ago."""
+    async with db.transaction(engine) as conn:
+        await conn.execute(sa.update(inbox).values(received_at=inbox.c.received_at - by))
+        await conn.execute(sa.update(messages).values(created_at=messages.c.created_at - by))
+        await conn.execute(sa.text(
+            "UPDATE message_history h SET observed_at = observed_at - CAST(:by AS interval),"
+            " first_seen_month = date_trunc('month', m.created_at, 'UTC') FROM messages m"
+            " WHERE m.source = h.source AND m.message_id = h.message_id"), {"by": by})
+
+
+async def test_history_of_an_old_message_stays_with_it(scratch: AsyncEngine) -> None:
+    await push(scratch, "m1")
+    await _age_everything(scratch, timedelta(days=62))
+    await push(scratch, "m1", "m2")  # m1 observed again, two months after it was first seen
+    async with scratch.connect() as conn:
+        rows = (await conn.execute(sa.select(message_history.c.message_id,
+                                             message_history.c.first_seen_month)
+                                   .order_by(message_history.c.message_id))).all()
+    now_month = retention.month_start(datetime.now(UTC))
+    assert [(m, month < now_month) for m, month in rows] == [("m1", True), ("m2", False)], \
+        "the same observation of m1 must not be recorded a second time in a newer month"
+
+
+async def test_prune_drops_old_months_and_keeps_messages(scratch: AsyncEngine) -> None:
+    await push(scratch, "old")
+    await _age_everything(scratch, timedelta(days=500))
+    await push(scratch, "new")
+    now = datetime.now(UTC)
+    await ensure(scratch, now, keep=24)  # kept longer until now
+    old_month = f"{retention.month_start(now - timedelta(days=500)):%Y_%m}"
+    assert f"inbox_p{old_month}" in await where_rows_are(scratch, inbox)
+
+    async with db.transaction(scratch) as conn:
+        dry = await retention.prune(conn, now, 13, dry_run=True)
+    assert dry.dropped == [f"inbox_p{old_month}", f"message_history_p{old_month}"]
+    assert len(await where_rows_are(scratch, inbox)) == 2, "a dry run changes nothing"
+
+    async with db.transaction(scratch) as conn:
+        pruned = await retention.prune(conn, now, 13)
+    assert pruned.dropped == dry.dropped
+    assert list(await where_rows_are(scratch, inbox)) == [f"inbox_p{now:%Y_%m}"]
+    async with scratch.connect() as conn:
+        kept = await conn.scalars(sa.select(messages.c.message_id).order_by(messages.c.message_id))
+        assert list(kept) == ["new", "old"], "merged messages are never pruned"
+        history = await conn.scalars(sa.select(message_history.c.message_id))
+        assert list(history) == ["new"]
+
+
+async def test_prune_deletes_old_rows_left_in_default(scratch: AsyncEngine) -> None:
+    await push(scratch, "old")
+    await _age_everything(scratch, timedelta(days=500))  # older than kept: never partitioned
+    async with db.transaction(scratch) as conn:
+        pruned = await retention.prune(conn, datetime.now(UTC), 13)
+    assert pruned.default_rows == 2  # its inbox row and its history row
+    assert await where_rows_are(scratch, inbox) == {}
+
+
+def test_prune_command(scratch_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DLR_CONFIG"}
+    env |= {"DLR_DATABASE_URL": scratch_url, "DLR_RETENTION_MONTHS": "6"}
+    result = subprocess.run([sys.executable, "-m", "service", "prune", "--dry-run"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    cutoff = retention.retention_cutoff(datetime.now(UTC), 6)
+    assert result.stdout.startswith(f"keeping 6 months before this one (from {cutoff:%Y-%m-%d});"
+                                    " would drop 0 partitions and 0 older rows")
+
+
+def test_the_migration_to_partitions_keeps_every_row(server_url: str) -> None:
+    with scratch_database(server_url, migrated=False) as url:
+        config = Config()
+        config.set_main_option("script_location", str(db.migrations_dir()))
+        config.attributes["database_url"] = db.asyncpg_url(url)
+        command.upgrade(config, "0002")
+
+        async def fill_then_check() -> None:
+            engine = db.create_engine(db.asyncpg_url(url))
+            try:
+                async with engine.begin() as conn:
+                    await conn.exec_driver_sql(
+                        "INSERT INTO inbox (source, channel, received_at, body, state, accepted,"
+                        " rejected) VALUES ('ib', 'push', '2025-01-05', 'x', 'accepted', 1, 0),"
+                        " ('ib', 'push', now(), 'y', 'accepted', 1, 0)")
+                    await conn.exec_driver_sql(
+                        "INSERT INTO messages (source, message_id, status, final, obs_hash, seq,"
+                        " created_at) VALUES ('ib', 'm1', 'DELIVERED', true, 'h', 1, '2025-01-05')")
+                    await conn.exec_driver_sql(
+                        "INSERT INTO message_history (source, message_id, obs_hash, channel,"
+                        " status) VALUES ('ib', 'm1', 'h', 'push', 'DELIVERED')")
+                await asyncio.to_thread(command.upgrade, config, "head")
+                await ensure(engine, datetime.now(UTC), keep=24)
+                assert await where_rows_are(engine, inbox) == {
+                    "inbox_p2025_01": 1, f"inbox_p{datetime.now(UTC):%Y_%m}": 1}
+                assert await where_rows_are(engine, message_history) == {
+                    "message_history_p2025_01": 1}
+                async with engine.begin() as conn:
+                    new_id = await conn.scalar(sa.insert(inbox).values(
+                        source="ib", channel="push", body=b"z", state="accepted", accepted=1,
+                        rejected=0).returning(inbox.c.id))
+                assert new_id == 3, "ids carry on after the copied rows"
+                await asyncio.to_thread(command.downgrade, config, "0002")
+                assert sum((await where_rows_are(engine, inbox)).values()) == 3
+            finally:
+                await engine.dispose()
+
+        asyncio.run(fill_then_check())
