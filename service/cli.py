@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service import db, logs, retention
 from service.config import Settings, load_settings
 from service.errors import ConfigError, DatabaseUnavailable
+from service.http_limits import LimitedHttp
 
 log = logging.getLogger("service")
 T = TypeVar("T")
@@ -108,9 +110,11 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
     # uvicorn re-raises SIGTERM after its graceful shutdown; exiting normally instead lets
     # the embedded database stop with us (atexit).
     signal.signal(signal.SIGTERM, _exit_normally)
+    http = functools.partial(LimitedHttp, request_timeout_s=settings.request_timeout_s,
+                             max_header_bytes=settings.max_header_bytes)
     options: dict[str, Any] = {"host": host or settings.host, "port": port or settings.port,
                                "log_level": "warning", "timeout_graceful_shutdown": 30,
-                               "server_header": False}
+                               "server_header": False, "http": http}
     scheme = "http"
     if settings.tls_cert and settings.tls_key:  # for deployments without a TLS ingress
         options |= {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import msgspec
 
 from service.errors import ConfigError
+from service.http_limits import DEFAULT_MAX_HEADER_BYTES, DEFAULT_REQUEST_TIMEOUT_S
 
 Scope = Literal["read", "write", "admin"]
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -103,6 +104,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    request_timeout_s: int = DEFAULT_REQUEST_TIMEOUT_S  # for a whole request to arrive
     db_timeout_s: float = 5.0
     workers: int = 1
     retention_months: int = 13  # whole months of inbox and history kept before this one
@@ -124,6 +127,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         host=env.get("DLR_HOST") or "127.0.0.1",
         port=_int(env, "DLR_PORT", 8080, 1, 65535),
         max_body_bytes=_int(env, "DLR_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 1 << 30),
+        max_header_bytes=_int(env, "DLR_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES, 1024, 1 << 20),
+        request_timeout_s=_int(env, "DLR_REQUEST_TIMEOUT_S", DEFAULT_REQUEST_TIMEOUT_S, 1, 3600),
         db_timeout_s=_int(env, "DLR_DB_TIMEOUT_S", 5, 1, 300),
         workers=_int(env, "DLR_WORKERS", 1, 1, 64),
         retention_months=_int(env, "DLR_RETENTION_MONTHS", 13, 1, 1200),

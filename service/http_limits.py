@@ -1,0 +1,100 @@
+"""uvicorn's HTTP/1.1 protocol with the two limits it lacks.
+
+- A request must arrive whole (request line, headers and body) within `request_timeout_s`
+  of its first byte, and a new connection must deliver its first request within that time:
+  else 408 and the connection is closed. uvicorn's keep-alive timer restarts on every byte
+  and is not armed before a first request, so without this a client sending nothing, or a
+  byte at a time, holds its connection (and a half-read body) for ever.
+- The request line and headers must fit in `max_header_bytes`: else 431.
+
+The application's own time is not limited here: once a request has arrived, its handler's
+database calls are bounded by DLR_DB_TIMEOUT_S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+DEFAULT_REQUEST_TIMEOUT_S = 30
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+class LimitedHttp(HttpToolsProtocol):
+    def __init__(self, *args: Any, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
+                 max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.request_timeout_s = request_timeout_s
+        self.max_header_bytes = max_header_bytes
+        self._header_bytes = 0
+        self._deadline: asyncio.TimerHandle | None = None
+        self._refused_with: int | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._header_bytes = 0
+        if self._deadline is None:
+            self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a parse error; a callback raising counts as one."""
+        if self._refused_with is None:
+            super().send_400_response(msg)
+        else:
+            self._refuse(self._refused_with)
+
+    def _count(self, size: int) -> None:
+        self._header_bytes += size
+        if self._header_bytes > self.max_header_bytes:
+            self._refused_with = 431
+            raise _HeadersTooLarge  # the parser stops; uvicorn calls send_400_response
+
+    def _arm(self) -> None:
+        self._deadline = self.loop.call_later(self.request_timeout_s, self._expired)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expired(self) -> None:
+        self._deadline = None
+        if self.cycle is not None and self.cycle.response_started:
+            self.transport.close()
+        else:
+            self._refuse(408)
+
+    def _refuse(self, status: int) -> None:
+        message = _REASONS[status]
+        self.transport.write(b"".join([
+            b"HTTP/1.1 %d %s\r\n" % (status, message),
+            b"content-type: text/plain; charset=utf-8\r\n",
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(message), message]))
+        self.transport.close()

@@ -1,0 +1,110 @@
+"""Slow or oversized requests are cut off by serve: 408 for a request that does not arrive
+in time (nothing of it is kept), 431 for headers over the limit."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from service.config import load_settings
+from tests.conftest import PAYLOADS, free_port
+from tests.databases import scratch_database
+from tests.services import Served, serving
+
+CONFIG = '''
+[[sources]]
+name = "ib"
+kind = "infobip"
+base_url = "http://127.0.0.1:9"
+[sources.webhook]
+token = { header = "X-Hook", value = "limits-hook" }
+'''
+SEED = (PAYLOADS / "infobip" / "seed_002.json").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def served(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    config = tmp_path_factory.mktemp("limits") / "dlr.toml"
+    config.write_text(CONFIG)
+    with scratch_database(server_url) as url:
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
+                            "DLR_PORT": str(free_port()), "DLR_REQUEST_TIMEOUT_S": "1",
+                            "DLR_MAX_HEADER_BYTES": "4096"}
+        with serving(env, "--no-reconciler") as served:
+            yield served
+
+
+def connect(served: Served) -> socket.socket:
+    conn = socket.create_connection(("127.0.0.1", int(served.base.rsplit(":", 1)[1])))
+    conn.settimeout(20)  # only so that a broken server cannot hang the test
+    return conn
+
+
+def answer(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while chunk := conn.recv(65536):
+        received += chunk
+    return received
+
+
+def request(body: bytes, extra: str = "") -> bytes:
+    return (f"POST /webhooks/ib HTTP/1.1\r\nHost: t\r\nX-Hook: limits-hook\r\n{extra}"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+def accepted_requests(served: Served) -> int:
+    with served.client() as client:
+        exposition = client.get("/metrics").text
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in exposition.splitlines()
+               if line.startswith("dlr_webhook_requests_total{") and 'status="200"' in line)
+
+
+def test_a_connection_that_sends_nothing_is_closed(served: Served) -> None:
+    with connect(served) as conn:
+        assert answer(conn).startswith(b"HTTP/1.1 408 ")
+
+
+def test_headers_that_trickle_in_are_cut_off(served: Served) -> None:
+    with connect(served) as conn:
+        conn.sendall(b"POST /webhooks/ib HTTP/1.1\r\n")
+        try:
+            for _ in range(40):  # a header line every 0.1 s: never idle, never done
+                conn.sendall(b"X-Pad: 1\r\n")
+                time.sleep(0.1)
+        except OSError:
+            pass  # closed on us mid-way, as it should be
+        assert answer(conn).startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_body_that_stalls_is_cut_off_and_not_kept(served: Served) -> None:
+    before = accepted_requests(served)
+    with connect(served) as conn:
+        whole = request(SEED)
+        conn.sendall(whole[:-10])  # all but the last ten bytes of the body
+        reply = answer(conn)
+    assert reply.startswith(b"HTTP/1.1 408 ")
+    assert accepted_requests(served) == before
+
+
+def test_oversized_headers_get_431(served: Served) -> None:
+    with connect(served) as conn:
+        conn.sendall(request(SEED, extra=f"X-Pad: {'a' * 5000}\r\n"))
+        assert answer(conn).startswith(b"HTTP/1.1 431 ")
+
+
+def test_requests_within_the_limits_are_served_on_one_connection(served: Served) -> None:
+    with served.client() as client:
+        for _ in range(3):
+            pushed = client.post("/webhooks/ib", headers={"X-Hook": "limits-hook"}, content=SEED)
+            assert pushed.status_code == 200
+            time.sleep(0.6)  # idle between requests, under the keep-alive timeout
+
+
+def test_request_limits_are_configurable() -> None:
+    settings = load_settings({"DLR_REQUEST_TIMEOUT_S": "7", "DLR_MAX_HEADER_BYTES": "8192"})
+    assert (settings.request_timeout_s, settings.max_header_bytes) == (7, 8192)
