@@ -2,10 +2,13 @@
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+# Dependencies from the lock, every file checked against its hash; then the project alone.
+COPY deploy/requirements.lock ./
+RUN python -m venv /opt/dlr && /opt/dlr/bin/pip install --require-hashes -r requirements.lock
 COPY pyproject.toml README.md alembic.ini ./
 COPY service ./service
 COPY migrations ./migrations
-RUN python -m venv /opt/dlr && /opt/dlr/bin/pip install .
+RUN /opt/dlr/bin/pip install --no-deps .
 
 FROM python:3.11-slim-bookworm
 RUN useradd --system --uid 10001 --home-dir /var/lib/dlr --create-home dlr

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from service import cli
 from service.app import create_app
@@ -90,7 +94,22 @@ def test_ingress_lets_a_full_push_through() -> None:
     assert ingress["spec"]["tls"], "webhooks carry credentials: TLS at the ingress"
 
 
-@pytest.mark.parametrize("line", ["EXPOSE 8080", "DLR_PORT=8080", 'ENTRYPOINT ["dlr-reconciler"]',
+@pytest.mark.parametrize("line", ["pip install --require-hashes -r requirements.lock",
+                                  "pip install --no-deps .", "EXPOSE 8080", "DLR_PORT=8080",
+                                  'ENTRYPOINT ["dlr-reconciler"]',
                                   "/health/live", "USER dlr", "STOPSIGNAL SIGTERM"])
 def test_dockerfile(line: str) -> None:
     assert line in (ROOT / "Dockerfile").read_text()
+
+
+def test_the_lock_pins_every_dependency_within_its_range() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    lock = (DEPLOY / "requirements.lock").read_text()
+    pinned = {canonicalize_name(name): Version(version)
+              for name, version in re.findall(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)", lock, re.M)}
+    assert "--hash=sha256:" in lock
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in pinned, f"{name} is not in deploy/requirements.lock"
+        assert pinned[name] in requirement.specifier, f"{name} {pinned[name]} is outside {line}"
