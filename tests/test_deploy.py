@@ -94,6 +94,14 @@ def test_ingress_lets_a_full_push_through() -> None:
     assert ingress["spec"]["tls"], "webhooks carry credentials: TLS at the ingress"
 
 
+def test_ingress_exposes_webhooks_and_the_api_only() -> None:
+    [ingress] = of_kind("Ingress")
+    exposed = {p["path"] for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"]}
+    assert exposed == {"/webhooks", "/v1"}
+    paths = {route.path for route in create_app(load_settings({}), "postgresql+asyncpg://x/y").routes}
+    assert all(any(path.startswith(prefix) for path in paths) for prefix in exposed)
+
+
 @pytest.mark.parametrize("line", ["pip install --require-hashes -r requirements.lock",
                                   "pip install --no-deps .", "EXPOSE 8080", "DLR_PORT=8080",
                                   'ENTRYPOINT ["dlr-reconciler"]',
