@@ -72,14 +72,15 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
         await ingestor.start()
         client = http.new_client()
         stop = asyncio.Event()
-        pulling = asyncio.create_task(worker.run_forever(
-            engine, client, settings.sources, stop, keep_months=settings.retention_months)
-                                      if reconciler else stop.wait())
+        work = (worker.run_forever(engine, client, settings.sources, stop,
+                                   keep_months=settings.retention_months)
+                if reconciler else stop.wait())
+        pulling = asyncio.create_task(work)
         try:
             yield
         finally:
             stop.set()
-            await pulling
+            await worker.stop_within(pulling, stop, settings.shutdown_timeout_s)
             await ingestor.stop()
             await client.aclose()
             await engine.dispose()

@@ -113,7 +113,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
     http = functools.partial(LimitedHttp, request_timeout_s=settings.request_timeout_s,
                              max_header_bytes=settings.max_header_bytes)
     options: dict[str, Any] = {"host": host or settings.host, "port": port or settings.port,
-                               "log_level": "warning", "timeout_graceful_shutdown": 30,
+                               "log_level": "warning",
+                               "timeout_graceful_shutdown": settings.shutdown_timeout_s,
                                "server_header": False, "http": http}
     scheme = "http"
     if settings.tls_cert and settings.tls_key:  # for deployments without a TLS ingress
@@ -279,8 +280,9 @@ def _worker(settings: Settings) -> int:
         engine = db.create_engine(url, settings.db_timeout_s, pool_size=2)
         try:
             async with http.new_client() as client:
-                await worker.run_forever(engine, client, settings.sources, stop,
-                                         keep_months=settings.retention_months)
+                pulling = asyncio.create_task(worker.run_forever(
+                    engine, client, settings.sources, stop, keep_months=settings.retention_months))
+                await worker.stop_within(pulling, stop, settings.shutdown_timeout_s)
         finally:
             await engine.dispose()
 

@@ -106,6 +106,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     request_timeout_s: int = DEFAULT_REQUEST_TIMEOUT_S  # for a whole request to arrive
+    shutdown_timeout_s: int = 30  # after SIGTERM: for requests in flight, then the reconciler
     db_timeout_s: float = 5.0
     workers: int = 1
     retention_months: int = 13  # whole months of inbox and history kept before this one
@@ -129,6 +130,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         max_body_bytes=_int(env, "DLR_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 1 << 30),
         max_header_bytes=_int(env, "DLR_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES, 1024, 1 << 20),
         request_timeout_s=_int(env, "DLR_REQUEST_TIMEOUT_S", DEFAULT_REQUEST_TIMEOUT_S, 1, 3600),
+        shutdown_timeout_s=_int(env, "DLR_SHUTDOWN_TIMEOUT_S", 30, 1, 3600),
         db_timeout_s=_int(env, "DLR_DB_TIMEOUT_S", 5, 1, 300),
         workers=_int(env, "DLR_WORKERS", 1, 1, 64),
         retention_months=_int(env, "DLR_RETENTION_MONTHS", 13, 1, 1200),

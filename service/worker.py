@@ -307,6 +307,18 @@ async def run_forever(engine: AsyncEngine, client: httpx.AsyncClient,
             await asyncio.wait_for(stop.wait(), timeout=pause)
 
 
+async def stop_within(task: asyncio.Task[Any], stop: asyncio.Event, grace_s: float) -> None:
+    """Wait for `task`; once `stop` is set, allow it `grace_s` to finish, then cancel it.
+    A page cut off this way was kept raw before merging: `replay --rejected` merges it."""
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    try:
+        await asyncio.wait_for(task, grace_s)
+    except TimeoutError:
+        log.warning("reconciler cancelled: still busy %s s after the stop", grace_s)
+
+
 async def _keep_partitions(engine: AsyncEngine, keep_months: int) -> None:
     try:
         async with db.transaction(engine) as conn:

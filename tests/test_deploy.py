@@ -121,3 +121,16 @@ def test_the_lock_pins_every_dependency_within_its_range() -> None:
         name = canonicalize_name(requirement.name)
         assert name in pinned, f"{name} is not in deploy/requirements.lock"
         assert pinned[name] in requirement.specifier, f"{name} {pinned[name]} is outside {line}"
+
+
+def test_pods_are_given_the_time_a_graceful_stop_takes() -> None:
+    limit = load_settings({}).shutdown_timeout_s
+    for deployment in of_kind("Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        args = container["args"]
+        stages = 2 if args[0] == "serve" and "--no-reconciler" not in args else 1
+        assert pod["terminationGracePeriodSeconds"] > stages * limit
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    for name in ("api", "worker"):
+        assert int(compose["services"][name]["stop_grace_period"].rstrip("s")) > limit

@@ -108,3 +108,28 @@ def test_sigterm_ends_a_drain_after_the_page_in_hand(engine: AsyncEngine, databa
     assert stored + left == 30_000  # every page handed out was kept and merged
     assert states == {"accepted"}
     assert "stopped for shutdown" in error
+
+
+def test_a_stuck_provider_does_not_hold_shutdown_past_its_limit(database_url: str,
+                                                                tmp_path: Path) -> None:
+    with FakeInfobip() as fake:
+        fake.queue(report("stuck"))
+        fake.delay_s = 25  # under the client's 30 s read timeout: the GET just waits
+        config = tmp_path / "dlr.toml"
+        config.write_text(f'[[sources]]\nname = "ib"\nkind = "infobip"\nbase_url = "{fake.url}"\n'
+                          f'api_key = "{fake.api_key}"\n')
+        env = os.environ | {"DLR_DATABASE_URL": database_url, "DLR_CONFIG": str(config),
+                            "DLR_SHUTDOWN_TIMEOUT_S": "1"}
+        worker = subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            while not fake.requests:
+                assert worker.poll() is None, worker.communicate()[1]
+                time.sleep(0.05)
+            worker.send_signal(signal.SIGTERM)
+            errors = worker.communicate(timeout=20)[1]  # the provider would take 25 s
+        finally:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode == 0, errors
+    assert "reconciler cancelled: still busy 1 s after the stop" in errors
