@@ -1,5 +1,8 @@
-# One image for every role: `serve` (default), `worker`, `migrate`, given as arguments.
-FROM python:3.11-slim-bookworm AS build
+# One image for every role: `serve` (default), `worker`, `migrate`, `prune`, given as arguments.
+# The base is pinned to a patch release; pin it by digest too where your registry allows
+# (docker build --build-arg BASE=python:3.11.14-slim-bookworm@sha256:…).
+ARG BASE=python:3.11.14-slim-bookworm
+FROM ${BASE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # Dependencies from the lock, every file checked against its hash; then the project alone.
@@ -10,7 +13,7 @@ COPY service ./service
 COPY migrations ./migrations
 RUN /opt/dlr/bin/pip install --no-deps .
 
-FROM python:3.11-slim-bookworm
+FROM ${BASE}
 RUN useradd --system --uid 10001 --home-dir /var/lib/dlr --create-home dlr
 COPY --from=build /opt/dlr /opt/dlr
 ENV PATH=/opt/dlr/bin:$PATH PYTHONUNBUFFERED=1 DLR_HOST=0.0.0.0 DLR_PORT=8080 \

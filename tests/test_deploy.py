@@ -110,6 +110,12 @@ def test_dockerfile(line: str) -> None:
     assert line in (ROOT / "Dockerfile").read_text()
 
 
+def test_dockerfile_stages_share_one_pinned_base() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^ARG BASE=python:3\.11\.\d+-slim-bookworm$", text, re.M)
+    assert re.findall(r"^FROM (\S+)", text, re.M) == ["${BASE}", "${BASE}"]
+
+
 def test_the_lock_pins_every_dependency_within_its_range() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     lock = (DEPLOY / "requirements.lock").read_text()
