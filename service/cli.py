@@ -277,7 +277,8 @@ def _worker(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        engine = db.create_engine(url, settings.db_timeout_s, pool_size=2)
+        # sources are pulled side by side, each holding at most one connection at a time
+        engine = db.create_engine(url, settings.db_timeout_s, pool_size=len(settings.sources) + 2)
         try:
             async with http.new_client() as client:
                 pulling = asyncio.create_task(worker.run_forever(

@@ -11,7 +11,6 @@ import os
 import random
 import secrets
 import socket
-import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -280,31 +279,47 @@ async def _walk_dicesms(pages: _Pages, source: DiceSmsSource, statuses: dicesms.
 async def run_forever(engine: AsyncEngine, client: httpx.AsyncClient,
                       sources: Mapping[str, Source], stop: asyncio.Event,
                       retry: http.Retry = http.DEFAULT_RETRY, keep_months: int = 13) -> None:
-    """Pull every pullable source on its interval (with jitter), and keep the monthly
-    partitions made ahead, until `stop` is set."""
+    """Until `stop` is set: pull each pullable source on its own interval (with jitter),
+    side by side, so a slow provider delays no other; and keep the monthly partitions."""
     holder = holder_id()
-    due = {s.name: time.monotonic() for s in pullable(sources)}
-    if not due:
+    if not pullable(sources):
         log.info("reconciler has no source to pull")
-    upkeep_due = time.monotonic() + UPKEEP_INTERVAL_S  # start-up made this month's
+    await asyncio.gather(_keep_partitions_hourly(engine, keep_months, stop),
+                         *[_pull_every(engine, client, source, holder, retry, stop)
+                           for source in pullable(sources)])
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    return stop.is_set()
+
+
+async def _pull_every(engine: AsyncEngine, client: httpx.AsyncClient, source: Source,
+                      holder: str, retry: http.Retry, stop: asyncio.Event) -> None:
     while not stop.is_set():
-        if upkeep_due <= time.monotonic():
-            await _keep_partitions(engine, keep_months)
-            upkeep_due = time.monotonic() + UPKEEP_INTERVAL_S
-        for source in pullable(sources):
-            if due[source.name] > time.monotonic() or stop.is_set():
-                continue
-            try:
-                await pull(engine, client, source, holder, retry, stop)
-            except DatabaseUnavailable:
-                log.warning("pull skipped: database unavailable", extra={"source": source.name})
-            except Exception:
-                log.exception("pull failed", extra={"source": source.name})
-            jitter = random.uniform(0, 0.1 * source.pull_interval_s)  # noqa: S311
-            due[source.name] = time.monotonic() + source.pull_interval_s + jitter
-        pause = max(0.0, min([*due.values(), upkeep_due]) - time.monotonic())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=pause)
+        try:
+            await pull(engine, client, source, holder, retry, stop)
+        except DatabaseUnavailable:
+            log.warning("pull skipped: database unavailable", extra={"source": source.name})
+        except Exception:
+            log.exception("pull failed", extra={"source": source.name})
+        jitter = random.uniform(0, 0.1 * source.pull_interval_s)  # noqa: S311
+        await _stopped_within(stop, source.pull_interval_s + jitter)
+
+
+async def _keep_partitions_hourly(engine: AsyncEngine, keep_months: int,
+                                  stop: asyncio.Event) -> None:
+    """Start-up made this month's partitions; later months' come from here."""
+    while not await _stopped_within(stop, UPKEEP_INTERVAL_S):
+        try:
+            async with db.transaction(engine) as conn:
+                made = await retention.ensure_partitions(conn, datetime.now(UTC), keep_months)
+        except Exception:
+            log.exception("partition upkeep failed")  # tried again at the next upkeep
+            continue
+        if made:
+            log.info("partitions created", extra={"partitions": made})
 
 
 async def stop_within(task: asyncio.Task[Any], stop: asyncio.Event, grace_s: float) -> None:
@@ -317,14 +332,3 @@ async def stop_within(task: asyncio.Task[Any], stop: asyncio.Event, grace_s: flo
         await asyncio.wait_for(task, grace_s)
     except TimeoutError:
         log.warning("reconciler cancelled: still busy %s s after the stop", grace_s)
-
-
-async def _keep_partitions(engine: AsyncEngine, keep_months: int) -> None:
-    try:
-        async with db.transaction(engine) as conn:
-            made = await retention.ensure_partitions(conn, datetime.now(UTC), keep_months)
-    except Exception:
-        log.exception("partition upkeep failed")  # retried at the next upkeep
-        return
-    if made:
-        log.info("partitions created", extra={"partitions": made})

@@ -261,3 +261,27 @@ async def test_a_long_provider_outage_is_survived_and_counted_once(engine: Async
     assert len(await rows(engine, sa.select(messages.c.message_id))) == 3000
     [accepted] = await rows(engine, sa.select(sa.func.sum(inbox.c.accepted)))
     assert accepted[0] == 3000
+
+
+async def test_a_stuck_source_does_not_hold_up_the_others(engine: AsyncEngine) -> None:
+    with FakeInfobip() as stuck, FakeInfobip() as lively:
+        stuck.queue(report("never"))
+        stuck.delay_s = 60  # answers after the test has ended
+        lively.queue(*[report(f"m{i}") for i in range(10)])
+        sources = {name: InfobipSource(name, fake.url, api_key=fake.api_key, pull_interval_s=60)
+                   for name, fake in (("stuck", stuck), ("lively", lively))}
+        stop = asyncio.Event()
+        async with httpx.AsyncClient(timeout=120) as client:
+            reconciling = asyncio.create_task(worker.run_forever(
+                engine, client, sources, stop, http.Retry(attempts=1)))
+            try:
+                for _ in range(600):  # at most 30 s, only so that a failure ends
+                    if await rows(engine, sa.select(messages.c.message_id)) and stuck.requests:
+                        break
+                    await asyncio.sleep(0.05)
+                stored = await rows(engine, sa.select(messages.c.source))
+            finally:
+                stop.set()
+                await worker.stop_within(reconciling, stop, 0.5)
+    assert len(stored) == 10 and {r.source for r in stored} == {"lively"}
+    assert stuck.requests, "the stuck source was asked first and is still waiting"
