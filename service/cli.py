@@ -173,7 +173,8 @@ def _prune(settings: Settings, dry_run: bool) -> int:
         conn, datetime.now(UTC), settings.retention_months, dry_run))
     verb = "would drop" if dry_run else "dropped"
     print(f"keeping {settings.retention_months} months before this one (from {pruned.cutoff:%Y-%m-%d});"
-          f" {verb} {len(pruned.dropped)} partitions and {pruned.default_rows} older rows"
+          f" {verb} {len(pruned.dropped)} partitions, {pruned.default_rows} older rows and"
+          f" {pruned.runs} reconciler passes"
           + "".join(f"\n  {name}" for name in pruned.dropped))
     return 0
 

@@ -17,7 +17,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.tables import SCHEMA_LOCK_KEY, metadata
+from service.tables import SCHEMA_LOCK_KEY, metadata, runs
 
 # table -> the column it is partitioned by
 PARTITIONED = {"inbox": "received_at", "message_history": "first_seen_month"}
@@ -114,12 +114,14 @@ class Pruned(msgspec.Struct, frozen=True):
     cutoff: datetime
     dropped: Sequence[str]  # partitions dropped (or that would be, on a dry run)
     default_rows: int  # rows older than the cutoff deleted from the DEFAULT partitions
+    runs: int  # reconciler passes older than the cutoff deleted (a small table: a DELETE)
 
 
 async def prune(conn: AsyncConnection, now: datetime, keep_months: int,
                 dry_run: bool = False) -> Pruned:
-    """Drop every monthly partition older than the retention, and the DEFAULT partitions'
-    rows older than it; call inside a transaction. A dry run changes nothing."""
+    """Drop every monthly partition older than the retention, and delete the DEFAULT
+    partitions' rows and the reconciler passes older than it; call inside a transaction.
+    A dry run changes nothing."""
     if not dry_run:
         await ensure_partitions(conn, now, keep_months)
     cutoff = retention_cutoff(now, keep_months)
@@ -132,8 +134,13 @@ async def prune(conn: AsyncConnection, now: datetime, keep_months: int,
             deleted += int(await conn.scalar(sa.select(sa.func.count()).where(older)) or 0)
         else:
             deleted += (await conn.execute(sa.delete(default).where(older))).rowcount
+    old_runs = runs.c.started_at < cutoff
+    if dry_run:
+        passes = int(await conn.scalar(sa.select(sa.func.count()).where(old_runs)) or 0)
+    else:
+        passes = (await conn.execute(sa.delete(runs).where(old_runs))).rowcount
     if not dry_run:
         for partition in old:
             quote = conn.dialect.identifier_preparer.quote
             await conn.execute(sa.text(f"DROP TABLE {quote(partition.name)}"))
-    return Pruned(cutoff, [p.name for p in old], deleted)
+    return Pruned(cutoff, [p.name for p in old], deleted, passes)

@@ -17,7 +17,7 @@ from alembic.config import Config
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db, ingest, retention
-from service.tables import inbox, message_history, messages
+from service.tables import inbox, message_history, messages, runs
 from tests.databases import scratch_database
 from tests.reports import body, report
 
@@ -139,6 +139,16 @@ async def test_prune_deletes_old_rows_left_in_default(scratch: AsyncEngine) -> N
     assert await where_rows_are(scratch, inbox) == {}
 
 
+async def test_prune_deletes_old_reconciler_passes(scratch: AsyncEngine) -> None:
+    now = datetime.now(UTC)
+    async with db.transaction(scratch) as conn:
+        await conn.execute(sa.insert(runs), [{"source": "ib", "started_at": now - timedelta(days=d)}
+                                             for d in (1, 500)])
+        pruned = await retention.prune(conn, now, 13)
+        assert pruned.runs == 1
+        assert await conn.scalar(sa.select(sa.func.count()).select_from(runs)) == 1
+
+
 def test_prune_command(scratch_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DLR_CONFIG"}
     env |= {"DLR_DATABASE_URL": scratch_url, "DLR_RETENTION_MONTHS": "6"}
@@ -147,7 +157,7 @@ def test_prune_command(scratch_url: str) -> None:
     assert result.returncode == 0, result.stderr
     cutoff = retention.retention_cutoff(datetime.now(UTC), 6)
     assert result.stdout.startswith(f"keeping 6 months before this one (from {cutoff:%Y-%m-%d});"
-                                    " would drop 0 partitions and 0 older rows")
+                                    " would drop 0 partitions, 0 older rows and 0 reconciler passes")
 
 
 def test_the_migration_to_partitions_keeps_every_row(server_url: str) -> None:
