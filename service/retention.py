@@ -1,7 +1,7 @@
 """Monthly partitions of the inbox and the status history, and dropping the old ones.
 
 Both tables are range-partitioned by a UTC month: the inbox by when a body was received,
-the history by when its message was first seen. Each has a DEFAULT partition that takes
+the history by when its message was sent (see service/tables.py). Each has a DEFAULT partition that takes
 any row whose month has no partition yet, so a write never fails for want of one;
 `ensure_partitions` gives such months their own partition (moving their rows out of the
 default) and makes the coming months' ahead of time. Dropping a month is a `DROP TABLE`,
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.tables import SCHEMA_LOCK_KEY, metadata, runs
 
 # table -> the column it is partitioned by
-PARTITIONED = {"inbox": "received_at", "message_history": "first_seen_month"}
+PARTITIONED = {"inbox": "received_at", "message_history": "sent_month"}
 AHEAD = 2  # months after the current one that get their partition in advance
 
 

@@ -7,7 +7,7 @@ one plan, whatever the batch size.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import reconcile
 from service.providers import Report
+from service.retention import month_start
 from service.tables import (
     inbox,
     leases,
@@ -100,28 +101,16 @@ def _upsert_messages() -> Any:
 
 
 _INBOX_FIELDS = tuple(InboxRow.__struct_fields__)
-_HISTORY_FIELDS = ("source", "message_id", "obs_hash", "channel", "status", "status_id",
-                   "status_name", "done_at")
-
-
-def _insert_history() -> Any:
-    """History rows, each under its message's first-seen month (this month for a new one)."""
-    src = _unnest(message_history, _HISTORY_FIELDS, "h")
-    m = messages.c
-    first_seen = (sa.select(m.created_at)
-                  .where(m.source == src.c.source, m.message_id == src.c.message_id)
-                  .scalar_subquery())
-    month = sa.func.date_trunc("month", sa.func.coalesce(first_seen, sa.func.now()), "UTC")
-    return pg.insert(message_history).from_select(
-        [*_HISTORY_FIELDS, "first_seen_month"],
-        sa.select(*[src.c[n] for n in _HISTORY_FIELDS], month)).on_conflict_do_nothing()
+_HISTORY_FIELDS = ("source", "message_id", "obs_hash", "channel", "sent_month", "status",
+                   "status_id", "status_name", "done_at")
 
 
 # One statement, so one round trip and atomic without BEGIN/COMMIT: the raw bodies, the
 # history of observations and the merge commit together or not at all.
 _WRITE = (_upsert_messages()
           .add_cte(_insert_from(inbox, _INBOX_FIELDS, "i").cte("new_inbox"))
-          .add_cte(_insert_history().cte("new_history")))
+          .add_cte(_insert_from(message_history, _HISTORY_FIELDS, "h")
+                   .on_conflict_do_nothing().cte("new_history")))
 
 
 class _Observed(msgspec.Struct, frozen=True):
@@ -131,6 +120,7 @@ class _Observed(msgspec.Struct, frozen=True):
     message_id: str
     obs_hash: bytes
     channel: str
+    sent_month: datetime
     status: str
     status_id: int | None
     status_name: str | None
@@ -141,9 +131,10 @@ async def write(conn: AsyncConnection, bodies: Sequence[InboxRow],
                 observed: Sequence[tuple[Report, str]]) -> int:
     """Keep the raw bodies, record each observation, merge them; return merged rows changed."""
     merged = reconcile.merge_all(report for report, _ in observed)
+    now = datetime.now(UTC)
     history = sorted({(r.source, r.message_id, r.obs_hash, channel): _Observed(
-        r.source, r.message_id, r.obs_hash, channel, r.status, r.status_id, r.status_name,
-        r.done_at) for r, channel in observed}.items())
+        r.source, r.message_id, r.obs_hash, channel, month_start(r.sent_at or r.done_at or now),
+        r.status, r.status_id, r.status_name, r.done_at) for r, channel in observed}.items())
     params = (_columns(bodies, _INBOX_FIELDS, "i")
               | _columns([h for _, h in history], _HISTORY_FIELDS, "h")
               | _columns(merged, REPORT_FIELDS, "m"))

@@ -81,13 +81,16 @@ messages = sa.Table(
 )
 sa.Index("ix_messages_seq", messages.c.seq)
 sa.Index("ix_messages_to", messages.c.to)
-sa.Index("ix_messages_source_bulk_id", messages.c.source, messages.c.bulk_id)
-sa.Index("ix_messages_source_callback_data", messages.c.source, messages.c.callback_data)
+# Only the primary key leads with `source`: on a table with no statistics yet (a new
+# database), a generic plan for `source = $1 AND message_id = $2` may otherwise pick another
+# index led by `source` and filter a whole source's rows for every look-up.
+sa.Index("ix_messages_bulk_id_source", messages.c.bulk_id, messages.c.source)
+sa.Index("ix_messages_callback_data_source", messages.c.callback_data, messages.c.source)
 
 # Every distinct observation of a message, once per channel it arrived through. Partitioned
-# by the month the message was first seen (its `created_at`), which never changes: a
-# message's whole history sits in one partition, so the key still de-duplicates and
-# dropping a month drops whole histories.
+# by the month the message was sent (else done, else received), taken from the report
+# itself: the same report always lands in the same month, so the key still de-duplicates,
+# a message's history stays together, and dropping a month drops whole histories.
 message_history = sa.Table(
     "message_history",
     metadata,
@@ -95,13 +98,13 @@ message_history = sa.Table(
     sa.Column("message_id", CText, primary_key=True),
     sa.Column("obs_hash", sa.LargeBinary, primary_key=True),
     sa.Column("channel", CText, primary_key=True),
-    sa.Column("first_seen_month", Timestamp, primary_key=True),
+    sa.Column("sent_month", Timestamp, primary_key=True),
     sa.Column("status", CText, nullable=False),
     sa.Column("status_id", sa.Integer),
     sa.Column("status_name", sa.Text),
     sa.Column("done_at", Timestamp),
     sa.Column("observed_at", Timestamp, nullable=False, server_default=sa.func.now()),
-    postgresql_partition_by="RANGE (first_seen_month)",
+    postgresql_partition_by="RANGE (sent_month)",
 )
 
 # One row per reconciler pass over one source.

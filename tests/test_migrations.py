@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import asyncpg
 from alembic import command
 from alembic.config import Config
 
 from service import db
+from tests.databases import scratch_database
 
 
 def test_migrations_match_the_tables(database_url: str) -> None:
@@ -13,3 +17,21 @@ def test_migrations_match_the_tables(database_url: str) -> None:
     config.set_main_option("script_location", str(db.migrations_dir()))
     config.attributes["database_url"] = database_url
     command.check(config)  # raises when autogenerate would find a difference
+
+
+def test_a_new_database_looks_messages_up_by_their_key(server_url: str) -> None:
+    """A generic plan made before any statistics exist (a new deployment) must still use
+    the primary key for a look-up by id, not another index that starts with `source`."""
+    async def plan(url: str) -> str:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            await conn.execute("PREPARE by_id(text, text) AS"
+                               " SELECT * FROM messages WHERE source = $1 AND message_id = $2")
+            return "\n".join(row[0] for row in await conn.fetch("EXPLAIN EXECUTE by_id('a', 'b')"))
+        finally:
+            await conn.close()
+
+    with scratch_database(server_url) as url:
+        explained = asyncio.run(plan(url))
+    assert "pk_messages" in explained and "Filter" not in explained, explained

@@ -49,10 +49,15 @@ async def where_rows_are(engine: AsyncEngine, table: sa.Table) -> dict[str, int]
         return {name: count for name, count in (await conn.execute(query)).all()}
 
 
-async def push(engine: AsyncEngine, *message_ids: str) -> None:
-    """One webhook body for each message."""
-    await ingest.write(engine, [ingest.decode_infobip("ib", "push", body(report(m)), None)
-                                for m in message_ids])
+async def push(engine: AsyncEngine, *message_ids: str, sent: timedelta = timedelta(0)) -> None:
+    """One webhook body for each message, sent `sent` ago."""
+    sent_at = f"{datetime.now(UTC) - sent:%Y-%m-%dT%H:%M:%S.000+0000}"
+    await ingest.write(engine, [ingest.decode_infobip(
+        "ib", "push", body(report(m, sentAt=sent_at, doneAt=sent_at)), None) for m in message_ids])
+
+
+def month_of(ago: timedelta) -> str:
+    return f"{datetime.now(UTC) - ago:%Y_%m}"
 
 
 async def test_this_month_and_the_next_two_are_made_once(scratch: AsyncEngine) -> None:
@@ -81,42 +86,36 @@ async def test_rows_without_a_partition_go_to_default_and_later_move(scratch: As
     assert await where_rows_are(scratch, message_history) == {f"message_history_p{month}": 1}
 
 
-async def _age_everything(engine: AsyncEngine, by: timedelta) -> None:
-    """Pretend the rows written so far were written `by` ago."""
+async def _age_inbox(engine: AsyncEngine, by: timedelta) -> None:
+    """Pretend the bodies received so far were received `by` ago."""
     async with db.transaction(engine) as conn:
         await conn.execute(sa.update(inbox).values(received_at=inbox.c.received_at - by))
-        await conn.execute(sa.update(messages).values(created_at=messages.c.created_at - by))
-        await conn.execute(sa.text(
-            "UPDATE message_history h SET observed_at = observed_at - CAST(:by AS interval),"
-            " first_seen_month = date_trunc('month', m.created_at, 'UTC') FROM messages m"
-            " WHERE m.source = h.source AND m.message_id = h.message_id"), {"by": by})
 
 
-async def test_history_of_an_old_message_stays_with_it(scratch: AsyncEngine) -> None:
-    await push(scratch, "m1")
-    await _age_everything(scratch, timedelta(days=62))
-    await push(scratch, "m1", "m2")  # m1 observed again, two months after it was first seen
-    async with scratch.connect() as conn:
-        rows = (await conn.execute(sa.select(message_history.c.message_id,
-                                             message_history.c.first_seen_month)
-                                   .order_by(message_history.c.message_id))).all()
-    now_month = retention.month_start(datetime.now(UTC))
-    assert [(m, month < now_month) for m, month in rows] == [("m1", True), ("m2", False)], \
-        "the same observation of m1 must not be recorded a second time in a newer month"
+async def test_history_is_filed_under_the_month_its_message_was_sent(scratch: AsyncEngine) -> None:
+    ago = timedelta(days=62)
+    await push(scratch, "m1", sent=ago)
+    await ensure(scratch, datetime.now(UTC))  # that month is kept: it gets its partition
+    await push(scratch, "m1", sent=ago)  # the same report again, months later: not recorded twice
+    assert await where_rows_are(scratch, message_history) == {f"message_history_p{month_of(ago)}": 1}
+    await ingest.write(scratch, [ingest.decode_infobip("ib", "push", body(report(
+        "m2", sentAt=None, doneAt=None)), None)])  # no time in the report: when received
+    assert (await where_rows_are(scratch, message_history))[
+        f"message_history_p{month_of(timedelta(0))}"] == 1
 
 
 async def test_prune_drops_old_months_and_keeps_messages(scratch: AsyncEngine) -> None:
-    await push(scratch, "old")
-    await _age_everything(scratch, timedelta(days=500))
+    old = timedelta(days=500)
+    await push(scratch, "old", sent=old)
+    await _age_inbox(scratch, old)
     await push(scratch, "new")
     now = datetime.now(UTC)
     await ensure(scratch, now, keep=24)  # kept longer until now
-    old_month = f"{retention.month_start(now - timedelta(days=500)):%Y_%m}"
-    assert f"inbox_p{old_month}" in await where_rows_are(scratch, inbox)
+    assert f"inbox_p{month_of(old)}" in await where_rows_are(scratch, inbox)
 
     async with db.transaction(scratch) as conn:
         dry = await retention.prune(conn, now, 13, dry_run=True)
-    assert dry.dropped == [f"inbox_p{old_month}", f"message_history_p{old_month}"]
+    assert dry.dropped == [f"inbox_p{month_of(old)}", f"message_history_p{month_of(old)}"]
     assert len(await where_rows_are(scratch, inbox)) == 2, "a dry run changes nothing"
 
     async with db.transaction(scratch) as conn:
@@ -131,8 +130,9 @@ async def test_prune_drops_old_months_and_keeps_messages(scratch: AsyncEngine) -
 
 
 async def test_prune_deletes_old_rows_left_in_default(scratch: AsyncEngine) -> None:
-    await push(scratch, "old")
-    await _age_everything(scratch, timedelta(days=500))  # older than kept: never partitioned
+    old = timedelta(days=500)
+    await push(scratch, "old", sent=old)  # older than kept: never given a partition
+    await _age_inbox(scratch, old)
     async with db.transaction(scratch) as conn:
         pruned = await retention.prune(conn, datetime.now(UTC), 13)
     assert pruned.default_rows == 2  # its inbox row and its history row
@@ -177,7 +177,7 @@ def test_the_migration_to_partitions_keeps_every_row(server_url: str) -> None:
                         " ('ib', 'push', now(), 'y', 'accepted', 1, 0)")
                     await conn.exec_driver_sql(
                         "INSERT INTO messages (source, message_id, status, final, obs_hash, seq,"
-                        " created_at) VALUES ('ib', 'm1', 'DELIVERED', true, 'h', 1, '2025-01-05')")
+                        " sent_at) VALUES ('ib', 'm1', 'DELIVERED', true, 'h', 1, '2025-01-05')")
                     await conn.exec_driver_sql(
                         "INSERT INTO message_history (source, message_id, obs_hash, channel,"
                         " status) VALUES ('ib', 'm1', 'h', 'push', 'DELIVERED')")

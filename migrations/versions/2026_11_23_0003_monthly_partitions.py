@@ -1,4 +1,5 @@
-"""inbox and message_history partitioned by month, each with a DEFAULT partition
+"""inbox and message_history partitioned by month, each with a DEFAULT partition;
+messages' secondary indexes no longer led by source
 
 The rows move into the new tables' DEFAULT partitions; `dlr-reconciler migrate` (and the
 reconciler, hourly) then gives each month its own partition (service/retention.py).
@@ -56,15 +57,15 @@ def _history_table(partitioned: bool) -> None:
     sa.Column('message_id', sa.Text(collation='C'), nullable=False),
     sa.Column('obs_hash', sa.LargeBinary(), nullable=False),
     sa.Column('channel', sa.Text(collation='C'), nullable=False),
-    *([sa.Column('first_seen_month', sa.DateTime(timezone=True), nullable=False)] if partitioned else []),
+    *([sa.Column('sent_month', sa.DateTime(timezone=True), nullable=False)] if partitioned else []),
     sa.Column('status', sa.Text(collation='C'), nullable=False),
     sa.Column('status_id', sa.Integer(), nullable=True),
     sa.Column('status_name', sa.Text(), nullable=True),
     sa.Column('done_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('observed_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.PrimaryKeyConstraint('source', 'message_id', 'obs_hash', 'channel',
-                            *(['first_seen_month'] if partitioned else []), name=op.f('pk_message_history')),
-    **({'postgresql_partition_by': 'RANGE (first_seen_month)'} if partitioned else {}),
+                            *(['sent_month'] if partitioned else []), name=op.f('pk_message_history')),
+    **({'postgresql_partition_by': 'RANGE (sent_month)'} if partitioned else {}),
     )
 
 
@@ -85,14 +86,28 @@ def upgrade() -> None:
     _history_table(partitioned=True)
     op.execute("CREATE TABLE message_history_default PARTITION OF message_history DEFAULT")
     op.execute(f"""
-        INSERT INTO message_history ({HISTORY_COLUMNS}, first_seen_month)
-        SELECT h.*, date_trunc('month', coalesce(m.created_at, h.observed_at), 'UTC')
+        INSERT INTO message_history ({HISTORY_COLUMNS}, sent_month)
+        SELECT h.*, date_trunc('month', coalesce(m.sent_at, h.done_at, h.observed_at), 'UTC')
         FROM message_history_old h
         LEFT JOIN messages m ON m.source = h.source AND m.message_id = h.message_id""")
     op.drop_table('message_history_old')
 
+    _index_messages(source_first=False)
+
+
+def _index_messages(source_first: bool) -> None:
+    """(source, x) indexes compete with the primary key for look-ups by id; (x, source) not."""
+    for column in ('bulk_id', 'callback_data'):
+        wanted, unwanted = ['source', column], [column, 'source']
+        if not source_first:
+            wanted, unwanted = unwanted, wanted
+        op.drop_index(f"ix_messages_{'_'.join(unwanted)}", table_name='messages')
+        op.create_index(f"ix_messages_{'_'.join(wanted)}", 'messages', wanted, unique=False)
+
 
 def downgrade() -> None:
+    _index_messages(source_first=True)
+
     _set_aside('inbox', ('ix_inbox_rejected', 'ix_inbox_source_received_at'))
     op.execute("ALTER TABLE inbox_old ALTER COLUMN id DROP IDENTITY")
     _inbox_table(partitioned=False)
