@@ -1,10 +1,10 @@
 """Monthly partitions of the inbox and the status history, and dropping the old ones.
 
 Both tables are range-partitioned by a UTC month: the inbox by when a body was received,
-the history by when its message was sent (see service/tables.py). Each has a DEFAULT partition that takes
-any row whose month has no partition yet, so a write never fails for want of one;
-`ensure_partitions` gives such months their own partition (moving their rows out of the
-default) and makes the coming months' ahead of time. Dropping a month is a `DROP TABLE`,
+the history by when its message was sent (see service/tables.py). Each has a DEFAULT
+partition that takes any row whose month has no partition yet, so a write never fails for
+want of one; `ensure_partitions` makes the coming months' partitions ahead of time and
+gives a kept month found in DEFAULT its own (moving its rows out). Dropping a month is a `DROP TABLE`,
 not a `DELETE`. Merged messages (`messages`) are never pruned: billing needs them.
 """
 
@@ -83,8 +83,9 @@ async def ensure_partitions(conn: AsyncConnection, now: datetime, keep_months: i
         default = _table(f"{table}_default", table)
         stray = await conn.scalars(sa.select(
             sa.func.date_trunc("month", default.c[key], "UTC")).distinct())
-        wanted = {add_months(month_start(now), i) for i in range(AHEAD + 1)}
-        wanted |= {month for month in stray if month >= cutoff}
+        coming = [add_months(month_start(now), i) for i in range(AHEAD + 1)]
+        # A report dated far in the future (year 9999, say) stays in DEFAULT.
+        wanted = set(coming) | {month for month in stray if cutoff <= month <= coming[-1]}
         for month in sorted(wanted):
             if (table, month) not in have:
                 await _create(conn, table, key, month)

@@ -104,6 +104,13 @@ async def test_history_is_filed_under_the_month_its_message_was_sent(scratch: As
         f"message_history_p{month_of(timedelta(0))}"] == 1
 
 
+async def test_a_report_from_the_far_future_stays_in_default(scratch: AsyncEngine) -> None:
+    await ingest.write(scratch, [ingest.decode_infobip("ib", "push", body(report(
+        "m1", sentAt="9999-12-31T23:00:00.000+0000")), None)])
+    assert await ensure(scratch, datetime.now(UTC)) != []
+    assert await where_rows_are(scratch, message_history) == {"message_history_default": 1}
+
+
 async def test_prune_drops_old_months_and_keeps_messages(scratch: AsyncEngine) -> None:
     old = timedelta(days=500)
     await push(scratch, "old", sent=old)
