@@ -4,8 +4,8 @@
 
 Runs `serve` (2 workers) on a scratch database and sends single-report bodies at a fixed
 rate (default about half of the single-report capacity bench.ingest measures here) over
-32 connections. Prints, per minute: requests, statuses, p50/p99; and the service's RSS
-at the start and the end. Expected: only 200 and 400 (the malformed ones), p99 stable,
+32 connections. Prints, per minute: requests, p50/p99, the service's RSS, statuses; and its
+RSS at the start and the end. Expected: only 200 and 400 (the malformed ones), p99 stable,
 RSS at the end within 10% of the start.
 """
 
@@ -48,8 +48,9 @@ def service_rss_mb() -> float:
     return sum(mb for pid, mb in rss.items() if pid in serve or parents.get(pid) in serve)
 
 
-async def soak(port: int, seconds: float, rate: float) -> list[tuple[int, float, int]]:
-    """(minute, latency, status) for every request."""
+async def soak(port: int, seconds: float, rate: float,
+               rss: list[float]) -> list[tuple[int, float, int]]:
+    """(minute, latency, status) for every request; the service's RSS each minute into `rss`."""
     run = uuid.uuid4().hex[:8]
     samples: list[tuple[int, float, int]] = []
     started = time.perf_counter()
@@ -74,7 +75,12 @@ async def soak(port: int, seconds: float, rate: float) -> list[tuple[int, float,
         finally:
             writer.close()
 
-    await asyncio.gather(*[connection(n) for n in range(connections)])
+    async def memory() -> None:
+        while time.perf_counter() - started < seconds:
+            rss.append(service_rss_mb())
+            await asyncio.sleep(60)
+
+    await asyncio.gather(memory(), *[connection(n) for n in range(connections)])
     return samples
 
 
@@ -86,7 +92,8 @@ def main() -> None:
     with bench_database() as url, running_service(url) as port:
         time.sleep(2)
         start_rss = service_rss_mb()
-        samples = asyncio.run(soak(port, args.seconds, args.rate))
+        rss: list[float] = []
+        samples = asyncio.run(soak(port, args.seconds, args.rate, rss))
         end_rss = service_rss_mb()
     for minute in sorted({m for m, _, _ in samples}):
         in_minute = [(lat, st) for m, lat, st in samples if m == minute]
@@ -96,7 +103,8 @@ def main() -> None:
         latencies = [lat for lat, _ in in_minute]
         print(f"minute {minute:2}  {len(in_minute):6} requests  p50 "
               f"{percentile(latencies, 0.5) * 1000:5.1f} ms  p99 "
-              f"{percentile(latencies, 0.99) * 1000:5.1f} ms  statuses {statuses}")
+              f"{percentile(latencies, 0.99) * 1000:5.1f} ms  RSS at its start "
+              f"{rss[minute] if minute < len(rss) else float('nan'):4.0f} MB  statuses {statuses}")
     print(f"service RSS: start {start_rss:.0f} MB, end {end_rss:.0f} MB "
           f"({(end_rss / start_rss - 1) * 100:+.1f}%, target within 10%)")
 
