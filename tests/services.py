@@ -16,6 +16,18 @@ from pathlib import Path
 import httpx
 
 
+def hooked_config(directory: Path, hook: str, api_token: str | None = None) -> Path:
+    """A DLR_CONFIG file: one Infobip source `ib` whose webhook takes the header
+    `X-Hook: <hook>`, and, if given, an API token with every scope."""
+    api = (f'[api]\ntokens = [ {{ token = "{api_token}", scopes = ["read", "write", "admin"] }} ]\n'
+           if api_token else "")
+    path = directory / "dlr.toml"
+    path.write_text(f'{api}[[sources]]\nname = "ib"\nkind = "infobip"\n'
+                    f'base_url = "http://127.0.0.1:9"\n[sources.webhook]\n'
+                    f'token = {{ header = "X-Hook", value = "{hook}" }}\n')
+    return path
+
+
 @dataclass
 class Served:
     base: str

@@ -14,15 +14,8 @@ import httpx
 from tests.conftest import free_port
 from tests.databases import scratch_database
 from tests.reports import body, report
+from tests.services import hooked_config
 
-CONFIG = '''
-[[sources]]
-name = "ib"
-kind = "infobip"
-base_url = "http://127.0.0.1:9"
-[sources.webhook]
-token = { header = "X-Hook", value = "fault-hook" }
-'''
 BODIES, PER_BODY = 100, 100
 
 
@@ -50,10 +43,10 @@ async def stored_ids(url: str) -> dict[str, str]:
 
 
 def test_kill_9_loses_nothing_acknowledged(server_url: str, tmp_path: Path) -> None:
-    (tmp_path / "dlr.toml").write_text(CONFIG)
+    config = hooked_config(tmp_path, "fault-hook")
     port = free_port()
     with scratch_database(server_url) as url:
-        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(tmp_path / "dlr.toml"),
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
                             "DLR_PORT": str(port), "DLR_LOG_FORMAT": "text"}
         asyncio.run(_scenario(url, env, port))
 
@@ -119,9 +112,9 @@ def test_database_stopped_and_started_under_load(tmp_path: Path) -> None:
     from service import db
 
     db.migrate(db.asyncpg_url(url))
-    (tmp_path / "dlr.toml").write_text(CONFIG)
+    config = hooked_config(tmp_path, "fault-hook")
     port = free_port()
-    env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(tmp_path / "dlr.toml"),
+    env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
                         "DLR_PORT": str(port), "DLR_LOG_FORMAT": "text", "DLR_DB_TIMEOUT_S": "2"}
 
     def stop() -> None:

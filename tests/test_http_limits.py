@@ -13,23 +13,14 @@ import pytest
 from service.config import load_settings
 from tests.conftest import PAYLOADS, free_port
 from tests.databases import scratch_database
-from tests.services import Served, serving
+from tests.services import Served, hooked_config, serving
 
-CONFIG = '''
-[[sources]]
-name = "ib"
-kind = "infobip"
-base_url = "http://127.0.0.1:9"
-[sources.webhook]
-token = { header = "X-Hook", value = "limits-hook" }
-'''
 SEED = (PAYLOADS / "infobip" / "seed_002.json").read_bytes()
 
 
 @pytest.fixture(scope="module")
 def served(server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    config = tmp_path_factory.mktemp("limits") / "dlr.toml"
-    config.write_text(CONFIG)
+    config = hooked_config(tmp_path_factory.mktemp("limits"), "limits-hook")
     with scratch_database(server_url) as url:
         env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
                             "DLR_PORT": str(free_port()), "DLR_REQUEST_TIMEOUT_S": "1",

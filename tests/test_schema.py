@@ -13,26 +13,15 @@ import pytest
 
 from tests.conftest import free_port
 from tests.databases import scratch_database
-from tests.services import serving
-
-CONFIG = '''
-[api]
-tokens = [ { token = "schema-token", scopes = ["read", "write", "admin"] } ]
-[[sources]]
-name = "ib"
-kind = "infobip"
-base_url = "http://127.0.0.1:9"
-[sources.webhook]
-token = { header = "X-Hook", value = "schema-hook" }
-'''
+from tests.services import hooked_config, serving
 
 
 @pytest.fixture
 def service_url(server_url: str, tmp_path: Path) -> Iterator[str]:
-    (tmp_path / "dlr.toml").write_text(CONFIG)
+    config = hooked_config(tmp_path, "schema-hook", api_token="schema-token")
     port = free_port()
     with scratch_database(server_url) as url:
-        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(tmp_path / "dlr.toml"),
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
                             "DLR_PORT": str(port), "DLR_LOG_FORMAT": "text"}
         with serving(env, "--no-reconciler") as served:
             yield served.base

@@ -14,16 +14,7 @@ from service.config import load_settings
 from service.errors import ConfigError
 from tests.conftest import PAYLOADS, free_port
 from tests.databases import scratch_database
-from tests.services import serving
-
-CONFIG = '''
-[[sources]]
-name = "ib"
-kind = "infobip"
-base_url = "http://127.0.0.1:9"
-[sources.webhook]
-token = { header = "X-Hook", value = "tls-hook" }
-'''
+from tests.services import hooked_config, serving
 
 
 def test_webhook_over_tls(server_url: str, tmp_path: Path) -> None:
@@ -33,10 +24,10 @@ def test_webhook_over_tls(server_url: str, tmp_path: Path) -> None:
     issued.cert_chain_pems[0].write_to_path(str(cert))
     issued.private_key_pem.write_to_path(str(key))
     authority.cert_pem.write_to_path(str(ca))
-    (tmp_path / "dlr.toml").write_text(CONFIG)
+    config = hooked_config(tmp_path, "tls-hook")
     port = free_port()
     with scratch_database(server_url) as url:
-        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(tmp_path / "dlr.toml"),
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
                             "DLR_PORT": str(port), "DLR_TLS_CERT": str(cert),
                             "DLR_TLS_KEY": str(key)}
         trusted = ssl.create_default_context(cafile=str(ca))
