@@ -7,7 +7,9 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import sqlalchemy as sa
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
@@ -67,7 +69,12 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
         engine = db.create_engine(database_url, settings.db_timeout_s)
         ingestor = Ingestor(engine, timeout_s=settings.db_timeout_s * 3)
         app.state.engine = engine
-        metrics.DB_POOL_IN_USE.set_function(lambda: engine.pool.checkedout())  # type: ignore[attr-defined]
+        pool: Any = engine.sync_engine.pool
+        # "checkin" fires before the pool takes the connection back
+        sa.event.listen(pool, "checkout",
+                        lambda *_: metrics.DB_POOL_IN_USE.set(pool.checkedout()))
+        sa.event.listen(pool, "checkin",
+                        lambda *_: metrics.DB_POOL_IN_USE.set(pool.checkedout() - 1))
         app.state.ingestor = ingestor
         await ingestor.start()
         client = http.new_client()
@@ -84,6 +91,7 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
             await ingestor.stop()
             await client.aclose()
             await engine.dispose()
+            metrics.process_exiting()
 
     return Litestar(
         route_handlers=[webhooks.receive_reports, messages.get_message, messages.list_messages,

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import FrameType
@@ -128,7 +129,10 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
     else:  # each worker builds its own app, on the database this process chose
         os.environ["DLR_DATABASE_URL"] = url
         os.environ["DLR_RECONCILER"] = "1" if reconciler else "0"
-        uvicorn.run("service.app:create_app_from_env", factory=True, workers=workers, **options)
+        with tempfile.TemporaryDirectory(prefix="dlr-metrics-") as shared:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared  # /metrics adds up every worker
+            uvicorn.run("service.app:create_app_from_env", factory=True, workers=workers,
+                        **options)
     return 0
 
 

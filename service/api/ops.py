@@ -7,9 +7,10 @@ import asyncio
 from litestar import get
 from litestar.datastructures import State
 from litestar.response import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service import db
+from service import metrics as values
 from service.errors import DatabaseUnavailable
 
 
@@ -33,6 +34,7 @@ async def ready(state: State) -> Response[dict[str, str]]:
     return Response({"status": "ready"})
 
 
-@get("/metrics", tags=["ops"], summary="Prometheus metrics of this process", media_type=CONTENT_TYPE_LATEST)
+@get("/metrics", tags=["ops"], summary="Prometheus metrics of every process on this port",
+     media_type=CONTENT_TYPE_LATEST)
 async def metrics() -> bytes:
-    return generate_latest()
+    return values.exposition()
