@@ -20,7 +20,7 @@ import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import phonenumbers
@@ -60,13 +60,22 @@ def is_final(group: str) -> bool:
 
 
 # A message's number recurs in each of its reports, which mostly come within minutes of
-# each other. Each cache holds at most about 4 MB.
+# each other. The cache holds at most about 4 MB.
 NUMBER_CACHE_SIZE = 16384
+# The number types phonenumbers.carrier.name_for_number gives a carrier for.
+_CARRIER_TYPES = frozenset({phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.PAGER,
+                            phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE})
+
+
+class Recipient(NamedTuple):
+    to: str  # E.164 for a valid number, else the input unchanged (so it shows)
+    carrier: str | None  # the network a mobile number was first allocated to
 
 
 @functools.lru_cache(maxsize=NUMBER_CACHE_SIZE)
-def e164(number: str, default_region: str | None = None) -> str:
-    """E.164 for a recipient that is a valid number, else the input unchanged (so it shows).
+def recipient(number: str, default_region: str | None = None) -> Recipient:
+    """A recipient's E.164 form and original carrier, from one parse and one match of the
+    number's type (the costliest step of decoding a report).
 
     Digits without '+' are read as international unless a default region is given
     (Infobip sends "41793026727"; DiceSMS sends national numbers for its region).
@@ -76,29 +85,31 @@ def e164(number: str, default_region: str | None = None) -> str:
     try:
         parsed = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException:
-        return raw
-    if not phonenumbers.is_valid_number(parsed):
-        return raw
-    return str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+        return Recipient(raw, None)
+    kind = phonenumbers.number_type(parsed)
+    if kind == phonenumbers.PhoneNumberType.UNKNOWN:  # what is_valid_number tests
+        return Recipient(raw, None)
+    carrier = (phonenumbers.carrier.name_for_valid_number(parsed, "en")
+               if kind in _CARRIER_TYPES else "")
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return Recipient(str(e164), str(carrier) or None)
+
+
+def e164(number: str, default_region: str | None = None) -> str:
+    """E.164 for a recipient that is a valid number, else the input unchanged."""
+    return recipient(number, default_region).to
 
 
 # Networks by MCC+MNC where we bill by network; the rest fall back to the number's carrier.
 NETWORKS = {"42901": "Nepal Telecom", "42902": "Ncell", "42904": "Smart Telecom"}
 
 
-@functools.lru_cache(maxsize=NUMBER_CACHE_SIZE)
-def operator(to: str | None, mcc_mnc: str | None = None) -> str | None:
+def operator(mcc_mnc: str | None, carrier: str | None) -> str | None:
     """The network a message went to: from the provider's MCC+MNC when we know it, else
-    from the number's original carrier (a ported number keeps its old carrier's name)."""
+    the number's original carrier (a ported number keeps its old carrier's name)."""
     if mcc_mnc and (name := NETWORKS.get(mcc_mnc.replace("-", "").strip())):
         return name
-    if not to or not to.startswith("+"):
-        return None
-    try:
-        name = phonenumbers.carrier.name_for_number(phonenumbers.parse(to), "en")
-    except phonenumbers.NumberParseException:
-        return None
-    return str(name) or None
+    return carrier
 
 
 def utc(value: datetime | None) -> datetime | None:

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import msgspec
+import phonenumbers
+import phonenumbers.carrier
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
@@ -193,4 +195,47 @@ def test_upsert_takes_a_new_seq_only_on_change(runner: tuple[asyncio.Runner, obj
     (None, None, None),
 ])
 def test_operator(to: str | None, mcc_mnc: str | None, expected: str | None) -> None:
-    assert reconcile.operator(to, mcc_mnc) == expected
+    carrier = reconcile.recipient(to).carrier if to else None
+    assert reconcile.operator(mcc_mnc, carrier) == expected
+
+
+@st.composite
+def spelled_numbers(draw: st.DrawFn) -> tuple[str, str | None]:
+    """A neighbour of a real number of some region and type (most valid, some not),
+    spelled international, without '+', or national with the region as default."""
+    region = draw(st.sampled_from(sorted(phonenumbers.SUPPORTED_REGIONS)))
+    kind = draw(st.sampled_from([phonenumbers.PhoneNumberType.MOBILE,
+                                 phonenumbers.PhoneNumberType.FIXED_LINE,
+                                 phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE,
+                                 phonenumbers.PhoneNumberType.PAGER,
+                                 phonenumbers.PhoneNumberType.TOLL_FREE]))
+    example = phonenumbers.example_number_for_type(region, kind)
+    if example is None:
+        return "+" + draw(st.text("0123456789", max_size=12)), None
+    number = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)
+    tail = draw(st.text("0123456789", max_size=3))
+    number = number[:len(number) - len(tail)] + tail
+    national = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL)
+    return draw(st.sampled_from([(number, None), (number[1:], None), (national, region)]))
+
+
+@settings(max_examples=300)
+@given(spelled_numbers())
+def test_one_parse_agrees_with_phonenumbers_own_checks(spelled: tuple[str, str | None]) -> None:
+    """recipient() parses and type-matches a number once; the answer must be what
+    is_valid_number, format_number and carrier.name_for_number give."""
+    raw, region = spelled
+    raw = raw.strip()
+    text = raw if raw.startswith("+") or region else f"+{raw}"
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        expected = reconcile.Recipient(raw, None)
+    else:
+        if phonenumbers.is_valid_number(parsed):
+            expected = reconcile.Recipient(
+                phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164),
+                phonenumbers.carrier.name_for_number(parsed, "en") or None)
+        else:
+            expected = reconcile.Recipient(raw, None)
+    assert reconcile.recipient.__wrapped__(raw, region) == expected

@@ -101,18 +101,18 @@ def to_reports(source: DiceSmsSource, statuses: StatusTable, item: SmsReport,
     group = statuses.group(raw_status, delivered)
     reports = []
     for recipient in item.recipients:
-        to = reconcile.e164(str(recipient.client_phone), source.default_region)
+        number = reconcile.recipient(str(recipient.client_phone), source.default_region)
         reports.append(reconcile.observation(
             source=source.name,
-            message_id=message_id(to, item.sent_at),
+            message_id=message_id(number.to, item.sent_at),
             status=group,
             status_name=raw_status or None,
             done_at=reconcile.utc(item.delivered_at),
-            to=to,
+            to=number.to,
             bulk_id=batch_id,
             sent_at=reconcile.utc(item.sent_at),
             text=item.message,
-            operator=reconcile.operator(to),
+            operator=reconcile.operator(None, number.carrier),
         ))
     return reports
 

@@ -105,6 +105,7 @@ def to_report(source: str, wire: SentSmsReport) -> Report:
     if error is not None and error.id == NO_ERROR_ID:
         error = None
     amount = wire.price.pricePerMessage if wire.price else None
+    number = reconcile.recipient(wire.to) if wire.to else None
     if amount is not None and not amount.is_finite():
         raise msgspec.ValidationError("Expected a finite number - at `$.price.pricePerMessage`")
     return reconcile.observation(
@@ -120,7 +121,7 @@ def to_report(source: str, wire: SentSmsReport) -> Report:
         error_id=error.id if error else None,
         error_name=error.name if error else None,
         error_permanent=error.permanent if error else None,
-        to=(to := reconcile.e164(wire.to) if wire.to else None),
+        to=number.to if number else None,
         bulk_id=wire.bulkId or None,
         sender=wire.sender or None,
         callback_data=wire.callbackData or None,
@@ -129,7 +130,7 @@ def to_report(source: str, wire: SentSmsReport) -> Report:
         price_amount=amount,
         price_currency=(wire.price.currency or None) if wire.price else None,
         mcc_mnc=wire.mccMnc or None,
-        operator=reconcile.operator(to, wire.mccMnc),
+        operator=reconcile.operator(wire.mccMnc, number.carrier if number else None),
     )
 
 
