@@ -47,7 +47,9 @@ def _http_error(_: Request[None, None, State], exc: HTTPException) -> Response[d
 
 
 def _ingest_failed(_: Request[None, None, State], exc: IngestFailed) -> Response[dict[str, object]]:
-    return _error(500, "internal error; the body was kept and can be replayed")
+    if exc.kept:
+        return _error(500, "internal error; the body was kept and can be replayed")
+    return _error(500, "internal error; the body was not stored: send it again")
 
 
 def _unexpected(_: Request[None, None, State], exc: Exception) -> Response[dict[str, object]]:

@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 # Errors that mean "the database is not there right now", as opposed to a bug.
 _UNAVAILABLE = (OSError, TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError,
                 sa_exc.TimeoutError)
+# The same, told by the server as a SQLSTATE: connection exceptions (class 08), insufficient
+# resources (53: too many connections, out of memory, disk full), and shutting down or
+# starting up (57P01-57P03). asyncpg raises these as plain errors, not operational ones.
+_UNAVAILABLE_STATES = ("08", "53", "57P01", "57P02", "57P03")
 
 
 def asyncpg_url(url: str) -> str:
@@ -79,8 +83,10 @@ def create_engine(url: str, timeout_s: float = 5.0, pool_size: int = 10) -> Asyn
 
 
 def is_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
-        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        state = str(getattr(exc.orig, "sqlstate", None) or "")
+        if exc.connection_invalidated or state.startswith(_UNAVAILABLE_STATES):
+            return True
     return isinstance(exc, _UNAVAILABLE)
 
 

@@ -88,7 +88,12 @@ def decoder_for(source: Source, url: str | None) -> Decoder:
 
 
 class IngestFailed(Exception):
-    """A bug stopped the merge; the raw body was still stored (state 'failed') for replay."""
+    """A bug stopped the merge; `kept`: the raw body was still stored (state 'failed') for
+    replay."""
+
+    def __init__(self, *, kept: bool) -> None:
+        super().__init__("merge failed")
+        self.kept = kept
 
 
 class Ingestor:
@@ -117,7 +122,7 @@ class Ingestor:
     async def ingest(self, envelope: Envelope) -> None:
         """Store and merge one envelope; return once its transaction has committed.
 
-        Raises DatabaseUnavailable (nothing acknowledged) or IngestFailed (body kept).
+        Raises DatabaseUnavailable (nothing acknowledged) or IngestFailed.
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((envelope, future))
@@ -163,9 +168,10 @@ class Ingestor:
             async with db.statement(self._engine) as conn:
                 await store.write(conn, [envelope.inbox_row(failure="merge failed")], [])
         except Exception as exc:
-            _settle(future, exc=exc if isinstance(exc, DatabaseUnavailable) else IngestFailed())
+            failed = exc if isinstance(exc, DatabaseUnavailable) else IngestFailed(kept=False)
+            _settle(future, exc=failed)
             return
-        _settle(future, exc=IngestFailed())
+        _settle(future, exc=IngestFailed(kept=True))
 
 
 def _settle(future: asyncio.Future[None], *, exc: BaseException | None = None) -> None:

@@ -37,9 +37,25 @@ async def test_a_failing_body_does_not_take_its_batch_down(
         await ingestor.stop()
     assert batch_sizes[0] == 3, "the three bodies should have shared one transaction"
     assert outcomes[0] is None and outcomes[2] is None
-    assert isinstance(outcomes[1], ingest.IngestFailed)
+    assert isinstance(outcomes[1], ingest.IngestFailed) and outcomes[1].kept
     async with engine.connect() as conn:
         stored = set((await conn.execute(sa.select(messages.c.message_id))).scalars())
         states = sorted((await conn.execute(sa.select(inbox.c.state))).scalars())
     assert stored == {"a", "b"}
     assert states == ["accepted", "accepted", "failed"]
+
+
+async def test_a_body_that_cannot_even_be_kept_is_reported_as_not_stored(
+        engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def write(conn: Any, bodies: Any, observed: Any) -> int:
+        raise RuntimeError("bug in every write")
+
+    monkeypatch.setattr(store, "write", write)
+    ingestor = ingest.Ingestor(engine, writers=1)
+    await ingestor.start()
+    try:
+        with pytest.raises(ingest.IngestFailed) as failed:
+            await ingestor.ingest(ingest.decode_infobip("ib", "push", body(report("a")), None))
+    finally:
+        await ingestor.stop()
+    assert not failed.value.kept

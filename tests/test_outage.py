@@ -54,7 +54,8 @@ class FaultyProxy:
         self._call(self._up())
 
     def down(self, mode: str = "refuse") -> None:
-        """refuse: connections are reset and the port closed; blackhole: nothing answers."""
+        """refuse: connections are reset and the port closed; blackhole: nothing answers;
+        shutting-down: connections are reset and new ones told the server is shutting down."""
         self._call(self._down(mode))
 
     def close(self) -> None:
@@ -70,14 +71,17 @@ class FaultyProxy:
 
     async def _down(self, mode: str) -> None:
         self.mode = mode
-        if mode == "refuse":
-            if self.server is not None:
-                self.server.close()
-                self.server = None
+        if mode == "refuse" and self.server is not None:
+            self.server.close()
+            self.server = None
+        if mode in ("refuse", "shutting-down"):
             for writer in list(self.open):
                 writer.transport.abort()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.mode == "shutting-down":
+            await self._shutting_down(reader, writer)
+            return
         self.open.add(writer)
         try:
             if self.unix_path:
@@ -90,6 +94,24 @@ class FaultyProxy:
         finally:
             self.open.discard(writer)
             writer.transport.abort()
+
+    @staticmethod
+    async def _shutting_down(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """What PostgreSQL answers a new connection while it shuts down: SQLSTATE 57P03."""
+        try:
+            length = int.from_bytes(await reader.readexactly(4), "big")
+            packet = await reader.readexactly(length - 4)
+            if packet[:4] == (80877103).to_bytes(4, "big"):  # SSLRequest: "N", then startup
+                writer.write(b"N")
+                length = int.from_bytes(await reader.readexactly(4), "big")
+                await reader.readexactly(length - 4)
+            fields = b"SFATAL\0VFATAL\0C57P03\0Mthe database system is shutting down\0\0"
+            writer.write(b"E" + (len(fields) + 4).to_bytes(4, "big") + fields)
+            await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -120,7 +142,7 @@ async def _push(client: AsyncTestClient, message_id: str) -> int:  # type: ignor
     return int(response.status_code)
 
 
-@pytest.mark.parametrize("mode", ["refuse", "blackhole"])
+@pytest.mark.parametrize("mode", ["refuse", "blackhole", "shutting-down"])
 async def test_outage_gives_503_then_recovers(engine: AsyncEngine, database_url: str,
                                               proxy: FaultyProxy, mode: str) -> None:
     app = create_app(make_settings(db_timeout_s=1.0), proxy.url(database_url))
