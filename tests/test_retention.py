@@ -49,9 +49,11 @@ async def where_rows_are(engine: AsyncEngine, table: sa.Table) -> dict[str, int]
         return {name: count for name, count in (await conn.execute(query)).all()}
 
 
-async def push(engine: AsyncEngine, *message_ids: str, sent: timedelta = timedelta(0)) -> None:
-    """One webhook body for each message, sent `sent` ago."""
-    sent_at = f"{datetime.now(UTC) - sent:%Y-%m-%dT%H:%M:%S.000+0000}"
+async def push(engine: AsyncEngine, *message_ids: str, sent: timedelta | datetime = timedelta(0)
+               ) -> None:
+    """One webhook body for each message, sent at `sent` or that long ago."""
+    moment = sent if isinstance(sent, datetime) else datetime.now(UTC) - sent
+    sent_at = f"{moment:%Y-%m-%dT%H:%M:%S.000+0000}"
     await ingest.write(engine, [ingest.decode_infobip(
         "ib", "push", body(report(m, sentAt=sent_at, doneAt=sent_at)), None) for m in message_ids])
 
@@ -94,10 +96,11 @@ async def _age_inbox(engine: AsyncEngine, by: timedelta) -> None:
 
 async def test_history_is_filed_under_the_month_its_message_was_sent(scratch: AsyncEngine) -> None:
     ago = timedelta(days=62)
-    await push(scratch, "m1", sent=ago)
+    sent = datetime.now(UTC) - ago
+    await push(scratch, "m1", sent=sent)
     await ensure(scratch, datetime.now(UTC))  # that month is kept: it gets its partition
-    await push(scratch, "m1", sent=ago)  # the same report again, months later: not recorded twice
-    assert await where_rows_are(scratch, message_history) == {f"message_history_p{month_of(ago)}": 1}
+    await push(scratch, "m1", sent=sent)  # the same report again, later: not recorded twice
+    assert await where_rows_are(scratch, message_history) == {f"message_history_p{sent:%Y_%m}": 1}
     await ingest.write(scratch, [ingest.decode_infobip("ib", "push", body(report(
         "m2", sentAt=None, doneAt=None)), None)])  # no time in the report: when received
     assert (await where_rows_are(scratch, message_history))[
