@@ -15,7 +15,6 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
-from sqlalchemy import exc as sa_exc
 
 from service import db, metrics, worker
 from service.api import billing, bulks, changes, messages, ops, outbound, runs, webhooks
@@ -53,7 +52,7 @@ def _ingest_failed(_: Request[None, None, State], exc: IngestFailed) -> Response
 
 
 def _unexpected(_: Request[None, None, State], exc: Exception) -> Response[dict[str, object]]:
-    if isinstance(exc, sa_exc.DBAPIError) and str(getattr(exc.orig, "sqlstate", "")).startswith("22"):
+    if db.sqlstate(exc).startswith("22"):
         # SQLSTATE class 22, data exception: a parameter PostgreSQL cannot take (a NUL, say)
         return _error(400, "a parameter holds a value the database cannot take")
     if db.is_unavailable(exc):

@@ -10,13 +10,10 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
-
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import db, logs, retention
 from service.config import Settings, load_settings
@@ -24,7 +21,6 @@ from service.errors import ConfigError, DatabaseUnavailable
 from service.http_limits import LimitedHttp
 
 log = logging.getLogger("service")
-T = TypeVar("T")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +92,7 @@ def _migrate(settings: Settings) -> int:
         db.migrate(url)
     except OSError as exc:
         raise DatabaseUnavailable(str(exc), detail=str(exc)) from exc
-    _ensure_partitions(settings, url)
+    _keep_partitions(settings, url)
     print(f"database at revision {db.head_revision()}")
     return 0
 
@@ -108,6 +104,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
     from service.app import create_app
 
     url = _ready_database(settings, migrate)
+    _keep_partitions(settings, url)
     # uvicorn re-raises SIGTERM after its graceful shutdown; exiting normally instead lets
     # the embedded database stop with us (atexit).
     signal.signal(signal.SIGTERM, _exit_normally)
@@ -148,33 +145,22 @@ def _ready_database(settings: Settings, migrate: bool) -> str:
     problem = asyncio.run(db.check_migrated(url, settings.db_timeout_s))
     if problem:
         raise NotMigrated(problem)
-    _ensure_partitions(settings, url)
     return url
 
 
-def _in_transaction(settings: Settings, url: str, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
-    async def run() -> T:
-        engine = db.create_engine(url, settings.db_timeout_s, pool_size=1)
-        try:
-            async with db.transaction(engine) as conn:
-                return await work(conn)
-        finally:
-            await engine.dispose()
-
-    return asyncio.run(run())
-
-
-def _ensure_partitions(settings: Settings, url: str) -> None:
-    made = _in_transaction(settings, url, lambda conn: retention.ensure_partitions(
-        conn, datetime.now(UTC), settings.retention_months))
+def _keep_partitions(settings: Settings, url: str) -> None:
+    """This month's partitions and the next ones, made by the processes that keep the
+    schema (migrate, serve, worker); the reconciler then keeps them hourly."""
+    made = asyncio.run(db.once(url, settings.db_timeout_s, lambda conn: retention.ensure_partitions(
+        conn, datetime.now(UTC), settings.retention_months)))
     if made:
         log.info("partitions created", extra={"partitions": made})
 
 
 def _prune(settings: Settings, dry_run: bool) -> int:
     url = _ready_database(settings, migrate=False)
-    pruned = _in_transaction(settings, url, lambda conn: retention.prune(
-        conn, datetime.now(UTC), settings.retention_months, dry_run))
+    pruned = asyncio.run(db.once(url, settings.db_timeout_s, lambda conn: retention.prune(
+        conn, datetime.now(UTC), settings.retention_months, dry_run)))
     verb = "would drop" if dry_run else "dropped"
     print(f"keeping {settings.retention_months} months before this one (from {pruned.cutoff:%Y-%m-%d});"
           f" {verb} {len(pruned.dropped)} partitions, {pruned.default_rows} older rows and"
@@ -276,6 +262,7 @@ def _worker(settings: Settings) -> int:
     from service.providers import http
 
     url = _ready_database(settings, migrate=False)
+    _keep_partitions(settings, url)
 
     async def forever() -> None:
         stop = asyncio.Event()

@@ -17,11 +17,12 @@ from typing import Any, Literal
 import msgspec
 
 from service.errors import ConfigError
-from service.http_limits import DEFAULT_MAX_HEADER_BYTES, DEFAULT_REQUEST_TIMEOUT_S
 
 Scope = Literal["read", "write", "admin"]
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+DEFAULT_REQUEST_TIMEOUT_S = 30
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

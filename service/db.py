@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import uuid
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
@@ -19,6 +20,7 @@ from service.config import Settings
 from service.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Errors that mean "the database is not there right now", as opposed to a bug.
 _UNAVAILABLE = (OSError, TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError,
@@ -82,12 +84,16 @@ def create_engine(url: str, timeout_s: float = 5.0, pool_size: int = 10) -> Asyn
                                connect_args=connect_args)
 
 
+def sqlstate(exc: BaseException) -> str:
+    """The SQLSTATE PostgreSQL gave for a failed statement, or "" when it gave none."""
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else None
+    return str(getattr(orig, "sqlstate", None) or "")
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    if isinstance(exc, sa_exc.DBAPIError):
-        state = str(getattr(exc.orig, "sqlstate", None) or "")
-        if exc.connection_invalidated or state.startswith(_UNAVAILABLE_STATES):
-            return True
-    return isinstance(exc, _UNAVAILABLE)
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return sqlstate(exc).startswith(_UNAVAILABLE_STATES) or isinstance(exc, _UNAVAILABLE)
 
 
 @asynccontextmanager
@@ -159,14 +165,19 @@ async def current_revision(conn: AsyncConnection) -> str | None:
     return str(revision) if revision is not None else None
 
 
-async def check_migrated(url: str, timeout_s: float) -> str | None:
-    """None when the database is at head, else a sentence saying what is wrong."""
+async def once(url: str, timeout_s: float, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """`work` in one transaction on a connection of its own, for a command's one-off step."""
     engine = create_engine(url, timeout_s, pool_size=1)
     try:
         async with transaction(engine) as conn:
-            revision = await current_revision(conn)
+            return await work(conn)
     finally:
         await engine.dispose()
+
+
+async def check_migrated(url: str, timeout_s: float) -> str | None:
+    """None when the database is at head, else a sentence saying what is wrong."""
+    revision = await once(url, timeout_s, current_revision)
     head = head_revision()
     if revision == head:
         return None

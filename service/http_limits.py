@@ -18,8 +18,6 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-DEFAULT_REQUEST_TIMEOUT_S = 30
-DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
 
 
@@ -28,14 +26,14 @@ class _HeadersTooLarge(Exception):
 
 
 class LimitedHttp(HttpToolsProtocol):
-    def __init__(self, *args: Any, request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
-                 max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, request_timeout_s: float, max_header_bytes: int,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.request_timeout_s = request_timeout_s
         self.max_header_bytes = max_header_bytes
         self._header_bytes = 0
         self._deadline: asyncio.TimerHandle | None = None
-        self._refused_with: int | None = None
+        self._headers_too_large = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -65,15 +63,15 @@ class LimitedHttp(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parse error; a callback raising counts as one."""
-        if self._refused_with is None:
-            super().send_400_response(msg)
+        if self._headers_too_large:
+            self._refuse(431)
         else:
-            self._refuse(self._refused_with)
+            super().send_400_response(msg)
 
     def _count(self, size: int) -> None:
         self._header_bytes += size
         if self._header_bytes > self.max_header_bytes:
-            self._refused_with = 431
+            self._headers_too_large = True
             raise _HeadersTooLarge  # the parser stops; uvicorn calls send_400_response
 
     def _arm(self) -> None:

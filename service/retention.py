@@ -4,8 +4,9 @@ Both tables are range-partitioned by a UTC month: the inbox by when a body was r
 the history by when its message was sent (see service/tables.py). Each has a DEFAULT
 partition that takes any row whose month has no partition yet, so a write never fails for
 want of one; `ensure_partitions` makes the coming months' partitions ahead of time and
-gives a kept month found in DEFAULT its own (moving its rows out). Dropping a month is a `DROP TABLE`,
-not a `DELETE`. Merged messages (`messages`) are never pruned: billing needs them.
+gives a kept month found in DEFAULT its own (moving its rows out). Dropping a month is a
+`DROP TABLE`, not a `DELETE`. Merged messages (`messages`) are never pruned: billing
+needs them.
 """
 
 from __future__ import annotations
@@ -78,12 +79,12 @@ async def ensure_partitions(conn: AsyncConnection, now: datetime, keep_months: i
     await _lock(conn)
     have = {(p.table, p.month) for p in await partitions(conn)}
     cutoff = retention_cutoff(now, keep_months)
+    coming = [add_months(month_start(now), i) for i in range(AHEAD + 1)]
     created = []
     for table, key in PARTITIONED.items():
         default = _table(f"{table}_default", table)
         stray = await conn.scalars(sa.select(
             sa.func.date_trunc("month", default.c[key], "UTC")).distinct())
-        coming = [add_months(month_start(now), i) for i in range(AHEAD + 1)]
         # A report dated far in the future (year 9999, say) stays in DEFAULT.
         wanted = set(coming) | {month for month in stray if cutoff <= month <= coming[-1]}
         for month in sorted(wanted):
@@ -127,21 +128,21 @@ async def prune(conn: AsyncConnection, now: datetime, keep_months: int,
         await ensure_partitions(conn, now, keep_months)
     cutoff = retention_cutoff(now, keep_months)
     old = [p for p in await partitions(conn) if add_months(p.month, 1) <= cutoff]
-    deleted = 0
-    for table, key in PARTITIONED.items():
-        default = _table(f"{table}_default", table)
-        older = default.c[key] < cutoff
-        if dry_run:
-            deleted += int(await conn.scalar(sa.select(sa.func.count()).where(older)) or 0)
-        else:
-            deleted += (await conn.execute(sa.delete(default).where(older))).rowcount
-    old_runs = runs.c.started_at < cutoff
-    if dry_run:
-        passes = int(await conn.scalar(sa.select(sa.func.count()).where(old_runs)) or 0)
-    else:
-        passes = (await conn.execute(sa.delete(runs).where(old_runs))).rowcount
+    deleted = sum([await _delete(conn, _table(f"{table}_default", table), key, cutoff, dry_run)
+                   for table, key in PARTITIONED.items()])
+    passes = await _delete(conn, runs, "started_at", cutoff, dry_run)
     if not dry_run:
+        quote = conn.dialect.identifier_preparer.quote
         for partition in old:
-            quote = conn.dialect.identifier_preparer.quote
             await conn.execute(sa.text(f"DROP TABLE {quote(partition.name)}"))
     return Pruned(cutoff, [p.name for p in old], deleted, passes)
+
+
+async def _delete(conn: AsyncConnection, table: sa.TableClause, column: str, before: datetime,
+                  dry_run: bool) -> int:
+    """Delete the rows of `table` whose `column` is before `before` (only count them on a
+    dry run); return how many."""
+    older = table.c[column] < before
+    if dry_run:
+        return int(await conn.scalar(sa.select(sa.func.count()).where(older)) or 0)
+    return int((await conn.execute(sa.delete(table).where(older))).rowcount)

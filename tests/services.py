@@ -28,6 +28,16 @@ def hooked_config(directory: Path, hook: str, api_token: str | None = None) -> P
     return path
 
 
+def metric_value(exposition: str, series: str) -> float:
+    """The sum of the Prometheus samples named `series` (with labels, if it gives them)."""
+    total = 0.0
+    for line in exposition.splitlines():
+        name, _, sample = line.rpartition(" ")
+        if name == series or ("{" not in series and name.startswith(series + "{")):
+            total += float(sample)
+    return total
+
+
 @dataclass
 class Served:
     base: str

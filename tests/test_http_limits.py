@@ -13,7 +13,7 @@ import pytest
 from service.config import load_settings
 from tests.conftest import PAYLOADS, free_port
 from tests.databases import scratch_database
-from tests.services import Served, hooked_config, serving
+from tests.services import Served, hooked_config, metric_value, serving
 
 SEED = (PAYLOADS / "infobip" / "seed_002.json").read_bytes()
 
@@ -51,8 +51,7 @@ def request(body: bytes, extra: str = "") -> bytes:
 def accepted_requests(served: Served) -> int:
     with served.client() as client:
         exposition = client.get("/metrics").text
-    return sum(int(float(line.rsplit(" ", 1)[1])) for line in exposition.splitlines()
-               if line.startswith("dlr_webhook_requests_total{") and 'status="200"' in line)
+    return int(metric_value(exposition, 'dlr_webhook_requests_total{source="ib",status="200"}'))
 
 
 def test_a_connection_that_sends_nothing_is_closed(served: Served) -> None:

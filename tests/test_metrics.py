@@ -8,17 +8,7 @@ from pathlib import Path
 from tests.conftest import free_port
 from tests.databases import scratch_database
 from tests.reports import body, report
-from tests.services import Served, hooked_config, serving
-
-
-def value(exposition: str, series: str) -> float:
-    """The sum of the samples whose name (with labels, if `series` gives them) is `series`."""
-    total = 0.0
-    for line in exposition.splitlines():
-        name, _, sample = line.rpartition(" ")
-        if name == series or ("{" not in series and name.startswith(series + "{")):
-            total += float(sample)
-    return total
+from tests.services import Served, hooked_config, metric_value, serving
 
 
 def push_and_scrape(served: Served, pushes: int, scrapes: int) -> list[str]:
@@ -42,6 +32,6 @@ def test_every_scrape_counts_the_requests_of_all_workers(server_url: str, tmp_pa
         with serving(env, "--workers", "2", "--no-reconciler") as served:
             expositions = push_and_scrape(served, pushes=40, scrapes=10)
     requests = 'dlr_webhook_requests_total{source="ib",status="200"}'
-    assert [value(e, requests) for e in expositions] == [40.0] * 10
-    assert {value(e, "dlr_webhook_reports_total") for e in expositions} == {40.0}
-    assert {value(e, "dlr_db_pool_connections_in_use") for e in expositions} == {0.0}
+    assert [metric_value(e, requests) for e in expositions] == [40.0] * 10
+    assert {metric_value(e, "dlr_webhook_reports_total") for e in expositions} == {40.0}
+    assert {metric_value(e, "dlr_db_pool_connections_in_use") for e in expositions} == {0.0}

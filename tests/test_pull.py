@@ -14,12 +14,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import store, worker
+from service import db, store, worker
 from service.config import InfobipSource
 from service.providers import http
 from service.providers.fakes import FakeInfobip, Fault
 from service.tables import inbox, messages, runs
-from tests.conftest import ADMIN_TOKEN, READ_TOKEN
+from tests.conftest import ADMIN_TOKEN, READ_TOKEN, free_port
 from tests.reports import report
 
 FAST = http.Retry(attempts=4, base_s=0.01, max_s=0.05)
@@ -285,3 +285,23 @@ async def test_a_stuck_source_does_not_hold_up_the_others(engine: AsyncEngine) -
                 await worker.stop_within(reconciling, stop, 0.5)
     assert len(stored) == 10 and {r.source for r in stored} == {"lively"}
     assert stuck.requests, "the stuck source was asked first and is still waiting"
+
+
+async def test_partition_upkeep_failing_does_not_stop_the_reconciler(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(worker, "UPKEEP_INTERVAL_S", 0.05)
+    nowhere = db.create_engine(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x",
+                               timeout_s=1)
+    stop = asyncio.Event()
+    try:
+        reconciling = asyncio.create_task(worker.run_forever(nowhere, None, {}, stop))
+        for _ in range(100):  # at most 5 s, only so that a failure ends
+            if caplog.text.count("partition upkeep skipped") >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert not reconciling.done(), "the reconciler stopped with its upkeep"
+        stop.set()
+        await reconciling
+    finally:
+        await nowhere.dispose()
+    assert caplog.text.count("partition upkeep skipped: database unavailable") >= 2

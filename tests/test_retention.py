@@ -70,6 +70,17 @@ async def test_this_month_and_the_next_two_are_made_once(scratch: AsyncEngine) -
         "inbox_p2027_02", "message_history_p2027_02"]
 
 
+async def test_replicas_making_partitions_at_once_make_each_once(scratch_url: str) -> None:
+    engines = [db.create_engine(scratch_url) for _ in range(4)]
+    try:
+        made = await asyncio.gather(*[ensure(engine) for engine in engines])
+    finally:
+        for engine in engines:
+            await engine.dispose()
+    assert sorted(name for names in made for name in names) == sorted(
+        f"{t}_p{m}" for t in retention.PARTITIONED for m in ("2026_11", "2026_12", "2027_01"))
+
+
 async def test_rows_land_in_their_month(scratch: AsyncEngine) -> None:
     await ensure(scratch, datetime.now(UTC))
     await push(scratch, "m1", "m2")
@@ -165,6 +176,16 @@ def test_prune_command(scratch_url: str) -> None:
     result = subprocess.run([sys.executable, "-m", "service", "prune", "--dry-run"], env=env,
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
+
+    async def partition_count() -> int:
+        engine = db.create_engine(scratch_url)
+        try:
+            async with engine.connect() as conn:
+                return len(await retention.partitions(conn))
+        finally:
+            await engine.dispose()
+
+    assert asyncio.run(partition_count()) == 0, "a dry run makes no partition either"
     cutoff = retention.retention_cutoff(datetime.now(UTC), 6)
     assert result.stdout.startswith(f"keeping 6 months before this one (from {cutoff:%Y-%m-%d});"
                                     " would drop 0 partitions, 0 older rows and 0 reconciler passes")
