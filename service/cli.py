@@ -109,7 +109,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
     # the embedded database stop with us (atexit).
     signal.signal(signal.SIGTERM, _exit_normally)
     http = functools.partial(LimitedHttp, request_timeout_s=settings.request_timeout_s,
-                             max_header_bytes=settings.max_header_bytes)
+                             max_header_bytes=settings.max_header_bytes,
+                             max_connections=settings.max_connections)
     options: dict[str, Any] = {"host": host or settings.host, "port": port or settings.port,
                                "log_level": "warning",
                                "timeout_graceful_shutdown": settings.shutdown_timeout_s,
@@ -212,8 +213,9 @@ def _replay(settings: Settings, only_unaccepted: bool, since: datetime | None,
 
     result = asyncio.run(run())
     print(f"replayed {result.bodies} bodies: {result.reports} reports, {result.changed} rows "
-          f"changed, {result.rejected} rejected, {result.skipped} skipped (unknown source)")
-    return 0
+          f"changed, {result.rejected} rejected, {result.skipped} skipped (unknown source), "
+          f"{result.failed} failed (see the log)")
+    return 1 if result.failed else 0
 
 
 def _simulate(settings: Settings, args: argparse.Namespace) -> int:

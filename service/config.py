@@ -23,6 +23,7 @@ SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 30
+DEFAULT_MAX_CONNECTIONS = 512
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -106,6 +107,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     port: int = 8080
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     request_timeout_s: int = DEFAULT_REQUEST_TIMEOUT_S  # for a whole request to arrive
     shutdown_timeout_s: int = 30  # after SIGTERM: for requests in flight, then the reconciler
     db_timeout_s: float = 5.0
@@ -130,6 +132,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         port=_int(env, "DLR_PORT", 8080, 1, 65535),
         max_body_bytes=_int(env, "DLR_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 1 << 30),
         max_header_bytes=_int(env, "DLR_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES, 1024, 1 << 20),
+        max_connections=_int(env, "DLR_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, 1, 100_000),
         request_timeout_s=_int(env, "DLR_REQUEST_TIMEOUT_S", DEFAULT_REQUEST_TIMEOUT_S, 1, 3600),
         shutdown_timeout_s=_int(env, "DLR_SHUTDOWN_TIMEOUT_S", 30, 1, 3600),
         db_timeout_s=_int(env, "DLR_DB_TIMEOUT_S", 5, 1, 300),

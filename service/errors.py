@@ -5,6 +5,7 @@
     ├── Unauthorized          401  missing or wrong credentials
     ├── Forbidden             403  valid credentials without the right (scope, source address)
     ├── NotFound              404  no such source, message or endpoint
+    ├── TooManyReports        413  more reports in one body than any provider sends
     └── DatabaseUnavailable   503  the database cannot be reached now; retry later
 
 ConfigError is not an HTTP error: it stops a command before it starts.
@@ -43,6 +44,10 @@ class Forbidden(ServiceError):
 
 class NotFound(ServiceError):
     status_code = 404
+
+
+class TooManyReports(BadRequest):
+    status_code = 413
 
 
 class DatabaseUnavailable(ServiceError):

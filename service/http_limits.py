@@ -1,4 +1,4 @@
-"""uvicorn's HTTP/1.1 protocol with the two limits it lacks.
+"""uvicorn's HTTP/1.1 protocol with the three limits it lacks.
 
 - A request must arrive whole (request line, headers and body) within `request_timeout_s`
   of its first byte, and a new connection must deliver its first request within that time:
@@ -6,6 +6,10 @@
   and is not armed before a first request, so without this a client sending nothing, or a
   byte at a time, holds its connection (and a half-read body) for ever.
 - The request line and headers must fit in `max_header_bytes`: else 431.
+- At most `max_connections` connections at once (so at most that many requests in flight,
+  HTTP/1.1 answering one request of a connection at a time): past it, a new connection is
+  answered 503 with Retry-After and closed, without its request being parsed. uvicorn's
+  own `limit_concurrency` answers without Retry-After and logs a warning per refusal.
 
 The application's own time is not limited here: once a request has arrived, its handler's
 database calls are bounded by DLR_DB_TIMEOUT_S.
@@ -18,7 +22,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+            503: b"Service Unavailable"}
 
 
 class _HeadersTooLarge(Exception):
@@ -27,17 +32,26 @@ class _HeadersTooLarge(Exception):
 
 class LimitedHttp(HttpToolsProtocol):
     def __init__(self, *args: Any, request_timeout_s: float, max_header_bytes: int,
-                 **kwargs: Any) -> None:
+                 max_connections: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.request_timeout_s = request_timeout_s
         self.max_header_bytes = max_header_bytes
+        self.max_connections = max_connections
+        self._busy = False
         self._header_bytes = 0
         self._deadline: asyncio.TimerHandle | None = None
         self._headers_too_large = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._busy = len(self.connections) > self.max_connections
         self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._busy:
+            self._refuse(503)
+            return
+        super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -90,9 +104,12 @@ class LimitedHttp(HttpToolsProtocol):
             self._refuse(408)
 
     def _refuse(self, status: int) -> None:
+        if self.transport.is_closing():
+            return
         message = _REASONS[status]
         self.transport.write(b"".join([
             b"HTTP/1.1 %d %s\r\n" % (status, message),
             b"content-type: text/plain; charset=utf-8\r\n",
+            b"retry-after: 1\r\n" if status == 503 else b"",
             b"content-length: %d\r\nconnection: close\r\n\r\n" % len(message), message]))
         self.transport.close()

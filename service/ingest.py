@@ -14,14 +14,18 @@ from datetime import datetime
 from urllib.parse import unquote, urlsplit
 
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import db, metrics, store
 from service.config import InfobipSource, Source
 from service.errors import BadRequest, DatabaseUnavailable
-from service.providers import Rejection, Report, dicesms, infobip
+from service.providers import MAX_REJECTIONS_LISTED, Rejection, Report, dicesms, infobip
 
 log = logging.getLogger(__name__)
+
+
+# The index a rejection gives for a report that decoded but could not be merged.
+MERGE_FAILED = -1
 
 
 class Envelope(msgspec.Struct, frozen=True):
@@ -34,6 +38,7 @@ class Envelope(msgspec.Struct, frozen=True):
     reports: Sequence[Report] = ()
     rejections: Sequence[Rejection] = ()
     error: str | None = None  # the whole body was unusable
+    error_status: int = 400  # the HTTP status that answers such a body
     url: str | None = None  # where a pulled body was fetched from
 
     def inbox_row(self, failure: str | None = None) -> store.InboxRow:
@@ -41,13 +46,22 @@ class Envelope(msgspec.Struct, frozen=True):
             state, reason = "failed", failure
         elif self.error is not None:
             state, reason = "rejected", self.error
-        elif self.rejections:
+        elif self.rejections:  # the first ones; the row's `rejected` counts them all
             state = "partial" if self.reports else "rejected"
-            reason = msgspec.json.encode(self.rejections).decode()
+            reason = msgspec.json.encode(self.rejections[:MAX_REJECTIONS_LISTED]).decode()
         else:
             state, reason = "accepted", None
         return store.InboxRow(self.source, self.channel, self.content_type, self.body, state,
                               len(self.reports), len(self.rejections), reason, self.url)
+
+    def without(self, failed: Sequence[Rejection]) -> Envelope:
+        """This envelope less the reports that could not be merged, now rejections."""
+        if not failed:
+            return self
+        gone = {r.message_id for r in failed}
+        return msgspec.structs.replace(
+            self, reports=[r for r in self.reports if r.message_id not in gone],
+            rejections=[*self.rejections, *failed])
 
 
 Decoder = Callable[[bytes], tuple[list[Report], list[Rejection]]]
@@ -59,11 +73,12 @@ def decode(source: str, channel: str, body: bytes, content_type: str | None, dec
     try:
         reports, rejections = decoder(body)
     except BadRequest as exc:
-        return Envelope(source, channel, body, content_type, error=exc.message, url=url)
-    except Exception as exc:  # a decoder bug must not lose the body
+        return Envelope(source, channel, body, content_type, error=exc.message,
+                        error_status=exc.status_code, url=url)
+    except Exception:  # a decoder bug must not lose the body
         log.exception("decoder failed", extra={"source": source})
-        return Envelope(source, channel, body, content_type, error=f"decoder error: {exc!r}",
-                        url=url)
+        return Envelope(source, channel, body, content_type, url=url,
+                        error="the body could not be decoded (kept for replay after a fix)")
     return Envelope(source, channel, body, content_type, reports, rejections, url=url)
 
 
@@ -87,6 +102,48 @@ def decoder_for(source: Source, url: str | None) -> Decoder:
     return lambda raw: dicesms.decode_batch_report(source, statuses, batch_id, raw)
 
 
+async def merge_alone(conn: AsyncConnection, observed: Sequence[tuple[Report, str]],
+                      ) -> tuple[int, list[Rejection]]:
+    """Merge each report in a savepoint of its own, so that one the merge fails on (a bug)
+    is rejected alone; return rows changed and those rejections. The database being
+    unavailable still raises."""
+    changed, failed = 0, []
+    for report, channel in observed:
+        try:
+            async with conn.begin_nested():
+                changed += await store.write(conn, [], [(report, channel)])
+        except Exception as exc:
+            if db.is_unavailable(exc):
+                raise
+            log.exception("merge failed for one report", extra={"source": report.source})
+            failed.append(Rejection(MERGE_FAILED, "could not be merged (kept for replay "
+                                    "after a fix)", report.message_id))
+    return changed, failed
+
+
+async def merge_kept(engine: AsyncEngine, inbox_id: int, envelope: Envelope,
+                     ) -> tuple[int, Envelope]:
+    """Merge the reports of a body already kept as inbox row `inbox_id` and record what was
+    found; return rows changed and the envelope as recorded (less any report that could
+    not be merged, which becomes a rejection)."""
+    observed = [(r, envelope.channel) for r in envelope.reports]
+    try:
+        async with db.transaction(engine) as conn:
+            changed = await store.write(conn, [], observed)
+            await store.mark_inbox(conn, inbox_id, envelope.inbox_row())
+        return changed, envelope
+    except DatabaseUnavailable:
+        raise
+    except Exception:
+        log.exception("merge failed; merging the reports one by one",
+                      extra={"source": envelope.source})
+    async with db.transaction(engine) as conn:
+        changed, failed = await merge_alone(conn, observed)
+        envelope = envelope.without(failed)
+        await store.mark_inbox(conn, inbox_id, envelope.inbox_row())
+    return changed, envelope
+
+
 class IngestFailed(Exception):
     """A bug stopped the merge; `kept`: the raw body was still stored (state 'failed') for
     replay."""
@@ -102,7 +159,7 @@ class Ingestor:
     def __init__(self, engine: AsyncEngine, *, writers: int = 4, max_batch_reports: int = 5000,
                  timeout_s: float = 15.0) -> None:
         self._engine = engine
-        self._queue: asyncio.Queue[tuple[Envelope, asyncio.Future[None]]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[Envelope, asyncio.Future[Envelope]]] = asyncio.Queue()
         self._writers = writers
         self._max_batch_reports = max_batch_reports
         self._timeout_s = timeout_s
@@ -119,15 +176,16 @@ class Ingestor:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def ingest(self, envelope: Envelope) -> None:
-        """Store and merge one envelope; return once its transaction has committed.
+    async def ingest(self, envelope: Envelope) -> Envelope:
+        """Store and merge one envelope; return it as committed (a report the merge failed
+        on is a rejection) once its transaction has committed.
 
         Raises DatabaseUnavailable (nothing acknowledged) or IngestFailed.
         """
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Envelope] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((envelope, future))
         try:
-            await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
+            return await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
         except TimeoutError:
             raise DatabaseUnavailable("database did not answer in time") from None
 
@@ -145,7 +203,7 @@ class Ingestor:
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _write_batch(self, batch: list[tuple[Envelope, asyncio.Future[None]]]) -> None:
+    async def _write_batch(self, batch: list[tuple[Envelope, asyncio.Future[Envelope]]]) -> None:
         try:
             await write(self._engine, [envelope for envelope, _ in batch])
         except DatabaseUnavailable as exc:
@@ -154,33 +212,52 @@ class Ingestor:
             return
         except Exception:
             if len(batch) == 1:
-                await self._keep_failed(*batch[0])
+                await self._isolate(*batch[0])
             else:  # find the one that fails; the others still go through
                 for item in batch:
                     await self._write_batch([item])
             return
-        for _, future in batch:
-            _settle(future)
+        for envelope, future in batch:
+            _settle(future, envelope)
 
-    async def _keep_failed(self, envelope: Envelope, future: asyncio.Future[None]) -> None:
-        log.exception("merge failed; raw body kept for replay", extra={"source": envelope.source})
+    async def _isolate(self, envelope: Envelope, future: asyncio.Future[Envelope]) -> None:
+        """The body alone failed to merge: keep it and merge its reports one by one, so
+        the report at fault is rejected alone; if even that fails, keep the body raw."""
+        log.exception("merge failed; merging the reports one by one",
+                      extra={"source": envelope.source})
+        try:
+            async with db.transaction(self._engine) as conn:
+                changed, failed = await merge_alone(
+                    conn, [(r, envelope.channel) for r in envelope.reports])
+                envelope = envelope.without(failed)
+                await store.write(conn, [envelope.inbox_row()], [])
+            metrics.MERGED_CHANGES.labels(envelope.channel).inc(changed)
+            _settle(future, envelope)
+            return
+        except DatabaseUnavailable as exc:
+            _settle(future, exc=exc)
+            return
+        except Exception:
+            log.exception("merging alone failed too; keeping the raw body",
+                          extra={"source": envelope.source})
         try:
             async with db.statement(self._engine) as conn:
                 await store.write(conn, [envelope.inbox_row(failure="merge failed")], [])
         except Exception as exc:
-            failed = exc if isinstance(exc, DatabaseUnavailable) else IngestFailed(kept=False)
-            _settle(future, exc=failed)
+            failed_exc = exc if isinstance(exc, DatabaseUnavailable) else IngestFailed(kept=False)
+            _settle(future, exc=failed_exc)
             return
         _settle(future, exc=IngestFailed(kept=True))
 
 
-def _settle(future: asyncio.Future[None], *, exc: BaseException | None = None) -> None:
+def _settle(future: asyncio.Future[Envelope], result: Envelope | None = None, *,
+            exc: BaseException | None = None) -> None:
     if future.done():  # the caller gave up waiting
         return
     if exc is not None:
         future.set_exception(exc)
     else:
-        future.set_result(None)
+        future.set_result(result)  # type: ignore[arg-type]
 
 
 async def write(engine: AsyncEngine, envelopes: Sequence[Envelope]) -> int:
@@ -198,6 +275,7 @@ class ReplayResult(msgspec.Struct):
     rejected: int = 0
     changed: int = 0
     skipped: int = 0
+    failed: int = 0  # bodies that could not be merged at all (logged; the rest went on)
 
 
 async def replay(engine: AsyncEngine, sources: Mapping[str, Source], *, only_unaccepted: bool,
@@ -205,7 +283,8 @@ async def replay(engine: AsyncEngine, sources: Mapping[str, Source], *, only_una
                  page: int = 200) -> ReplayResult:
     """Decode and merge kept bodies again (after a decoder fix, say); safe to repeat.
 
-    Bodies of sources no longer configured are skipped.
+    Bodies of sources no longer configured are skipped; a body that cannot be merged is
+    logged and counted, and the replay goes on. The database being unavailable stops it.
     """
     result = ReplayResult()
     after = 0
@@ -223,10 +302,16 @@ async def replay(engine: AsyncEngine, sources: Mapping[str, Source], *, only_una
                 continue
             envelope = decode(row.source, row.channel, row.body, row.content_type,
                               decoder_for(source, row.url), row.url)
-            async with db.transaction(engine) as conn:
-                result.changed += await store.write(
-                    conn, [], [(r, envelope.channel) for r in envelope.reports])
-                await store.mark_inbox(conn, row.id, envelope.inbox_row())
+            try:
+                changed, envelope = await merge_kept(engine, row.id, envelope)
+            except DatabaseUnavailable:
+                raise
+            except Exception:
+                log.exception("replay: inbox body could not be merged",
+                              extra={"source": row.source, "inbox_id": row.id})
+                result.failed += 1
+                continue
+            result.changed += changed
             result.bodies += 1
             result.reports += len(envelope.reports)
             result.rejected += len(envelope.rejections) + (envelope.error is not None)

@@ -26,7 +26,7 @@ import msgspec
 import phonenumbers
 import phonenumbers.carrier
 
-from service.providers import Report
+from service.providers import Report, check
 
 PENDING = "PENDING"
 FINAL_GROUPS = frozenset({"DELIVERED", "UNDELIVERABLE", "EXPIRED", "REJECTED"})
@@ -117,24 +117,26 @@ def utc(value: datetime | None) -> datetime | None:
 
 
 def money(value: Decimal | None) -> Decimal | None:
-    """One spelling per amount ("0.010" and "0.01" are the same price)."""
-    if value is None:
-        return None
-    normal = value.normalize()
-    return normal.quantize(Decimal(1)) if normal == normal.to_integral() else normal
+    """One spelling per amount ("0.010" and "0.01" are the same price); exact at any size
+    (no arithmetic context, which would round past 28 digits)."""
+    if value is None or not value.is_finite():
+        return value
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").removesuffix(".")
+    return Decimal(text)
 
 
 def observation(**fields: Any) -> Report:
-    """A Report with its final flag, canonical price and content hash filled in."""
-    for name, value in fields.items():
-        if isinstance(value, str) and "\x00" in value:  # PostgreSQL text cannot hold NUL
-            raise msgspec.ValidationError(f"{name} contains a NUL character")
+    """A Report with its final flag, canonical price and content hash filled in; raises
+    OutOfBounds naming the first field outside its bound."""
     fields["final"] = is_final(fields["status"])
     fields["price_amount"] = money(fields.get("price_amount"))
     if fields["price_amount"] is None:  # a currency alone prices nothing
         fields["price_currency"] = None
     fields["obs_hash"] = b""
     draft = Report(**fields)
+    check(draft)
     content = msgspec.msgpack.encode(msgspec.structs.astuple(draft))
     return msgspec.structs.replace(draft, obs_hash=hashlib.sha256(content).digest()[:16])
 

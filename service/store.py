@@ -6,6 +6,7 @@ one plan, whatever the batch size.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -292,8 +293,15 @@ class Registration(msgspec.Struct, frozen=True):
     bulk_id: str | None = None
     to: str | None = None
 
+    @property
+    def callback_hash(self) -> bytes | None:
+        """The unique key of a registration by callback data."""
+        if self.callback_data is None:
+            return None
+        return hashlib.sha256(self.callback_data.encode()).digest()
 
-_REGISTRATION_FIELDS = tuple(Registration.__struct_fields__)
+
+_REGISTRATION_FIELDS = (*Registration.__struct_fields__, "callback_hash")
 
 
 async def register_outbound(conn: AsyncConnection, rows: Sequence[Registration]) -> int:
@@ -302,7 +310,7 @@ async def register_outbound(conn: AsyncConnection, rows: Sequence[Registration])
     for keyed, target, where in (
             ([r for r in rows if r.message_id is not None], "message_id",
              outbound.c.message_id.is_not(None)),
-            ([r for r in rows if r.message_id is None], "callback_data",
+            ([r for r in rows if r.message_id is None], "callback_hash",
              outbound.c.message_id.is_(None))):
         if not keyed:
             continue

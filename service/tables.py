@@ -85,7 +85,8 @@ sa.Index("ix_messages_to", messages.c.to)
 # database), a generic plan for `source = $1 AND message_id = $2` may otherwise pick another
 # index led by `source` and filter a whole source's rows for every look-up.
 sa.Index("ix_messages_bulk_id_source", messages.c.bulk_id, messages.c.source)
-sa.Index("ix_messages_callback_data_source", messages.c.callback_data, messages.c.source)
+# A hash index: callbackData may be 4000 characters, past what a btree entry holds.
+sa.Index("ix_messages_callback_data", messages.c.callback_data, postgresql_using="hash")
 
 # Every distinct observation of a message, once per channel it arrived through. Partitioned
 # by the month the message was sent (else done, else received), taken from the report
@@ -155,6 +156,8 @@ outbound = sa.Table(
     sa.Column("source", CText, nullable=False),
     sa.Column("message_id", CText),
     sa.Column("callback_data", CText),
+    # SHA-256 of callback_data: its unique key (4000 characters do not fit a btree entry)
+    sa.Column("callback_hash", sa.LargeBinary),
     sa.Column("bulk_id", CText),
     sa.Column("to", CText),
     sa.Column("sent_at", Timestamp, nullable=False),
@@ -163,6 +166,6 @@ outbound = sa.Table(
 )
 sa.Index("uq_outbound_source_message_id", outbound.c.source, outbound.c.message_id, unique=True,
          postgresql_where=outbound.c.message_id.is_not(None))
-sa.Index("uq_outbound_source_callback_data", outbound.c.source, outbound.c.callback_data,
+sa.Index("uq_outbound_source_callback_hash", outbound.c.source, outbound.c.callback_hash,
          unique=True, postgresql_where=outbound.c.message_id.is_(None))
 sa.Index("ix_outbound_sent_at", outbound.c.sent_at)

@@ -91,6 +91,12 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
             await _pull_dicesms(page, source)
     except http.ProviderError as exc:
         page.result.error = str(exc)
+    except DatabaseUnavailable:
+        raise
+    except Exception:  # a bug: the pass says so in /v1/runs, and the next pass goes on
+        log.exception("pull failed", extra={"source": source.name})
+        page.result.error = (f"internal error after page {page.result.pages} (see the log); "
+                             "kept pages can be merged with replay --rejected")
     finally:
         async with db.statement(engine) as conn:
             result = page.result
@@ -132,10 +138,12 @@ class _Pages:
             decoder = _nothing
         envelope = ingest.decode(self.source.name, "pull", response.content, content_type,
                                  decoder, url)
-        async with db.transaction(self.engine) as conn:
-            self.result.changed += await store.write(
-                conn, [], [(r, "pull") for r in envelope.reports])
-            await store.mark_inbox(conn, inbox_id, envelope.inbox_row())
+        changed, envelope = await ingest.merge_kept(self.engine, inbox_id, envelope)
+        self.result.changed += changed
+        if unmerged := sum(r.index == ingest.MERGE_FAILED for r in envelope.rejections):
+            self.result.error = (f"{unmerged} reports of page {self.result.pages} could not be "
+                                 f"merged (kept as inbox #{inbox_id}; replay --rejected after a fix)")
+        async with db.statement(self.engine) as conn:
             still_ours = await store.acquire_lease(conn, self.source.name, self.holder,
                                                    LEASE_TTL_S)
         self.result.reports += len(envelope.reports)
@@ -195,7 +203,7 @@ async def _pull_dicesms(pages: _Pages, source: DiceSmsSource) -> None:
     statuses = dicesms.StatusTable(source.status_map)
     response = await dicesms.fetch(pages.client, source, "/api/batch-ids", pages.retry)
     await pages.take(response, dicesms.no_reports)
-    rows = dicesms.decode_batch_ids(response.content) if response.status_code == 200 else []
+    rows = dicesms.decode_batch_ids(response.content)[0] if response.status_code == 200 else []
     batch_of = {row.sent_at: row.batch_id for row in rows}
     expected: dict[str, list[bool]] = {}
     for row in rows:

@@ -41,7 +41,7 @@ def test_seed_batch_report_decodes() -> None:
 
 
 def test_seed_report_page_decodes_with_batches_joined_on_sent_at() -> None:
-    rows = dicesms.decode_batch_ids((SEEDS / "batch_ids.json").read_bytes())
+    rows, _ = dicesms.decode_batch_ids((SEEDS / "batch_ids.json").read_bytes())
     batch_of = {row.sent_at: row.batch_id for row in rows}
     reports, rejections = dicesms.decode_report_page(
         SOURCE, dicesms.StatusTable({}), (SEEDS / "report_page.json").read_bytes(), batch_of)
@@ -56,7 +56,7 @@ def test_seed_report_page_decodes_with_batches_joined_on_sent_at() -> None:
 
 
 def test_seed_batch_ids_statuses() -> None:
-    rows = dicesms.decode_batch_ids((SEEDS / "batch_ids.json").read_bytes())
+    rows, _ = dicesms.decode_batch_ids((SEEDS / "batch_ids.json").read_bytes())
     statuses = dicesms.StatusTable({})
     assert [statuses.is_final(r.status, r.delivered_at is not None) for r in rows] == \
         [True, True, False]

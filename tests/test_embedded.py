@@ -37,7 +37,7 @@ def test_migrate_then_serve_on_the_embedded_default(tmp_path: Path) -> None:
     with serving(env) as served, served.client() as client:
         seed = (PAYLOADS / "infobip" / "seed_002.json").read_bytes()
         pushed = client.post("/webhooks/ib", content=seed, headers={"X-Hook": "hook-secret"})
-        assert pushed.json() == {"accepted": 2, "rejected": []}
+        assert pushed.json() == {"accepted": 2, "rejected": [], "rejected_count": 0}
         message = client.get("/v1/messages/ib/MESSAGE-ID-123-xyz",
                              headers={"Authorization": "Bearer t0ken"}).json()
         assert (message["status"], message["to"]) == ("DELIVERED", "+41793026727")

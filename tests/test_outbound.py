@@ -33,9 +33,11 @@ async def test_registration_is_idempotent_and_visible(client: Client) -> None:
     batch = [sent(message_id="m1", callback_data="order-1", bulk_id="b1"),
              sent(callback_data="order-2")]
     first = await client.post("/v1/outbound", json=batch, headers=WRITE)
-    assert first.json() == {"registered": 2, "already_known": 0}
+    assert first.json() == {"registered": 2, "already_known": 0, "rejected": [],
+                            "rejected_count": 0}
     again = await client.post("/v1/outbound", json=batch, headers=WRITE)
-    assert again.json() == {"registered": 0, "already_known": 2}
+    assert again.json() == {"registered": 0, "already_known": 2, "rejected": [],
+                            "rejected_count": 0}
     message = (await client.get("/v1/messages/ib/m1", headers=READ)).json()
     assert (message["status"], message["callback_data"], message["bulk_id"]) == \
         ("PENDING", "order-1", "b1")

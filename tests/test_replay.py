@@ -68,9 +68,9 @@ async def test_a_pulled_page_that_failed_to_merge_is_recovered(
             patch.setattr(store, "write", broken)
             async with httpx.AsyncClient() as client:
                 source = InfobipSource("ib", fake.url, api_key=fake.api_key)
-                with pytest.raises(RuntimeError):
-                    await worker.pull(engine, client, source, "t")
-    assert await states(engine) == ["received"]
+                result = await worker.pull(engine, client, source, "t")
+    assert result is not None and "3 reports of page 1 could not be merged" in str(result.error)
+    assert await states(engine) == ["rejected", "accepted"]  # the page, then the empty one
     result = await ingest.replay(engine, KINDS, only_unaccepted=True)
     assert result.changed == 3
     assert await message_count(engine) == 3

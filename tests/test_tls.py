@@ -35,7 +35,7 @@ def test_webhook_over_tls(server_url: str, tmp_path: Path) -> None:
                 served.client(verify=trusted) as client:
             pushed = client.post("/webhooks/ib", headers={"X-Hook": "tls-hook"},
                                  content=(PAYLOADS / "infobip" / "seed_002.json").read_bytes())
-            assert pushed.json() == {"accepted": 2, "rejected": []}
+            assert pushed.json() == {"accepted": 2, "rejected": [], "rejected_count": 0}
             with pytest.raises(httpx.TransportError):  # plain HTTP is not served
                 httpx.get(f"http://127.0.0.1:{port}/health/live", timeout=2)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from litestar import get, post
@@ -15,27 +15,47 @@ from service import db, reconcile, store
 from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import BadRequest
+from service.providers import (
+    MAX_CALLBACK_DATA,
+    MAX_ID,
+    MAX_REJECTIONS_LISTED,
+    AwareTime,
+    NameText,
+    NumberText,
+    OutOfBounds,
+    Report,
+    judge_all,
+    moment,
+)
 from service.schemas import doc
 
-AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
+CallbackData = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CALLBACK_DATA)]
+MAX_REGISTRATIONS = 10_000
 DURATION = re.compile(r"^(\d+)([smhd]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class SentMessage(msgspec.Struct, forbid_unknown_fields=True):
-    source: Annotated[str, doc("Configured source", "ib")]
+    source: Annotated[NameText, doc("Configured source", "ib")]
     sent_at: Annotated[AwareTime, doc("With an offset", "2026-11-01T10:00:00Z")]
-    to: Annotated[str | None, doc("Recipient", "+41793026727")] = None
-    message_id: Annotated[Text | None, doc("The provider's id, when known", "MSG-1")] = None
-    bulk_id: Annotated[Text | None, doc("The provider's bulk id", "BULK-1")] = None
-    callback_data: Annotated[Text | None, doc("Matches reports without message_id",
-                                              "order-42")] = None
+    to: Annotated[NumberText | None, doc("Recipient", "+41793026727")] = None
+    message_id: Annotated[Id | None, doc("The provider's id, when known", "MSG-1")] = None
+    bulk_id: Annotated[Id | None, doc("The provider's bulk id", "BULK-1")] = None
+    callback_data: Annotated[CallbackData | None, doc("Matches reports without message_id",
+                                                      "order-42")] = None
+
+
+class Refused(msgspec.Struct):
+    index: int
+    reason: str
 
 
 class Registered(msgspec.Struct):
     registered: int
     already_known: int
+    rejected: list[Refused] = []  # the first 100, each judged alone; the others registered
+    rejected_count: int = 0
 
 
 class Gap(msgspec.Struct):
@@ -53,29 +73,40 @@ class GapList(msgspec.Struct):
 
 
 @post("/v1/outbound", guards=[require_scope], opt={"scope": "write"}, status_code=200,
-      responses=ERRORS, tags=["outbound"], summary="Register sent messages (idempotent)")
-async def register(data: JSONBody[list[SentMessage]], state: State) -> Registered:
-    if len(data) > 10_000:
-        raise BadRequest("at most 10000 messages per request")
-    rows = []
-    for index, sent in enumerate(data):
-        if sent.source not in state.settings.sources:
-            raise BadRequest(f"[{index}].source: unknown source {sent.source!r}")
+      responses=ERRORS, tags=["outbound"], summary="Register sent messages (idempotent)",
+      description="A JSON array of `{source, sent_at, to?, message_id?, bulk_id?, "
+                  "callback_data?}`, with message_id or callback_data. Each item is judged "
+                  "alone: a bad one is listed in `rejected`, the others are registered.")
+async def register(data: JSONBody[list[Any]], state: State) -> Registered:
+    if len(data) > MAX_REGISTRATIONS:
+        raise BadRequest(f"at most {MAX_REGISTRATIONS} messages per request")
+    sources = state.settings.sources
+
+    def build(item: Any) -> list[tuple[store.Registration, Report | None]]:
+        sent = msgspec.convert(item, SentMessage)
+        if sent.source not in sources:
+            raise OutOfBounds("source", f"unknown source {sent.source!r}")
         if sent.message_id is None and sent.callback_data is None:
-            raise BadRequest(f"[{index}]: give message_id or callback_data")
-        rows.append(store.Registration(sent.source, sent.sent_at.astimezone(UTC), sent.message_id,
-                                       sent.callback_data, sent.bulk_id,
-                                       reconcile.e164(sent.to) if sent.to else None))
-    # A registration with a message id is also a (pending) observation of that message,
-    # so the message is visible, with what we sent, before the first report.
-    observed = [(reconcile.observation(source=r.source, message_id=r.message_id,
-                                       status=reconcile.PENDING, to=r.to, bulk_id=r.bulk_id,
-                                       callback_data=r.callback_data, sent_at=r.sent_at),
-                 "outbound") for r in rows if r.message_id is not None]
+            raise OutOfBounds("message_id", "give message_id or callback_data")
+        row = store.Registration(sent.source, moment("sent_at", sent.sent_at),  # type: ignore[arg-type]
+                                 sent.message_id, sent.callback_data, sent.bulk_id,
+                                 reconcile.e164(sent.to) if sent.to else None)
+        # A registration with a message id is also a (pending) observation of that
+        # message, so the message is visible, with what we sent, before the first report.
+        observed = None if row.message_id is None else reconcile.observation(
+            source=row.source, message_id=row.message_id, status=reconcile.PENDING, to=row.to,
+            bulk_id=row.bulk_id, callback_data=row.callback_data, sent_at=row.sent_at)
+        return [(row, observed)]
+
+    judged, rejections = judge_all(data, build, "$[{}]")
+    refused = [Refused(r.index, r.reason) for r in rejections[:MAX_REJECTIONS_LISTED]]
+    if not judged and refused:
+        raise BadRequest("no usable registration in the body",
+                         detail={"rejected": refused, "rejected_count": len(rejections)})
     async with db.transaction(state.engine) as conn:
-        new = await store.register_outbound(conn, rows)
-        await store.write(conn, [], observed)
-    return Registered(new, len(rows) - new)
+        new = await store.register_outbound(conn, [row for row, _ in judged])
+        await store.write(conn, [], [(r, "outbound") for _, r in judged if r is not None])
+    return Registered(new, len(judged) - new, refused, len(rejections))
 
 
 def parse_duration(text: str) -> timedelta:

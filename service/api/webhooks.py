@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import Mapping
 
@@ -23,10 +24,19 @@ from litestar.response import Response
 from service import metrics
 from service.api import ERRORS
 from service.config import InfobipSource, Source, WebhookConfig
-from service.errors import BadRequest, ConfigError, Forbidden, NotFound, Unauthorized
+from service.errors import (
+    BadRequest,
+    ConfigError,
+    Forbidden,
+    NotFound,
+    TooManyReports,
+    Unauthorized,
+)
 from service.ingest import Ingestor, decode_infobip
+from service.providers import MAX_REJECTIONS_LISTED
 
 log = logging.getLogger(__name__)
+TIMESTAMP = re.compile(r"^\d{1,12}$")  # seconds since 1970; 12 digits reach the year 33658
 
 
 def _secret_key(secret: str) -> bytes:
@@ -56,7 +66,9 @@ class Gate:
         if hook.standard_webhooks:
             self.keys = [_secret_key(s) for s in hook.standard_webhooks.secrets if s]
 
-    def check(self, headers: Mapping[str, str], client_ip: str | None, body: bytes) -> None:
+    def check_headers(self, headers: Mapping[str, str], client_ip: str | None) -> None:
+        """Everything that can be checked before the body is read: the source address, the
+        credentials, and the presence, form and age of a signature's headers."""
         if self.networks and not self._allowed(client_ip):
             raise Forbidden("source address not allowed")
         hook = self.hook
@@ -67,7 +79,12 @@ class Gate:
             if not hmac.compare_digest(presented, hook.token.value.encode()):
                 raise Unauthorized("missing or wrong webhook token")
         elif hook.standard_webhooks:
-            self._check_signature(headers, body, hook.standard_webhooks.tolerance_s)
+            self._signed_at(headers, hook.standard_webhooks.tolerance_s)
+
+    def check_body(self, headers: Mapping[str, str], body: bytes) -> None:
+        """A signed source's signature over the body (after check_headers)."""
+        if self.hook.standard_webhooks:
+            self._check_signature(headers, body)
 
     def _allowed(self, client_ip: str | None) -> bool:
         try:
@@ -85,18 +102,22 @@ class Gate:
         if scheme.lower() != "basic" or not hmac.compare_digest(presented, self.basic):
             raise Unauthorized("missing or wrong basic credentials")
 
-    def _check_signature(self, headers: Mapping[str, str], body: bytes, tolerance_s: int) -> None:
-        msg_id = headers.get("webhook-id")
-        stamp = headers.get("webhook-timestamp")
-        signatures = headers.get("webhook-signature")
-        if not (msg_id and stamp and signatures):
+    @staticmethod
+    def _signed_at(headers: Mapping[str, str], tolerance_s: int) -> int:
+        if not (headers.get("webhook-id") and headers.get("webhook-signature")):
             raise Unauthorized("missing webhook-id, webhook-timestamp or webhook-signature")
-        try:
-            timestamp = int(stamp)
-        except ValueError:
-            raise Unauthorized("webhook-timestamp is not a number") from None
+        stamp = headers.get("webhook-timestamp", "")
+        if not TIMESTAMP.match(stamp):
+            raise Unauthorized("webhook-timestamp is not a number of seconds")
+        timestamp = int(stamp)
         if abs(time.time() - timestamp) > tolerance_s:
             raise Unauthorized("webhook-timestamp outside the accepted window")
+        return timestamp
+
+    def _check_signature(self, headers: Mapping[str, str], body: bytes) -> None:
+        assert self.hook.standard_webhooks is not None
+        timestamp = self._signed_at(headers, self.hook.standard_webhooks.tolerance_s)
+        msg_id, signatures = headers["webhook-id"], headers["webhook-signature"]
         signed = f"{msg_id}.{timestamp}.".encode() + body
         expected = [base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
                     for key in self.keys]
@@ -131,17 +152,25 @@ async def receive_reports(source: FromPath[str], request: Request[None, None, St
     gate: Gate | None = request.app.state.gates.get(source)
     if gate is None:
         raise NotFound(f"no webhook for source {source!r}")
+    # Nothing unauthenticated is read: an attacker's body stays in the socket.
+    gate.check_headers(request.headers, request.client.host if request.client else None)
     body = await request.body()
-    gate.check(request.headers, request.client.host if request.client else None, body)
-    envelope = decode_infobip(source, "push", body, request.headers.get("content-type"))
+    gate.check_body(request.headers, body)
+    decoded = decode_infobip(source, "push", body, request.headers.get("content-type"))
     ingestor: Ingestor = request.app.state.ingestor
-    await ingestor.ingest(envelope)
+    # As committed: a report the merge failed on (a bug) is a rejection, and its body kept
+    # for replay, so the provider need not send it again.
+    envelope = await ingestor.ingest(decoded)
     metrics.WEBHOOK_REPORTS.labels(source, "accepted").inc(len(envelope.reports))
     metrics.WEBHOOK_REPORTS.labels(source, "rejected").inc(len(envelope.rejections))
     rejected = [{"index": r.index, "message_id": r.message_id, "reason": r.reason}
-                for r in envelope.rejections]
-    if envelope.error is not None or (not envelope.reports and rejected):
-        detail = {"rejected": rejected} if rejected else None
-        raise BadRequest(envelope.error or "no usable report in the body", detail=detail)
-    return Response({"accepted": len(envelope.reports), "rejected": rejected})
+                for r in envelope.rejections[:MAX_REJECTIONS_LISTED]]
+    if envelope.error is not None:
+        error = TooManyReports if envelope.error_status == 413 else BadRequest
+        raise error(envelope.error)
+    if not decoded.reports and rejected:
+        raise BadRequest("no usable report in the body",
+                         detail={"rejected": rejected, "rejected_count": len(envelope.rejections)})
+    return Response({"accepted": len(envelope.reports), "rejected": rejected,
+                     "rejected_count": len(envelope.rejections)})
 

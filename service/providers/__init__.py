@@ -1,18 +1,58 @@
-"""The neutral report every provider module produces, whatever its wire format."""
+"""The neutral report every provider module produces, and the bounds every stored value keeps.
+
+Each report is judged alone: a provider module decodes one report at a time with `judge`,
+so a report that breaks a bound (or a decoder) is rejected with a reason naming its field,
+and the reports beside it are still merged.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Annotated, TypeVar
 
 import msgspec
+
+log = logging.getLogger(__name__)
+
+# Bounds, from the providers' own limits. No stored value can break an index entry (about
+# 2.7 KB), a sum or a date conversion.
+MAX_ID = 255  # message and bulk ids: Infobip's are tens of characters
+MAX_CALLBACK_DATA = 4000  # Infobip echoes callbackData of up to 4000 characters
+MAX_SENDER = 64  # alphanumeric senders are 11 characters, numeric ones 16 digits
+MAX_TO = 32  # E.164 is 15 digits; slack for '+', spaces and national prefixes
+MAX_NAME = 255  # status and error names, group names, MCC+MNC, operators
+MAX_DESCRIPTION = 2000
+MAX_TEXT = 40_000  # 255 parts of 160 characters
+MAX_PARTS = 255  # the concatenation counter in an SMS header is one byte
+MAX_PRICE = Decimal(1_000_000)  # per part, in any currency: no SMS costs this much
+PRICE_DECIMALS = 10
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)  # exclusive
+MAX_REASON = 500  # characters of one rejection's reason
+MAX_REJECTIONS_LISTED = 100  # an answer or an inbox reason lists the first ones and a count
+
+IdText = Annotated[str, msgspec.Meta(max_length=MAX_ID)]
+CallbackText = Annotated[str, msgspec.Meta(max_length=MAX_CALLBACK_DATA)]
+SenderText = Annotated[str, msgspec.Meta(max_length=MAX_SENDER)]
+NumberText = Annotated[str, msgspec.Meta(max_length=MAX_TO)]
+NameText = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
+DescriptionText = Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION)]
+MessageText = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
+Parts = Annotated[int, msgspec.Meta(ge=0, le=MAX_PARTS)]
+Int32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+_CURRENCY = re.compile(r"^[A-Za-z]{3}$")
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):
     """One observation of one message's state, normalised (E.164, aware UTC, Decimal).
 
     `obs_hash` identifies the observation's content; build reports with
-    `service.reconcile.observation()`, which fills it in.
+    `service.reconcile.observation()`, which fills it in and checks every bound.
     """
 
     source: str
@@ -48,3 +88,125 @@ class Rejection(msgspec.Struct, frozen=True):
     index: int
     reason: str
     message_id: str | None = None
+
+
+class OutOfBounds(ValueError):
+    """A value no provider sends, in `field` (a Report field, or a wire name)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
+# Longest value per text field of a Report (the wire structs hold the same limits).
+TEXT_LIMITS = {
+    "message_id": MAX_ID, "bulk_id": MAX_ID, "callback_data": MAX_CALLBACK_DATA,
+    "sender": MAX_SENDER, "to": MAX_TO, "status": MAX_NAME, "status_name": MAX_NAME,
+    "status_description": MAX_DESCRIPTION, "error_group_name": MAX_NAME,
+    "error_name": MAX_NAME, "price_currency": 3, "mcc_mnc": MAX_NAME, "operator": MAX_NAME,
+    "text": MAX_TEXT,
+}
+INT_LIMITS = {"status_id": (-(2**31), 2**31 - 1), "error_group_id": (-(2**31), 2**31 - 1),
+              "error_id": (-(2**31), 2**31 - 1), "sms_count": (0, MAX_PARTS)}
+
+
+def moment(field: str, value: datetime | None) -> datetime | None:
+    """An aware time as UTC, within 2000-2099 once converted."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise OutOfBounds(field, "needs a time zone offset")
+    try:
+        converted = value.astimezone(UTC)
+    except OverflowError:
+        raise OutOfBounds(field, "out of range once converted to UTC") from None
+    if not EARLIEST <= converted < LATEST:
+        raise OutOfBounds(field, f"{converted:%Y-%m-%d} is outside 2000-01-01..2099-12-31")
+    return converted
+
+
+def price(field: str, value: Decimal | None) -> Decimal | None:
+    """A price per part: finite, 0 <= price < MAX_PRICE, at most PRICE_DECIMALS decimals."""
+    if value is None:
+        return None
+    if not value.is_finite() or value < 0 or value >= MAX_PRICE:
+        raise OutOfBounds(field, f"not a price between 0 and {MAX_PRICE}")
+    if value != value.quantize(Decimal(1).scaleb(-PRICE_DECIMALS)):
+        raise OutOfBounds(field, f"more than {PRICE_DECIMALS} decimals")
+    return value
+
+
+def currency(field: str, value: str | None) -> str | None:
+    """An ISO 4217 code, upper case."""
+    if value is None or value == "":
+        return None
+    if not _CURRENCY.match(value):
+        raise OutOfBounds(field, f"{value[:10]!r} is not a three-letter currency code")
+    return value.upper()
+
+
+def check(report: Report) -> None:
+    """Raise OutOfBounds naming the first field of `report` outside its bound."""
+    for name, limit in TEXT_LIMITS.items():
+        value = getattr(report, name)
+        if value is None:
+            continue
+        if len(value) > limit:
+            raise OutOfBounds(name, f"longer than {limit} characters")
+        if "\x00" in value:  # PostgreSQL text cannot hold NUL
+            raise OutOfBounds(name, "contains a NUL character")
+    if not report.message_id:
+        raise OutOfBounds("message_id", "empty")
+    for name, (low, high) in INT_LIMITS.items():
+        value = getattr(report, name)
+        if value is not None and not low <= value <= high:
+            raise OutOfBounds(name, f"{value} is outside {low}..{high}")
+    moment("sent_at", report.sent_at)
+    moment("done_at", report.done_at)
+    price("price_amount", report.price_amount)
+    currency("price_currency", report.price_currency)
+
+
+Item = TypeVar("Item")
+Out = TypeVar("Out")
+
+
+def judge_all(items: Sequence[Item], build: Callable[[Item], list[Out]], path: str,
+              message_id: Callable[[Item], object] = lambda _: None,
+              wire_names: Mapping[str, str] | None = None) -> tuple[list[Out], list[Rejection]]:
+    """`build` each item into reports, judging each item alone: one that fails is a
+    Rejection with the reason, and never stops the others. This never raises.
+
+    `path` locates item i in its body (`$.results[{}]`), and `wire_names` gives the body's
+    name of a Report field, for the field a reason names. A failure that is not about the
+    input is a bug: logged, and the item rejected all the same.
+    """
+    names = wire_names or {}
+    reports: list[Out] = []
+    rejections: list[Rejection] = []
+    for index, item in enumerate(items):
+        where = path.format(index)
+        try:
+            reports += build(item)
+            continue
+        except msgspec.ValidationError as exc:  # wrong type or shape: msgspec names the path
+            reason = str(exc).replace("`$", f"`{where}")
+        except msgspec.DecodeError as exc:  # invalid JSON or UTF-8 inside this report
+            reason = f"{where}: {exc}"
+        except OutOfBounds as exc:
+            reason = f"{where}.{names.get(exc.field, exc.field)}: {exc.problem}"
+        except (ValueError, OverflowError, ArithmeticError, RecursionError) as exc:
+            reason = f"{where}: unusable value ({exc})"
+        except Exception:
+            log.exception("decoder failed on one report")
+            reason = f"{where}: could not be decoded (kept for replay after a fix)"
+        rejections.append(Rejection(index, reason[:MAX_REASON], _printable_id(message_id, item)))
+    return reports, rejections
+
+
+def _printable_id(message_id: Callable[[Item], object], item: Item) -> str | None:
+    try:
+        found = message_id(item)
+    except Exception:
+        return None
+    return found if isinstance(found, str) and len(found) <= MAX_ID else None

@@ -19,9 +19,19 @@ import msgspec
 from service import reconcile
 from service.config import DiceSmsSource
 from service.errors import BadRequest
-from service.providers import Rejection, Report, http
-
-AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
+from service.providers import (
+    AwareTime,
+    IdText,
+    Int32,
+    MessageText,
+    NameText,
+    NumberText,
+    Rejection,
+    Report,
+    http,
+    judge_all,
+    moment,
+)
 
 # Documented defaults; a source's `status_map` overrides or extends them.
 DEFAULT_STATUS_MAP = {
@@ -36,23 +46,29 @@ DEFAULT_STATUS_MAP = {
 }
 
 
+PhoneDigits = Annotated[int, msgspec.Meta(ge=0, lt=10**18)]  # an int64; MAX_TO bounds strings
+RawStatus = NameText | Int32
+# A DiceSMS message goes to one number, or a handful; not to thousands in one report.
+MAX_RECIPIENTS = 1000
+
+
 class Recipient(msgspec.Struct):
-    client_phone: int | str
+    client_phone: PhoneDigits | NumberText
     client_name: str | None = None
 
 
 class SmsReport(msgspec.Struct):
-    recipients: list[Recipient]
+    recipients: Annotated[list[Recipient], msgspec.Meta(max_length=MAX_RECIPIENTS)]
     sent_at: AwareTime
-    status: str | int | None = None
+    status: RawStatus | None = None
     delivered_at: AwareTime | None = None
-    message: str | None = None
+    message: MessageText | None = None
 
 
 class BatchRow(msgspec.Struct):
     sent_at: AwareTime
-    batch_id: str
-    status: str | int | None = None
+    batch_id: IdText
+    status: RawStatus | None = None
     delivered_at: AwareTime | None = None
 
 
@@ -62,10 +78,15 @@ class ReportPage(msgspec.Struct):
     count: int | None = None
 
 
+# Report fields by their names in a DiceSMS body, for rejection reasons.
+WIRE_NAMES = {"to": "recipients.client_phone", "text": "message", "status_name": "status",
+              "status": "status", "done_at": "delivered_at", "bulk_id": "batch_id",
+              "message_id": "recipients.client_phone"}
+
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _report = msgspec.json.Decoder(SmsReport)
 _page = msgspec.json.Decoder(ReportPage)
-_batch_rows = msgspec.json.Decoder(list[BatchRow])
+_batch_row = msgspec.json.Decoder(BatchRow)
 
 
 class StatusTable:
@@ -96,21 +117,23 @@ def message_id(to: str, sent_at: datetime) -> str:
 
 def to_reports(source: DiceSmsSource, statuses: StatusTable, item: SmsReport,
                batch_id: str | None) -> list[Report]:
+    sent_at = moment("sent_at", item.sent_at)
+    assert sent_at is not None
+    done_at = moment("delivered_at", item.delivered_at)
     raw_status = str(item.status) if item.status is not None else ""
-    delivered = item.delivered_at is not None
-    group = statuses.group(raw_status, delivered)
+    group = statuses.group(raw_status, done_at is not None)
     reports = []
     for recipient in item.recipients:
         number = reconcile.recipient(str(recipient.client_phone), source.default_region)
         reports.append(reconcile.observation(
             source=source.name,
-            message_id=message_id(number.to, item.sent_at),
+            message_id=message_id(number.to, sent_at),
             status=group,
             status_name=raw_status or None,
-            done_at=reconcile.utc(item.delivered_at),
+            done_at=done_at,
             to=number.to,
             bulk_id=batch_id,
-            sent_at=reconcile.utc(item.sent_at),
+            sent_at=sent_at,
             text=item.message,
             operator=reconcile.operator(None, number.carrier),
         ))
@@ -118,18 +141,13 @@ def to_reports(source: DiceSmsSource, statuses: StatusTable, item: SmsReport,
 
 
 def _decode_items(source: DiceSmsSource, statuses: StatusTable, items: list[msgspec.Raw],
-                  batch_of: Mapping[datetime, str], batch_id: str | None,
+                  batch_of: Mapping[datetime, str], batch_id: str | None, path: str,
                   ) -> tuple[list[Report], list[Rejection]]:
-    reports: list[Report] = []
-    rejections: list[Rejection] = []
-    for index, raw in enumerate(items):
-        try:
-            item = _report.decode(raw)
-        except msgspec.ValidationError as exc:
-            rejections.append(Rejection(index, str(exc).replace("`$", f"`$[{index}]")))
-            continue
-        reports += to_reports(source, statuses, item, batch_id or batch_of.get(item.sent_at))
-    return reports, rejections
+    def build(raw: msgspec.Raw) -> list[Report]:
+        item = _report.decode(raw)
+        return to_reports(source, statuses, item, batch_id or batch_of.get(item.sent_at))
+
+    return judge_all(items, build, path, wire_names=WIRE_NAMES)
 
 
 def decode_batch_report(source: DiceSmsSource, statuses: StatusTable, batch_id: str,
@@ -139,7 +157,9 @@ def decode_batch_report(source: DiceSmsSource, statuses: StatusTable, batch_id: 
         items = _raw_list.decode(body)
     except msgspec.MsgspecError as exc:
         raise BadRequest(f"not a DiceSMS report list: {exc}") from None
-    return _decode_items(source, statuses, items, {}, batch_id)
+    except RecursionError:
+        raise BadRequest("not a DiceSMS report list: nested too deeply") from None
+    return _decode_items(source, statuses, items, {}, batch_id, "$[{}]")
 
 
 def decode_report_page(source: DiceSmsSource, statuses: StatusTable,
@@ -150,7 +170,9 @@ def decode_report_page(source: DiceSmsSource, statuses: StatusTable,
         page = _page.decode(body)
     except msgspec.MsgspecError as exc:
         raise BadRequest(f"not a DiceSMS report page: {exc}") from None
-    return _decode_items(source, statuses, page.results, batch_of or {}, None)
+    except RecursionError:
+        raise BadRequest("not a DiceSMS report page: nested too deeply") from None
+    return _decode_items(source, statuses, page.results, batch_of or {}, None, "$.results[{}]")
 
 
 def next_url(body: bytes) -> str | None:
@@ -158,17 +180,27 @@ def next_url(body: bytes) -> str | None:
     return _page.decode(body).next
 
 
-def decode_batch_ids(body: bytes) -> list[BatchRow]:
+def decode_batch_ids(body: bytes) -> tuple[list[BatchRow], list[Rejection]]:
+    """GET /api/batch-ids: the rows that decode, and why the others did not."""
     try:
-        return _batch_rows.decode(body)
+        items = _raw_list.decode(body)
     except msgspec.MsgspecError as exc:
         raise BadRequest(f"not a DiceSMS batch-id list: {exc}") from None
+    except RecursionError:
+        raise BadRequest("not a DiceSMS batch-id list: nested too deeply") from None
+
+    def build(raw: msgspec.Raw) -> list[BatchRow]:
+        row = _batch_row.decode(raw)
+        moment("sent_at", row.sent_at)
+        moment("delivered_at", row.delivered_at)
+        return [row]
+
+    return judge_all(items, build, "$[{}]")
 
 
 def no_reports(body: bytes) -> tuple[list[Report], list[Rejection]]:
     """A batch-id list, checked: its rows carry no recipient, so no report of their own."""
-    decode_batch_ids(body)
-    return [], []
+    return [], decode_batch_ids(body)[1]
 
 
 def headers(source: DiceSmsSource) -> dict[str, str]:

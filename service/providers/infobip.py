@@ -6,7 +6,6 @@ Status and error groups are read as plain values (new ids and names appear over 
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 from typing import Annotated
 
@@ -15,47 +14,65 @@ import msgspec
 
 from service import reconcile
 from service.config import InfobipSource
-from service.errors import BadRequest
-from service.providers import Rejection, Report, http
+from service.errors import BadRequest, TooManyReports
+from service.providers import (
+    MAX_ID,
+    AwareTime,
+    CallbackText,
+    DescriptionText,
+    IdText,
+    Int32,
+    NameText,
+    NumberText,
+    Parts,
+    Rejection,
+    Report,
+    SenderText,
+    currency,
+    http,
+    judge_all,
+    moment,
+    price,
+)
 
-AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
-Count = Annotated[int, msgspec.Meta(ge=0, le=100_000)]
-Id = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
 NO_ERROR_ID = 0
+# Infobip sends up to 2000 reports a push (maxBucketSize); a body with more is not one of
+# its pushes, and decoding millions of tiny entries would stall the process.
+MAX_REPORTS = 2500
 
 
 class Status(msgspec.Struct):
-    groupId: Id | None = None
-    groupName: str | None = None
-    id: Id | None = None
-    name: str | None = None
-    description: str | None = None
+    groupId: Int32 | None = None
+    groupName: NameText | None = None
+    id: Int32 | None = None
+    name: NameText | None = None
+    description: DescriptionText | None = None
 
 
 class Error(msgspec.Struct):
-    groupId: Id | None = None
-    groupName: str | None = None
-    id: Id | None = None
-    name: str | None = None
+    groupId: Int32 | None = None
+    groupName: NameText | None = None
+    id: Int32 | None = None
+    name: NameText | None = None
     permanent: bool | None = None
 
 
 class Price(msgspec.Struct):
     pricePerMessage: Decimal | None = None
-    currency: str | None = None
+    currency: NameText | None = None
 
 
 class SentSmsReport(msgspec.Struct):
-    messageId: Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+    messageId: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
     status: Status
-    bulkId: str | None = None
-    to: str | None = None
-    sender: str | None = msgspec.field(default=None, name="from")
+    bulkId: IdText | None = None
+    to: NumberText | None = None
+    sender: SenderText | None = msgspec.field(default=None, name="from")
     sentAt: AwareTime | None = None
     doneAt: AwareTime | None = None
-    smsCount: Count | None = None
-    mccMnc: str | None = None
-    callbackData: str | None = None
+    smsCount: Parts | None = None
+    mccMnc: NameText | None = None
+    callbackData: CallbackText | None = None
     price: Price | None = None
     error: Error | None = None
 
@@ -68,46 +85,44 @@ class _MaybeId(msgspec.Struct):
     messageId: object = None
 
 
+# Report fields by their names in an Infobip body, for rejection reasons.
+WIRE_NAMES = {
+    "message_id": "messageId", "bulk_id": "bulkId", "callback_data": "callbackData",
+    "sender": "from", "status": "status.groupName", "status_name": "status.name",
+    "status_description": "status.description", "error_group_name": "error.groupName",
+    "error_name": "error.name", "mcc_mnc": "mccMnc", "operator": "mccMnc",
+    "price_currency": "price.currency", "price_amount": "price.pricePerMessage",
+    "sms_count": "smsCount", "sent_at": "sentAt", "done_at": "doneAt",
+}
+
 _envelope = msgspec.json.Decoder(_Envelope)
 _report = msgspec.json.Decoder(SentSmsReport)
 _maybe_id = msgspec.json.Decoder(_MaybeId)
 
 
 def decode_reports(source: str, body: bytes) -> tuple[list[Report], list[Rejection]]:
-    """Decode a results body; a bad report is rejected alone, a bad body raises BadRequest."""
+    """Decode a results body; a bad report is rejected alone, a bad body raises BadRequest
+    (TooManyReports past MAX_REPORTS)."""
     try:
         envelope = _envelope.decode(body)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"not an Infobip report body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"invalid JSON: {exc}") from None
-    reports: list[Report] = []
-    rejections: list[Rejection] = []
-    for index, raw in enumerate(envelope.results):
-        try:
-            reports.append(to_report(source, _report.decode(raw)))
-        except msgspec.ValidationError as exc:
-            reason = str(exc).replace("`$", f"`$.results[{index}]")
-            rejections.append(Rejection(index, reason, _message_id(raw)))
-    return reports, rejections
-
-
-def _message_id(raw: msgspec.Raw) -> str | None:
-    try:
-        value = _maybe_id.decode(raw).messageId
-    except msgspec.MsgspecError:
-        return None
-    return value if isinstance(value, str) else None
+    except RecursionError:
+        raise BadRequest("invalid JSON: nested too deeply") from None
+    if len(envelope.results) > MAX_REPORTS:
+        raise TooManyReports(f"{len(envelope.results)} reports in one body; at most "
+                             f"{MAX_REPORTS} (Infobip sends up to 2000)")
+    return judge_all(envelope.results, lambda raw: [to_report(source, _report.decode(raw))],
+                     "$.results[{}]", lambda raw: _maybe_id.decode(raw).messageId, WIRE_NAMES)
 
 
 def to_report(source: str, wire: SentSmsReport) -> Report:
     status, error = wire.status, wire.error
     if error is not None and error.id == NO_ERROR_ID:
         error = None
-    amount = wire.price.pricePerMessage if wire.price else None
     number = reconcile.recipient(wire.to) if wire.to else None
-    if amount is not None and not amount.is_finite():
-        raise msgspec.ValidationError("Expected a finite number - at `$.price.pricePerMessage`")
     return reconcile.observation(
         source=source,
         message_id=wire.messageId,
@@ -115,7 +130,7 @@ def to_report(source: str, wire: SentSmsReport) -> Report:
         status_id=status.id,
         status_name=status.name,
         status_description=status.description,
-        done_at=reconcile.utc(wire.doneAt),
+        done_at=moment("doneAt", wire.doneAt),
         error_group_id=error.groupId if error else None,
         error_group_name=error.groupName if error else None,
         error_id=error.id if error else None,
@@ -125,10 +140,11 @@ def to_report(source: str, wire: SentSmsReport) -> Report:
         bulk_id=wire.bulkId or None,
         sender=wire.sender or None,
         callback_data=wire.callbackData or None,
-        sent_at=reconcile.utc(wire.sentAt),
+        sent_at=moment("sentAt", wire.sentAt),
         sms_count=wire.smsCount,
-        price_amount=amount,
-        price_currency=(wire.price.currency or None) if wire.price else None,
+        price_amount=price("price.pricePerMessage",
+                           wire.price.pricePerMessage if wire.price else None),
+        price_currency=currency("price.currency", wire.price.currency if wire.price else None),
         mcc_mnc=wire.mccMnc or None,
         operator=reconcile.operator(wire.mccMnc, number.carrier if number else None),
     )
