@@ -7,10 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,9 +29,11 @@ from service.config import DiceSmsSource, InfobipSource
 from service.providers import dicesms, infobip
 from service.providers.fakes import FakeInfobip, Fault
 from service.tables import inbox, messages
-from tests.conftest import ADMIN_TOKEN, READ_TOKEN, WRITE_TOKEN, make_settings
+from tests.conftest import ADMIN_TOKEN, READ_TOKEN, WRITE_TOKEN, free_port, make_settings
+from tests.databases import scratch_database
 from tests.hostile import Case, good_report, hostile_cases, odd_but_good, page
 from tests.reports import body, report
+from tests.services import hooked_config, serving
 
 BASIC = {"Authorization": "Basic " + base64.b64encode(b"hook:hook-password").decode()}
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
@@ -234,3 +238,28 @@ def test_registrations_are_judged_alone(web: TestClient) -> None:  # type: ignor
         {"source": "ib", "sent_at": "2026-11-01T10:00:00Z",
          "callback_data": "".join(random.choice("abcdef") for _ in range(4000))}]).json()
     assert by_callback["registered"] == 1
+
+
+def test_serve_starts_again_after_the_worst_input(server_url: str, tmp_path: Path) -> None:
+    """What once stopped every restart (a year-1 date, say) is refused, and serve restarts."""
+    config = hooked_config(tmp_path, "worst-hook", api_token="worst-token")
+    noise = "".join(random.Random(9).choice("abcdefghijklmnopqrstuvwxyz0123456789")
+                    for _ in range(4000))
+    worst = [report("w1", sentAt="0001-01-01T00:00:00.000+0000"),
+             report("w2", doneAt="9999-12-31T23:59:59.000-2359"),
+             report("w3", price={"pricePerMessage": 1e27, "currency": "EUR"}, smsCount=10),
+             report("w4", callbackData=noise, bulkId=noise[:255], to="9" * 40),
+             report("w5", callbackData="a\x00b"), report("fine")]
+    with scratch_database(server_url) as url:
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
+                            "DLR_PORT": str(free_port())}
+        for _ in range(2):
+            with serving(env, "--no-reconciler") as served, served.client() as client:
+                pushed = client.post("/webhooks/ib", headers={"X-Hook": "worst-hook"},
+                                     content=body(*worst))
+                assert pushed.status_code == 200, pushed.text
+                assert pushed.json()["rejected_count"] == 5
+                registered = client.post("/v1/outbound", headers={
+                    "Authorization": "Bearer worst-token"}, json=[
+                    {"source": "ib", "sent_at": "0001-01-01T00:00:00+00:00", "message_id": "r"}])
+                assert registered.status_code == 400

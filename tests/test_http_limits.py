@@ -1,12 +1,15 @@
-"""Slow or oversized requests are cut off by serve: 408 for a request that does not arrive
-in time (nothing of it is kept), 431 for headers over the limit."""
+"""Slow, oversized or unauthenticated requests are cut off by serve: 408 for a request that
+does not arrive in time (nothing of it is kept), 431 for headers over the limit, 401 before
+any of an unauthenticated body is read, 503 past the connection limit."""
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +101,64 @@ def test_requests_within_the_limits_are_served_on_one_connection(served: Served)
 def test_request_limits_are_configurable() -> None:
     settings = load_settings({"DLR_REQUEST_TIMEOUT_S": "7", "DLR_MAX_HEADER_BYTES": "8192"})
     assert (settings.request_timeout_s, settings.max_header_bytes) == (7, 8192)
+
+
+def test_an_unauthenticated_body_is_refused_before_it_is_read(served: Served) -> None:
+    """A 401 comes back at once: the server does not wait for the 8 MB it was promised."""
+    with connect(served) as conn:
+        conn.sendall(b"POST /webhooks/ib HTTP/1.1\r\nHost: t\r\nX-Hook: wrong\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 8000000\r\n\r\n{")
+        assert answer(conn).startswith(b"HTTP/1.1 401 ")
+
+
+def rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines()
+                    if line.startswith("VmRSS:"))) / 1024
+
+
+def test_unauthenticated_bodies_do_not_grow_memory(served: Served) -> None:
+    """64 clients at once, each sending 8 MB with a wrong credential."""
+    pid = served.process.pid
+    start, peak = rss_mb(pid), [0.0]
+    chunk = b"x" * (1 << 20)
+    head = (b"POST /webhooks/ib HTTP/1.1\r\nHost: t\r\nX-Hook: wrong\r\n"
+            b"Content-Length: %d\r\n\r\n" % (8 * len(chunk)))
+
+    def attack() -> None:
+        with connect(served) as conn:
+            try:
+                conn.sendall(head)
+                for _ in range(8):
+                    conn.sendall(chunk)
+                    peak[0] = max(peak[0], rss_mb(pid))
+            except OSError:
+                pass  # refused and closed mid-way: as it should be
+
+    threads = [threading.Thread(target=attack) for _ in range(64)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    peak[0] = max(peak[0], rss_mb(pid))
+    assert peak[0] - start < 100, f"RSS went from {start:.0f} MB to {peak[0]:.0f} MB"
+
+
+def test_connections_past_the_limit_get_503_with_retry_after(server_url: str, tmp_path: Path,
+                                                             ) -> None:
+    config = hooked_config(tmp_path, "cap-hook")
+    with scratch_database(server_url) as url:
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
+                            "DLR_PORT": str(free_port()), "DLR_MAX_CONNECTIONS": "3"}
+        with serving(env, "--no-reconciler") as served:
+            held = [connect(served) for _ in range(3)]
+            time.sleep(0.2)  # let the server take them
+            with connect(served) as extra:
+                extra.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+                refused = answer(extra)
+            assert refused.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in refused.lower()
+            for conn in held:
+                conn.close()
+            time.sleep(0.2)
+            with served.client() as client:
+                assert client.get("/health/live").status_code == 200

@@ -76,6 +76,23 @@ async def test_a_pulled_page_that_failed_to_merge_is_recovered(
     assert await message_count(engine) == 3
 
 
+async def test_replay_goes_on_past_a_body_it_cannot_merge(
+        client: AsyncTestClient, engine: AsyncEngine,  # type: ignore[type-arg]
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    for message_id in ("m1", "m2", "m3"):
+        await client.post("/webhooks/ib", content=body(report(message_id)), headers=BASIC)
+    real_mark = store.mark_inbox
+
+    async def broken_for_the_second(conn: object, inbox_id: int, row: object) -> None:
+        if inbox_id == 2:
+            raise RuntimeError("a bug on one body")
+        await real_mark(conn, inbox_id, row)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "mark_inbox", broken_for_the_second)
+    result = await ingest.replay(engine, KINDS, only_unaccepted=False)
+    assert (result.bodies, result.failed) == (2, 1)
+
+
 async def test_bodies_of_unknown_sources_are_skipped(client: AsyncTestClient,  # type: ignore[type-arg]
                                                      engine: AsyncEngine) -> None:
     await client.post("/webhooks/ib", content=body(report("m1")), headers=BASIC)

@@ -282,7 +282,8 @@ async def test_standard_webhooks_signature(client: Client, engine: AsyncEngine) 
 
 
 @pytest.mark.parametrize("case", ["wrong secret", "tampered body", "old", "future", "no id",
-                                  "no timestamp", "no signature", "bad timestamp", "v2 only"])
+                                  "no timestamp", "no signature", "bad timestamp", "v2 only",
+                                  "400 digits", "negative", "spaces"])
 async def test_standard_webhooks_refusals(client: Client, engine: AsyncEngine, case: str) -> None:
     payload = body(report("m1"))
     headers = signed_headers(payload)
@@ -296,6 +297,12 @@ async def test_standard_webhooks_refusals(client: Client, engine: AsyncEngine, c
         headers = signed_headers(payload, age_s=-301)
     elif case == "bad timestamp":
         headers["webhook-timestamp"] = "soon"
+    elif case == "400 digits":  # once a float overflow, answered 500
+        headers["webhook-timestamp"] = "9" * 400
+    elif case == "negative":
+        headers["webhook-timestamp"] = "-" + headers["webhook-timestamp"]
+    elif case == "spaces":
+        headers["webhook-timestamp"] = f" {headers['webhook-timestamp']} "
     elif case == "v2 only":
         headers["webhook-signature"] = headers["webhook-signature"].replace("v1,", "v2,")
     else:
