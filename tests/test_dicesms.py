@@ -242,3 +242,6 @@ async def test_phone_filter_accepts_any_spelling(engine: AsyncEngine, database_u
             page = (await client.get("/v1/messages", params={"to": spelling},
                                      headers={"Authorization": f"Bearer {READ_TOKEN}"})).json()
             assert [m["to"] for m in page["items"]] == ["+9779842271300"], spelling
+        too_long = await client.get("/v1/messages", params={"to": "9" * 33},
+                                    headers={"Authorization": f"Bearer {READ_TOKEN}"})
+        assert too_long.status_code == 400  # nor does it reach the number cache

@@ -18,6 +18,7 @@ from service.api import ERRORS
 from service.api.auth import require_scope
 from service.config import DiceSmsSource, Source
 from service.errors import BadRequest, NotFound
+from service.providers import MAX_TO
 from service.schemas import MessageDetail, MessagePage, Observation, message_from_row
 
 _cursor_decoder = msgspec.json.Decoder(tuple[str, str])
@@ -77,6 +78,8 @@ async def list_messages(
                          ("updated_since", updated_since)):
         if moment is not None and moment.tzinfo is None:
             raise BadRequest(f"{name}: give a time zone offset (e.g. 2026-11-01T00:00:00Z)")
+    if to is not None and len(to) > MAX_TO:  # no stored number is longer
+        raise BadRequest(f"to: longer than {MAX_TO} characters")
     where = store.MessageFilter(
         source=source, status=status and status.upper(), final=final,
         to=_spellings(to, source, state.settings.sources) if to else None, bulk_id=bulk_id,

@@ -48,6 +48,7 @@ DEFAULT_STATUS_MAP = {
 
 PhoneDigits = Annotated[int, msgspec.Meta(ge=0, lt=10**18)]  # an int64; MAX_TO bounds strings
 RawStatus = NameText | Int32
+MAX_URL = 2048  # a `next` link, kept as the walk's cursor
 # A DiceSMS message goes to one number, or a handful; not to thousands in one report.
 MAX_RECIPIENTS = 1000
 
@@ -74,7 +75,7 @@ class BatchRow(msgspec.Struct):
 
 class ReportPage(msgspec.Struct):
     results: list[msgspec.Raw]
-    next: str | None = None
+    next: Annotated[str, msgspec.Meta(max_length=MAX_URL)] | None = None
     count: int | None = None
 
 
