@@ -8,8 +8,8 @@ import re
 import sqlalchemy as sa
 from alembic import context
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from service.db import create_engine
 from service.retention import PARTITIONED
 from service.tables import SCHEMA_LOCK_KEY, metadata
 
@@ -32,7 +32,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async(url: str) -> None:
-    engine = create_async_engine(url)
+    engine = create_engine(url, timeout_s=30, pool_size=1)  # honours ?pgbouncer=true
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

@@ -21,6 +21,7 @@ from service.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+PGBOUNCER = "dlr_pgbouncer"  # an engine's execution option: it talks to a transaction pooler
 
 # Errors that mean "the database is not there right now", as opposed to a bug.
 _UNAVAILABLE = (OSError, TimeoutError, sa_exc.OperationalError, sa_exc.InterfaceError,
@@ -65,23 +66,27 @@ def database_url(settings: Settings) -> str:
 def create_engine(url: str, timeout_s: float = 5.0, pool_size: int = 10) -> AsyncEngine:
     """An engine whose every wait is bounded, so an absent database fails fast (503).
 
-    `?pgbouncer=true` on the URL turns off prepared-statement caching and names
-    statements uniquely, as a transaction-pooling PgBouncer needs.
+    `?pgbouncer=true` on the URL turns off prepared-statement caching, names statements
+    uniquely, and makes `statement()` open a transaction, as a transaction-pooling PgBouncer
+    needs (it may send a statement's prepare and its execution to different servers
+    otherwise).
     """
     parsed = make_url(url)
+    pgbouncer = parsed.query.get("pgbouncer") == "true"
     connect_args: dict[str, object] = {
         "timeout": timeout_s,
         "command_timeout": timeout_s * 4,
         "server_settings": {"application_name": "dlr-reconciler"},
     }
-    if parsed.query.get("pgbouncer") == "true":
+    if pgbouncer:
         parsed = parsed.difference_update_query(["pgbouncer"]).update_query_dict(
             {"prepared_statement_cache_size": "0"})
         connect_args |= {"statement_cache_size": 0,
                          "prepared_statement_name_func": lambda: f"__dlr_{uuid.uuid4().hex}__"}
     return create_async_engine(parsed, pool_size=pool_size, max_overflow=pool_size,
                                pool_timeout=timeout_s, pool_recycle=1800,
-                               connect_args=connect_args)
+                               connect_args=connect_args,
+                               execution_options={PGBOUNCER: pgbouncer})
 
 
 def sqlstate(exc: BaseException) -> str:
@@ -117,7 +122,12 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 
 @asynccontextmanager
 async def statement(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
-    """A connection for single statements, each atomic on its own (no BEGIN/COMMIT trips)."""
+    """A connection for single statements, each atomic on its own (no BEGIN/COMMIT trips);
+    behind PgBouncer, one transaction, so that each statement stays on one server."""
+    if engine.get_execution_options().get(PGBOUNCER):
+        async with transaction(engine) as conn:
+            yield conn
+        return
     async with _translated(), engine.connect() as conn:
         yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
