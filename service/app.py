@@ -81,7 +81,8 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
         client = http.new_client()
         stop = asyncio.Event()
         work = (worker.run_forever(engine, client, settings.sources, stop,
-                                   keep_months=settings.retention_months)
+                                   keep_months=settings.retention_months,
+                                   spool_dir=settings.data_dir)
                 if reconciler else stop.wait())
         pulling = asyncio.create_task(work)
         try:

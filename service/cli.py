@@ -184,7 +184,8 @@ def _pull(settings: Settings, name: str) -> int:
         engine = db.create_engine(url, settings.db_timeout_s, pool_size=2)
         try:
             async with http.new_client() as client:
-                return await worker.pull(engine, client, source, worker.holder_id())
+                return await worker.pull(engine, client, source, worker.holder_id(),
+                                         spool_dir=settings.data_dir)
         finally:
             await engine.dispose()
 
@@ -276,7 +277,8 @@ def _worker(settings: Settings) -> int:
         try:
             async with http.new_client() as client:
                 pulling = asyncio.create_task(worker.run_forever(
-                    engine, client, settings.sources, stop, keep_months=settings.retention_months))
+                    engine, client, settings.sources, stop, keep_months=settings.retention_months,
+                    spool_dir=settings.data_dir))
                 await worker.stop_within(pulling, stop, settings.shutdown_timeout_s)
         finally:
             await engine.dispose()

@@ -13,6 +13,7 @@ import secrets
 import socket
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urljoin
 
@@ -20,7 +21,7 @@ import httpx
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import db, ingest, metrics, retention, store
+from service import db, ingest, metrics, retention, spool, store
 from service.config import DiceSmsSource, InfobipSource, Source
 from service.errors import DatabaseUnavailable
 from service.providers import Rejection, Report, dicesms, http, infobip
@@ -70,12 +71,13 @@ def _stoppable(retry: http.Retry, stop: asyncio.Event) -> http.Retry:
 
 
 async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, holder: str,
-               retry: http.Retry = http.DEFAULT_RETRY,
-               stop: asyncio.Event | None = None) -> RunResult | None:
+               retry: http.Retry = http.DEFAULT_RETRY, stop: asyncio.Event | None = None,
+               spool_dir: Path | None = None) -> RunResult | None:
     """One reconcile pass over one source; None when another process holds its lease.
 
     With `stop`, the pass ends after the page in hand once it is set: that page is kept
-    and merged, and no new one is requested.
+    and merged, and no new one is requested. With `spool_dir`, a one-time page is held on
+    disk until the inbox has it, and pages an earlier pass left there are taken first.
     """
     stop = stop or asyncio.Event()
     async with db.statement(engine) as conn:
@@ -83,8 +85,9 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
             return None
         run_id = await store.start_run(conn, source.name)
     page = _Pages(engine, client, source, holder, _stoppable(retry, stop), RunResult(source.name),
-                  stop)
+                  stop, spool_dir)
     try:
+        await page.take_held()
         if isinstance(source, InfobipSource):
             await _drain_infobip(page, source)
         else:
@@ -122,22 +125,64 @@ class _Pages:
     """Fetches pages for one run: each kept raw first, then decoded, merged and counted."""
 
     def __init__(self, engine: AsyncEngine, client: httpx.AsyncClient, source: Source,
-                 holder: str, retry: http.Retry, result: RunResult, stop: asyncio.Event) -> None:
+                 holder: str, retry: http.Retry, result: RunResult, stop: asyncio.Event,
+                 spool_dir: Path | None = None) -> None:
         self.engine, self.client, self.source = engine, client, source
         self.holder, self.retry, self.result, self.stop = holder, retry, result, stop
+        self.spool_dir = spool_dir
 
-    async def take(self, response: httpx.Response, decoder: ingest.Decoder) -> ingest.Envelope:
-        url = str(response.request.url)
-        content_type = response.headers.get("content-type")
-        async with db.statement(self.engine) as conn:
-            kept = store.InboxRow(self.source.name, "pull", content_type, response.content,
-                                  "received", 0, 0, None, url)
-            inbox_id = await store.keep_raw(conn, kept)
-        self.result.pages += 1
+    async def take(self, response: httpx.Response, decoder: ingest.Decoder,
+                   consuming: bool = False) -> ingest.Envelope:
+        """Keep a fetched page raw, then decode and merge it. A page of a `consuming`
+        endpoint (handed out once) is held on disk first and its inbox write retried until
+        it succeeds or the process stops: a database failure cannot lose it."""
+        page = spool.Page(self.source.name, str(response.request.url),
+                          response.headers.get("content-type"), response.content)
         if response.status_code == 404:  # "nothing found" is an answer
             decoder = _nothing
-        envelope = ingest.decode(self.source.name, "pull", response.content, content_type,
-                                 decoder, url)
+        if consuming and self.spool_dir is not None:
+            held = await asyncio.to_thread(spool.hold, self.spool_dir, page)  # fsync: off the loop
+            inbox_id = await self._keep_retrying(page)
+            spool.release(held)
+        else:
+            inbox_id = await self._keep(page)
+        return await self._merge(inbox_id, page, decoder)
+
+    async def take_held(self) -> None:
+        """Pages an earlier pass held on disk and could not keep: into the inbox first."""
+        if self.spool_dir is None:
+            return
+        for path, page in await asyncio.to_thread(spool.held, self.spool_dir, self.source.name):
+            inbox_id = await self._keep_retrying(page)
+            spool.release(path)
+            log.info("held page kept", extra={"source": page.source, "inbox_id": inbox_id})
+            await self._merge(inbox_id, page, ingest.decoder_for(self.source, page.url))
+
+    async def _keep(self, page: spool.Page) -> int:
+        async with db.statement(self.engine) as conn:
+            return await store.keep_raw(conn, store.InboxRow(
+                page.source, "pull", page.content_type, page.body, "received", 0, 0, None,
+                page.url))
+
+    async def _keep_retrying(self, page: spool.Page) -> int:
+        attempt = 0
+        while True:
+            try:
+                return await self._keep(page)
+            except DatabaseUnavailable:
+                log.warning("database unavailable: a one-time page waits on disk",
+                            extra={"source": page.source})
+                if self.stop.is_set():
+                    raise Stopping("stopped while the database was unavailable; a page "
+                                   "held on disk is kept by the next pass") from None
+                await self.retry.sleep(self.retry.delay(min(attempt, 6), None))
+                attempt += 1
+
+    async def _merge(self, inbox_id: int, page: spool.Page,
+                     decoder: ingest.Decoder) -> ingest.Envelope:
+        self.result.pages += 1
+        envelope = ingest.decode(self.source.name, "pull", page.body, page.content_type,
+                                 decoder, page.url)
         changed, envelope = await ingest.merge_kept(self.engine, inbox_id, envelope)
         self.result.changed += changed
         if unmerged := sum(r.index == ingest.MERGE_FAILED for r in envelope.rejections):
@@ -172,7 +217,7 @@ async def _drain_infobip(pages: _Pages, source: InfobipSource) -> None:
     decoder = ingest.decoder_for(source, None)
     while True:
         response = await infobip.fetch_reports_page(pages.client, source, retry=pages.retry)
-        envelope = await pages.take(response, decoder)
+        envelope = await pages.take(response, decoder, consuming=True)
         if not envelope.reports and not envelope.rejections:
             break
     await _look_up_gaps(pages, source, decoder)
@@ -286,14 +331,16 @@ async def _walk_dicesms(pages: _Pages, source: DiceSmsSource, statuses: dicesms.
 
 async def run_forever(engine: AsyncEngine, client: httpx.AsyncClient,
                       sources: Mapping[str, Source], stop: asyncio.Event,
-                      retry: http.Retry = http.DEFAULT_RETRY, keep_months: int = 13) -> None:
+                      retry: http.Retry = http.DEFAULT_RETRY, keep_months: int = 13,
+                      spool_dir: Path | None = None) -> None:
     """Until `stop` is set: pull each pullable source on its own interval (with jitter),
-    side by side, so a slow provider delays no other; and keep the monthly partitions."""
+    side by side, so a slow provider delays no other; and keep the monthly partitions.
+    One-time pages wait under `spool_dir` until the inbox has them."""
     holder = holder_id()
     if not pullable(sources):
         log.info("reconciler has no source to pull")
     await asyncio.gather(_keep_partitions_hourly(engine, keep_months, stop),
-                         *[_pull_every(engine, client, source, holder, retry, stop)
+                         *[_pull_every(engine, client, source, holder, retry, stop, spool_dir)
                            for source in pullable(sources)])
 
 
@@ -304,10 +351,11 @@ async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
 
 
 async def _pull_every(engine: AsyncEngine, client: httpx.AsyncClient, source: Source,
-                      holder: str, retry: http.Retry, stop: asyncio.Event) -> None:
+                      holder: str, retry: http.Retry, stop: asyncio.Event,
+                      spool_dir: Path | None) -> None:
     while not stop.is_set():
         try:
-            await pull(engine, client, source, holder, retry, stop)
+            await pull(engine, client, source, holder, retry, stop, spool_dir)
         except DatabaseUnavailable:
             log.warning("pull skipped: database unavailable", extra={"source": source.name})
         except Exception:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -16,9 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db, store, worker
 from service.config import InfobipSource
+from service.errors import DatabaseUnavailable
 from service.providers import http
 from service.providers.fakes import FakeInfobip, Fault
-from service.tables import inbox, messages, runs
+from service.tables import inbox, leases, messages, runs
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, free_port
 from tests.reports import report
 
@@ -305,3 +307,70 @@ async def test_partition_upkeep_failing_does_not_stop_the_reconciler(
     finally:
         await nowhere.dispose()
     assert caplog.text.count("partition upkeep skipped: database unavailable") >= 2
+
+
+# --- a fetched one-time page is never dropped ----------------------------------------------
+
+class Killed(BaseException):
+    """Stands for kill -9: nothing after it runs."""
+
+
+def held_pages(spool_dir: Path) -> int:
+    return len(list(spool_dir.rglob("*.page")))
+
+
+async def stored_ids(engine: AsyncEngine) -> set[str]:
+    return {r.message_id for r in await rows(engine, sa.select(messages.c.message_id))}
+
+
+async def test_a_failed_save_is_retried_until_the_database_is_back(
+        engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_keep, failures = store.keep_raw, [2]
+
+    async def flaky(conn: Any, row: Any) -> int:
+        if failures[0]:
+            failures[0] -= 1
+            raise DatabaseUnavailable("database unavailable")
+        return await real_keep(conn, row)
+
+    monkeypatch.setattr(store, "keep_raw", flaky)
+    with FakeInfobip() as fake:
+        fake.queue(*[report(f"r{i}") for i in range(5)])
+        async with httpx.AsyncClient() as client:
+            result = await worker.pull(engine, client, source_for(fake), "t", FAST,
+                                       spool_dir=tmp_path)
+    assert result is not None and result.error is None
+    assert await stored_ids(engine) == {f"r{i}" for i in range(5)}
+    assert held_pages(tmp_path) == 0
+
+
+@pytest.mark.parametrize("how", ["stopped while the database is down", "killed"])
+async def test_a_page_the_inbox_did_not_take_is_kept_by_the_next_pass(
+        engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    real_keep = store.keep_raw
+    stop = asyncio.Event()
+
+    async def down(conn: Any, row: Any) -> int:
+        if how == "killed":
+            raise Killed
+        stop.set()  # SIGTERM arrives while the database is away
+        raise DatabaseUnavailable("database unavailable")
+
+    with FakeInfobip() as fake:
+        fake.queue(*[report(f"k{i}") for i in range(7)])
+        async with httpx.AsyncClient() as client:
+            with monkeypatch.context() as patch:
+                patch.setattr(store, "keep_raw", down)
+                with contextlib.suppress(Killed):
+                    await worker.pull(engine, client, source_for(fake), "t", FAST, stop,
+                                      spool_dir=tmp_path)
+            assert not fake.queued  # handed out once: the provider will not send them again
+            assert held_pages(tmp_path) == 1
+            assert store.keep_raw is real_keep
+            async with engine.begin() as conn:  # the dead process's lease has not expired
+                await conn.execute(sa.delete(leases))
+            result = await worker.pull(engine, client, source_for(fake), "t2", FAST,
+                                       spool_dir=tmp_path)
+    assert result is not None and result.error is None
+    assert await stored_ids(engine) == {f"k{i}" for i in range(7)}
+    assert held_pages(tmp_path) == 0
