@@ -5,7 +5,7 @@ depend on arrival order or on duplicates (commutative, associative, idempotent):
 
 * the state (status, done_at, error, provider status) comes from the greatest
   observation by `order_key`: final above pending, then the later `done_at`, then the
-  status id, then the content hash;
+  status id, then the hash of its state;
 * each descriptive field (recipient, bulk, sender, parts, price, ...) is the greatest
   non-null value seen, so it fills in, is never blanked by a null, and resolves a
   disagreement between reports the same way whatever the order.
@@ -128,7 +128,7 @@ def money(value: Decimal | None) -> Decimal | None:
 
 
 def observation(**fields: Any) -> Report:
-    """A Report with its final flag, canonical price and content hash filled in; raises
+    """A Report with its final flag, canonical price and state hash filled in; raises
     OutOfBounds naming the first field outside its bound."""
     fields["final"] = is_final(fields["status"])
     fields["price_amount"] = money(fields.get("price_amount"))
@@ -137,8 +137,16 @@ def observation(**fields: Any) -> Report:
     fields["obs_hash"] = b""
     draft = Report(**fields)
     check(draft)
-    content = msgspec.msgpack.encode(msgspec.structs.astuple(draft))
-    return msgspec.structs.replace(draft, obs_hash=hashlib.sha256(content).digest()[:16])
+    return msgspec.structs.replace(draft, obs_hash=state_hash(draft))
+
+
+def state_hash(report: Report) -> bytes:
+    """What identifies an observation: its message and its state. Descriptive fields merge
+    on their own, so a report seen with and without its bulk id (a DiceSMS listing joined
+    to its batch, or not) is one observation, and replaying it changes nothing."""
+    state = [getattr(report, f) for f in STATE_FIELDS if f != "obs_hash"]
+    content = msgspec.msgpack.encode([report.source, report.message_id, *state])
+    return hashlib.sha256(content).digest()[:16]
 
 
 def order_key(report: Report) -> tuple[bool, datetime, int, bytes]:

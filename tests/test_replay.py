@@ -6,6 +6,7 @@ import base64
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -15,11 +16,13 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import ingest, store, worker
-from service.config import InfobipSource
+from service.config import DiceSmsSource, InfobipSource
 from service.providers import infobip
-from service.providers.fakes import FakeInfobip
-from service.tables import inbox, messages
+from service.providers.fakes import FakeDiceSms, FakeInfobip
+from service.tables import inbox, message_history, messages
+from tests.conftest import WRITE_TOKEN
 from tests.reports import body, report
+from tests.test_dicesms import messages_of_three_batches
 
 BASIC = {"Authorization": "Basic " + base64.b64encode(b"hook:hook-password").decode()}
 KINDS = {"ib": InfobipSource("ib", "http://127.0.0.1:9")}
@@ -109,3 +112,38 @@ def test_replay_command(engine: AsyncEngine, database_url: str, tmp_path: Path) 
                           text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("replayed 0 bodies")
+
+
+async def test_the_first_replay_changes_nothing(client: AsyncTestClient,  # type: ignore[type-arg]
+                                                engine: AsyncEngine) -> None:
+    """Every kind of kept body, pushed and pulled: a replay with the same decoders re-stamps no
+    row (no new seq) and adds no history, the first time as every time."""
+    await client.post("/webhooks/ib", headers=BASIC, content=body(
+        report("p1", group_id=1, status_id=7), report("p2")))
+    sent = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
+    await client.post("/v1/outbound", headers={"Authorization": f"Bearer {WRITE_TOKEN}"},
+                      json=[{"source": "ib", "sent_at": sent, "message_id": "reg-1"}])
+    async with httpx.AsyncClient() as http_client:
+        with FakeInfobip() as fake:
+            fake.queue(report("q1"), report("p1"))
+            fake.logs["reg-1"] = report("reg-1", group_id=1, status_id=7)
+            ib = InfobipSource("ib", fake.url, api_key=fake.api_key)
+            assert (await worker.pull(engine, http_client, ib, "t")).error is None  # type: ignore[union-attr]
+        with FakeDiceSms(page_size=5) as dice_fake:
+            dice_fake.messages = messages_of_three_batches()
+            dice = DiceSmsSource("dice", dice_fake.url, token=dice_fake.token)
+            assert (await worker.pull(engine, http_client, dice, "t")).error is None  # type: ignore[union-attr]
+    before = await merged_state(engine)
+    for only_unaccepted in (False, True, False):
+        result = await ingest.replay(engine, {"ib": ib, "dice": dice},
+                                     only_unaccepted=only_unaccepted)
+        assert result.changed == 0
+        assert await merged_state(engine) == before
+
+
+async def merged_state(engine: AsyncEngine) -> tuple[dict[tuple[str, str], int], int]:
+    async with engine.connect() as conn:
+        seqs = {(r.source, r.message_id): r.seq for r in await conn.execute(
+            sa.select(messages.c.source, messages.c.message_id, messages.c.seq))}
+        history = await conn.scalar(sa.select(sa.func.count()).select_from(message_history))
+    return seqs, int(history or 0)

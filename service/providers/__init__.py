@@ -51,7 +51,7 @@ _CURRENCY = re.compile(r"^[A-Za-z]{3}$")
 class Report(msgspec.Struct, frozen=True, kw_only=True):
     """One observation of one message's state, normalised (E.164, aware UTC, Decimal).
 
-    `obs_hash` identifies the observation's content; build reports with
+    `obs_hash` identifies the observation (its message and state); build reports with
     `service.reconcile.observation()`, which fills it in and checks every bound.
     """
 
