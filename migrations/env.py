@@ -32,7 +32,8 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async(url: str) -> None:
-    engine = create_engine(url, timeout_s=30, pool_size=1)  # honours ?pgbouncer=true
+    # honours ?pgbouncer=true; a migration may rewrite a large table: no statement bound
+    engine = create_engine(url, timeout_s=30, pool_size=1, statement_timeout_s=None)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run)

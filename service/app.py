@@ -67,8 +67,10 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = db.create_engine(database_url, settings.db_timeout_s)
-        ingestor = Ingestor(engine, timeout_s=settings.db_timeout_s * 3)
+        # A request waits at most DLR_DB_TIMEOUT_S on the database, whatever it waits for.
+        engine = db.create_engine(database_url, settings.db_timeout_s,
+                                  statement_timeout_s=settings.db_timeout_s)
+        ingestor = Ingestor(engine, timeout_s=settings.db_timeout_s)
         app.state.engine = engine
         pool: Any = engine.sync_engine.pool
         # "checkin" fires before the pool takes the connection back

@@ -28,8 +28,9 @@ _UNAVAILABLE = (OSError, TimeoutError, sa_exc.OperationalError, sa_exc.Interface
                 sa_exc.TimeoutError)
 # The same, told by the server as a SQLSTATE: connection exceptions (class 08), insufficient
 # resources (53: too many connections, out of memory, disk full), and shutting down or
-# starting up (57P01-57P03). asyncpg raises these as plain errors, not operational ones.
-_UNAVAILABLE_STATES = ("08", "53", "57P01", "57P02", "57P03")
+# starting up (57P01-57P03), and a lock not had within lock_timeout (55P03: a table locked by
+# maintenance). asyncpg raises these as plain errors, not operational ones.
+_UNAVAILABLE_STATES = ("08", "53", "57P01", "57P02", "57P03", "55P03")
 
 
 def asyncpg_url(url: str) -> str:
@@ -63,8 +64,12 @@ def database_url(settings: Settings) -> str:
     return start_embedded(settings.data_dir)
 
 
-def create_engine(url: str, timeout_s: float = 5.0, pool_size: int = 10) -> AsyncEngine:
-    """An engine whose every wait is bounded, so an absent database fails fast (503).
+def create_engine(url: str, timeout_s: float = 5.0, pool_size: int = 10,
+                  statement_timeout_s: float | None = 20.0) -> AsyncEngine:
+    """An engine whose every wait is bounded, so an absent or locked database fails fast
+    (503): connecting, waiting for a pooled connection and waiting for a lock each take at
+    most `timeout_s`, a statement at most `statement_timeout_s` (None: no bound, for
+    migrations).
 
     `?pgbouncer=true` on the URL turns off prepared-statement caching, names statements
     uniquely, and makes `statement()` open a transaction, as a transaction-pooling PgBouncer
@@ -73,11 +78,11 @@ def create_engine(url: str, timeout_s: float = 5.0, pool_size: int = 10) -> Asyn
     """
     parsed = make_url(url)
     pgbouncer = parsed.query.get("pgbouncer") == "true"
-    connect_args: dict[str, object] = {
-        "timeout": timeout_s,
-        "command_timeout": timeout_s * 4,
-        "server_settings": {"application_name": "dlr-reconciler"},
-    }
+    server_settings = {"application_name": "dlr-reconciler"}
+    if not pgbouncer:  # it refuses startup parameters it does not know: set it on the role
+        server_settings["lock_timeout"] = str(int(timeout_s * 1000))
+    connect_args: dict[str, object] = {"timeout": timeout_s, "command_timeout": statement_timeout_s,
+                                       "server_settings": server_settings}
     if pgbouncer:
         parsed = parsed.difference_update_query(["pgbouncer"]).update_query_dict(
             {"prepared_statement_cache_size": "0"})

@@ -197,3 +197,33 @@ async def test_pgbouncer_mode_url_works(database_url: str, engine: AsyncEngine) 
                 assert await store.get_message(conn, "ib", "none") is None
     finally:
         await bouncer.dispose()
+
+
+async def test_a_lock_that_blocks_writes_gives_503_and_not_ready(
+        client: AsyncTestClient, engine: AsyncEngine, database_url: str) -> None:  # type: ignore[type-arg]
+    """A maintenance lock (here SHARE, as CREATE INDEX takes) lets reads through but no
+    write: the webhook answers 503 once DLR_DB_TIMEOUT_S has passed, not later, and
+    /health/ready turns 503 while it lasts."""
+    from service import db
+
+    bounded = db.create_engine(database_url, timeout_s=2)  # as the app makes its engine
+    try:
+        async with bounded.connect() as probe:
+            assert await probe.scalar(sa.text("SHOW lock_timeout")) == "2s"
+    finally:
+        await bounded.dispose()
+    locker = await engine.connect()
+    try:
+        await locker.execute(sa.text("LOCK TABLE messages IN SHARE MODE"))
+        assert (await client.get("/health/ready")).status_code == 503
+        blocked = await client.post("/webhooks/ib", content=body(report("m1")), headers=BASIC)
+        assert blocked.status_code == 503 and "retry-after" in blocked.headers
+        assert (await client.get("/v1/messages?limit=1",
+                                 headers={"Authorization": f"Bearer {READ_TOKEN}"})
+                ).status_code == 200  # reads go on
+    finally:
+        await locker.rollback()
+        await locker.close()
+    assert (await client.get("/health/ready")).status_code == 200
+    again = await client.post("/webhooks/ib", content=body(report("m1")), headers=BASIC)
+    assert again.status_code == 200
