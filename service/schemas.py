@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import decimal
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
+
+from service import reconcile
 
 
 def doc(description: str, *examples: object) -> msgspec.Meta:
@@ -73,6 +76,13 @@ class MessageDetail(Message):
 class MessagePage(msgspec.Struct):
     items: list[Message]
     next_cursor: str | None
+
+
+def amount_text(value: decimal.Decimal) -> str:
+    """A sum of money as an exact decimal string, however many digits it has (the default
+    decimal context rounds to 28 and cannot quantize beyond them)."""
+    with decimal.localcontext(prec=decimal.MAX_PREC):
+        return format(reconcile.money(value), "f")
 
 
 def message_from_row(row: Any) -> Message:

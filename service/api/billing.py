@@ -14,11 +14,11 @@ from litestar.datastructures import State
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Response
 
-from service import db, reconcile, store
+from service import db, store
 from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import BadRequest
-from service.schemas import doc
+from service.schemas import amount_text, doc
 
 
 class SummaryRow(msgspec.Struct, omit_defaults=True):
@@ -80,7 +80,7 @@ async def billing_summary(
     keys = _groups(group_by)
     async with db.transaction(state.engine) as conn:
         found = await store.billing(conn, since, until, keys, tz)
-    rows = [SummaryRow(messages=r.messages, parts=r.parts, amount=format(reconcile.money(r.amount), "f"),
+    rows = [SummaryRow(messages=r.messages, parts=r.parts, amount=amount_text(r.amount),
                        **{k: getattr(r, k) for k in keys}) for r in found]
     if "text/csv" in request.headers.get("accept", ""):
         out = io.StringIO()
