@@ -15,12 +15,13 @@ from service import db, reconcile, store
 from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import BadRequest
-from service.schemas import doc
+from service.schemas import doc, plausible_time
 
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=4000)]
-DURATION = re.compile(r"^(\d+)([smhd]?)$")
+DURATION = re.compile(r"^([0-9]{1,12})([smhd]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+LONGEST = timedelta(days=3650)  # a grace period; anything longer is a mistake
 
 
 class SentMessage(msgspec.Struct, forbid_unknown_fields=True):
@@ -63,7 +64,8 @@ async def register(data: JSONBody[list[SentMessage]], state: State) -> Registere
             raise BadRequest(f"[{index}].source: unknown source {sent.source!r}")
         if sent.message_id is None and sent.callback_data is None:
             raise BadRequest(f"[{index}]: give message_id or callback_data")
-        rows.append(store.Registration(sent.source, sent.sent_at.astimezone(UTC), sent.message_id,
+        sent_at = plausible_time(f"[{index}].sent_at", sent.sent_at)
+        rows.append(store.Registration(sent.source, sent_at, sent.message_id,
                                        sent.callback_data, sent.bulk_id,
                                        reconcile.e164(sent.to) if sent.to else None))
     # A registration with a message id is also a (pending) observation of that message,
@@ -82,7 +84,10 @@ def parse_duration(text: str) -> timedelta:
     match = DURATION.match(text.strip())
     if match is None:
         raise BadRequest("older_than: use seconds or a number with s, m, h or d (e.g. 48h)")
-    return timedelta(seconds=int(match[1]) * UNITS[match[2]])
+    seconds = int(match[1]) * UNITS[match[2]]
+    if seconds > LONGEST.total_seconds():
+        raise BadRequest(f"older_than: at most {LONGEST.days}d")
+    return timedelta(seconds=seconds)
 
 
 @get("/v1/gaps", guards=[require_scope], opt={"scope": "read"}, responses=ERRORS, tags=["outbound"],
