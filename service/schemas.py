@@ -11,9 +11,8 @@ import msgspec
 from service import reconcile
 from service.errors import BadRequest
 
-# Times a query may name: anything outside is a mistake, and would not fit every type on the
-# way (Python's datetime ends at year 9999 in every time zone, PostgreSQL's date arithmetic
-# sooner or later).
+# The times a request may name. Anything else is a mistake, and may not survive the trip to
+# the database (year 1 or 9999 moved to UTC leaves Python's calendar).
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
 TIME = "ISO 8601 with an offset, from 1970 to 2200 (e.g. 2026-11-01T00:00:00Z)"
 

@@ -54,9 +54,9 @@ async def _store_odd_values(url: str) -> None:
                 "INSERT INTO inbox (source, channel, received_at, body, state, accepted,"
                 " rejected) VALUES ('ib', 'push', $1::text::timestamptz, 'x', 'accepted', 1, 0)",
                 moment)
-            await conn.execute(
+            await conn.execute(  # the history of one message, served with it
                 "INSERT INTO message_history (source, message_id, obs_hash, channel,"
-                " sent_month, status, done_at) VALUES ('ib', $1, 'h', 'push',"
+                " sent_month, status, done_at) VALUES ('ib', 'minus-infinity', 'h', 'push',"
                 " $1::text::timestamptz, 'DELIVERED', $1::text::timestamptz)", moment)
             await conn.execute(
                 "INSERT INTO outbound (source, message_id, sent_at)"
@@ -140,8 +140,9 @@ def test_commands_start_and_keep_up_whatever_is_stored(odd_database: str, tmp_pa
             answer = client.get(f"/v1/messages/ib/{quote(message_id)}")
             assert answer.status_code == 200, (message_id, answer.text)
             message = answer.json()
-            for name in ("sent_at", "done_at", "updated_at"):
-                assert message[name] is None or message[name].endswith("Z"), (name, message)
+            times = [message[name] for name in ("sent_at", "done_at", "updated_at")]
+            times += [o[name] for o in message["history"] for name in ("done_at", "observed_at")]
+            assert all(t is None or t.endswith("Z") for t in times), message
         for path in ("/v1/messages?limit=1000", "/v1/changes", "/v1/gaps", "/v1/runs",
                      "/v1/bulks/ib/odd"):
             assert client.get(path).status_code == 200, path
@@ -150,8 +151,9 @@ def test_commands_start_and_keep_up_whatever_is_stored(odd_database: str, tmp_pa
         assert billed.json()["rows"][0]["amount"] == (
             "2147483647000000000002147483647000000.0000000000000000000000000000000000000001"), \
             "exact, however many digits"
-        assert client.get("/v1/messages/ib/minus-infinity").json()["sent_at"] == \
-            "0001-01-01T00:00:00Z", "the year 1 a provider sent is given back"
+        odd = client.get("/v1/messages/ib/minus-infinity").json()
+        assert odd["sent_at"] == "0001-01-01T00:00:00Z", "the year 1 a provider sent, given back"
+        assert len(odd["history"]) == len(MOMENTS) + 1
     assert served.process.returncode == 0, served.output
     pruned = _run(env, "prune")
     assert pruned.returncode == 0, pruned.stderr
