@@ -104,7 +104,7 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
                         changes.list_changes],
         lifespan=[lifespan],
         state=State({"settings": settings, "gates": gates, "tokens": TokenBook(settings.api_tokens),
-                     "head_revision": db.head_revision()}),
+                     "head_revision": db.head_revision(), "horizon": changes.Horizon()}),
         exception_handlers={
             ServiceError: _service_error,
             HTTPException: _http_error,

@@ -17,8 +17,9 @@ from urllib.parse import urlsplit
 
 from service import db, logs, retention
 from service.config import Settings, load_settings
-from service.errors import ConfigError, DatabaseUnavailable
+from service.errors import BadRequest, ConfigError, DatabaseUnavailable
 from service.http_limits import LimitedHttp
+from service.schemas import query_time
 
 log = logging.getLogger("service")
 
@@ -47,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="decode and merge kept bodies again")
     replay.add_argument("--rejected", action="store_true",
                         help="only bodies not fully accepted (rejected, partial, failed, received)")
-    replay.add_argument("--since", type=datetime.fromisoformat, help="received at or after (ISO 8601)")
-    replay.add_argument("--until", type=datetime.fromisoformat, help="received before (ISO 8601)")
+    replay.add_argument("--since", help="received at or after (ISO 8601 with an offset)")
+    replay.add_argument("--until", help="received before (ISO 8601 with an offset)")
     prune = commands.add_parser("prune", help="drop inbox and history months older than "
                                 "DLR_RETENTION_MONTHS (merged messages are kept)")
     prune.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
@@ -72,11 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prune":
             return _prune(settings, args.dry_run)
         if args.command == "replay":
-            return _replay(settings, args.rejected, args.since, args.until)
+            since = query_time("--since", args.since) if args.since else None
+            until = query_time("--until", args.until) if args.until else None
+            return _replay(settings, args.rejected, since, until)
         return _serve(settings, args.host, args.port, args.migrate, args.workers,
                       reconciler=not args.no_reconciler)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except BadRequest as exc:
+        print(exc.message, file=sys.stderr)
         return 2
     except DatabaseUnavailable as exc:
         print(f"database unavailable: {exc.detail or exc}", file=sys.stderr)

@@ -83,10 +83,15 @@ async def ensure_partitions(conn: AsyncConnection, now: datetime, keep_months: i
     created = []
     for table, key in PARTITIONED.items():
         default = _table(f"{table}_default", table)
-        stray = await conn.scalars(sa.select(
-            sa.func.date_trunc("month", default.c[key], "UTC")).distinct())
-        # A report dated far in the future (year 9999, say) stays in DEFAULT.
-        wanted = set(coming) | {month for month in stray if cutoff <= month <= coming[-1]}
+        # Only kept months get a partition; the rest (infinity, year 1 or 9999, a month
+        # already pruned) stays in DEFAULT and is filtered out here, in SQL: such values do
+        # not all come back as datetimes Python can compare (asyncpg reads ±infinity as
+        # naive datetime.max and datetime.min).
+        column = default.c[key]
+        stray = await conn.scalars(
+            sa.select(sa.func.date_trunc("month", column, "UTC").label("month")).distinct()
+            .where(column >= cutoff, column < add_months(coming[-1], 1)))
+        wanted = set(coming) | set(stray)
         for month in sorted(wanted):
             if (table, month) not in have:
                 await _create(conn, table, key, month)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import decimal
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
+
+from service import reconcile
+from service.errors import BadRequest
+
+# The times a request may name. Anything else is a mistake, and may not survive the trip to
+# the database (year 1 or 9999 moved to UTC leaves Python's calendar).
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
+TIME = "ISO 8601 with an offset, from 1970 to 2200 (e.g. 2026-11-01T00:00:00Z)"
 
 
 def doc(description: str, *examples: object) -> msgspec.Meta:
@@ -73,6 +82,33 @@ class MessageDetail(Message):
 class MessagePage(msgspec.Struct):
     items: list[Message]
     next_cursor: str | None
+
+
+def query_time(name: str, text: str) -> datetime:
+    """`text` as an aware ISO 8601 time in UTC, from 1970 to 2200; else BadRequest naming `name`."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(f"{name}: not an ISO 8601 time: {text[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"{name}: give a time zone offset (e.g. 2026-11-01T00:00:00Z)")
+    return plausible_time(name, moment)
+
+
+def plausible_time(name: str, moment: datetime) -> datetime:
+    """An aware `moment` in UTC, from 1970 to 2200; else BadRequest naming `name`."""
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 moved past either end of the calendar
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise BadRequest(f"{name}: give a time from {EARLIEST:%Y} to {LATEST:%Y}")
+    return utc
+
+
+def amount_text(value: decimal.Decimal) -> str:
+    """A sum of money as an exact decimal string, however many digits it has."""
+    return format(reconcile.money(value), "f")
 
 
 def message_from_row(row: Any) -> Message:

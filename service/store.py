@@ -60,17 +60,14 @@ def _insert_from(table: sa.Table, names: Sequence[str], prefix: str) -> Any:
     return pg.insert(table).from_select(list(names), sa.select(*[src.c[n] for n in names]))
 
 
-# Writers hold this advisory lock shared while they take `seq` values; the change feed
-# takes it exclusively for an instant to learn a horizon below which no seq is in flight.
-FEED_LOCK_KEY = 0x646C7266  # "dlrf"
-
-
 def _upsert_messages() -> Any:
     """Merge observations into `messages`: the SQL twin of `reconcile.merge`."""
     src = _unnest(messages, REPORT_FIELDS, "m")
-    # Joined into the source rows, so the lock is held before the first nextval().
-    guard = sa.select(sa.func.pg_advisory_xact_lock_shared(FEED_LOCK_KEY).label("locked")).cte(
-        "feed_guard")
+    # Joined into the source rows, so the transaction has its id before its first nextval():
+    # the change feed relies on it (service/api/changes.py). MATERIALIZED because
+    # pg_current_xact_id() is only STABLE: inlined, a column nobody reads is never computed.
+    guard = (sa.select(sa.func.pg_current_xact_id().label("xid")).cte("feed_guard")
+             .prefix_with("MATERIALIZED"))
     stmt = pg.insert(messages).from_select(
         [*REPORT_FIELDS, "seq"],
         sa.select(*[src.c[n] for n in REPORT_FIELDS], messages_seq.next_value())
@@ -395,16 +392,23 @@ async def bulk(conn: AsyncConnection, source: str, bulk_id: str) -> tuple[Any, S
     return totals, statuses, money
 
 
-async def feed_horizon(conn: AsyncConnection) -> int:
-    """The highest seq below which every change is committed (waits out writers in flight).
-
-    Call in a transaction of its own: it holds the feed lock until that commits.
-    """
-    await conn.execute(sa.text("SET LOCAL lock_timeout = '2s'"))
-    await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(FEED_LOCK_KEY)))
+async def last_seq(conn: AsyncConnection) -> int:
+    """The highest seq handed out so far, whether its writer committed or not."""
     value = await conn.scalar(sa.text(
         "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM messages_seq"))
     return int(value or 0)
+
+
+async def new_xid(conn: AsyncConnection) -> int:
+    """A transaction id newer than any assigned before this call (on an autocommit
+    connection its transaction ends at once: it writes nothing, so nothing is flushed)."""
+    return int(await conn.scalar(sa.text("SELECT pg_current_xact_id()::text::bigint")))
+
+
+async def ended_up_to(conn: AsyncConnection, xid: int) -> bool:
+    """Whether every transaction with an id up to `xid` has ended, as a new snapshot sees it."""
+    return bool(await conn.scalar(sa.text(
+        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint > :xid"), {"xid": xid}))
 
 
 async def changes(conn: AsyncConnection, after: int, horizon: int, limit: int) -> Sequence[Any]:

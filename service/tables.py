@@ -6,6 +6,9 @@ orders them by code point as Python does (the merge rule is evaluated in both).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -22,7 +25,21 @@ SCHEMA_LOCK_KEY = 0x646C72  # "dlr"
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 CText = sa.Text(collation="C")
-Timestamp = sa.DateTime(timezone=True)
+
+
+class Timestamp(sa.TypeDecorator[datetime]):
+    """timestamptz, always read as an aware datetime. asyncpg writes the aware datetime.min
+    and datetime.max as -infinity and infinity but reads those back naive: UTC goes back on."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+    def coerce_compared_value(self, op: Any, value: Any) -> Any:
+        return self.impl_instance.coerce_compared_value(op, value)  # time - timedelta, say
+
 
 messages_seq = sa.Sequence("messages_seq", metadata=metadata)
 

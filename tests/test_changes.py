@@ -7,10 +7,12 @@ import base64
 import random
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db, reconcile, store
+from service.api import changes
 from tests.conftest import READ_TOKEN
 from tests.reports import body, report
 
@@ -18,6 +20,13 @@ Client = AsyncTestClient  # type: ignore[type-arg]
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 BASIC = {"Authorization": "Basic " + base64.b64encode(b"hook:hook-password").decode()}
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def patient_feed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Feed requests wait for writers as long as it takes, unless a test says otherwise: a
+    long transaction elsewhere on a shared server must not make these tests flaky."""
+    monkeypatch.setattr(changes, "WAIT_S", 60.0)
 
 
 async def test_feed_in_seq_order_and_resumable(client: Client) -> None:
@@ -46,23 +55,34 @@ def observation(message_id: str, seconds: int = 0) -> object:
                                  status_id=5, done_at=T0 + timedelta(seconds=seconds))
 
 
+async def settled(engine: AsyncEngine, after: int = 0) -> int:
+    """A horizon, however long the writers in flight take."""
+    return await changes.Horizon().advance(engine, after, wait_s=60)
+
+
 async def test_horizon_waits_for_a_writer_still_in_flight(engine: AsyncEngine) -> None:
     async with db.transaction(engine) as slow:  # takes a seq, commits last
         await store.write(slow, [], [(observation("early"), "push")])  # type: ignore[list-item]
         async with db.statement(engine) as fast:  # a later seq, committed first
             await store.write(fast, [], [(observation("late"), "push")])  # type: ignore[list-item]
-
-        async def read_horizon() -> int:
-            async with db.transaction(engine) as conn:
-                return await store.feed_horizon(conn)
-
-        horizon = asyncio.create_task(read_horizon())
+        horizon = asyncio.create_task(settled(engine))
         await asyncio.sleep(0.3)
         assert not horizon.done(), "the feed must not move past a change in flight"
     seen = await horizon
     async with db.transaction(engine) as conn:
         rows = await store.changes(conn, 0, seen, 100)
     assert [r.message_id for r in rows] == ["early", "late"]
+
+
+async def test_horizon_waits_for_a_writer_alone_in_flight(engine: AsyncEngine) -> None:
+    # No transaction ends after the writer began: a snapshot's list of running transactions
+    # stops at the newest one that ended, so it would not name this writer.
+    async with db.transaction(engine) as slow:
+        await store.write(slow, [], [(observation("only"), "push")])  # type: ignore[list-item]
+        horizon = asyncio.create_task(settled(engine))
+        await asyncio.sleep(0.3)
+        assert not horizon.done(), "the feed must not move past a change in flight"
+    assert await horizon == 1
 
 
 async def test_consumer_never_skips_under_concurrent_writers(engine: AsyncEngine) -> None:
@@ -80,13 +100,13 @@ async def test_consumer_never_skips_under_concurrent_writers(engine: AsyncEngine
 
     seen: dict[str, int] = {}
     done = asyncio.Event()
+    feed = changes.Horizon()
 
     async def consumer() -> None:
         after = 0
         while True:
             finished = done.is_set()
-            async with db.transaction(engine) as conn:
-                horizon = await store.feed_horizon(conn)
+            horizon = await feed.advance(engine, after, wait_s=changes.WAIT_S)
             async with db.transaction(engine) as conn:
                 rows = await store.changes(conn, after, horizon, 7)
             for row in rows:
@@ -104,3 +124,34 @@ async def test_consumer_never_skips_under_concurrent_writers(engine: AsyncEngine
     done.set()
     await reading
     assert set(seen) == set(expected)
+
+
+async def test_a_writer_is_not_held_up_while_the_feed_waits(engine: AsyncEngine) -> None:
+    async with db.transaction(engine) as slow:
+        await store.write(slow, [], [(observation("early"), "push")])  # type: ignore[list-item]
+        horizon = asyncio.create_task(settled(engine))
+        await asyncio.sleep(0.3)  # the feed is now waiting for `slow`
+        async with db.transaction(engine) as conn:
+            await store.write(conn, [], [(observation("late"), "push")])  # type: ignore[list-item]
+        assert not horizon.done(), "the writer committed while the feed still waited"
+    assert await horizon == 1, "the feed serves what was in flight when it looked"
+
+
+async def test_a_writer_open_past_the_wait_neither_fails_the_feed_nor_is_skipped(
+        client: Client, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    await client.post("/webhooks/ib", headers=BASIC, content=body(report("a")))
+    first = (await client.get("/v1/changes", headers=READ)).json()
+    assert [m["message_id"] for m in first["items"]] == ["a"]
+    async with db.transaction(engine) as slow:  # open for longer than the feed waits
+        await store.write(slow, [], [(observation("b"), "push")])  # type: ignore[list-item]
+        await client.post("/webhooks/ib", headers=BASIC, content=body(report("c")))
+        with monkeypatch.context() as hurried:
+            hurried.setattr(changes, "WAIT_S", 0.5)
+            stuck = await client.get("/v1/changes", params={"after": first["after"]},
+                                     headers=READ)
+            assert stuck.status_code == 200
+            assert stuck.json() == {"items": [], "after": first["after"]}
+            again = (await client.get("/v1/changes", headers=READ)).json()
+            assert again == first, "up to what was already proven, no further"
+    rest = (await client.get("/v1/changes", params={"after": first["after"]}, headers=READ)).json()
+    assert [m["message_id"] for m in rest["items"]] == ["b", "c"]

@@ -75,7 +75,7 @@ async def test_pages_return_every_row_once(loaded: Client) -> None:
      {f"m{i:02}" for i in range(25)}),
     ({"sent_from": "2026-11-01T10:00:01Z"}, set()),
     ({"updated_since": "2000-01-01T00:00:00+00:00"}, {f"m{i:02}" for i in range(25)}),
-    ({"updated_since": "2999-01-01T00:00:00+00:00"}, set()),
+    ({"updated_since": "2199-01-01T00:00:00+00:00"}, set()),
 ])
 async def test_filters(loaded: Client, params: dict[str, str], expected: set[str]) -> None:
     page = (await loaded.get("/v1/messages", params=params | {"limit": "100"},

@@ -69,6 +69,8 @@ async def test_gaps_by_message_id_and_by_callback_data(client: Client) -> None:
     ([sent(source="nope", message_id="x")], "unknown source"),
     ([sent()], "give message_id or callback_data"),
     ([sent(message_id="x", sent_at="2026-11-01T10:00:00")], "timezone"),
+    ([sent(message_id="x", sent_at="0001-01-01T00:00:00+14:00")], "$[0].sent_at: out of range"),
+    ([sent(message_id="x", sent_at="9999-12-31T23:59:59-23:59")], "$[0].sent_at: out of range"),
     ([sent(message_id="x", colour="red")], "unknown field"),
     ({"not": "a list"}, "array"),
 ])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import zoneinfo
-from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -14,11 +13,11 @@ from litestar.datastructures import State
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Response
 
-from service import db, reconcile, store
+from service import db, store
 from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import BadRequest
-from service.schemas import doc
+from service.schemas import TIME, amount_text, doc, query_time
 
 
 class SummaryRow(msgspec.Struct, omit_defaults=True):
@@ -36,16 +35,6 @@ class SummaryRow(msgspec.Struct, omit_defaults=True):
 
 class Summary(msgspec.Struct):
     rows: list[SummaryRow]
-
-
-def _moment(name: str, value: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise BadRequest(f"{name}: not an ISO 8601 time: {value!r}") from None
-    if moment.tzinfo is None:
-        raise BadRequest(f"{name}: give a time zone offset (e.g. 2026-11-01T00:00:00Z)")
-    return moment
 
 
 def _groups(group_by: str) -> list[str]:
@@ -67,12 +56,12 @@ def _groups(group_by: str) -> list[str]:
 async def billing_summary(
     request: Request[Any, Any, State],
     state: State,
-    start: Annotated[str, QueryParameter(name="from")],
-    to: FromQuery[str],
+    start: Annotated[str, QueryParameter(name="from", description=TIME)],
+    to: Annotated[str, QueryParameter(description=TIME)],
     group_by: FromQuery[str] = "currency",
     tz: FromQuery[str] = "UTC",
 ) -> Response[Any]:
-    since, until = _moment("from", start), _moment("to", to)
+    since, until = query_time("from", start), query_time("to", to)
     if until <= since:
         raise BadRequest("to: must be after from")
     if tz not in zoneinfo.available_timezones():
@@ -80,7 +69,7 @@ async def billing_summary(
     keys = _groups(group_by)
     async with db.transaction(state.engine) as conn:
         found = await store.billing(conn, since, until, keys, tz)
-    rows = [SummaryRow(messages=r.messages, parts=r.parts, amount=format(reconcile.money(r.amount), "f"),
+    rows = [SummaryRow(messages=r.messages, parts=r.parts, amount=amount_text(r.amount),
                        **{k: getattr(r, k) for k in keys}) for r in found]
     if "text/csv" in request.headers.get("accept", ""):
         out = io.StringIO()

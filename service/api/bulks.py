@@ -9,10 +9,11 @@ from litestar import get
 from litestar.datastructures import State
 from litestar.params import FromPath
 
-from service import db, reconcile, store
+from service import db, store
 from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import NotFound
+from service.schemas import amount_text
 
 
 class Money(msgspec.Struct):
@@ -45,7 +46,7 @@ async def get_bulk(source: FromPath[str], bulk_id: FromPath[str], state: State) 
     return Bulk(
         source=source, bulk_id=bulk_id, messages=totals.messages, final=totals.final,
         parts=totals.parts, statuses={row.status: row.messages for row in statuses},
-        money=[Money(row.currency, row.parts, format(reconcile.money(row.amount), "f"))
+        money=[Money(row.currency, row.parts, amount_text(row.amount))
                for row in money],
         first_sent_at=totals.first_sent_at, last_sent_at=totals.last_sent_at,
         delivery_rate=round(totals.delivered / totals.messages, 4))

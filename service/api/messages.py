@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -19,7 +18,14 @@ from service.api.auth import require_scope
 from service.config import DiceSmsSource, Source
 from service.errors import BadRequest, NotFound
 from service.providers import MAX_TO
-from service.schemas import MessageDetail, MessagePage, Observation, message_from_row
+from service.schemas import (
+    TIME,
+    MessageDetail,
+    MessagePage,
+    Observation,
+    message_from_row,
+    query_time,
+)
 
 _cursor_decoder = msgspec.json.Decoder(tuple[str, str])
 
@@ -68,23 +74,21 @@ async def list_messages(
     bulk_id: FromQuery[str | None] = None,
     callback_data: FromQuery[str | None] = None,
     final: FromQuery[bool | None] = None,
-    sent_from: FromQuery[datetime | None] = None,
-    sent_to: FromQuery[datetime | None] = None,
-    updated_since: FromQuery[datetime | None] = None,
+    sent_from: Annotated[str | None, QueryParameter(description=TIME)] = None,
+    sent_to: Annotated[str | None, QueryParameter(description=TIME)] = None,
+    updated_since: Annotated[str | None, QueryParameter(description=TIME)] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     cursor: FromQuery[str | None] = None,
 ) -> MessagePage:
-    for name, moment in (("sent_from", sent_from), ("sent_to", sent_to),
-                         ("updated_since", updated_since)):
-        if moment is not None and moment.tzinfo is None:
-            raise BadRequest(f"{name}: give a time zone offset (e.g. 2026-11-01T00:00:00Z)")
+    times = {name: query_time(name, value) for name, value in (
+        ("sent_from", sent_from), ("sent_to", sent_to), ("updated_since", updated_since))
+        if value is not None}
     if to is not None and len(to) > MAX_TO:  # no stored number is longer
         raise BadRequest(f"to: longer than {MAX_TO} characters")
     where = store.MessageFilter(
         source=source, status=status and status.upper(), final=final,
         to=_spellings(to, source, state.settings.sources) if to else None, bulk_id=bulk_id,
-        callback_data=callback_data,
-        sent_from=sent_from, sent_to=sent_to, updated_since=updated_since)
+        callback_data=callback_data, **times)
     after = decode_cursor(cursor) if cursor else None
     async with db.transaction(state.engine) as conn:
         rows = await store.list_messages(conn, where, limit + 1, after)

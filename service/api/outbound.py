@@ -32,8 +32,9 @@ from service.schemas import doc
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
 CallbackData = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CALLBACK_DATA)]
 MAX_REGISTRATIONS = 10_000
-DURATION = re.compile(r"^(\d+)([smhd]?)$")
+DURATION = re.compile(r"^([0-9]{1,12})([smhd]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+LONGEST = timedelta(days=3650)  # a grace period; anything longer is a mistake
 
 
 class SentMessage(msgspec.Struct, forbid_unknown_fields=True):
@@ -113,7 +114,10 @@ def parse_duration(text: str) -> timedelta:
     match = DURATION.match(text.strip())
     if match is None:
         raise BadRequest("older_than: use seconds or a number with s, m, h or d (e.g. 48h)")
-    return timedelta(seconds=int(match[1]) * UNITS[match[2]])
+    seconds = int(match[1]) * UNITS[match[2]]
+    if seconds > LONGEST.total_seconds():
+        raise BadRequest(f"older_than: at most {LONGEST.days}d")
+    return timedelta(seconds=seconds)
 
 
 @get("/v1/gaps", guards=[require_scope], opt={"scope": "read"}, responses=ERRORS, tags=["outbound"],
