@@ -6,6 +6,7 @@ import logging
 import re
 import time
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any, cast
 
 import msgspec
@@ -75,22 +76,20 @@ class RequestLog(MiddlewareProtocol):
             await self.app(scope, receive, sending)
         finally:
             seconds = time.perf_counter() - started
-            route = _route_of(request["path"])
-            metrics.HTTP_SECONDS.labels(request["method"], route, str(status)).observe(seconds)
-            if route == "/webhooks/{source}" and status != 404:  # 404: not one of our sources
-                source = request["path"].removeprefix("/webhooks/")
-                metrics.WEBHOOK_REQUESTS.labels(source, str(status)).inc()
+            # This runs after routing (Litestar wraps each route's handler in it): the
+            # matched route's template, never the path, names the route.
+            route = request.get("path_template") or "unknown"
+            method = request["method"] if request["method"] in _METHODS else "other"
+            code = str(status) if status in _STATUSES else "other"
+            metrics.HTTP_SECONDS.labels(method, route, code).observe(seconds)
+            if route == "/webhooks/{source}":
+                source = request["path_params"].get("source")
+                if source not in request["app"].state.settings.sources:
+                    source = "unknown"
+                metrics.WEBHOOK_REQUESTS.labels(source, code).inc()
             self.log.info("%s %s %d", request["method"], request["path"], status,
                           extra={"status": status, "ms": round(seconds * 1000, 1)})
 
 
-def _route_of(path: str) -> str:
-    """A low-cardinality label for a path: ids replaced by placeholders."""
-    parts = path.split("/")
-    if path.startswith("/v1/messages/") and len(parts) >= 5:
-        return "/v1/messages/{source}/{message_id}"
-    if path.startswith("/v1/bulks/"):
-        return "/v1/bulks/{source}/{bulk_id}"
-    if path.startswith("/webhooks/"):
-        return "/webhooks/{source}"
-    return path if path.startswith(("/v1/", "/health/", "/metrics", "/schema")) else "other"
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+_STATUSES = {int(s) for s in HTTPStatus}
