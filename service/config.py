@@ -115,6 +115,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retention_months: int = 13  # whole months of inbox and history kept before this one
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For names the client
     api_tokens: tuple[ApiToken, ...] = ()
     sources: Mapping[str, Source] = {}
 
@@ -138,6 +139,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         workers=_int(env, "DLR_WORKERS", 1, 1, 64),
         retention_months=_int(env, "DLR_RETENTION_MONTHS", 13, 1, 1200),
         **_tls(env),
+        trusted_proxies=_networks(env, "DLR_TRUSTED_PROXIES"),
         api_tokens=tuple(file_config.api.tokens),
         sources=_check_sources(file_config.sources),
     )
@@ -154,6 +156,21 @@ def _tls(env: Mapping[str, str]) -> dict[str, Path]:
         if not Path(path).is_file():
             raise ConfigError(f"{name}: no file at {path}")
     return {"tls_cert": Path(cert), "tls_key": Path(key)}
+
+
+def _networks(env: Mapping[str, str], key: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses and networks, each spelled as uvicorn reads it."""
+    found = []
+    for entry in (e.strip() for e in env.get(key, "").split(",")):
+        if not entry:
+            continue
+        try:
+            address = ipaddress.ip_network(entry, strict=False) if "/" in entry \
+                else ipaddress.ip_address(entry)
+        except ValueError:
+            raise ConfigError(f"{key}: {entry!r} is not an IP address or network") from None
+        found.append(str(address))
+    return tuple(found)
 
 
 def _int(env: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:

@@ -169,3 +169,14 @@ def test_a_weak_webhook_secret_stops_every_command(tmp_path: Path, command: list
     assert err.count("\n") == 0
     assert err.startswith("config error: sources[0].webhook.standard_webhooks.secrets[1]: ")
 
+
+@pytest.mark.parametrize("value", ["10.0.0.1, example.com", "10.0.0.0/33", "127.0.0.1;10.0.0.1"])
+def test_bad_trusted_proxies_name_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^DLR_TRUSTED_PROXIES: "):
+        load_settings({"DLR_TRUSTED_PROXIES": value})
+
+
+def test_trusted_proxies_are_read_as_addresses_and_networks() -> None:
+    assert load_settings({}).trusted_proxies == ()
+    settings = load_settings({"DLR_TRUSTED_PROXIES": " 127.0.0.1, 10.0.0.7/8 ,::1,"})
+    assert settings.trusted_proxies == ("127.0.0.1", "10.0.0.0/8", "::1")
