@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     except NotMigrated as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 4
+    except Exception:
+        # through the logger, masked like every other line, not as a raw traceback
+        log.exception("%s failed", args.command)
+        return 1
 
 
 def _migrate(settings: Settings) -> int:

@@ -8,12 +8,15 @@ import json
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service import cli
 from service.logs import JsonFormatter, TextFormatter, mask
 from tests.conftest import READ_TOKEN
 from tests.reports import body, report
@@ -145,3 +148,32 @@ async def test_a_request_path_cannot_forge_a_text_line(client: Client) -> None:
     [line] = stream.getvalue().splitlines()
     assert "\\r\\n2026-11-30 03:33:41,123 INFO forged" in line
 
+
+@pytest.fixture
+def pull_config(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "dlr.toml"
+    config.write_text('[[sources]]\nname = "ib"\nkind = "infobip"\n'
+                      'base_url = "http://127.0.0.1:9"\napi_key = "k"\n')
+    monkeypatch.setenv("DLR_CONFIG", str(config))
+    monkeypatch.setenv("DLR_DATABASE_URL", database_url)
+    monkeypatch.delenv("DLR_LOG_FORMAT", raising=False)
+
+
+@pytest.mark.parametrize(("command", "failing"), [(["pull", "ib"], "service.worker.pull"),
+                                                  (["replay"], "service.ingest.replay")])
+def test_command_failures_are_logged_masked(engine: AsyncEngine, pull_config: None,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str],
+                                            command: list[str], failing: str) -> None:
+    async def fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the provider choked on +977 984-227 1353")
+
+    monkeypatch.setattr(failing, fails)
+    assert cli.main(command) == 1
+    err = capsys.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines()]  # nothing but log lines
+    [failure] = [line for line in lines if line["level"] == "error"]
+    assert failure["message"] == f"{command[0]} failed"
+    assert "+977 98*-*** **53" in failure["error"]
+    assert "RuntimeError" in failure["error"]  # the traceback, in the log line
+    assert "1353" not in err
