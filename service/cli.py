@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     except NotMigrated as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 4
+    except Exception:
+        # through the logger, masked like every other line, not as a raw traceback
+        log.exception("%s failed", args.command)
+        return 1
 
 
 def _migrate(settings: Settings) -> int:
@@ -120,7 +124,10 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
     options: dict[str, Any] = {"host": host or settings.host, "port": port or settings.port,
                                "log_level": "warning",
                                "timeout_graceful_shutdown": settings.shutdown_timeout_s,
-                               "server_header": False, "http": http}
+                               "server_header": False, "http": http,
+                               # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told
+                               "proxy_headers": bool(settings.trusted_proxies),
+                               "forwarded_allow_ips": list(settings.trusted_proxies)}
     scheme = "http"
     if settings.tls_cert and settings.tls_key:  # for deployments without a TLS ingress
         options |= {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}

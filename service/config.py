@@ -6,6 +6,7 @@ Any problem raises ConfigError with one line that names the key and what is wron
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -24,6 +25,7 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 30
 DEFAULT_MAX_CONNECTIONS = 512
+WEBHOOK_KEY_MIN_BYTES = 24  # shorter HMAC keys are weak; the Standard Webhooks examples use 24
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -115,6 +117,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retention_months: int = 13  # whole months of inbox and history kept before this one
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For names the client
     api_tokens: tuple[ApiToken, ...] = ()
     sources: Mapping[str, Source] = {}
 
@@ -139,6 +142,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         workers=_int(env, "DLR_WORKERS", 1, 1, 64),
         retention_months=_int(env, "DLR_RETENTION_MONTHS", 13, 1, 1200),
         **_tls(env),
+        trusted_proxies=_networks(env, "DLR_TRUSTED_PROXIES"),
         api_tokens=tuple(file_config.api.tokens),
         sources=_check_sources(file_config.sources),
     )
@@ -155,6 +159,21 @@ def _tls(env: Mapping[str, str]) -> dict[str, Path]:
         if not Path(path).is_file():
             raise ConfigError(f"{name}: no file at {path}")
     return {"tls_cert": Path(cert), "tls_key": Path(key)}
+
+
+def _networks(env: Mapping[str, str], key: str) -> tuple[str, ...]:
+    """Comma-separated IP addresses and networks, each spelled as uvicorn reads it."""
+    found = []
+    for entry in (e.strip() for e in env.get(key, "").split(",")):
+        if not entry:
+            continue
+        try:
+            address = ipaddress.ip_network(entry, strict=False) if "/" in entry \
+                else ipaddress.ip_address(entry)
+        except ValueError:
+            raise ConfigError(f"{key}: {entry!r} is not an IP address or network") from None
+        found.append(str(address))
+    return tuple(found)
 
 
 def _int(env: Mapping[str, str], key: str, default: int, low: int, high: int) -> int:
@@ -221,8 +240,33 @@ def _check_webhook(hook: WebhookConfig, where: str) -> None:
         raise ConfigError(f"{where}: choose one of basic, token, standard_webhooks")
     if schemes and hook.unauthenticated:
         raise ConfigError(f"{where}.unauthenticated: cannot be combined with credentials")
+    if hook.standard_webhooks:
+        secrets = hook.standard_webhooks.secrets
+        if not secrets:
+            raise ConfigError(f"{where}.standard_webhooks.secrets: give at least one secret")
+        for i, secret in enumerate(secrets):
+            _check_secret(secret, f"{where}.standard_webhooks.secrets[{i}]")
     for i, cidr in enumerate(hook.allow_ips):
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise ConfigError(f"{where}.allow_ips[{i}]: {cidr!r} is not an IP network") from None
+
+
+def _check_secret(secret: str, where: str) -> None:
+    """A Standard Webhooks secret is "whsec_" and the base64 of a key of 24 bytes or more.
+
+    An empty key would verify anyone's signature, so a bad one stops the load instead of
+    disabling the webhook; the message never repeats the secret.
+    """
+    if not secret.removeprefix("whsec_"):
+        raise ConfigError(f"{where}: is empty")
+    if not secret.startswith("whsec_"):
+        raise ConfigError(f"{where}: must be whsec_ followed by the key in base64")
+    try:
+        key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except ValueError:  # binascii.Error, or a character outside ASCII
+        raise ConfigError(f"{where}: the part after whsec_ is not base64") from None
+    if len(key) < WEBHOOK_KEY_MIN_BYTES:
+        raise ConfigError(f"{where}: the key is {len(key)} bytes; use at least "
+                          f"{WEBHOOK_KEY_MIN_BYTES} random bytes")

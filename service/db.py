@@ -106,6 +106,18 @@ def is_unavailable(exc: BaseException) -> bool:
     return sqlstate(exc).startswith(_UNAVAILABLE_STATES) or isinstance(exc, _UNAVAILABLE)
 
 
+def _why(exc: BaseException) -> str:
+    """Why the database is unavailable, in words (a class name tells a caller nothing)."""
+    state = sqlstate(exc) or str(getattr(exc.__cause__, "sqlstate", None) or "")
+    if state.startswith("53"):
+        return "the database is out of connections, memory or disk"
+    if state.startswith("57P"):
+        return "the database is shutting down or starting up"
+    if isinstance(exc, TimeoutError | sa_exc.TimeoutError) or isinstance(exc.__cause__, TimeoutError):
+        return "the database did not answer in time"
+    return "no connection to the database"
+
+
 @asynccontextmanager
 async def _translated() -> AsyncIterator[None]:
     try:
@@ -114,7 +126,7 @@ async def _translated() -> AsyncIterator[None]:
         raise
     except Exception as exc:
         if is_unavailable(exc):
-            raise DatabaseUnavailable("database unavailable", detail=type(exc).__name__) from exc
+            raise DatabaseUnavailable("database unavailable", detail=_why(exc)) from exc
         raise
 
 

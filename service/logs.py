@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, phone numbers masked, secrets never passed in."""
+"""Structured logs: one JSON object per line (or a text line), phone numbers masked, control
+characters escaped, secrets never passed in."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import re
 import time
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any, cast
 
 import msgspec
@@ -14,18 +16,62 @@ from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from service import metrics
 
-# Runs of 8 to 15 digits, with an optional '+': phone numbers, in messages and in paths
-# (DiceSMS message ids start with the recipient). Kept: the first 6 and last 2 characters.
-_PHONE = re.compile(r"\+?\d{8,15}")
+# Phone numbers: every run of 7 or more digits, whatever separates them ("+977 984-227 1353",
+# "(984) 227.1353"), in messages, extra fields and tracebacks alike; DiceSMS message ids
+# start with the recipient. ISO 8601 date-times are taken whole by the first alternative and
+# kept, and a number stops where one begins.
+_DATETIME = r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:Z|[+-]\d\d(?::?\d\d)?)?"
+_NUMBER = re.compile(rf"(?P<time>{_DATETIME})|\d(?:[\s.()\-\u2010-\u2015]{{0,3}}(?!{_DATETIME})\d){{6,}}")
+# Characters that would end a line, or move the cursor, in a terminal or a text log.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 def mask(text: str) -> str:
-    """"+9779842271353" -> "+97798******53"."""
-    return _PHONE.sub(lambda m: m[0][:6] + "*" * (len(m[0]) - 8) + m[0][-2:], text)
+    """"+9779842271353" -> "+97798******53": the last 2 digits kept, and of a long number
+    the first few (up to 5, its country code and a little more); separators kept."""
+    return _NUMBER.sub(_masked, text)
+
+
+def _masked(match: re.Match[str]) -> str:
+    if match["time"]:
+        return match[0]
+    digits = sum(c.isdecimal() for c in match[0])
+    first = min(5, max(0, digits - 8))
+    out, seen = [], 0
+    for c in match[0]:
+        seen += c.isdecimal()
+        out.append("*" if c.isdecimal() and first < seen <= digits - 2 else c)
+    return "".join(out)
+
+
+def _masked_value(value: Any) -> Any:
+    """An extra field masked all through; what JSON cannot hold becomes its masked text."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        text = str(value)
+        return value if mask(text) == text else mask(text)
+    if isinstance(value, dict):
+        return {mask(str(k)): _masked_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_masked_value(v) for v in value]
+    return mask(str(value))
+
+
+def _escaped(text: str) -> str:
+    """Control characters as escapes ("\\n"), so that no value can start a line of its own."""
+    return _CONTROL.sub(lambda m: m[0].encode("unicode_escape").decode(), text)
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {key: value for key, value in vars(record).items()
+            if key not in _STANDARD and not key.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line, masked; JSON escapes control characters itself."""
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
@@ -33,19 +79,39 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": mask(record.getMessage()),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                line[key] = mask(value) if isinstance(value, str) else value
+        line |= {key: _masked_value(value) for key, value in _extras(record).items()}
         if record.exc_info:
             line["error"] = mask(self.formatException(record.exc_info))
-        return msgspec.json.encode(line, enc_hook=str).decode()
+        if record.stack_info:
+            line["stack"] = mask(self.formatStack(record.stack_info))
+        return msgspec.json.encode(line).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """For a terminal: one masked line per record, its control characters escaped; a
+    traceback follows on lines indented by four spaces, which no record line starts with."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = " ".join([self.formatTime(record), record.levelname, record.name,
+                         _escaped(mask(record.getMessage())),
+                         *(f"{key}={_escaped(mask(str(value)))}"
+                           for key, value in _extras(record).items())])
+        if record.exc_info:
+            line += _indented(self.formatException(record.exc_info))
+        if record.stack_info:
+            line += _indented(self.formatStack(record.stack_info))
+        return line
+
+
+def _indented(trace: str) -> str:
+    return "".join(f"\n    {_escaped(part)}" for part in mask(trace).split("\n") if part)
 
 
 def configure(fmt: str = "json", level: int = logging.INFO) -> None:
     """Log to stderr as JSON lines (or plain text for a terminal: DLR_LOG_FORMAT=text)."""
     handler = logging.StreamHandler()
     if fmt == "text":
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     else:
         handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
@@ -75,22 +141,20 @@ class RequestLog(MiddlewareProtocol):
             await self.app(scope, receive, sending)
         finally:
             seconds = time.perf_counter() - started
-            route = _route_of(request["path"])
-            metrics.HTTP_SECONDS.labels(request["method"], route, str(status)).observe(seconds)
-            if route == "/webhooks/{source}" and status != 404:  # 404: not one of our sources
-                source = request["path"].removeprefix("/webhooks/")
-                metrics.WEBHOOK_REQUESTS.labels(source, str(status)).inc()
+            # This runs after routing (Litestar wraps each route's handler in it): the
+            # matched route's template, never the path, names the route.
+            route = request.get("path_template") or "unknown"
+            method = request["method"] if request["method"] in _METHODS else "other"
+            code = str(status) if status in _STATUSES else "other"
+            metrics.HTTP_SECONDS.labels(method, route, code).observe(seconds)
+            if route == "/webhooks/{source}":
+                source = request["path_params"].get("source")
+                if source not in request["app"].state.settings.sources:
+                    source = "unknown"
+                metrics.WEBHOOK_REQUESTS.labels(source, code).inc()
             self.log.info("%s %s %d", request["method"], request["path"], status,
                           extra={"status": status, "ms": round(seconds * 1000, 1)})
 
 
-def _route_of(path: str) -> str:
-    """A low-cardinality label for a path: ids replaced by placeholders."""
-    parts = path.split("/")
-    if path.startswith("/v1/messages/") and len(parts) >= 5:
-        return "/v1/messages/{source}/{message_id}"
-    if path.startswith("/v1/bulks/"):
-        return "/v1/bulks/{source}/{bulk_id}"
-    if path.startswith("/webhooks/"):
-        return "/webhooks/{source}"
-    return path if path.startswith(("/v1/", "/health/", "/metrics", "/schema")) else "other"
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+_STATUSES = {int(s) for s in HTTPStatus}

@@ -1,5 +1,9 @@
 """Prometheus metrics, served by GET /metrics.
 
+Every label value comes from configuration (source names), from the application's routes,
+or from a closed set, so that no request and no provider answer can add series: the
+helpers below bound the two labels whose values providers choose (status, day).
+
 Under `serve --workers N` the processes share one port, so a scrape reaches any one of
 them: `serve` then points PROMETHEUS_MULTIPROC_DIR at a fresh directory before starting
 them, each process writes its values there, and /metrics adds them all up. Gauges say how
@@ -44,6 +48,40 @@ DB_POOL_IN_USE = Gauge("dlr_db_pool_connections_in_use", "Database connections c
                        multiprocess_mode="livesum")
 WEBHOOK_REQUESTS = Counter("dlr_webhook_requests_total", "Webhook requests by source and status",
                            ["source", "status"])
+
+
+UNMAPPED_PER_SOURCE = 20  # distinct raw statuses labelled per source; the rest are "other"
+STATUS_LABEL_CHARS = 32
+DAYS_SHOWN = 7  # the newest days of a provider's counters that keep a series
+_unmapped_seen: dict[str, set[str]] = {}
+_days_shown: dict[str, set[str]] = {}
+
+
+def count_unmapped(source: str, raw: str, count: int) -> None:
+    """Count a provider status with no mapping, under a short label from a few per source."""
+    label = raw[:STATUS_LABEL_CHARS]
+    seen = _unmapped_seen.setdefault(source, set())
+    if label not in seen:
+        if len(seen) >= UNMAPPED_PER_SOURCE:
+            label = "other"
+        else:
+            seen.add(label)
+    UNMAPPED_STATUSES.labels(source, label).inc(count)
+
+
+def show_count_missing(source: str, missing: dict[str, int]) -> None:
+    """Set the per-day gap for the newest days given (YYYYMMDD); drop the older days' series.
+
+    Under `serve --workers N` a series cannot be dropped (prometheus multiprocess mode), so
+    there the days of earlier passes stay: a few each day, not a few per pass.
+    """
+    newest = sorted(missing, reverse=True)[:DAYS_SHOWN]
+    for day in newest:
+        COUNT_MISSING.labels(source, day).set(missing[day])
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        for day in _days_shown.get(source, set()) - set(newest):
+            COUNT_MISSING.remove(source, day)
+    _days_shown[source] = set(newest)
 
 
 def exposition() -> bytes:

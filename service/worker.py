@@ -112,8 +112,8 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
     if not result.error:
         metrics.LAST_SUCCESS.labels(source.name).set_to_current_time()
     metrics.PULLED_REPORTS.labels(source.name).inc(result.reports)
-    for day, counts in (result.detail or {}).get("counts", {}).items():
-        metrics.COUNT_MISSING.labels(source.name, day).set(counts["missing"])
+    if counts := (result.detail or {}).get("counts"):
+        metrics.show_count_missing(source.name, {day: c["missing"] for day, c in counts.items()})
     log.log(logging.WARNING if result.error else logging.INFO,
             "pull %s: %d pages, %d reports, %d changed, %d rejected%s", source.name,
             result.pages, result.reports, result.changed, result.rejected,
@@ -269,7 +269,7 @@ async def _pull_dicesms(pages: _Pages, source: DiceSmsSource) -> None:
     if statuses.unmapped:
         pages.result.detail = (pages.result.detail or {}) | {"unmapped_statuses": statuses.unmapped}
         for raw, count in statuses.unmapped.items():
-            metrics.UNMAPPED_STATUSES.labels(source.name, raw).inc(count)
+            metrics.count_unmapped(source.name, raw, count)
 
 
 NEPAL = "Asia/Kathmandu"  # DiceSMS counts days in Nepal time

@@ -32,6 +32,7 @@ from tests.databases import scratch_database, server_or_embedded
 PAYLOADS = Path(__file__).parent / "payloads"
 SERVER_URL = os.environ.get("DLR_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 SW_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+OLD_SW_SECRET = "whsec_" + "b2xkLXNlY3JldC1yb3RhdGVkLW91dC1zb29uLTAxMjM="  # 32 bytes
 READ_TOKEN, WRITE_TOKEN, ADMIN_TOKEN = "read-token", "write-token", "admin-token"
 
 
@@ -66,7 +67,7 @@ def make_settings(**overrides: object) -> Settings:
         "ib-token": InfobipSource("ib-token", "http://127.0.0.1:1", webhook=WebhookConfig(
             token=TokenAuth("token-value", header="X-Webhook-Token"))),
         "ib-signed": InfobipSource("ib-signed", "http://127.0.0.1:1", webhook=WebhookConfig(
-            standard_webhooks=StandardWebhooksAuth(["whsec_b2xkLXNlY3JldA==", SW_SECRET]))),
+            standard_webhooks=StandardWebhooksAuth([OLD_SW_SECRET, SW_SECRET]))),
         "ib-open": InfobipSource("ib-open", "http://127.0.0.1:1", webhook=WebhookConfig(
             unauthenticated=True)),
         "ib-nohook": InfobipSource("ib-nohook", "http://127.0.0.1:1"),

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import random
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import ingest
+from service.tables import messages
 from tests.conftest import READ_TOKEN, make_settings
 from tests.reports import body, report
 
@@ -140,3 +147,42 @@ async def test_grouped_by_operator(client: Client) -> None:
     rows = await summary(client, group_by="operator")
     assert [(r["operator"], r["currency"], r["messages"]) for r in rows] == [
         ("Swisscom", "EUR", 3), ("Swisscom", "USD", 2)]
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+KEYS = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12)
+CELLS = st.one_of(KEYS, st.tuples(st.sampled_from(FORMULA_STARTS), KEYS).map("".join))
+
+
+def read_cell(cell: str) -> str:
+    """What a CSV cell said before it was escaped: one quote off a formula-like cell."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(FORMULA_STARTS) else cell
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(groups=st.lists(st.tuples(CELLS, CELLS, CELLS, CELLS), min_size=1, max_size=4),
+       amounts=st.lists(st.decimals(-1000, 1000, places=4), min_size=4, max_size=4))
+async def test_csv_cells_cannot_become_formulas(client: Client, engine: AsyncEngine,
+                                                groups: list[tuple[str, ...]],
+                                                amounts: list[Decimal]) -> None:
+    """Group keys come from providers: any that a spreadsheet would run is quoted; numbers stay."""
+    async with engine.begin() as conn:
+        await conn.execute(sa.delete(messages))
+        await conn.execute(sa.insert(messages), [
+            {"source": source, "message_id": f"m{i}", "status": status, "final": True,
+             "obs_hash": b"", "operator": operator, "price_currency": currency,
+             "price_amount": amounts[i], "sms_count": i + 1, "seq": i,
+             "sent_at": datetime(2026, 11, 2, tzinfo=UTC)}
+            for i, (source, operator, status, currency) in enumerate(groups)])
+    params = NOVEMBER | {"group_by": "source,operator,status,currency"}
+    expected = await summary(client, **params)
+    response = await client.get("/v1/billing/summary", params=params,
+                                headers=READ | {"Accept": "text/csv"})
+    header, *lines = csv.reader(io.StringIO(response.text, newline=""))
+    assert header == ["source", "operator", "status", "currency", "messages", "parts", "amount"]
+    assert len(lines) == len(expected)
+    for line, row in zip(lines, expected, strict=True):
+        keys, numbers = line[:4], line[4:]
+        assert not any(cell.startswith(FORMULA_STARTS) for cell in keys), line
+        assert [read_cell(cell) for cell in keys] == [row[k] or "" for k in header[:4]]
+        assert numbers == [str(row["messages"]), str(row["parts"]), row["amount"]]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import string
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from service import cli
 from service.config import DiceSmsSource, InfobipSource, load_settings
@@ -95,3 +99,84 @@ def test_every_command_exits_non_zero_with_one_line(tmp_path: Path, command: lis
 def test_bad_port_variable() -> None:
     with pytest.raises(ConfigError, match="DLR_PORT"):
         load_settings({"DLR_PORT": "eighty"})
+
+
+SIGNED = DOCUMENTED.replace('basic = { username = "hook", password = "env:IB_HOOK_PASSWORD" }',
+                            'standard_webhooks = { secrets = ["env:SW_0", "env:SW_1"] }')
+B64 = set(string.ascii_letters + string.digits + "+/=")
+
+
+def whsec(key: bytes) -> str:
+    return "whsec_" + base64.b64encode(key).decode()
+
+
+GOOD_SECRETS = st.binary(min_size=24, max_size=64).map(whsec)
+BAD_SECRETS = st.one_of(
+    st.sampled_from(["", "whsec_", "whsec_ ", "WHSEC_" + whsec(b"k" * 32)[6:]]),
+    st.binary(max_size=23).map(whsec),  # too short to be a key worth the name
+    st.binary(min_size=24, max_size=64).map(lambda key: whsec(key)[6:]),  # no whsec_
+    st.text(min_size=1).filter(lambda t: not set(t) <= B64).map(lambda t: "whsec_" + t),
+)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(good=GOOD_SECRETS, bad=BAD_SECRETS, bad_first=st.booleans())
+def test_weak_or_malformed_webhook_secrets_stop_the_load(tmp_path: Path, good: str, bad: str,
+                                                         bad_first: bool) -> None:
+    first, second = (bad, good) if bad_first else (good, bad)
+    env = write(tmp_path, SIGNED) | {"SW_0": first, "SW_1": second}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    message = str(caught.value)
+    assert message.startswith(f"sources[0].webhook.standard_webhooks.secrets[{int(not bad_first)}]: ")
+    assert "\n" not in message
+    if len(bad) > 8:
+        assert bad.removeprefix("whsec_") not in message  # the secret itself is never shown
+
+
+@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(first=GOOD_SECRETS, second=GOOD_SECRETS)
+def test_good_webhook_secrets_load(tmp_path: Path, first: str, second: str) -> None:
+    settings = load_settings(write(tmp_path, SIGNED) | {"SW_0": first, "SW_1": second})
+    hook = settings.sources["ib"].webhook
+    assert hook is not None and hook.standard_webhooks is not None
+    assert hook.standard_webhooks.secrets == [first, second]
+
+
+def test_no_webhook_secret_at_all_stops_the_load(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^sources\[0\]\.webhook\.standard_webhooks\.secrets: "):
+        load_settings(write(tmp_path, SIGNED.replace('"env:SW_0", "env:SW_1"', "")))
+
+
+def test_empty_basic_credentials_still_only_disable_the_webhook(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, DOCUMENTED) | {"IB_HOOK_PASSWORD": ""})
+    hook = settings.sources["ib"].webhook
+    assert hook is not None and hook.disabled_reason == "basic credentials are empty"
+
+
+@pytest.mark.parametrize("command", [["serve"], ["migrate"], ["pull", "ib"], ["replay"]])
+def test_a_weak_webhook_secret_stops_every_command(tmp_path: Path, command: list[str],
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # a database that is not there: a command that got past the configuration fails otherwise
+    env = write(tmp_path, SIGNED) | {"SW_0": whsec(b"k" * 32), "SW_1": "whsec_",
+                                     "DLR_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none",
+                                     "DLR_DB_TIMEOUT_S": "1"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert cli.main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith("config error: sources[0].webhook.standard_webhooks.secrets[1]: ")
+
+
+@pytest.mark.parametrize("value", ["10.0.0.1, example.com", "10.0.0.0/33", "127.0.0.1;10.0.0.1"])
+def test_bad_trusted_proxies_name_the_variable(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^DLR_TRUSTED_PROXIES: "):
+        load_settings({"DLR_TRUSTED_PROXIES": value})
+
+
+def test_trusted_proxies_are_read_as_addresses_and_networks() -> None:
+    assert load_settings({}).trusted_proxies == ()
+    settings = load_settings({"DLR_TRUSTED_PROXIES": " 127.0.0.1, 10.0.0.7/8 ,::1,"})
+    assert settings.trusted_proxies == ("127.0.0.1", "10.0.0.0/8", "::1")

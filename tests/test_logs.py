@@ -6,12 +6,18 @@ import base64
 import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service.logs import JsonFormatter, mask
+from service import cli
+from service.logs import JsonFormatter, TextFormatter, mask
 from tests.conftest import READ_TOKEN
 from tests.reports import body, report
 
@@ -20,8 +26,14 @@ Client = AsyncTestClient  # type: ignore[type-arg]
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("+9779842271353", "+97798******53"),
-    ("to 9842271353 and +41793026727", "to 984227**53 and +41793****27"),
+    ("to 9842271353 and +41793026727", "to 98******53 and +417******27"),
+    ("+977 984-227 1353", "+977 98*-*** **53"),
+    ("(984) 227.1353", "(98*) ***.**53"),
+    ("1234567 or 123456", "*****67 or 123456"),
     ("order-42 at 10:00", "order-42 at 10:00"),
+    ("+9779842271353@2025-11-04T11:15:45.126760Z", "+97798******53@2025-11-04T11:15:45.126760Z"),
+    ("9842271353 at 2026-11-30 03:33:41,123 and 2026-11-30T03:33:41+05:45",
+     "98******53 at 2026-11-30 03:33:41,123 and 2026-11-30T03:33:41+05:45"),
 ])
 def test_mask(text: str, expected: str) -> None:
     assert mask(text) == expected
@@ -60,3 +72,108 @@ async def test_requests_are_logged_without_secrets_or_numbers(client: Client,
     scraped = (await client.get("/metrics")).text
     assert 'dlr_webhook_requests_total{source="ib",status="200"}' in scraped
     assert 'dlr_webhook_requests_total{source="ib",status="400"}' in scraped
+
+
+SEPARATORS = st.sampled_from(["", "", "", " ", "-", ".", "(", ")", ") ", " (", "  ", " - ", "-("])
+UNSEPARATED = str.maketrans("", "", " -.()")
+
+
+@st.composite
+def phone_numbers(draw: st.DrawFn) -> tuple[str, str]:
+    """A number of 7 to 15 digits as people write them, and its digits alone."""
+    digits = draw(st.text("0123456789", min_size=7, max_size=15))
+    between = draw(st.lists(SEPARATORS, min_size=len(digits) - 1, max_size=len(digits) - 1))
+    spelled = digits[0] + "".join(s + d for s, d in zip(between, digits[1:], strict=True))
+    return draw(st.sampled_from(["", "+", "(", "+("])) + spelled, digits
+
+
+def record_about(number: str) -> logging.LogRecord:
+    try:
+        raise ValueError(f"provider refused {number}")
+    except ValueError:
+        record = logging.LogRecord("service.test", logging.ERROR, __file__, 1,
+                                   "no report for %s", (number,), sys.exc_info())
+    record.to = number
+    record.detail = {"recipients": [number], number: 1}
+    return record
+
+
+@given(phone_numbers())
+def test_no_number_survives_in_a_json_line(number: tuple[str, str]) -> None:
+    spelled, digits = number
+    line = json.loads(JsonFormatter().format(record_about(spelled)))
+    for field in ("message", "to", "detail", "error"):
+        assert digits not in json.dumps(line[field]).translate(UNSEPARATED), field
+
+
+@given(phone_numbers())
+def test_no_number_survives_in_a_text_line(number: tuple[str, str]) -> None:
+    spelled, digits = number
+    text = TextFormatter().format(record_about(spelled))
+    after_the_time = text.split(" ", 2)[2]
+    assert digits not in after_the_time.translate(UNSEPARATED)
+
+
+@given(st.text())
+def test_a_text_record_is_one_line_whatever_it_holds(message: str) -> None:
+    record = logging.LogRecord("service.test", logging.INFO, __file__, 1, "got %s", (message,),
+                               None)
+    record.path = message
+    assert len(TextFormatter().format(record).splitlines()) == 1
+
+
+@given(st.text())
+def test_a_traceback_cannot_forge_a_text_record(message: str) -> None:
+    try:
+        raise ValueError(message)
+    except ValueError:
+        record = logging.LogRecord("service.test", logging.ERROR, __file__, 1, "failed", (),
+                                   sys.exc_info())
+    rest = TextFormatter().format(record).splitlines()[1:]
+    assert rest and all(line.startswith("    ") for line in rest)
+
+
+async def test_a_request_path_cannot_forge_a_text_line(client: Client) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    http = logging.getLogger("service.http")
+    http.addHandler(handler)
+    http.setLevel(logging.INFO)
+    try:
+        await client.get("/v1/messages/a%0D%0A2026-11-30%2003:33:41,123%20INFO%20forged/b")
+    finally:
+        http.removeHandler(handler)
+        http.setLevel(logging.NOTSET)
+    [line] = stream.getvalue().splitlines()
+    assert "\\r\\n2026-11-30 03:33:41,123 INFO forged" in line
+
+
+@pytest.fixture
+def pull_config(tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "dlr.toml"
+    config.write_text('[[sources]]\nname = "ib"\nkind = "infobip"\n'
+                      'base_url = "http://127.0.0.1:9"\napi_key = "k"\n')
+    monkeypatch.setenv("DLR_CONFIG", str(config))
+    monkeypatch.setenv("DLR_DATABASE_URL", database_url)
+    monkeypatch.delenv("DLR_LOG_FORMAT", raising=False)
+
+
+@pytest.mark.parametrize(("command", "failing"), [(["pull", "ib"], "service.worker.pull"),
+                                                  (["replay"], "service.ingest.replay")])
+def test_command_failures_are_logged_masked(engine: AsyncEngine, pull_config: None,
+                                            monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str],
+                                            command: list[str], failing: str) -> None:
+    async def fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the provider choked on +977 984-227 1353")
+
+    monkeypatch.setattr(failing, fails)
+    assert cli.main(command) == 1
+    err = capsys.readouterr().err
+    lines = [json.loads(line) for line in err.splitlines()]  # nothing but log lines
+    [failure] = [line for line in lines if line["level"] == "error"]
+    assert failure["message"] == f"{command[0]} failed"
+    assert "+977 98*-*** **53" in failure["error"]
+    assert "RuntimeError" in failure["error"]  # the traceback, in the log line
+    assert "1353" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service import cli
 from service.app import create_app
 from service.tables import messages
 from tests.conftest import READ_TOKEN, free_port, make_settings
@@ -60,9 +62,18 @@ class FaultyProxy:
 
     def close(self) -> None:
         self.down()
+        self._call(self._end_pipes())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=5)
         self.loop.close()
+
+    @staticmethod
+    async def _end_pipes() -> None:
+        """Pipes still waiting (in a blackhole, say) end now, not when a later test collects them."""
+        pipes = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in pipes:
+            task.cancel()
+        await asyncio.gather(*pipes, return_exceptions=True)
 
     async def _up(self) -> None:
         self.mode = "up"
@@ -227,3 +238,35 @@ async def test_a_lock_that_blocks_writes_gives_503_and_not_ready(
     assert (await client.get("/health/ready")).status_code == 200
     again = await client.post("/webhooks/ib", content=body(report("m1")), headers=BASIC)
     assert again.status_code == 200
+
+
+PYTHON_NAMES = re.compile(r"[a-z](Error|Exception)\b|Errno|Traceback|<class ")
+
+
+@pytest.mark.parametrize("mode", ["refuse", "blackhole", "shutting-down"])
+async def test_an_unavailable_database_is_told_in_words(engine: AsyncEngine, database_url: str,
+                                                        proxy: FaultyProxy, mode: str) -> None:
+    app = create_app(make_settings(db_timeout_s=1.0), proxy.url(database_url))
+    read = {"Authorization": f"Bearer {READ_TOKEN}"}
+    async with AsyncTestClient(app=app) as client:
+        proxy.down(mode)
+        answers = [
+            await client.post("/webhooks/ib", content=body(report("m1")), headers=BASIC),
+            await client.get("/v1/messages/ib/m1", headers=read),
+            await client.get("/v1/billing/summary", headers=read, params={
+                "from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}),
+            await client.get("/health/ready"),
+        ]
+    for answer in answers:
+        assert answer.status_code == 503
+        assert not PYTHON_NAMES.search(answer.text), answer.text
+
+
+def test_commands_tell_an_unavailable_database_in_words(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("DLR_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/none")
+    monkeypatch.delenv("DLR_CONFIG", raising=False)
+    assert cli.main(["replay"]) == 3
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said.startswith("database unavailable: ")
+    assert not PYTHON_NAMES.search(said), said

@@ -17,7 +17,7 @@ from service import store
 from service.api.webhooks import Gate, sign
 from service.config import WebhookConfig
 from service.tables import inbox, message_history, messages
-from tests.conftest import PAYLOADS, READ_TOKEN, SW_SECRET
+from tests.conftest import OLD_SW_SECRET, PAYLOADS, READ_TOKEN, SW_SECRET
 from tests.reports import body, report
 
 Client = AsyncTestClient  # type: ignore[type-arg]
@@ -275,7 +275,7 @@ async def test_standard_webhooks_signature(client: Client, engine: AsyncEngine) 
     payload = body(report("m1"))
     assert (await push(client, payload, "ib-signed", signed_headers(payload))).status_code == 200
     # any of the configured secrets (rotation), among several signatures
-    rotated = signed_headers(payload, "whsec_b2xkLXNlY3JldA==")
+    rotated = signed_headers(payload, OLD_SW_SECRET)
     rotated["webhook-signature"] = "v1,AAAA " + rotated["webhook-signature"]
     assert (await push(client, payload, "ib-signed", rotated)).status_code == 200
     assert await count(engine, inbox) == 2

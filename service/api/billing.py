@@ -37,6 +37,17 @@ class Summary(msgspec.Struct):
     rows: list[SummaryRow]
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str | None) -> str:
+    """A group key as CSV text no spreadsheet runs: a leading quote makes a formula text
+    (OWASP's advice). Keys such as operator come from providers and can hold anything."""
+    if text is None:
+        return ""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
 def _groups(group_by: str) -> list[str]:
     keys = [k.strip() for k in group_by.split(",") if k.strip()]
     unknown = [k for k in keys if k not in store.BILLING_KEYS]
@@ -76,7 +87,7 @@ async def billing_summary(
         writer = csv.writer(out)
         writer.writerow([*keys, "messages", "parts", "amount"])
         for row in rows:
-            writer.writerow([*(getattr(row, k) or "" for k in keys), row.messages, row.parts,
+            writer.writerow([*(_cell(getattr(row, k)) for k in keys), row.messages, row.parts,
                              row.amount])
         return Response(out.getvalue(), media_type="text/csv")
     return Response(Summary(rows))
