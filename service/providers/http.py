@@ -67,7 +67,8 @@ async def get(client: httpx.AsyncClient, base_url: str, path_or_url: str,
         try:
             response = await client.get(url, headers=dict(headers), params=params)
         except (httpx.TransportError, httpx.TimeoutException) as exc:
-            problem = f"{type(exc).__name__} on GET {url}"
+            what = "no answer in time" if isinstance(exc, httpx.TimeoutException) else "no connection"
+            problem = f"{what} on GET {url}"
             await retry.sleep(retry.delay(attempt, None))
             continue
         status = response.status_code
