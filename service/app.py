@@ -16,7 +16,7 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
-from service import db, metrics, worker
+from service import db, logs, metrics, worker
 from service.api import billing, bulks, changes, messages, ops, outbound, runs, webhooks
 from service.api.auth import TokenBook
 from service.config import Settings, load_settings
@@ -121,7 +121,9 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
 
 
 def create_app_from_env() -> Litestar:
-    """The app of one worker process of `serve --workers N`; the parent set DLR_DATABASE_URL."""
+    """The app of one worker process of `serve --workers N`; the parent set DLR_DATABASE_URL.
+    A worker is a new interpreter: it sets up logging as the parent did."""
+    logs.configure(os.environ.get("DLR_LOG_FORMAT", "json"))
     settings = load_settings()
     assert settings.database_url is not None
     return create_app(settings, db.asyncpg_url(settings.database_url),

@@ -122,7 +122,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
                              max_header_bytes=settings.max_header_bytes,
                              max_connections=settings.max_connections)
     options: dict[str, Any] = {"host": host or settings.host, "port": port or settings.port,
-                               "log_level": "warning",
+                               # our handlers (JSON, masked) for uvicorn's loggers too
+                               "log_config": None, "log_level": "warning",
                                "timeout_graceful_shutdown": settings.shutdown_timeout_s,
                                "server_header": False, "http": http,
                                # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told

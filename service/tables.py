@@ -102,8 +102,9 @@ sa.Index("ix_messages_to", messages.c.to)
 # database), a generic plan for `source = $1 AND message_id = $2` may otherwise pick another
 # index led by `source` and filter a whole source's rows for every look-up.
 sa.Index("ix_messages_bulk_id_source", messages.c.bulk_id, messages.c.source)
-# A hash index: callbackData may be 4000 characters, past what a btree entry holds.
-sa.Index("ix_messages_callback_data", messages.c.callback_data, postgresql_using="hash")
+# On md5(callback_data): callbackData may be 4000 characters, past what a btree entry holds
+# (store.same_callback_data looks it up).
+sa.Index("ix_messages_callback_data_md5", sa.func.md5(messages.c.callback_data))
 
 # Every distinct observation of a message, once per channel it arrived through. Partitioned
 # by the month the message was sent (else done, else received), taken from the report

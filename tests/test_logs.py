@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import cli
 from service.logs import JsonFormatter, TextFormatter, mask
-from tests.conftest import READ_TOKEN
+from tests.conftest import READ_TOKEN, free_port
+from tests.databases import scratch_database
 from tests.reports import body, report
+from tests.services import hooked_config, serving
 
 Client = AsyncTestClient  # type: ignore[type-arg]
 
@@ -177,3 +180,28 @@ def test_command_failures_are_logged_masked(engine: AsyncEngine, pull_config: No
     assert "+977 98*-*** **53" in failure["error"]
     assert "RuntimeError" in failure["error"]  # the traceback, in the log line
     assert "1353" not in err
+
+
+def test_every_worker_of_serve_logs_json_with_numbers_masked(server_url: str,
+                                                              tmp_path: Path) -> None:
+    """serve --workers 2: request lines from each worker, JSON like the parent's, and not
+    one full phone number anywhere in the log, whatever the route or the outcome."""
+    config = hooked_config(tmp_path, "log-hook", api_token="log-token")
+    numbers = ["41793026727", "9779842271353", "9842271353"]
+    with scratch_database(server_url) as url:
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
+                            "DLR_PORT": str(free_port()), "DLR_LOG_FORMAT": "json"}
+        with serving(env, "--no-reconciler", "--workers", "2") as served:
+            for i in range(40):
+                with served.client() as client:  # new connections spread over the workers
+                    client.post("/webhooks/ib", headers={"X-Hook": "log-hook"},
+                                content=body(report(f"m{i}", to=numbers[0])))
+                    client.get("/v1/messages/ib/+9779842271353@2025-11-04T11:15:45Z",
+                               headers={"Authorization": "Bearer log-token"})
+                    client.get("/v1/messages", params={"to": "9842271353"},
+                               headers={"Authorization": "Bearer log-token"})
+    lines = [json.loads(line) for line in served.output.splitlines() if line.strip()]
+    requests = [line for line in lines if line["logger"] == "service.http"]
+    assert len(requests) >= 120
+    for number in numbers:
+        assert number not in served.output
