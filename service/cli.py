@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -90,7 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     except NotMigrated as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 4
-    except Exception:
+    except AddressInUse as exc:
+        print(f"cannot listen: {exc}", file=sys.stderr)
+        return 7
+    except Exception as exc:
+        if refused := db.refusal(exc):  # a wrong role, password or database name
+            print(f"database refused the connection: {refused} (check DLR_DATABASE_URL)",
+                  file=sys.stderr)
+            return 6
         # through the logger, masked like every other line, not as a raw traceback
         log.exception("%s failed", args.command)
         return 1
@@ -113,6 +121,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
 
     from service.app import create_app
 
+    _check_address(host or settings.host, port or settings.port)
     url = _ready_database(settings, migrate)
     _keep_partitions(settings, url)
     # uvicorn re-raises SIGTERM after its graceful shutdown; exiting normally instead lets
@@ -150,6 +159,21 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
 
 class NotMigrated(Exception):
     pass
+
+
+class AddressInUse(Exception):
+    """serve's address is taken (another process listens there) or not this machine's."""
+
+
+def _check_address(host: str, port: int) -> None:
+    """Fail before starting anything if `host:port` cannot be listened on."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise AddressInUse(f"{host}:{port}: {exc.strerror}") from None
 
 
 def _ready_database(settings: Settings, migrate: bool) -> str:

@@ -13,9 +13,10 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+import phonenumbers
 
 from service.errors import ConfigError
 
@@ -66,11 +67,16 @@ class WebhookConfig(_Strict, frozen=True):
         return None
 
 
+# Seconds between passes: more than nothing, at most a week.
+Interval = Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)]
+STATUS_GROUPS = ("PENDING", "DELIVERED", "UNDELIVERABLE", "EXPIRED", "REJECTED")
+
+
 class InfobipSource(_Strict, frozen=True, tag="infobip", tag_field="kind"):
     name: str
     base_url: str
     api_key: str | None = None
-    pull_interval_s: float = 60.0
+    pull_interval_s: Interval = 60.0
     webhook: WebhookConfig | None = None
 
 
@@ -79,8 +85,8 @@ class DiceSmsSource(_Strict, frozen=True, tag="dicesms", tag_field="kind"):
     base_url: str
     token: str | None = None
     default_region: str = "NP"
-    pull_interval_s: float = 300.0
-    walk_interval_s: float = 3600.0  # how often the full listing walk starts over
+    pull_interval_s: Interval = 300.0
+    walk_interval_s: Interval = 3600.0  # how often the full listing walk starts over
     status_map: dict[str, str] = {}
     webhook: WebhookConfig | None = None
 
@@ -229,15 +235,33 @@ def _check_sources(sources: list[Source]) -> dict[str, Source]:
         if not re.match(r"^https?://[^/]+", source.base_url):
             raise ConfigError(f"{where}.base_url: {source.base_url!r} is not an http(s) URL")
         if source.webhook is not None:
+            if not isinstance(source, InfobipSource):
+                raise ConfigError(f"{where}.webhook: a dicesms source takes no pushes (its "
+                                  "reports are pulled); remove the section")
             _check_webhook(source.webhook, f"{where}.webhook")
+        if isinstance(source, DiceSmsSource):
+            _check_dicesms(source, where)
         by_name[source.name] = source
     return by_name
+
+
+def _check_dicesms(source: DiceSmsSource, where: str) -> None:
+    if source.default_region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(f"{where}.default_region: {source.default_region!r} is not a region "
+                          "code (ISO 3166, e.g. NP)")
+    for raw, group in source.status_map.items():
+        if group.upper() not in STATUS_GROUPS:  # a typo would leave messages never final
+            raise ConfigError(f"{where}.status_map.{raw}: {group!r} is not one of "
+                              f"{', '.join(STATUS_GROUPS)}")
 
 
 def _check_webhook(hook: WebhookConfig, where: str) -> None:
     schemes = [s for s in (hook.basic, hook.token, hook.standard_webhooks) if s is not None]
     if len(schemes) > 1:
         raise ConfigError(f"{where}: choose one of basic, token, standard_webhooks")
+    if not schemes and not hook.unauthenticated:
+        raise ConfigError(f"{where}: give one of basic, token, standard_webhooks (or "
+                          "unauthenticated = true)")
     if schemes and hook.unauthenticated:
         raise ConfigError(f"{where}.unauthenticated: cannot be combined with credentials")
     if hook.standard_webhooks:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from service.config import Settings
-from service.errors import DatabaseUnavailable
+from service.errors import ConfigError, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -34,11 +34,16 @@ _UNAVAILABLE_STATES = ("08", "53", "57P01", "57P02", "57P03", "55P03")
 
 
 def asyncpg_url(url: str) -> str:
-    """Accept postgres://, postgresql:// and postgresql+asyncpg:// spellings."""
+    """Accept postgres://, postgresql:// and postgresql+asyncpg:// spellings, and libpq's
+    `sslmode=` (asyncpg calls it `ssl=`)."""
     scheme, _, rest = url.partition("://")
-    if scheme in ("postgres", "postgresql", "postgresql+asyncpg"):
-        return f"postgresql+asyncpg://{rest}"
-    raise ValueError(f"DLR_DATABASE_URL: unsupported scheme {scheme!r}")
+    if scheme not in ("postgres", "postgresql", "postgresql+asyncpg"):
+        raise ConfigError(f"DLR_DATABASE_URL: unsupported scheme {scheme!r}; "
+                          "use postgresql://user:password@host:5432/database")
+    parsed = make_url(f"postgresql+asyncpg://{rest}")
+    if mode := parsed.query.get("sslmode"):
+        parsed = parsed.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
+    return parsed.render_as_string(hide_password=False)
 
 
 def start_embedded(data_dir: Path) -> str:
@@ -96,8 +101,20 @@ def create_engine(url: str, timeout_s: float = 5.0, pool_size: int = 10,
 
 def sqlstate(exc: BaseException) -> str:
     """The SQLSTATE PostgreSQL gave for a failed statement, or "" when it gave none."""
-    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else None
+    orig = exc.orig if isinstance(exc, sa_exc.DBAPIError) else exc
     return str(getattr(orig, "sqlstate", None) or "")
+
+
+def refusal(exc: BaseException) -> str | None:
+    """What the server said if it refused the URL's role, password or database (SQLSTATE
+    28xxx, 3D000), looking through the exception's causes; None otherwise."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if sqlstate(seen).startswith(("28", "3D")):
+            orig = seen.orig if isinstance(seen, sa_exc.DBAPIError) else seen
+            return str(getattr(orig, "args", [orig])[0] if getattr(orig, "args", None) else orig)
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def is_unavailable(exc: BaseException) -> bool:

@@ -74,6 +74,17 @@ def test_defaults_without_a_file() -> None:
     (("https://dicesms.asia", "ftp://dicesms.asia"), "sources[1].base_url"),
     (("basic = {", "unauthenticated = true\nbasic = {"), "unauthenticated"),
     (("[api]", "[api"), "not valid TOML"),
+    (("pull_interval_s = 300", "pull_interval_s = 0"), "$.sources[1].pull_interval_s"),
+    (("pull_interval_s = 60", "pull_interval_s = -5"), "$.sources[0].pull_interval_s"),
+    (("pull_interval_s = 300", "pull_interval_s = 300\nwalk_interval_s = 0"),
+     "$.sources[1].walk_interval_s"),
+    (("pull_interval_s = 300", 'pull_interval_s = 300\nstatus_map = { "4" = "UNDELIVERED" }'),
+     "sources[1].status_map.4: 'UNDELIVERED' is not one of PENDING"),
+    (('default_region = "NP"', 'default_region = "Nepal"'), "sources[1].default_region"),
+    (("pull_interval_s = 300", "pull_interval_s = 300\n[sources.webhook]\nunauthenticated = true"),
+     "sources[1].webhook: a dicesms source takes no pushes"),
+    (('basic = { username = "hook", password = "env:IB_HOOK_PASSWORD" }', ""),
+     "sources[0].webhook: give one of basic, token, standard_webhooks"),
 ])
 def test_bad_file_names_key_and_problem(tmp_path: Path, change: tuple[str, str],
                                         message: str) -> None:
@@ -180,3 +191,50 @@ def test_trusted_proxies_are_read_as_addresses_and_networks() -> None:
     assert load_settings({}).trusted_proxies == ()
     settings = load_settings({"DLR_TRUSTED_PROXIES": " 127.0.0.1, 10.0.0.7/8 ,::1,"})
     assert settings.trusted_proxies == ("127.0.0.1", "10.0.0.0/8", "::1")
+
+
+def test_lower_case_status_map_values_are_accepted(tmp_path: Path) -> None:
+    env = write(tmp_path, DOCUMENTED.replace(
+        "pull_interval_s = 300", 'pull_interval_s = 300\nstatus_map = { "4" = "undeliverable" }'))
+    dice = load_settings(env).sources["dice"]
+    assert isinstance(dice, DiceSmsSource) and dice.status_map == {"4": "undeliverable"}
+
+
+@pytest.mark.parametrize(("url", "code", "said"), [
+    ("mysql://root@127.0.0.1/x", 2, "config error: DLR_DATABASE_URL: unsupported scheme 'mysql'"),
+    ("postgresql://postgres@127.0.0.1:5432/no_such_database_here", 6,
+     'database refused the connection: database "no_such_database_here" does not exist'),
+    ("postgresql://no_such_role@127.0.0.1:5432/postgres", 6,
+     'database refused the connection: role "no_such_role" does not exist'),
+])
+@pytest.mark.parametrize("command", ["migrate", "replay", "serve"])
+def test_database_url_mistakes_are_one_line(monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str], url: str,
+                                            code: int, said: str, command: str) -> None:
+    monkeypatch.setenv("DLR_DATABASE_URL", url)
+    monkeypatch.delenv("DLR_CONFIG", raising=False)
+    assert cli.main([command]) == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(said) and "\n" not in err, err
+
+
+def test_sslmode_is_read_as_asyncpg_ssl() -> None:
+    from service import db
+
+    assert db.asyncpg_url("postgres://u:p@h:5432/d?sslmode=require") == \
+        "postgresql+asyncpg://u:p@h:5432/d?ssl=require"
+
+
+def test_serve_on_a_busy_port_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("DLR_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/x")
+        monkeypatch.delenv("DLR_CONFIG", raising=False)
+        assert cli.main(["serve", "--port", str(port)]) == 7
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cannot listen: 127.0.0.1:{port}: ") and "\n" not in err
