@@ -42,6 +42,9 @@ DESCRIPTIVE_FIELDS = (
     "operator", "text",
 )
 PRICE_FIELDS = ("price_amount", "price_currency")
+# What an observation's hash covers: its message and its state (see state_hash).
+_HASHED_AT = tuple(Report.__struct_fields__.index(f) for f in
+                   ("source", "message_id", *STATE_FIELDS) if f != "obs_hash")
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -117,14 +120,20 @@ def utc(value: datetime | None) -> datetime | None:
 
 
 def money(value: Decimal | None) -> Decimal | None:
-    """One spelling per amount ("0.010" and "0.01" are the same price); exact at any size
-    (no arithmetic context, which would round past 28 digits)."""
-    if value is None or not value.is_finite():
-        return value
+    """One spelling per price ("0.010" and "0.01" are the same price). Exact for prices,
+    whose digits the bounds keep well within the decimal context's 28; sums of any size
+    are written by `amount_text`."""
+    if value is None:
+        return None
+    normal = value.normalize()
+    return normal.quantize(Decimal(1)) if normal == normal.to_integral() else normal
+
+
+def amount_text(value: Decimal) -> str:
+    """A sum of money as an exact decimal string, however many digits it has (no decimal
+    context: it would round past 28 digits)."""
     text = format(value, "f")
-    if "." in text:
-        text = text.rstrip("0").removesuffix(".")
-    return Decimal(text)
+    return text.rstrip("0").removesuffix(".") if "." in text else text
 
 
 def observation(**fields: Any) -> Report:
@@ -144,8 +153,8 @@ def state_hash(report: Report) -> bytes:
     """What identifies an observation: its message and its state. Descriptive fields merge
     on their own, so a report seen with and without its bulk id (a DiceSMS listing joined
     to its batch, or not) is one observation, and replaying it changes nothing."""
-    state = [getattr(report, f) for f in STATE_FIELDS if f != "obs_hash"]
-    content = msgspec.msgpack.encode([report.source, report.message_id, *state])
+    values = msgspec.structs.astuple(report)
+    content = msgspec.msgpack.encode([values[i] for i in _HASHED_AT])
     return hashlib.sha256(content).digest()[:16]
 
 

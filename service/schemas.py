@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import decimal
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
 
-from service import reconcile
 from service.errors import BadRequest
 
 # The times a request may name. Anything else is a mistake, and may not survive the trip to
@@ -104,11 +102,6 @@ def plausible_time(name: str, moment: datetime) -> datetime:
     if utc is None or not EARLIEST <= utc < LATEST:
         raise BadRequest(f"{name}: give a time from {EARLIEST:%Y} to {LATEST:%Y}")
     return utc
-
-
-def amount_text(value: decimal.Decimal) -> str:
-    """A sum of money as an exact decimal string, however many digits it has."""
-    return format(reconcile.money(value), "f")
 
 
 def message_from_row(row: Any) -> Message:

@@ -17,7 +17,8 @@ from service import db, store
 from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import BadRequest
-from service.schemas import TIME, amount_text, doc, query_time
+from service.reconcile import amount_text
+from service.schemas import TIME, doc, query_time
 
 
 class SummaryRow(msgspec.Struct, omit_defaults=True):

@@ -46,6 +46,7 @@ Parts = Annotated[int, msgspec.Meta(ge=0, le=MAX_PARTS)]
 Int32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
 AwareTime = Annotated[datetime, msgspec.Meta(tz=True)]
 _CURRENCY = re.compile(r"^[A-Za-z]{3}$")
+_PRICE_QUANTUM = Decimal(1).scaleb(-PRICE_DECIMALS)
 
 
 class Report(msgspec.Struct, frozen=True, kw_only=True):
@@ -131,7 +132,7 @@ def price(field: str, value: Decimal | None) -> Decimal | None:
         return None
     if not value.is_finite() or value < 0 or value >= MAX_PRICE:
         raise OutOfBounds(field, f"not a price between 0 and {MAX_PRICE}")
-    if value != value.quantize(Decimal(1).scaleb(-PRICE_DECIMALS)):
+    if value != value.quantize(_PRICE_QUANTUM):
         raise OutOfBounds(field, f"more than {PRICE_DECIMALS} decimals")
     return value
 
@@ -145,26 +146,36 @@ def currency(field: str, value: str | None) -> str | None:
     return value.upper()
 
 
+# Positions in a Report's tuple form: check() runs for every report, on the hot path.
+_AT = {name: i for i, name in enumerate(Report.__struct_fields__)}
+_TEXT_AT = tuple((_AT[name], name, limit) for name, limit in TEXT_LIMITS.items())
+_INT_AT = tuple((_AT[name], name, low, high) for name, (low, high) in INT_LIMITS.items())
+_TIME_AT = ((_AT["sent_at"], "sent_at"), (_AT["done_at"], "done_at"))
+
+
 def check(report: Report) -> None:
     """Raise OutOfBounds naming the first field of `report` outside its bound."""
-    for name, limit in TEXT_LIMITS.items():
-        value = getattr(report, name)
-        if value is None:
+    values = msgspec.structs.astuple(report)
+    for at, name, limit in _TEXT_AT:
+        text = values[at]
+        if text is None:
             continue
-        if len(value) > limit:
+        if len(text) > limit:
             raise OutOfBounds(name, f"longer than {limit} characters")
-        if "\x00" in value:  # PostgreSQL text cannot hold NUL
+        if "\x00" in text:  # PostgreSQL text cannot hold NUL
             raise OutOfBounds(name, "contains a NUL character")
     if not report.message_id:
         raise OutOfBounds("message_id", "empty")
-    for name, (low, high) in INT_LIMITS.items():
-        value = getattr(report, name)
-        if value is not None and not low <= value <= high:
-            raise OutOfBounds(name, f"{value} is outside {low}..{high}")
-    moment("sent_at", report.sent_at)
-    moment("done_at", report.done_at)
+    for at, name, low, high in _INT_AT:
+        number = values[at]
+        if number is not None and not low <= number <= high:
+            raise OutOfBounds(name, f"{number} is outside {low}..{high}")
+    for at, name in _TIME_AT:  # decoders made them UTC with moment(); here: the range
+        if values[at] is not None and not EARLIEST <= values[at] < LATEST:
+            raise OutOfBounds(name, "outside 2000-01-01..2099-12-31")
     price("price_amount", report.price_amount)
-    currency("price_currency", report.price_currency)
+    if report.price_currency is not None and not _CURRENCY.match(report.price_currency):
+        raise OutOfBounds("price_currency", "not a three-letter currency code")
 
 
 Item = TypeVar("Item")

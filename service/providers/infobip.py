@@ -18,16 +18,11 @@ from service.errors import BadRequest, TooManyReports
 from service.providers import (
     MAX_ID,
     AwareTime,
-    CallbackText,
-    DescriptionText,
-    IdText,
     Int32,
-    NameText,
     NumberText,
     Parts,
     Rejection,
     Report,
-    SenderText,
     currency,
     http,
     judge_all,
@@ -41,38 +36,40 @@ NO_ERROR_ID = 0
 MAX_REPORTS = 2500
 
 
+# Text lengths are checked on the report built from these (reconcile.observation), under
+# the names below; only `to` is bounded here, before it reaches the number cache.
 class Status(msgspec.Struct):
     groupId: Int32 | None = None
-    groupName: NameText | None = None
+    groupName: str | None = None
     id: Int32 | None = None
-    name: NameText | None = None
-    description: DescriptionText | None = None
+    name: str | None = None
+    description: str | None = None
 
 
 class Error(msgspec.Struct):
     groupId: Int32 | None = None
-    groupName: NameText | None = None
+    groupName: str | None = None
     id: Int32 | None = None
-    name: NameText | None = None
+    name: str | None = None
     permanent: bool | None = None
 
 
 class Price(msgspec.Struct):
     pricePerMessage: Decimal | None = None
-    currency: NameText | None = None
+    currency: str | None = None
 
 
 class SentSmsReport(msgspec.Struct):
     messageId: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
     status: Status
-    bulkId: IdText | None = None
+    bulkId: str | None = None
     to: NumberText | None = None
-    sender: SenderText | None = msgspec.field(default=None, name="from")
+    sender: str | None = msgspec.field(default=None, name="from")
     sentAt: AwareTime | None = None
     doneAt: AwareTime | None = None
     smsCount: Parts | None = None
-    mccMnc: NameText | None = None
-    callbackData: CallbackText | None = None
+    mccMnc: str | None = None
+    callbackData: str | None = None
     price: Price | None = None
     error: Error | None = None
 
