@@ -17,7 +17,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from service import db, metrics, worker
-from service.api import billing, bulks, changes, messages, ops, outbound, runs, webhooks
+from service.api import billing, bulks, changes, inbox, messages, ops, outbound, runs, webhooks
 from service.api.auth import TokenBook
 from service.config import Settings, load_settings
 from service.errors import DatabaseUnavailable, ServiceError
@@ -99,7 +99,7 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
         route_handlers=[webhooks.receive_reports, messages.get_message, messages.list_messages,
                         runs.list_runs, outbound.register, outbound.list_gaps, ops.live,
                         ops.ready, ops.metrics, billing.billing_summary, bulks.get_bulk,
-                        changes.list_changes],
+                        changes.list_changes, inbox.list_inbox, inbox.get_kept_body],
         lifespan=[lifespan],
         state=State({"settings": settings, "gates": gates, "tokens": TokenBook(settings.api_tokens),
                      "head_revision": db.head_revision()}),
