@@ -91,6 +91,8 @@ def _route_of(path: str) -> str:
         return "/v1/messages/{source}/{message_id}"
     if path.startswith("/v1/bulks/"):
         return "/v1/bulks/{source}/{bulk_id}"
+    if path.startswith("/v1/inbox/"):
+        return "/v1/inbox/{id}"
     if path.startswith("/webhooks/"):
         return "/webhooks/{source}"
     return path if path.startswith(("/v1/", "/health/", "/metrics", "/schema")) else "other"

@@ -159,3 +159,11 @@ async def test_admin_scope_only(client: Client, path: str) -> None:
     assert (await client.get(path, headers={"Authorization": "Bearer nope"})).status_code == 401
     read = {"Authorization": f"Bearer {READ_TOKEN}"}
     assert (await client.get(path, headers=read)).status_code == 403
+
+
+async def test_ids_do_not_become_metric_labels(client: Client) -> None:
+    for inbox_id in range(1000, 1005):  # unauthenticated: answered 401, still measured
+        assert (await client.get(f"/v1/inbox/{inbox_id}")).status_code == 401
+    scraped = (await client.get("/metrics")).text
+    assert 'route="/v1/inbox/{id}"' in scraped
+    assert "/v1/inbox/100" not in scraped
