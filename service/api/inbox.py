@@ -104,8 +104,10 @@ async def get_kept_body(state: State, inbox_id: FromPath[int]) -> Response[bytes
             row = await store.kept_body(conn, inbox_id)
     if row is None:
         raise NotFound(f"no kept body {inbox_id}")
+    # A pulled page's content type came from the provider: only a plain one is repeated.
+    kind = row.content_type if (row.content_type or "").isascii() else None
     # Unmasked: this is the evidence. Served as data, never as a page a browser would run.
-    return Response(row.body, media_type=row.content_type or "application/octet-stream",
+    return Response(row.body, media_type=kind or "application/octet-stream",
                     headers={"X-Inbox-State": row.state, "X-Inbox-Source": row.source,
                              "X-Inbox-Received-At": row.received_at.isoformat(),
                              "X-Content-Type-Options": "nosniff",
