@@ -117,8 +117,9 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
         try:
             yield
         finally:
-            if reload is not None:
+            if reload is not None:  # stopping: a hangup now must not cut the shutdown short
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
             stop.set()
             await worker.stop_within(pulling, stop, settings.shutdown_timeout_s)
             await ingestor.stop()
