@@ -14,8 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from litestar.datastructures import State
 
-from tests.conftest import free_port
+from service.app import reload_config
+from service.config import Settings
+from service.errors import ConfigError
+from tests.conftest import free_port, make_settings
 from tests.databases import scratch_database
 from tests.reports import body, report
 from tests.services import Served, serving
@@ -173,3 +177,23 @@ def test_worker_survives_sighup(database: str, tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
     assert process.returncode == 0, log.read_text()
+
+
+def test_the_reconciler_keeps_its_sources_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    started = make_settings()
+    state = State({"settings": started})
+    changed = make_settings(sources={"ib": started.sources["ib"]})
+    reload_config(state, lambda: changed, pulled=started.sources)
+    assert state.settings is changed
+    assert "the reconciler pulls the sources it started with" in caplog.text
+
+    caplog.clear()
+    reload_config(state, lambda: changed, pulled=None)  # serve --no-reconciler
+    assert "reconciler" not in caplog.text
+
+    def broken() -> Settings:
+        raise ConfigError("sources[0].kind: nope")
+
+    reload_config(state, broken, pulled=None)
+    assert state.settings is changed
+    assert "configuration not reloaded, the previous one stays: sources[0].kind: nope" in caplog.text
