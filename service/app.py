@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,10 +18,10 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from service import db, logs, metrics, worker
-from service.api import billing, bulks, changes, messages, ops, outbound, runs, webhooks
+from service.api import billing, bulks, changes, inbox, messages, ops, outbound, runs, webhooks
 from service.api.auth import TokenBook
-from service.config import Settings, load_settings
-from service.errors import DatabaseUnavailable, ServiceError
+from service.config import Settings, Source, load_settings
+from service.errors import ConfigError, DatabaseUnavailable, ServiceError
 from service.ingest import IngestFailed, Ingestor
 from service.logs import RequestLog
 from service.providers import http
@@ -61,8 +62,30 @@ def _unexpected(_: Request[None, None, State], exc: Exception) -> Response[dict[
     return _error(500, "internal error")
 
 
-def create_app(settings: Settings, database_url: str, *, reconciler: bool = False) -> Litestar:
-    """The web application (and, if asked, the reconciler); nothing connects until it starts."""
+def reload_config(state: State, load: Callable[[], Settings],
+                  pulled: Mapping[str, Source] | None) -> None:
+    """SIGHUP: swap in the configuration as it is now; a bad one is refused, the old one kept.
+
+    Handlers read settings, gates and tokens from the state when they need them; the new
+    ones are built first and swapped in one step on the event loop, so nothing sees half.
+    """
+    try:
+        settings = load()
+        gates = webhooks.build_gates(settings.sources)
+    except ConfigError as exc:
+        log.error("configuration not reloaded, the previous one stays: %s", exc)
+        return
+    state.settings, state.gates, state.tokens = settings, gates, TokenBook(settings.api_tokens)
+    log.info("configuration reloaded: %d sources, %d API tokens", len(settings.sources),
+             len(settings.api_tokens))
+    if pulled is not None and settings.sources != pulled:
+        log.warning("the reconciler pulls the sources it started with until the process restarts")
+
+
+def create_app(settings: Settings, database_url: str, *, reconciler: bool = False,
+               reload: Callable[[], Settings] | None = None) -> Litestar:
+    """The web application (and, if asked, the reconciler); nothing connects until it starts.
+    With `reload`, SIGHUP replaces the configuration by what it returns."""
     gates = webhooks.build_gates(settings.sources)
 
     @asynccontextmanager
@@ -87,9 +110,18 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
                                    spool_dir=settings.data_dir)
                 if reconciler else stop.wait())
         pulling = asyncio.create_task(work)
+        if reload is not None:
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, reload_config, app.state, reload,
+                settings.sources if reconciler else None)
+        log.info("app started: %d sources, %d API tokens", len(settings.sources),
+                 len(settings.api_tokens))
         try:
             yield
         finally:
+            if reload is not None:  # stopping: a hangup now must not cut the shutdown short
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
             stop.set()
             await worker.stop_within(pulling, stop, settings.shutdown_timeout_s)
             await ingestor.stop()
@@ -101,7 +133,7 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
         route_handlers=[webhooks.receive_reports, messages.get_message, messages.list_messages,
                         runs.list_runs, outbound.register, outbound.list_gaps, ops.live,
                         ops.ready, ops.metrics, billing.billing_summary, bulks.get_bulk,
-                        changes.list_changes],
+                        changes.list_changes, inbox.list_inbox, inbox.get_kept_body],
         lifespan=[lifespan],
         state=State({"settings": settings, "gates": gates, "tokens": TokenBook(settings.api_tokens),
                      "head_revision": db.head_revision(), "horizon": changes.Horizon()}),
@@ -121,10 +153,14 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
 
 
 def create_app_from_env() -> Litestar:
-    """The app of one worker process of `serve --workers N`; the parent set DLR_DATABASE_URL.
-    A worker is a new interpreter: it sets up logging as the parent did."""
-    logs.configure(os.environ.get("DLR_LOG_FORMAT", "json"))
-    settings = load_settings()
-    assert settings.database_url is not None
-    return create_app(settings, db.asyncpg_url(settings.database_url),
-                      reconciler=os.environ.get("DLR_RECONCILER", "1") == "1")
+    """The app of one worker process of `serve --workers N`; the parent set DLR_DATABASE_URL."""
+    logs.configure(os.environ.get("DLR_LOG_FORMAT", "json"))  # a new process: as the CLI does
+    try:
+        settings = load_settings()
+        assert settings.database_url is not None
+        return create_app(settings, db.asyncpg_url(settings.database_url),
+                          reconciler=os.environ.get("DLR_RECONCILER", "1") == "1",
+                          reload=load_settings)
+    except ConfigError as exc:  # the file changed since `serve` read it
+        log.error("worker not started: %s", exc)
+        raise SystemExit(1) from None

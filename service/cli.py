@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -15,6 +16,8 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
+
+from uvicorn.supervisors import Multiprocess
 
 from service import db, logs, retention
 from service.config import Settings, load_settings
@@ -122,6 +125,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
     from service.app import create_app
 
     _check_address(host or settings.host, port or settings.port)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app reloads its configuration on it
     url = _ready_database(settings, migrate)
     _keep_partitions(settings, url)
     # uvicorn re-raises SIGTERM after its graceful shutdown; exiting normally instead lets
@@ -146,15 +150,32 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
     log.info("serving on %s://%s:%s (%d worker%s)", scheme, options["host"], options["port"],
              workers, "" if workers == 1 else "s")
     if workers == 1:
-        uvicorn.run(create_app(settings, url, reconciler=reconciler), **options)
+        uvicorn.run(create_app(settings, url, reconciler=reconciler, reload=load_settings),
+                    **options)
     else:  # each worker builds its own app, on the database this process chose
         os.environ["DLR_DATABASE_URL"] = url
         os.environ["DLR_RECONCILER"] = "1" if reconciler else "0"
         with tempfile.TemporaryDirectory(prefix="dlr-metrics-") as shared:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared  # /metrics adds up every worker
-            uvicorn.run("service.app:create_app_from_env", factory=True, workers=workers,
-                        **options)
+            config = uvicorn.Config("service.app:create_app_from_env", factory=True,
+                                    workers=workers, **options)
+            _Supervisor(config, sockets=[config.bind_socket()]).run()  # as uvicorn.run does
     return 0
+
+
+class _Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, but SIGHUP is passed on to the workers, each of which
+    reloads its configuration in place. uvicorn's own answer (0.54) is to replace them one
+    by one, which closes their idle keep-alive connections and restarts their reconcilers."""
+
+    def handle_hup(self) -> None:
+        log.info("SIGHUP passed on to %d workers", len(self.processes))
+        for process in self.processes:
+            if process.pid is not None:
+                # One that has not installed its handler yet dies before serving anything,
+                # and is started again, reading the new file.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGHUP)
 
 
 class NotMigrated(Exception):
@@ -302,6 +323,7 @@ def _worker(settings: Settings) -> int:
     from service import worker
     from service.providers import http
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     url = _ready_database(settings, migrate=False)
     _keep_partitions(settings, url)
 
@@ -310,6 +332,8 @@ def _worker(settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP ignored: the reconciler "
+                                "reads DLR_CONFIG when it starts; restart it to change sources")
         # sources are pulled side by side, each holding at most one connection at a time
         engine = db.create_engine(url, settings.db_timeout_s, pool_size=len(settings.sources) + 2)
         try:

@@ -42,10 +42,15 @@ def metric_value(exposition: str, series: str) -> float:
 class Served:
     base: str
     process: subprocess.Popen[bytes]
+    log: Path
     output: str = ""  # everything it printed, once it has stopped
 
     def client(self, **options: object) -> httpx.Client:
         return httpx.Client(base_url=self.base, **options)  # type: ignore[arg-type]
+
+    def printed(self) -> str:
+        """What it has printed so far."""
+        return self.log.read_text()
 
 
 @contextmanager
@@ -59,7 +64,7 @@ def serving(env: dict[str, str], *args: str, scheme: str = "http",
     with log.open("wb") as sink:
         process = subprocess.Popen([sys.executable, "-m", "service", "serve", *args], env=env,
                                    stdout=sink, stderr=subprocess.STDOUT)
-    served = Served(f"{scheme}://127.0.0.1:{env['DLR_PORT']}", process)
+    served = Served(f"{scheme}://127.0.0.1:{env['DLR_PORT']}", process, log)
     try:
         with httpx.Client(verify=verify) as probe:
             deadline = time.monotonic() + 60
