@@ -22,6 +22,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+REFUSED_WITH = "dlr.refused_with"  # scope key: the status this protocol answered instead
 _REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
             503: b"Service Unavailable"}
 
@@ -100,8 +101,12 @@ class LimitedHttp(HttpToolsProtocol):
         self._deadline = None
         if self.cycle is not None and self.cycle.response_started:
             self.transport.close()
-        else:
-            self._refuse(408)
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # the application is reading this body: it logs and counts 408, not its own
+            # answer to the disconnect (which never reaches the client)
+            self.cycle.scope[REFUSED_WITH] = 408  # type: ignore[literal-required]
+        self._refuse(408)
 
     def _refuse(self, status: int) -> None:
         if self.transport.is_closing():

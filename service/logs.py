@@ -15,6 +15,7 @@ from litestar.middleware import MiddlewareProtocol
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from service import metrics
+from service.http_limits import REFUSED_WITH
 
 # Phone numbers: every run of 7 or more digits, whatever separates them ("+977 984-227 1353",
 # "(984) 227.1353"), in messages, extra fields and tracebacks alike; DiceSMS message ids
@@ -141,6 +142,7 @@ class RequestLog(MiddlewareProtocol):
             await self.app(scope, receive, sending)
         finally:
             seconds = time.perf_counter() - started
+            status = int(scope.get(REFUSED_WITH, status))  # type: ignore[call-overload]
             # This runs after routing (Litestar wraps each route's handler in it): the
             # matched route's template, never the path, names the route.
             route = request.get("path_template") or "unknown"

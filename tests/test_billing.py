@@ -186,3 +186,15 @@ async def test_csv_cells_cannot_become_formulas(client: Client, engine: AsyncEng
         assert not any(cell.startswith(FORMULA_STARTS) for cell in keys), line
         assert [read_cell(cell) for cell in keys] == [row[k] or "" for k in header[:4]]
         assert numbers == [str(row["messages"]), str(row["parts"]), row["amount"]]
+
+
+async def test_every_key_asked_for_is_in_every_row_null_included(client: Client) -> None:
+    """A message without a price has no currency, one without a known network no operator:
+    the row says null, it does not drop the key."""
+    free = report("free", to="999", price=None, mccMnc=None)
+    assert (await client.post("/webhooks/ib", content=encode([free]),
+                              headers=BASIC)).status_code == 200
+    rows = await summary(client, group_by="operator,source")
+    assert rows == [{"operator": None, "source": "ib", "currency": None, "messages": 1,
+                     "parts": 1, "amount": "0"}]
+    assert "day" not in rows[0]  # not asked for

@@ -84,6 +84,20 @@ def test_a_body_that_stalls_is_cut_off_and_not_kept(served: Served) -> None:
     assert accepted_requests(served) == before
 
 
+def test_a_stalled_body_is_counted_as_408_not_500(served: Served) -> None:
+    def count(status: str) -> float:
+        with served.client() as client:
+            return metric_value(client.get("/metrics").text,
+                                f'dlr_webhook_requests_total{{source="ib",status="{status}"}}')
+
+    before = count("408"), count("500")
+    with connect(served) as conn:
+        conn.sendall(request(SEED)[:-10])
+        assert answer(conn).startswith(b"HTTP/1.1 408 ")
+    time.sleep(0.2)  # the handler notices the disconnect and finishes
+    assert (count("408"), count("500")) == (before[0] + 1, before[1])
+
+
 def test_oversized_headers_get_431(served: Served) -> None:
     with connect(served) as conn:
         conn.sendall(request(SEED, extra=f"X-Pad: {'a' * 5000}\r\n"))

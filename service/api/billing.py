@@ -22,7 +22,9 @@ from service.schemas import TIME, doc, query_time
 
 
 class SummaryRow(msgspec.Struct, omit_defaults=True):
-    """One group; `amount` is exact, in `currency` (every row is one currency)."""
+    """One group; `amount` is exact, in `currency` (every row is one currency). Each key
+    asked for in `group_by` is present, null when the messages have no value for it (no
+    operator known, a provider that reports no price); keys not asked for are absent."""
 
     messages: Annotated[int, doc("Messages in the group", 3)]
     parts: Annotated[int, doc("SMS parts", 6)]
@@ -32,10 +34,6 @@ class SummaryRow(msgspec.Struct, omit_defaults=True):
     source: str | None = None
     operator: str | None = None
     status: str | None = None
-
-
-class Summary(msgspec.Struct):
-    rows: list[SummaryRow]
 
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -91,4 +89,7 @@ async def billing_summary(
             writer.writerow([*(_cell(getattr(row, k)) for k in keys), row.messages, row.parts,
                              row.amount])
         return Response(out.getvalue(), media_type="text/csv")
-    return Response(Summary(rows))
+    # Every key asked for, null included (SummaryRow itself omits nulls): a missing key
+    # would read as "not grouped by", not as "no value".
+    return Response({"rows": [{**{k: getattr(row, k) for k in keys}, "messages": row.messages,
+                               "parts": row.parts, "amount": row.amount} for row in rows]})
