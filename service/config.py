@@ -23,7 +23,8 @@ from service.errors import ConfigError
 Scope = Literal["read", "write", "admin"]
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
-DEFAULT_MAX_HEADER_BYTES = 16 * 1024
+# A query string may carry a callbackData of 4000 characters of any script, percent-encoded.
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 30
 DEFAULT_MAX_CONNECTIONS = 512
 WEBHOOK_KEY_MIN_BYTES = 24  # shorter HMAC keys are weak; the Standard Webhooks examples use 24

@@ -28,9 +28,11 @@ _UNAVAILABLE = (OSError, TimeoutError, sa_exc.OperationalError, sa_exc.Interface
                 sa_exc.TimeoutError)
 # The same, told by the server as a SQLSTATE: connection exceptions (class 08), insufficient
 # resources (53: too many connections, out of memory, disk full), and shutting down or
-# starting up (57P01-57P03), and a lock not had within lock_timeout (55P03: a table locked by
-# maintenance). asyncpg raises these as plain errors, not operational ones.
-_UNAVAILABLE_STATES = ("08", "53", "57P01", "57P02", "57P03", "55P03")
+# starting up (57P01-57P03), a lock not had within lock_timeout (55P03: a table locked by
+# maintenance), and a transaction the server gave up on (40001 serialization, 40P01
+# deadlock): each is worth a retry. asyncpg raises these as plain errors, not operational
+# ones.
+_UNAVAILABLE_STATES = ("08", "53", "57P01", "57P02", "57P03", "55P03", "40001", "40P01")
 
 
 def asyncpg_url(url: str) -> str:

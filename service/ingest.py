@@ -187,6 +187,8 @@ class Ingestor:
         try:
             return await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
         except TimeoutError:
+            # the writer settles it later; nobody reads that outcome but this callback
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())
             raise DatabaseUnavailable("database did not answer in time") from None
 
     async def _run(self) -> None:

@@ -22,7 +22,10 @@ from service.http_limits import REFUSED_WITH
 # start with the recipient. ISO 8601 date-times are taken whole by the first alternative and
 # kept, and a number stops where one begins.
 _DATETIME = r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:Z|[+-]\d\d(?::?\d\d)?)?"
-_NUMBER = re.compile(rf"(?P<time>{_DATETIME})|\d(?:[\s.()\-\u2010-\u2015]{{0,3}}(?!{_DATETIME})\d){{6,}}")
+# Between two digits of a number: spaces, dots, brackets, dashes, underscores, and the
+# invisible characters (soft hyphen, zero-width spaces and joiners) that could hide one.
+_SEPARATOR = r"[\s.()_\-\u00ad\u200b-\u200f\u2010-\u2015\u2060-\u2064\ufeff]"
+_NUMBER = re.compile(rf"(?P<time>{_DATETIME})|\d(?:{_SEPARATOR}{{0,3}}(?!{_DATETIME})\d){{6,}}")
 # Characters that would end a line, or move the cursor, in a terminal or a text log.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -154,7 +157,8 @@ class RequestLog(MiddlewareProtocol):
                 if source not in request["app"].state.settings.sources:
                     source = "unknown"
                 metrics.WEBHOOK_REQUESTS.labels(source, code).inc()
-            self.log.info("%s %s %d", request["method"], request["path"], status,
+            # "->": the status is not read as more digits of a number ending the path
+            self.log.info("%s %s -> %d", request["method"], request["path"], status,
                           extra={"status": status, "ms": round(seconds * 1000, 1)})
 
 

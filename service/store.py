@@ -350,9 +350,12 @@ async def register_outbound(conn: AsyncConnection, rows: Sequence[Registration])
     """Record sent messages idempotently; return how many were new."""
     new = 0
     for keyed, target, where in (
-            ([r for r in rows if r.message_id is not None], "message_id",
+            # in key order: concurrent registrations take their row locks in one order
+            (sorted((r for r in rows if r.message_id is not None),
+                    key=lambda r: (r.source, r.message_id or "")), "message_id",
              outbound.c.message_id.is_not(None)),
-            ([r for r in rows if r.message_id is None], "callback_hash",
+            (sorted((r for r in rows if r.message_id is None),
+                    key=lambda r: (r.source, r.callback_hash or b"")), "callback_hash",
              outbound.c.message_id.is_(None))):
         if not keyed:
             continue

@@ -10,6 +10,7 @@ import json
 import os
 import random
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -263,3 +264,56 @@ def test_serve_starts_again_after_the_worst_input(server_url: str, tmp_path: Pat
                     "Authorization": "Bearer worst-token"}, json=[
                     {"source": "ib", "sent_at": "0001-01-01T00:00:00+00:00", "message_id": "r"}])
                 assert registered.status_code == 400
+
+
+# --- found by trying it as an attacker would ---------------------------------------------------
+
+def test_concurrent_registrations_in_opposite_orders_never_deadlock(web: TestClient) -> None:  # type: ignore[type-arg]
+    batch = [{"source": "ib", "sent_at": "2026-11-20T10:00:00Z", "message_id": f"dl-{i}",
+              "callback_data": f"cb-{i}"} for i in range(300)]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(5):
+            answers = list(pool.map(lambda items: web.post("/v1/outbound", json=items,
+                                                           headers=WRITE),
+                                    [batch, batch[::-1]]))
+            assert [a.status_code for a in answers] == [200, 200]
+
+
+def test_registrations_with_a_nul_or_bad_utf8_are_rejected_alone(web: TestClient) -> None:  # type: ignore[type-arg]
+    good = b'{"source":"ib","sent_at":"2026-11-20T10:00:00Z","message_id":"reg-ok"}'
+    body_ = b"[" + b",".join([
+        b'{"source":"ib","sent_at":"2026-11-20T10:00:00Z","callback_data":"a\\u0000b"}',
+        b'{"source":"ib","sent_at":"2026-11-20T10:00:00Z","message_id":"x\xff"}',
+        b'{"source":"ib","sent_at":"2026-11-20T10:00:00Z","bulk_id":"b\\u0000","message_id":"y"}',
+        good]) + b"]"
+    answer = web.post("/v1/outbound", content=body_, headers=WRITE | {
+        "Content-Type": "application/json"}).json()
+    assert (answer["registered"], answer["rejected_count"]) == (1, 3), answer
+    assert [r["reason"].split(":")[0] for r in answer["rejected"]] == [
+        "$[0].callback_data", "$[1]", "$[2].bulk_id"]
+    deep = web.post("/v1/outbound", content=b"[" * 100_000 + b"]" * 100_000, headers=WRITE)
+    assert deep.status_code == 400
+
+
+def test_a_non_ascii_basic_credential_is_401(web: TestClient) -> None:  # type: ignore[type-arg]
+    answer = web.post("/webhooks/ib", content=body(report("m")),
+                      headers={"Authorization": "Basic \u00e9abc".encode()})  # type: ignore[dict-item]
+    assert answer.status_code == 401
+
+
+def test_a_reason_always_says_where(web: TestClient) -> None:  # type: ignore[type-arg]
+    answer = web.post("/webhooks/ib", headers=BASIC,
+                      content=b'{"results":[{"messageId":"ms1"},null,' + json.dumps(report("ok")).encode()
+                      + b"]}").json()
+    assert [r["reason"].split(":")[0] for r in answer["rejected"]] == ["$.results[0]", "$.results[1]"]
+
+
+def test_ids_with_a_slash_and_long_callback_data_are_found(web: TestClient) -> None:  # type: ignore[type-arg]
+    wide = "\u00e9" * 4000  # 24,000 characters once percent-encoded in a query string
+    web.post("/webhooks/ib", headers=BASIC,
+             content=body(report("sl/ash", bulkId="bu/lk", callbackData=wide)))
+    assert web.get("/v1/messages/ib/sl%2Fash", headers=READ).json()["message_id"] == "sl/ash"
+    assert web.get("/v1/messages/ib/sl/ash", headers=READ).json()["bulk_id"] == "bu/lk"
+    assert web.get("/v1/bulks/ib/bu/lk", headers=READ).json()["messages"] == 1
+    found = web.get("/v1/messages", params={"callback_data": wide}, headers=READ)
+    assert [m["message_id"] for m in found.json()["items"]] == ["sl/ash"]

@@ -37,6 +37,9 @@ Client = AsyncTestClient  # type: ignore[type-arg]
     ("+9779842271353@2025-11-04T11:15:45.126760Z", "+97798******53@2025-11-04T11:15:45.126760Z"),
     ("9842271353 at 2026-11-30 03:33:41,123 and 2026-11-30T03:33:41+05:45",
      "98******53 at 2026-11-30 03:33:41,123 and 2026-11-30T03:33:41+05:45"),
+    ("9842\u20602713\u206053", "98**\u2060****\u206053"),  # invisible word joiners
+    ("9842_2713_53", "98**_****_53"),
+    ("GET /v1/messages/dice/9842271353 -> 404", "GET /v1/messages/dice/98******53 -> 404"),
 ])
 def test_mask(text: str, expected: str) -> None:
     assert mask(text) == expected

@@ -35,10 +35,12 @@ class Bulk(msgspec.Struct):
     delivery_rate: float  # delivered / messages
 
 
-@get("/v1/bulks/{source:str}/{bulk_id:str}", guards=[require_scope], opt={"scope": "read"},
+@get("/v1/bulks/{source:str}/{bulk_id:path}", guards=[require_scope], opt={"scope": "read"},
      responses=ERRORS, tags=["messages"],
-     summary="Counts per status, parts and money per currency of one bulk")
+     summary="Counts per status, parts and money per currency of one bulk",
+     description="The id may hold `/`: the rest of the path is the id.")
 async def get_bulk(source: FromPath[str], bulk_id: FromPath[str], state: State) -> Bulk:
+    bulk_id = bulk_id.removeprefix("/")
     async with db.transaction(state.engine) as conn:
         totals, statuses, money = await store.bulk(conn, source, bulk_id)
     if totals.messages == 0:

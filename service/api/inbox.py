@@ -17,6 +17,7 @@ from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import BadRequest, NotFound
 from service.providers import Rejection
+from service.schemas import TIME, query_time
 
 MAX_ID = 2**63 - 1  # inbox.id is a bigint
 _rejections = msgspec.json.Decoder(list[Rejection])
@@ -77,13 +78,12 @@ async def list_inbox(
     state: State,
     states: Annotated[list[str] | None, QueryParameter(name="state")] = None,
     source: FromQuery[str | None] = None,
-    since: FromQuery[datetime | None] = None,
+    since: Annotated[str | None, QueryParameter(description=TIME)] = None,
     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     cursor: FromQuery[str | None] = None,
 ) -> InboxPage:
-    if since is not None and since.tzinfo is None:
-        raise BadRequest("since: give a time zone offset (e.g. 2026-11-01T00:00:00Z)")
-    where = store.InboxFilter(_states(states), source, since)
+    where = store.InboxFilter(_states(states), source,
+                              query_time("since", since) if since is not None else None)
     before = _decode_cursor(cursor) if cursor else None
     async with db.transaction(state.engine) as conn:
         rows = await store.list_inbox(conn, where, limit + 1, before)

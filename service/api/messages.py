@@ -50,10 +50,12 @@ def _spellings(to: str, source: str | None, sources: Mapping[str, Source]) -> tu
     return tuple(sorted(forms | {to.strip()}))
 
 
-@get("/v1/messages/{source:str}/{message_id:str}", guards=[require_scope], opt={"scope": "read"},
-     responses=ERRORS, tags=["messages"], summary="One message's merged state")
+@get("/v1/messages/{source:str}/{message_id:path}", guards=[require_scope], opt={"scope": "read"},
+     responses=ERRORS, tags=["messages"], summary="One message's merged state",
+     description="The id may hold `/` (a provider's id can): the rest of the path is the id.")
 async def get_message(source: FromPath[str], message_id: FromPath[str],
                       state: State) -> MessageDetail:
+    message_id = message_id.removeprefix("/")
     async with db.transaction(state.engine) as conn:
         row = await store.get_message(conn, source, message_id)
         seen = await store.history(conn, source, message_id)

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
-from litestar import get, post
+from litestar import Request, get, post
 from litestar.datastructures import State
-from litestar.params import FromQuery, JSONBody, QueryParameter
+from litestar.params import FromQuery, QueryParameter
 
 from service import db, reconcile, store
 from service.api import ERRORS
@@ -47,6 +47,10 @@ class SentMessage(msgspec.Struct, forbid_unknown_fields=True):
                                                       "order-42")] = None
 
 
+_items = msgspec.json.Decoder(list[msgspec.Raw])
+_sent = msgspec.json.Decoder(SentMessage)
+
+
 class Refused(msgspec.Struct):
     index: int
     reason: str
@@ -78,17 +82,30 @@ class GapList(msgspec.Struct):
       description="A JSON array of `{source, sent_at, to?, message_id?, bulk_id?, "
                   "callback_data?}`, with message_id or callback_data. Each item is judged "
                   "alone: a bad one is listed in `rejected`, the others are registered.")
-async def register(data: JSONBody[list[Any]], state: State) -> Registered:
-    if len(data) > MAX_REGISTRATIONS:
+async def register(request: Request[Any, Any, State], state: State) -> Registered:
+    # Read here, not by the framework: invalid UTF-8 or a bad type in one item must reject
+    # that item alone.
+    try:
+        items = _items.decode(await request.body())
+    except msgspec.ValidationError:
+        raise BadRequest("the body must be a JSON array of registrations") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise BadRequest("invalid JSON: nested too deeply") from None
+    if len(items) > MAX_REGISTRATIONS:
         raise BadRequest(f"at most {MAX_REGISTRATIONS} messages per request")
     sources = state.settings.sources
 
-    def build(item: Any) -> list[tuple[store.Registration, Report | None]]:
-        sent = msgspec.convert(item, SentMessage)
+    def build(raw: msgspec.Raw) -> list[tuple[store.Registration, Report | None]]:
+        sent = _sent.decode(raw)
         if sent.source not in sources:
             raise OutOfBounds("source", f"unknown source {sent.source!r}")
         if sent.message_id is None and sent.callback_data is None:
             raise OutOfBounds("message_id", "give message_id or callback_data")
+        for name in ("message_id", "callback_data", "bulk_id", "to"):
+            if "\x00" in (getattr(sent, name) or ""):  # PostgreSQL text cannot hold NUL
+                raise OutOfBounds(name, "contains a NUL character")
         row = store.Registration(sent.source, moment("sent_at", sent.sent_at),  # type: ignore[arg-type]
                                  sent.message_id, sent.callback_data, sent.bulk_id,
                                  reconcile.e164(sent.to) if sent.to else None)
@@ -99,7 +116,7 @@ async def register(data: JSONBody[list[Any]], state: State) -> Registered:
             bulk_id=row.bulk_id, callback_data=row.callback_data, sent_at=row.sent_at)
         return [(row, observed)]
 
-    judged, rejections = judge_all(data, build, "$[{}]")
+    judged, rejections = judge_all(items, build, "$[{}]")
     refused = [Refused(r.index, r.reason) for r in rejections[:MAX_REJECTIONS_LISTED]]
     if not judged and refused:
         raise BadRequest("no usable registration in the body",

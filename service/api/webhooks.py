@@ -97,7 +97,7 @@ class Gate:
         scheme, _, encoded = authorization.partition(" ")
         try:
             presented = base64.b64decode(encoded, validate=True)
-        except binascii.Error:
+        except ValueError:  # not base64, or not even ASCII (binascii.Error is a ValueError)
             presented = b""
         if scheme.lower() != "basic" or not hmac.compare_digest(presented, self.basic):
             raise Unauthorized("missing or wrong basic credentials")

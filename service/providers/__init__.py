@@ -201,7 +201,8 @@ def judge_all(items: Sequence[Item], build: Callable[[Item], list[Out]], path: s
             reports += build(item)
             continue
         except msgspec.ValidationError as exc:  # wrong type or shape: msgspec names the path
-            reason = str(exc).replace("`$", f"`{where}")
+            said = str(exc)  # "… - at `$.status`", or no path when the item itself is wrong
+            reason = said.replace("`$", f"`{where}") if "`$" in said else f"{where}: {said}"
         except msgspec.DecodeError as exc:  # invalid JSON or UTF-8 inside this report
             reason = f"{where}: {exc}"
         except OutOfBounds as exc:
