@@ -122,7 +122,7 @@ def moment(field: str, value: datetime | None) -> datetime | None:
     except OverflowError:
         raise OutOfBounds(field, "out of range once converted to UTC") from None
     if not EARLIEST <= converted < LATEST:
-        raise OutOfBounds(field, f"{converted:%Y-%m-%d} is outside 2000-01-01..2099-12-31")
+        raise OutOfBounds(field, f"{converted.date().isoformat()} is outside 2000-01-01..2099-12-31")
     return converted
 
 
