@@ -58,10 +58,16 @@ def running_service(database_url: str, workers: int = 2) -> Iterator[int]:
     config.write_text(CONFIG)
     env = os.environ | {"DLR_DATABASE_URL": database_url, "DLR_CONFIG": str(config),
                         "DLR_PORT": str(port), "DLR_WORKERS": str(workers)}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env)
+    # Its log (a line a request) goes to a file, as in production, not to this terminal.
+    log = config.with_name("serve.log")
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], env=env,
+                                stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"serve exited; its log: {log}")
             try:
                 with socket.create_connection(("127.0.0.1", port), timeout=1):
                     break
