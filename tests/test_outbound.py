@@ -12,10 +12,11 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import worker
-from service.config import InfobipSource
+from service.app import create_app
+from service.config import DiceSmsSource, InfobipSource
 from service.providers import http
 from service.providers.fakes import FakeInfobip
-from tests.conftest import READ_TOKEN, WRITE_TOKEN
+from tests.conftest import READ_TOKEN, WRITE_TOKEN, make_settings
 from tests.reports import body, report
 
 Client = AsyncTestClient  # type: ignore[type-arg]
@@ -106,3 +107,18 @@ async def test_pull_looks_up_registered_messages_still_open(client: Client,
     assert result is not None and result.error is None
     message = (await client.get("/v1/messages/ib/lost-push", headers=READ)).json()
     assert message["status"] == "UNDELIVERABLE"
+
+
+async def test_a_dicesms_registration_reads_a_national_number_in_its_region(
+        engine: AsyncEngine, database_url: str) -> None:
+    settings = make_settings(sources=make_settings().sources | {
+        "dice": DiceSmsSource("dice", "http://127.0.0.1:9", token="t")})
+    async with AsyncTestClient(app=create_app(settings, database_url)) as dice_client:
+        answer = await dice_client.post("/v1/outbound", headers=WRITE, json=[
+            sent(source="dice", message_id="d-1", to="9842000000"),
+            sent(source="ib", message_id="i-1", to="41793026727")])
+        assert answer.json()["registered"] == 2
+        for source, message_id, to in (("dice", "d-1", "+9779842000000"),
+                                       ("ib", "i-1", "+41793026727")):
+            read = await dice_client.get(f"/v1/messages/{source}/{message_id}", headers=READ)
+            assert read.json()["to"] == to

@@ -14,6 +14,7 @@ from litestar.params import FromQuery, QueryParameter
 from service import db, reconcile, store
 from service.api import ERRORS
 from service.api.auth import require_scope
+from service.config import DiceSmsSource, Source
 from service.errors import BadRequest
 from service.providers import (
     MAX_CALLBACK_DATA,
@@ -45,6 +46,13 @@ class SentMessage(msgspec.Struct, forbid_unknown_fields=True):
     bulk_id: Annotated[Id | None, doc("The provider's bulk id", "BULK-1")] = None
     callback_data: Annotated[CallbackData | None, doc("Matches reports without message_id",
                                                       "order-42")] = None
+
+
+def _number(to: str, source: Source) -> str:
+    """The recipient as the source's reports will spell it: DiceSMS numbers given without a
+    country code are read in the source's region, so that both land on one E.164 form."""
+    region = source.default_region if isinstance(source, DiceSmsSource) else None
+    return reconcile.e164(to, region)
 
 
 _items = msgspec.json.Decoder(list[msgspec.Raw])
@@ -108,7 +116,7 @@ async def register(request: Request[Any, Any, State], state: State) -> Registere
                 raise OutOfBounds(name, "contains a NUL character")
         row = store.Registration(sent.source, moment("sent_at", sent.sent_at),  # type: ignore[arg-type]
                                  sent.message_id, sent.callback_data, sent.bulk_id,
-                                 reconcile.e164(sent.to) if sent.to else None)
+                                 _number(sent.to, sources[sent.source]) if sent.to else None)
         # A registration with a message id is also a (pending) observation of that
         # message, so the message is visible, with what we sent, before the first report.
         observed = None if row.message_id is None else reconcile.observation(
