@@ -53,8 +53,6 @@ def _ingest_failed(_: Request[None, None, State], exc: IngestFailed) -> Response
 
 
 def _unexpected(_: Request[None, None, State], exc: Exception) -> Response[dict[str, object]]:
-    if isinstance(exc, RecursionError):  # a request body nested thousands deep
-        return _error(400, "the body is nested too deeply")
     if db.sqlstate(exc).startswith("22"):
         # SQLSTATE class 22, data exception: a parameter PostgreSQL cannot take (a NUL, say)
         return _error(400, "a parameter holds a value the database cannot take")

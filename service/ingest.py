@@ -54,14 +54,16 @@ class Envelope(msgspec.Struct, frozen=True):
         return store.InboxRow(self.source, self.channel, self.content_type, self.body, state,
                               len(self.reports), len(self.rejections), reason, self.url)
 
-    def without(self, failed: Sequence[Rejection]) -> Envelope:
+    def without(self, failed: Sequence[Report]) -> Envelope:
         """This envelope less the reports that could not be merged, now rejections."""
         if not failed:
             return self
-        gone = {r.message_id for r in failed}
+        gone = {id(r) for r in failed}  # these very reports: one body may hold two of a message
         return msgspec.structs.replace(
-            self, reports=[r for r in self.reports if r.message_id not in gone],
-            rejections=[*self.rejections, *failed])
+            self, reports=[r for r in self.reports if id(r) not in gone],
+            rejections=[*self.rejections, *(Rejection(
+                MERGE_FAILED, "could not be merged (kept for replay after a fix)", r.message_id)
+                for r in failed)])
 
 
 Decoder = Callable[[bytes], tuple[list[Report], list[Rejection]]]
@@ -103,9 +105,9 @@ def decoder_for(source: Source, url: str | None) -> Decoder:
 
 
 async def merge_alone(conn: AsyncConnection, observed: Sequence[tuple[Report, str]],
-                      ) -> tuple[int, list[Rejection]]:
+                      ) -> tuple[int, list[Report]]:
     """Merge each report in a savepoint of its own, so that one the merge fails on (a bug)
-    is rejected alone; return rows changed and those rejections. The database being
+    is rejected alone; return rows changed and the reports that failed. The database being
     unavailable still raises."""
     changed, failed = 0, []
     for report, channel in observed:
@@ -116,8 +118,7 @@ async def merge_alone(conn: AsyncConnection, observed: Sequence[tuple[Report, st
             if db.is_unavailable(exc):
                 raise
             log.exception("merge failed for one report", extra={"source": report.source})
-            failed.append(Rejection(MERGE_FAILED, "could not be merged (kept for replay "
-                                    "after a fix)", report.message_id))
+            failed.append(report)
     return changed, failed
 
 

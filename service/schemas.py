@@ -90,11 +90,6 @@ def query_time(name: str, text: str) -> datetime:
         raise BadRequest(f"{name}: not an ISO 8601 time: {text[:40]!r}") from None
     if moment.tzinfo is None:
         raise BadRequest(f"{name}: give a time zone offset (e.g. 2026-11-01T00:00:00Z)")
-    return plausible_time(name, moment)
-
-
-def plausible_time(name: str, moment: datetime) -> datetime:
-    """An aware `moment` in UTC, from 1970 to 2200; else BadRequest naming `name`."""
     try:
         utc = moment.astimezone(UTC)
     except OverflowError:  # year 1 or 9999 moved past either end of the calendar

@@ -247,8 +247,15 @@ async def _pull_dicesms(pages: _Pages, source: DiceSmsSource) -> None:
     """Batch ids, then the batches not yet complete and final, then a slice of the full walk."""
     statuses = dicesms.StatusTable(source.status_map)
     response = await dicesms.fetch(pages.client, source, "/api/batch-ids", pages.retry)
-    await pages.take(response, dicesms.no_reports)
-    rows = dicesms.decode_batch_ids(response.content)[0] if response.status_code == 200 else []
+    rows: list[dicesms.BatchRow] = []
+
+    def batch_ids(body: bytes) -> tuple[list[Report], list[Rejection]]:
+        """The list decoded once: kept as the page's check, and its rows used below."""
+        found, rejected = dicesms.decode_batch_ids(body)
+        rows.extend(found)
+        return [], rejected
+
+    await pages.take(response, batch_ids)  # a 404 is not decoded: no rows
     batch_of = {row.sent_at: row.batch_id for row in rows}
     expected: dict[str, list[bool]] = {}
     for row in rows:

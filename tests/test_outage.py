@@ -270,3 +270,16 @@ def test_commands_tell_an_unavailable_database_in_words(monkeypatch: pytest.Monk
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert said.startswith("database unavailable: ")
     assert not PYTHON_NAMES.search(said), said
+
+
+@pytest.mark.parametrize("state", ["40P01", "40001", "55P03", "57P01", "08006", "53300"])
+def test_a_transaction_the_server_gave_up_on_is_worth_a_retry(state: str) -> None:
+    """A deadlock, a serialization failure or a lock not had in time answers 503 (retry),
+    never 500."""
+    from service import db
+
+    class ServerSaid(Exception):
+        sqlstate = state
+
+    assert db.is_unavailable(ServerSaid())
+    assert not db.is_unavailable(type("Bug", (Exception,), {"sqlstate": "42703"})())

@@ -351,3 +351,21 @@ async def test_nul_characters_are_rejected_per_report(client: Client, engine: As
     assert "NUL" in response.json()["rejected"][0]["reason"]
     read = await client.get("/v1/messages", params={"callback_data": "a\u0000b"}, headers=READ)
     assert read.status_code == 400
+
+
+async def test_a_merge_bug_rejects_that_report_not_its_namesake(
+        client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two reports of one message in one body (pending, then final): only the one the merge
+    fails on is rejected; the other is merged and counted."""
+    real_write = store.write
+
+    async def broken(conn: object, bodies: object, observed: list[Any]) -> int:
+        if any(report.status == "DELIVERED" for report, _ in observed):
+            raise RuntimeError("bug in the merge")
+        return await real_write(conn, bodies, observed)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "write", broken)
+    response = await push(client, body(report("m1", group_id=1, status_id=7), report("m1")))
+    answer = response.json()
+    assert (response.status_code, answer["accepted"], answer["rejected_count"]) == (200, 1, 1)
+    assert answer["rejected"][0]["index"] == -1

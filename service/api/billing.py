@@ -7,7 +7,6 @@ import io
 import zoneinfo
 from typing import Annotated, Any
 
-import msgspec
 from litestar import Request, get
 from litestar.datastructures import State
 from litestar.params import FromQuery, QueryParameter
@@ -18,23 +17,7 @@ from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import BadRequest
 from service.reconcile import amount_text
-from service.schemas import TIME, doc, query_time
-
-
-class SummaryRow(msgspec.Struct, omit_defaults=True):
-    """One group; `amount` is exact, in `currency` (every row is one currency). Each key
-    asked for in `group_by` is present, null when the messages have no value for it (no
-    operator known, a provider that reports no price); keys not asked for are absent."""
-
-    messages: Annotated[int, doc("Messages in the group", 3)]
-    parts: Annotated[int, doc("SMS parts", 6)]
-    amount: Annotated[str, doc("Sum of price per part x parts, exact", "0.8")]
-    currency: Annotated[str | None, doc("Currency of amount", "EUR")]
-    day: Annotated[str | None, doc("Calendar day in tz", "2026-11-01")] = None
-    source: str | None = None
-    operator: str | None = None
-    status: str | None = None
-
+from service.schemas import TIME, query_time
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -79,17 +62,16 @@ async def billing_summary(
     keys = _groups(group_by)
     async with db.transaction(state.engine) as conn:
         found = await store.billing(conn, since, until, keys, tz)
-    rows = [SummaryRow(messages=r.messages, parts=r.parts, amount=amount_text(r.amount),
-                       **{k: getattr(r, k) for k in keys}) for r in found]
+    # Every key asked for is in every row, null included: a missing key would read as "not
+    # grouped by", not as "no value" (no operator known, a provider that reports no price).
+    rows = [{**{k: getattr(r, k) for k in keys}, "messages": r.messages, "parts": r.parts,
+             "amount": amount_text(r.amount)} for r in found]
     if "text/csv" in request.headers.get("accept", ""):
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow([*keys, "messages", "parts", "amount"])
         for row in rows:
-            writer.writerow([*(_cell(getattr(row, k)) for k in keys), row.messages, row.parts,
-                             row.amount])
+            writer.writerow([*(_cell(row[k]) for k in keys), row["messages"], row["parts"],
+                             row["amount"]])
         return Response(out.getvalue(), media_type="text/csv")
-    # Every key asked for, null included (SummaryRow itself omits nulls): a missing key
-    # would read as "not grouped by", not as "no value".
-    return Response({"rows": [{**{k: getattr(row, k) for k in keys}, "messages": row.messages,
-                               "parts": row.parts, "amount": row.amount} for row in rows]})
+    return Response({"rows": rows})

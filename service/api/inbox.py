@@ -19,7 +19,7 @@ from service.errors import BadRequest, NotFound
 from service.providers import Rejection
 from service.schemas import TIME, query_time
 
-MAX_ID = 2**63 - 1  # inbox.id is a bigint
+MAX_INBOX_ID = 2**63 - 1  # inbox.id is a bigint
 _rejections = msgspec.json.Decoder(list[Rejection])
 
 
@@ -67,7 +67,7 @@ def _decode_cursor(cursor: str) -> int:
         inbox_id = int(base64.urlsafe_b64decode(cursor.encode()))
     except (binascii.Error, ValueError):
         raise BadRequest("cursor is not one this API returned") from None
-    if not 0 < inbox_id <= MAX_ID:
+    if not 0 < inbox_id <= MAX_INBOX_ID:
         raise BadRequest("cursor is not one this API returned")
     return inbox_id
 
@@ -99,7 +99,7 @@ async def list_inbox(
      media_type="application/octet-stream")
 async def get_kept_body(state: State, inbox_id: FromPath[int]) -> Response[bytes]:
     row = None
-    if 0 < inbox_id <= MAX_ID:
+    if 0 < inbox_id <= MAX_INBOX_ID:
         async with db.transaction(state.engine) as conn:
             row = await store.kept_body(conn, inbox_id)
     if row is None:

@@ -97,10 +97,8 @@ async def register(request: Request[Any, Any, State], state: State) -> Registere
         items = _items.decode(await request.body())
     except msgspec.ValidationError:
         raise BadRequest("the body must be a JSON array of registrations") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise BadRequest(f"invalid JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("invalid JSON: nested too deeply") from None
     if len(items) > MAX_REGISTRATIONS:
         raise BadRequest(f"at most {MAX_REGISTRATIONS} messages per request")
     sources = state.settings.sources

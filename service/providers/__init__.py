@@ -1,6 +1,6 @@
 """The neutral report every provider module produces, and the bounds every stored value keeps.
 
-Each report is judged alone: a provider module decodes one report at a time with `judge`,
+Each report is judged alone: a provider module decodes its items with `judge_all`,
 so a report that breaks a bound (or a decoder) is rejected with a reason naming its field,
 and the reports beside it are still merged.
 """
@@ -36,11 +36,8 @@ MAX_REASON = 500  # characters of one rejection's reason
 MAX_REJECTIONS_LISTED = 100  # an answer or an inbox reason lists the first ones and a count
 
 IdText = Annotated[str, msgspec.Meta(max_length=MAX_ID)]
-CallbackText = Annotated[str, msgspec.Meta(max_length=MAX_CALLBACK_DATA)]
-SenderText = Annotated[str, msgspec.Meta(max_length=MAX_SENDER)]
 NumberText = Annotated[str, msgspec.Meta(max_length=MAX_TO)]
 NameText = Annotated[str, msgspec.Meta(max_length=MAX_NAME)]
-DescriptionText = Annotated[str, msgspec.Meta(max_length=MAX_DESCRIPTION)]
 MessageText = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 Parts = Annotated[int, msgspec.Meta(ge=0, le=MAX_PARTS)]
 Int32 = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
@@ -99,7 +96,7 @@ class OutOfBounds(ValueError):
         self.field, self.problem = field, problem
 
 
-# Longest value per text field of a Report (the wire structs hold the same limits).
+# Longest value per text field of a Report, checked on every report built.
 TEXT_LIMITS = {
     "message_id": MAX_ID, "bulk_id": MAX_ID, "callback_data": MAX_CALLBACK_DATA,
     "sender": MAX_SENDER, "to": MAX_TO, "status": MAX_NAME, "status_name": MAX_NAME,

@@ -156,10 +156,8 @@ def decode_batch_report(source: DiceSmsSource, statuses: StatusTable, batch_id: 
     """GET /api/sms-report/{batch_id}/: a JSON list of report items."""
     try:
         items = _raw_list.decode(body)
-    except msgspec.MsgspecError as exc:
+    except (msgspec.MsgspecError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise BadRequest(f"not a DiceSMS report list: {exc}") from None
-    except RecursionError:
-        raise BadRequest("not a DiceSMS report list: nested too deeply") from None
     return _decode_items(source, statuses, items, {}, batch_id, "$[{}]")
 
 
@@ -169,10 +167,8 @@ def decode_report_page(source: DiceSmsSource, statuses: StatusTable,
     """GET /api/sms-report/: one page of the paginated listing (batch ids joined on sent_at)."""
     try:
         page = _page.decode(body)
-    except msgspec.MsgspecError as exc:
+    except (msgspec.MsgspecError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise BadRequest(f"not a DiceSMS report page: {exc}") from None
-    except RecursionError:
-        raise BadRequest("not a DiceSMS report page: nested too deeply") from None
     return _decode_items(source, statuses, page.results, batch_of or {}, None, "$.results[{}]")
 
 
@@ -185,10 +181,8 @@ def decode_batch_ids(body: bytes) -> tuple[list[BatchRow], list[Rejection]]:
     """GET /api/batch-ids: the rows that decode, and why the others did not."""
     try:
         items = _raw_list.decode(body)
-    except msgspec.MsgspecError as exc:
+    except (msgspec.MsgspecError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise BadRequest(f"not a DiceSMS batch-id list: {exc}") from None
-    except RecursionError:
-        raise BadRequest("not a DiceSMS batch-id list: nested too deeply") from None
 
     def build(raw: msgspec.Raw) -> list[BatchRow]:
         row = _batch_row.decode(raw)

@@ -104,10 +104,8 @@ def decode_reports(source: str, body: bytes) -> tuple[list[Report], list[Rejecti
         envelope = _envelope.decode(body)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"not an Infobip report body: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise BadRequest(f"invalid JSON: {exc}") from None
-    except RecursionError:
-        raise BadRequest("invalid JSON: nested too deeply") from None
     if len(envelope.results) > MAX_REPORTS:
         raise TooManyReports(f"{len(envelope.results)} reports in one body; at most "
                              f"{MAX_REPORTS} (Infobip sends up to 2000)")
