@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from bench.common import bench_database, raw_rate, report
-from service.providers.fakes import FakeInfobip
+from service.providers.infobip.fake import FakeInfobip
 
 
 def rss_mb(pid: int) -> float:

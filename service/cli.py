@@ -283,7 +283,8 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
 
     from service import simulate
     from service.config import DiceSmsSource, InfobipSource
-    from service.providers.fakes import FakeDiceSms, FakeInfobip
+    from service.providers.dicesms.fake import FakeDiceSms
+    from service.providers.infobip.fake import FakeInfobip
 
     ib, dice = settings.sources.get(args.infobip), settings.sources.get(args.dicesms)
     if not isinstance(ib, InfobipSource) or not isinstance(dice, DiceSmsSource):

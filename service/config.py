@@ -13,12 +13,22 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import msgspec
-import phonenumbers
 
 from service.errors import ConfigError
+
+# The source settings live with their kinds; named here too, where settings are looked for.
+from service.providers.base import BasicAuth as BasicAuth
+from service.providers.base import StandardWebhooksAuth as StandardWebhooksAuth
+from service.providers.base import Strict
+from service.providers.base import TokenAuth as TokenAuth
+from service.providers.base import WebhookConfig as WebhookConfig
+from service.providers.dicesms import DiceSmsSource as DiceSmsSource
+from service.providers.infobip import InfobipSource as InfobipSource
+from service.providers.registry import Source as Source
+from service.providers.registry import provider
 
 Scope = Literal["read", "write", "admin"]
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -30,83 +40,18 @@ DEFAULT_MAX_CONNECTIONS = 512
 WEBHOOK_KEY_MIN_BYTES = 24  # shorter HMAC keys are weak; the Standard Webhooks examples use 24
 
 
-class _Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
-    pass
-
-
-class BasicAuth(_Strict, frozen=True):
-    username: str
-    password: str
-
-
-class TokenAuth(_Strict, frozen=True):
-    value: str
-    header: str = "X-Webhook-Token"
-
-
-class StandardWebhooksAuth(_Strict, frozen=True):
-    secrets: list[str]
-    tolerance_s: int = 300
-
-
-class WebhookConfig(_Strict, frozen=True):
-    basic: BasicAuth | None = None
-    token: TokenAuth | None = None
-    standard_webhooks: StandardWebhooksAuth | None = None
-    unauthenticated: bool = False
-    allow_ips: list[str] = []
-
-    @property
-    def disabled_reason(self) -> str | None:
-        """Why this webhook must refuse everything, or None when it can accept."""
-        if self.basic and not (self.basic.username and self.basic.password):
-            return "basic credentials are empty"
-        if self.token and not (self.token.value and self.token.header):
-            return "token is empty"
-        if self.standard_webhooks and not all(self.standard_webhooks.secrets or [""]):
-            return "a standard_webhooks secret is empty"
-        return None
-
-
-# Seconds between passes: more than nothing, at most a week.
-Interval = Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)]
-STATUS_GROUPS = ("PENDING", "DELIVERED", "UNDELIVERABLE", "EXPIRED", "REJECTED")
-
-
-class InfobipSource(_Strict, frozen=True, tag="infobip", tag_field="kind"):
-    name: str
-    base_url: str
-    api_key: str | None = None
-    pull_interval_s: Interval = 60.0
-    webhook: WebhookConfig | None = None
-
-
-class DiceSmsSource(_Strict, frozen=True, tag="dicesms", tag_field="kind"):
-    name: str
-    base_url: str
-    token: str | None = None
-    default_region: str = "NP"
-    pull_interval_s: Interval = 300.0
-    walk_interval_s: Interval = 3600.0  # how often the full listing walk starts over
-    status_map: dict[str, str] = {}
-    webhook: WebhookConfig | None = None
-
-
-Source = InfobipSource | DiceSmsSource
-
-
-class ApiToken(_Strict, frozen=True):
+class ApiToken(Strict, frozen=True):
     token: str
     scopes: list[Scope]
 
 
-class ApiConfig(_Strict, frozen=True):
-    tokens: list[ApiToken] = []
+class ApiConfig(Strict, frozen=True):
+    tokens: list[ApiToken] = msgspec.field(default_factory=list)
 
 
-class FileConfig(_Strict, frozen=True):
+class FileConfig(Strict, frozen=True):
     api: ApiConfig = ApiConfig()
-    sources: list[Source] = []
+    sources: list[Source] = msgspec.field(default_factory=list)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -236,24 +181,16 @@ def _check_sources(sources: list[Source]) -> dict[str, Source]:
         if not re.match(r"^https?://[^/]+", source.base_url):
             raise ConfigError(f"{where}.base_url: {source.base_url!r} is not an http(s) URL")
         if source.webhook is not None:
-            if not isinstance(source, InfobipSource):
-                raise ConfigError(f"{where}.webhook: a dicesms source takes no pushes (its "
+            kind = provider(source)
+            if not kind.takes_pushes:
+                raise ConfigError(f"{where}.webhook: a {kind.kind} source takes no pushes (its "
                                   "reports are pulled); remove the section")
             _check_webhook(source.webhook, f"{where}.webhook")
-        if isinstance(source, DiceSmsSource):
-            _check_dicesms(source, where)
+        if problem := source.problem():
+            key, what = problem
+            raise ConfigError(f"{where}.{key}: {what}")
         by_name[source.name] = source
     return by_name
-
-
-def _check_dicesms(source: DiceSmsSource, where: str) -> None:
-    if source.default_region not in phonenumbers.SUPPORTED_REGIONS:
-        raise ConfigError(f"{where}.default_region: {source.default_region!r} is not a region "
-                          "code (ISO 3166, e.g. NP)")
-    for raw, group in source.status_map.items():
-        if group.upper() not in STATUS_GROUPS:  # a typo would leave messages never final
-            raise ConfigError(f"{where}.status_map.{raw}: {group!r} is not one of "
-                              f"{', '.join(STATUS_GROUPS)}")
 
 
 def _check_webhook(hook: WebhookConfig, where: str) -> None:

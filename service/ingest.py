@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from urllib.parse import unquote, urlsplit
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import db, metrics, store
-from service.config import InfobipSource, Source
 from service.errors import BadRequest, DatabaseUnavailable
-from service.providers import MAX_REJECTIONS_LISTED, Rejection, Report, dicesms, infobip
+from service.providers import MAX_REJECTIONS_LISTED, Rejection, Report, registry
+from service.providers.base import Decoder
+from service.providers.registry import Source
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,6 @@ class Envelope(msgspec.Struct, frozen=True):
                 for r in failed)])
 
 
-Decoder = Callable[[bytes], tuple[list[Report], list[Rejection]]]
-
-
 def decode(source: str, channel: str, body: bytes, content_type: str | None, decoder: Decoder,
            url: str | None = None) -> Envelope:
     """Decode in memory; whatever goes wrong, the envelope keeps the body and the reason."""
@@ -84,24 +81,9 @@ def decode(source: str, channel: str, body: bytes, content_type: str | None, dec
     return Envelope(source, channel, body, content_type, reports, rejections, url=url)
 
 
-def decode_infobip(source: str, channel: str, body: bytes, content_type: str | None,
-                   url: str | None = None) -> Envelope:
-    return decode(source, channel, body, content_type,
-                  lambda raw: infobip.decode_reports(source, raw), url)
-
-
-def decoder_for(source: Source, url: str | None) -> Decoder:
-    """How to read a body kept for `source`, by where it was fetched from."""
-    if isinstance(source, InfobipSource):
-        return lambda raw: infobip.decode_reports(source.name, raw)
-    statuses = dicesms.StatusTable(source.status_map)
-    path = urlsplit(url or "").path.rstrip("/")
-    if path.endswith("/api/batch-ids"):
-        return dicesms.no_reports
-    if path.endswith("/api/sms-report"):
-        return lambda raw: dicesms.decode_report_page(source, statuses, raw)
-    batch_id = unquote(path.rsplit("/", 1)[-1])
-    return lambda raw: dicesms.decode_batch_report(source, statuses, batch_id, raw)
+def decoder_for(source: Source, url: str | None, content_type: str | None) -> Decoder:
+    """How the source's kind reads a body of it: pushed (no url), or fetched from `url`."""
+    return registry.provider(source).decoder(source, url, content_type)
 
 
 async def merge_alone(conn: AsyncConnection, observed: Sequence[tuple[Report, str]],
@@ -120,6 +102,17 @@ async def merge_alone(conn: AsyncConnection, observed: Sequence[tuple[Report, st
             log.exception("merge failed for one report", extra={"source": report.source})
             failed.append(report)
     return changed, failed
+
+
+async def merge_body(engine: AsyncEngine, inbox_id: int, source: Source, channel: str,
+                     body: bytes, content_type: str | None, url: str | None,
+                     decoder: Decoder | None = None) -> tuple[int, Envelope]:
+    """Decode and merge a body already kept as inbox row `inbox_id` (a pulled page, or any
+    body replayed), with `decoder` or else the one its source's kind reads it with; return
+    rows changed and the envelope as recorded."""
+    envelope = decode(source.name, channel, body, content_type,
+                      decoder or decoder_for(source, url, content_type), url)
+    return await merge_kept(engine, inbox_id, envelope)
 
 
 async def merge_kept(engine: AsyncEngine, inbox_id: int, envelope: Envelope,
@@ -303,10 +296,9 @@ async def replay(engine: AsyncEngine, sources: Mapping[str, Source], *, only_una
             if source is None:
                 result.skipped += 1
                 continue
-            envelope = decode(row.source, row.channel, row.body, row.content_type,
-                              decoder_for(source, row.url), row.url)
             try:
-                changed, envelope = await merge_kept(engine, row.id, envelope)
+                changed, envelope = await merge_body(engine, row.id, source, row.channel,
+                                                     row.body, row.content_type, row.url)
             except DatabaseUnavailable:
                 raise
             except Exception:

@@ -25,7 +25,8 @@ from service import reconcile
 from service.api.webhooks import sign
 from service.config import WebhookConfig
 from service.providers import dicesms
-from service.providers.fakes import DiceMessage, FakeDiceSms, FakeInfobip
+from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
+from service.providers.infobip.fake import FakeInfobip
 
 NPT = timezone(timedelta(hours=5, minutes=45))
 GROUPS = {2: "UNDELIVERABLE", 3: "DELIVERED", 4: "EXPIRED"}

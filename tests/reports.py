@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from service import ingest
+from service.ingest import Envelope
+from service.providers import infobip
+
 GROUPS = {1: "PENDING", 2: "UNDELIVERABLE", 3: "DELIVERED", 4: "EXPIRED", 5: "REJECTED"}
 
 
@@ -29,3 +33,9 @@ def report(message_id: str, group_id: int = 3, status_id: int = 5,
 
 def body(*reports: dict[str, Any]) -> bytes:
     return json.dumps({"results": list(reports)}).encode()
+
+
+def pushed(source: str, raw: bytes) -> Envelope:
+    """`raw` decoded as a push to an Infobip source named `source`."""
+    return ingest.decode(source, "push", raw, "application/json",
+                         lambda b: infobip.decode_reports(source, b))

@@ -10,7 +10,8 @@ from service import simulate, worker
 from service.app import create_app
 from service.config import BasicAuth, DiceSmsSource, InfobipSource, WebhookConfig
 from service.providers import http
-from service.providers.fakes import FakeDiceSms, FakeInfobip
+from service.providers.dicesms.fake import FakeDiceSms
+from service.providers.infobip.fake import FakeInfobip
 from tests.conftest import READ_TOKEN, make_settings
 
 

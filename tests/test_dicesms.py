@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service import worker
 from service.config import DiceSmsSource
 from service.providers import dicesms, http
-from service.providers.fakes import DiceMessage, FakeDiceSms
+from service.providers.dicesms import pull as dicesms_pull
+from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
 from service.tables import messages, pull_cursors
 from tests.conftest import PAYLOADS
 
@@ -151,7 +152,7 @@ async def test_second_pass_updates_and_skips_complete_batches(engine: AsyncEngin
 
 async def test_walk_resumes_where_it_stopped(engine: AsyncEngine,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(worker, "WALK_PAGES_PER_RUN", 1)
+    monkeypatch.setattr(dicesms_pull, "WALK_PAGES_PER_RUN", 1)
     with FakeDiceSms(page_size=5) as fake:
         fake.messages = messages_of_three_batches()
         await pull(engine, fake)

@@ -28,7 +28,8 @@ from service import db, providers, worker
 from service.app import create_app
 from service.config import DiceSmsSource, InfobipSource
 from service.providers import dicesms, infobip
-from service.providers.fakes import FakeInfobip, Fault
+from service.providers.fakes import Fault
+from service.providers.infobip.fake import FakeInfobip
 from service.tables import inbox, messages
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, WRITE_TOKEN, free_port, make_settings
 from tests.databases import scratch_database

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import ingest, store
 from service.tables import inbox, messages
-from tests.reports import body, report
+from tests.reports import body, pushed, report
 
 
 async def test_a_failing_body_does_not_take_its_batch_down(
@@ -29,7 +29,7 @@ async def test_a_failing_body_does_not_take_its_batch_down(
     ingestor = ingest.Ingestor(engine, writers=1)
     await ingestor.start()
     try:
-        envelopes = [ingest.decode_infobip("ib", "push", body(report(m)), None)
+        envelopes = [pushed("ib", body(report(m)))
                      for m in ("a", "poison", "b")]
         outcomes = await asyncio.gather(*[ingestor.ingest(e) for e in envelopes],
                                         return_exceptions=True)
@@ -55,7 +55,7 @@ async def test_a_body_that_cannot_even_be_kept_is_reported_as_not_stored(
     await ingestor.start()
     try:
         with pytest.raises(ingest.IngestFailed) as failed:
-            await ingestor.ingest(ingest.decode_infobip("ib", "push", body(report("a")), None))
+            await ingestor.ingest(pushed("ib", body(report("a"))))
     finally:
         await ingestor.stop()
     assert not failed.value.kept

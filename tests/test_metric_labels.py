@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service import metrics, worker
 from service.config import DiceSmsSource
 from service.providers import http
-from service.providers.fakes import DiceMessage, FakeDiceSms
+from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
 from tests.conftest import free_port
 from tests.databases import scratch_database
 from tests.services import hooked_config, serving

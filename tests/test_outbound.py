@@ -15,7 +15,7 @@ from service import worker
 from service.app import create_app
 from service.config import DiceSmsSource, InfobipSource
 from service.providers import http
-from service.providers.fakes import FakeInfobip
+from service.providers.infobip.fake import FakeInfobip
 from tests.conftest import READ_TOKEN, WRITE_TOKEN, make_settings
 from tests.reports import body, report
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from service.providers.fakes import FakeInfobip
+from service.providers.infobip.fake import FakeInfobip
 from tests.conftest import free_port
 from tests.databases import scratch_database
 from tests.pgbouncer import pgbouncer

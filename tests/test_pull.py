@@ -19,7 +19,8 @@ from service import db, store, worker
 from service.config import InfobipSource
 from service.errors import DatabaseUnavailable
 from service.providers import http
-from service.providers.fakes import FakeInfobip, Fault
+from service.providers.fakes import Fault
+from service.providers.infobip.fake import FakeInfobip
 from service.tables import inbox, leases, messages, runs
 from tests.conftest import ADMIN_TOKEN, READ_TOKEN, free_port
 from tests.reports import report

@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service import ingest, store, worker
 from service.config import DiceSmsSource, InfobipSource
 from service.providers import infobip
-from service.providers.fakes import FakeDiceSms, FakeInfobip
+from service.providers.dicesms.fake import FakeDiceSms
+from service.providers.infobip.fake import FakeInfobip
 from service.tables import inbox, message_history, messages
 from tests.conftest import WRITE_TOKEN
 from tests.reports import body, report

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service import db, ingest, retention, store
 from service.tables import inbox, message_history, messages, runs
 from tests.databases import scratch_database
-from tests.reports import body, report
+from tests.reports import body, pushed, report
 
 NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 
@@ -55,8 +55,8 @@ async def push(engine: AsyncEngine, *message_ids: str, sent: timedelta | datetim
     """One webhook body for each message, sent at `sent` or that long ago."""
     moment = sent if isinstance(sent, datetime) else datetime.now(UTC) - sent
     sent_at = f"{moment:%Y-%m-%dT%H:%M:%S.000+0000}"
-    await ingest.write(engine, [ingest.decode_infobip(
-        "ib", "push", body(report(m, sentAt=sent_at, doneAt=sent_at)), None) for m in message_ids])
+    await ingest.write(engine, [pushed("ib", body(report(m, sentAt=sent_at, doneAt=sent_at)))
+                                for m in message_ids])
 
 
 def month_of(ago: timedelta) -> str:
@@ -113,15 +113,15 @@ async def test_history_is_filed_under_the_month_its_message_was_sent(scratch: As
     await ensure(scratch, datetime.now(UTC))  # that month is kept: it gets its partition
     await push(scratch, "m1", sent=sent)  # the same report again, later: not recorded twice
     assert await where_rows_are(scratch, message_history) == {f"message_history_p{sent:%Y_%m}": 1}
-    await ingest.write(scratch, [ingest.decode_infobip("ib", "push", body(report(
-        "m2", sentAt=None, doneAt=None)), None)])  # no time in the report: when received
+    await ingest.write(scratch, [pushed("ib", body(report(
+        "m2", sentAt=None, doneAt=None)))])  # no time in the report: when received
     assert (await where_rows_are(scratch, message_history))[
         f"message_history_p{month_of(timedelta(0))}"] == 1
 
 
 async def test_a_report_from_the_far_future_stays_in_default(scratch: AsyncEngine) -> None:
     """Such a report is refused now; an older version may have stored one."""
-    [decoded] = ingest.decode_infobip("ib", "push", body(report("m1")), None).reports
+    [decoded] = pushed("ib", body(report("m1"))).reports
     far = msgspec.structs.replace(decoded, sent_at=datetime(9999, 12, 31, 23, tzinfo=UTC))
     async with db.transaction(scratch) as conn:
         await store.write(conn, [], [(far, "push")])

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db
-from service.providers.fakes import FakeInfobip
+from service.providers.infobip.fake import FakeInfobip
 from service.tables import inbox, messages, runs
 from tests.conftest import free_port
 from tests.reports import report

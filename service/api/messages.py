@@ -15,7 +15,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from service import db, reconcile, store
 from service.api import ERRORS
 from service.api.auth import require_scope
-from service.config import DiceSmsSource, Source
+from service.config import Source
 from service.errors import BadRequest, NotFound
 from service.providers import MAX_TO
 from service.schemas import (
@@ -43,9 +43,9 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 def _spellings(to: str, source: str | None, sources: Mapping[str, Source]) -> tuple[str, ...]:
     """Stored forms `to` may stand for: as international, and as national in each region
-    of a DiceSMS source (the named one, or all of them)."""
-    regions = {s.default_region for s in sources.values()
-               if isinstance(s, DiceSmsSource) and (source is None or s.name == source)}
+    of each source that reads national numbers (the named one, or all of them)."""
+    regions = {s.region for s in sources.values()
+               if s.region and (source is None or s.name == source)}
     forms = {reconcile.e164(to)} | {reconcile.e164(to, region) for region in regions}
     return tuple(sorted(forms | {to.strip()}))
 

@@ -14,7 +14,7 @@ from litestar.params import FromQuery, QueryParameter
 from service import db, reconcile, store
 from service.api import ERRORS
 from service.api.auth import require_scope
-from service.config import DiceSmsSource, Source
+from service.config import Source
 from service.errors import BadRequest
 from service.providers import (
     MAX_CALLBACK_DATA,
@@ -51,8 +51,7 @@ class SentMessage(msgspec.Struct, forbid_unknown_fields=True):
 def _number(to: str, source: Source) -> str:
     """The recipient as the source's reports will spell it: DiceSMS numbers given without a
     country code are read in the source's region, so that both land on one E.164 form."""
-    region = source.default_region if isinstance(source, DiceSmsSource) else None
-    return reconcile.e164(to, region)
+    return reconcile.e164(to, source.region)
 
 
 _items = msgspec.json.Decoder(list[msgspec.Raw])

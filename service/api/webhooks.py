@@ -23,7 +23,7 @@ from litestar.response import Response
 
 from service import metrics
 from service.api import ERRORS
-from service.config import InfobipSource, Source, WebhookConfig
+from service.config import Source, WebhookConfig
 from service.errors import (
     BadRequest,
     ConfigError,
@@ -32,7 +32,7 @@ from service.errors import (
     TooManyReports,
     Unauthorized,
 )
-from service.ingest import Ingestor, decode_infobip
+from service.ingest import Ingestor, decode, decoder_for
 from service.providers import MAX_REJECTIONS_LISTED
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def build_gates(sources: Mapping[str, Source]) -> dict[str, Gate]:
     gates: dict[str, Gate] = {}
     for name, source in sources.items():
         hook = source.webhook
-        if hook is None or not isinstance(source, InfobipSource):
+        if hook is None:  # the settings allow one only on a kind that takes pushes
             continue
         if reason := hook.disabled_reason:
             log.warning("webhook disabled", extra={"source": name, "reason": reason})
@@ -156,7 +156,9 @@ async def receive_reports(source: FromPath[str], request: Request[None, None, St
     gate.check_headers(request.headers, request.client.host if request.client else None)
     body = await request.body()
     gate.check_body(request.headers, body)
-    decoded = decode_infobip(source, "push", body, request.headers.get("content-type"))
+    settings = request.app.state.settings.sources[source]
+    content_type = request.headers.get("content-type")
+    decoded = decode(source, "push", body, content_type, decoder_for(settings, None, content_type))
     ingestor: Ingestor = request.app.state.ingestor
     # As committed: a report the merge failed on (a bug) is a rejection, and its body kept
     # for replay, so the provider need not send it again.

@@ -12,12 +12,13 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated
+from urllib.parse import unquote, urlsplit
 
 import httpx
 import msgspec
+import phonenumbers
 
 from service import reconcile
-from service.config import DiceSmsSource
 from service.errors import BadRequest
 from service.providers import (
     AwareTime,
@@ -32,6 +33,7 @@ from service.providers import (
     judge_all,
     moment,
 )
+from service.providers.base import STATUS_GROUPS, Decoder, Interval, SourceBase
 
 # Documented defaults; a source's `status_map` overrides or extends them.
 DEFAULT_STATUS_MAP = {
@@ -44,6 +46,31 @@ DEFAULT_STATUS_MAP = {
     "1": "DELIVERED",
     "4": "UNDELIVERABLE",
 }
+
+
+class DiceSmsSource(SourceBase, frozen=True, tag="dicesms", tag_field="kind"):
+    token: str | None = None  # pulls send "Authorization: Token <token>"
+    default_region: str = "NP"
+    pull_interval_s: Interval = 300.0
+    walk_interval_s: Interval = 3600.0  # how often the full listing walk starts over
+    status_map: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def pullable(self) -> bool:
+        return bool(self.token)
+
+    @property
+    def region(self) -> str | None:
+        return self.default_region
+
+    def problem(self) -> tuple[str, str] | None:
+        if self.default_region not in phonenumbers.SUPPORTED_REGIONS:
+            return "default_region", (f"{self.default_region!r} is not a region code "
+                                      "(ISO 3166, e.g. NP)")
+        for raw, group in self.status_map.items():
+            if group.upper() not in STATUS_GROUPS:  # a typo would leave messages never final
+                return f"status_map.{raw}", f"{group!r} is not one of {', '.join(STATUS_GROUPS)}"
+        return None
 
 
 PhoneDigits = Annotated[int, msgspec.Meta(ge=0, lt=10**18)]  # an int64; MAX_TO bounds strings
@@ -191,6 +218,18 @@ def decode_batch_ids(body: bytes) -> tuple[list[BatchRow], list[Rejection]]:
         return [row]
 
     return judge_all(items, build, "$[{}]")
+
+
+def decoder(source: DiceSmsSource, url: str | None, content_type: str | None) -> Decoder:
+    """How to read a body of `source` by where it was fetched from."""
+    statuses = StatusTable(source.status_map)
+    path = urlsplit(url or "").path.rstrip("/")
+    if path.endswith("/api/batch-ids"):
+        return no_reports
+    if path.endswith("/api/sms-report"):
+        return lambda raw: decode_report_page(source, statuses, raw)
+    batch_id = unquote(path.rsplit("/", 1)[-1])
+    return lambda raw: decode_batch_report(source, statuses, batch_id, raw)
 
 
 def no_reports(body: bytes) -> tuple[list[Report], list[Rejection]]:

@@ -13,7 +13,6 @@ import httpx
 import msgspec
 
 from service import reconcile
-from service.config import InfobipSource
 from service.errors import BadRequest, TooManyReports
 from service.providers import (
     MAX_ID,
@@ -29,6 +28,17 @@ from service.providers import (
     moment,
     price,
 )
+from service.providers.base import Decoder, Interval, SourceBase
+
+
+class InfobipSource(SourceBase, frozen=True, tag="infobip", tag_field="kind"):
+    api_key: str | None = None  # pulls send "Authorization: App <key>"
+    pull_interval_s: Interval = 60.0
+
+    @property
+    def pullable(self) -> bool:
+        return bool(self.api_key)
+
 
 NO_ERROR_ID = 0
 # Infobip sends up to 2000 reports a push (maxBucketSize); a body with more is not one of
@@ -111,6 +121,11 @@ def decode_reports(source: str, body: bytes) -> tuple[list[Report], list[Rejecti
                              f"{MAX_REPORTS} (Infobip sends up to 2000)")
     return judge_all(envelope.results, lambda raw: [to_report(source, _report.decode(raw))],
                      "$.results[{}]", lambda raw: _maybe_id.decode(raw).messageId, WIRE_NAMES)
+
+
+def decoder(source: InfobipSource, url: str | None, content_type: str | None) -> Decoder:
+    """Pushes and report or log pages all carry the same `results` shape."""
+    return lambda body: decode_reports(source.name, body)
 
 
 def to_report(source: str, wire: SentSmsReport) -> Report:

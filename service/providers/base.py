@@ -1,0 +1,99 @@
+"""What every provider kind shares: the source settings' common part, webhook credentials,
+and `Provider`, the one object through which the rest of the service uses a kind."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+
+from service.providers import Rejection, Report
+
+if TYPE_CHECKING:
+    from service.pages import Pages
+
+Decoder = Callable[[bytes], tuple[list[Report], list[Rejection]]]
+STATUS_GROUPS = ("PENDING", "DELIVERED", "UNDELIVERABLE", "EXPIRED", "REJECTED")
+# Seconds between passes: more than nothing, at most a week.
+Interval = Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)]
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    pass
+
+
+class BasicAuth(Strict, frozen=True):
+    username: str
+    password: str
+
+
+class TokenAuth(Strict, frozen=True):
+    value: str
+    header: str = "X-Webhook-Token"
+
+
+class StandardWebhooksAuth(Strict, frozen=True):
+    secrets: list[str]
+    tolerance_s: int = 300
+
+
+class WebhookConfig(Strict, frozen=True):
+    basic: BasicAuth | None = None
+    token: TokenAuth | None = None
+    standard_webhooks: StandardWebhooksAuth | None = None
+    unauthenticated: bool = False
+    allow_ips: list[str] = []
+
+    @property
+    def disabled_reason(self) -> str | None:
+        """Why this webhook must refuse everything, or None when it can accept."""
+        if self.basic and not (self.basic.username and self.basic.password):
+            return "basic credentials are empty"
+        if self.token and not (self.token.value and self.token.header):
+            return "token is empty"
+        if self.standard_webhooks and not all(self.standard_webhooks.secrets or [""]):
+            return "a standard_webhooks secret is empty"
+        return None
+
+
+class SourceBase(Strict, frozen=True):
+    """One `[[sources]]` table: the fields every kind has. Each kind subclasses it with a
+    `kind` tag and its own settings."""
+
+    name: str
+    base_url: str
+    pull_interval_s: Interval = 60.0
+    webhook: WebhookConfig | None = None
+
+    @property
+    def pullable(self) -> bool:
+        """Whether it has what a pull needs (credentials)."""
+        raise NotImplementedError
+
+    @property
+    def region(self) -> str | None:
+        """The region national numbers in its reports are read in; None: international."""
+        return None
+
+    def problem(self) -> tuple[str, str] | None:
+        """A (key, what is wrong) the generic checks cannot see, or None."""
+        return None
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Everything the service asks of one provider kind.
+
+    `decoder(source, url, content_type)` reads one body of that source: pushed (no url)
+    or pulled from `url`, when it arrives and when it is replayed. `pull(pages, source)`
+    is one reconcile pass; it fetches through `pages`, which keeps each page raw, then
+    merges it.
+    """
+
+    kind: str
+    config: type[SourceBase]
+    decoder: Callable[[Any, str | None, str | None], Decoder]
+    pull: Callable[[Pages, Any], Awaitable[None]]
+    takes_pushes: bool = False
