@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--infobip", default="ib", help="the infobip source to fake")
     sim.add_argument("--dicesms", default="dice", help="the dicesms source to fake")
     sim.add_argument("--messages", type=int, default=200)
+    sim.add_argument("--api-version", type=int, choices=(3, 1), default=3,
+                     help="the shape of the Infobip pushes: v3 (sender, messageCount) or v1")
     sim.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for convergence")
     replay = commands.add_parser("replay", help="decode and merge kept bodies again")
     replay.add_argument("--rejected", action="store_true",
@@ -296,7 +298,8 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
         print("simulate needs an API token with the read scope in DLR_CONFIG", file=sys.stderr)
         return 2
     base = args.url or f"http://{settings.host}:{settings.port}"
-    scenario = simulate.Scenario(args.messages, ib_source=ib.name, dice_source=dice.name)
+    scenario = simulate.Scenario(args.messages, ib_source=ib.name, dice_source=dice.name,
+                                 api_version=args.api_version)
     with FakeInfobip(ib.api_key or "", port=_port(ib.base_url)) as fake_ib, \
             FakeDiceSms(dice.token or "", page_size=50, port=_port(dice.base_url)) as fake_dice:
         scenario.load(fake_ib, fake_dice)

@@ -12,6 +12,7 @@ them, each process writes its values there, and /metrics adds them all up. Gauge
 
 from __future__ import annotations
 
+import logging
 import os
 
 from prometheus_client import (
@@ -28,6 +29,7 @@ RUNS = Counter("dlr_reconciler_runs_total", "Reconciler passes, by source and ou
                ["source", "outcome"])
 PULLED_REPORTS = Counter("dlr_pulled_reports_total", "Reports read by reconciler passes",
                          ["source"])
+log = logging.getLogger(__name__)
 UNMAPPED_STATUSES = Counter("dlr_unmapped_statuses_total",
                             "Provider statuses with no mapping, treated as PENDING",
                             ["source", "status"])
@@ -46,6 +48,9 @@ LAST_SUCCESS = Gauge("dlr_reconciler_last_success_timestamp_seconds",
                      ["source"], multiprocess_mode="max")
 DB_POOL_IN_USE = Gauge("dlr_db_pool_connections_in_use", "Database connections checked out",
                        multiprocess_mode="livesum")
+UNKNOWN_FIELDS = Counter("dlr_unknown_fields_total",
+                         "Fields in providers' reports that no decoder reads, by dotted name",
+                         ["source", "field"])
 WEBHOOK_REQUESTS = Counter("dlr_webhook_requests_total", "Webhook requests by source and status",
                            ["source", "status"])
 
@@ -67,6 +72,26 @@ def count_unmapped(source: str, raw: str, count: int) -> None:
         else:
             seen.add(label)
     UNMAPPED_STATUSES.labels(source, label).inc(count)
+
+
+UNKNOWN_FIELDS_PER_SOURCE = 32  # distinct names labelled per source; the rest are "other"
+FIELD_LABEL_CHARS = 64
+_unknown_seen: dict[str, set[str]] = {}
+
+
+def count_unknown_field(source: str, name: str) -> None:
+    """Count a field no decoder reads, under its name while a source has few such names
+    (a provider's new fields), else as "other" (a body full of invented ones). Each name
+    is logged the first time it is seen."""
+    label = name[:FIELD_LABEL_CHARS]
+    seen = _unknown_seen.setdefault(source, set())
+    if label not in seen:
+        if len(seen) >= UNKNOWN_FIELDS_PER_SOURCE:
+            label = "other"
+        else:
+            seen.add(label)
+            log.warning("a report field is not read", extra={"source": source, "field": label})
+    UNKNOWN_FIELDS.labels(source, label).inc()
 
 
 def show_count_missing(source: str, missing: dict[str, int]) -> None:

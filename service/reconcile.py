@@ -32,19 +32,21 @@ PENDING = "PENDING"
 FINAL_GROUPS = frozenset({"DELIVERED", "UNDELIVERABLE", "EXPIRED", "REJECTED"})
 INFOBIP_GROUPS = {1: PENDING, 2: "UNDELIVERABLE", 3: "DELIVERED", 4: "EXPIRED", 5: "REJECTED"}
 
-STATE_FIELDS = (
+_FIRST_STATE_FIELDS = (
     "status", "final", "status_id", "status_name", "status_description", "done_at",
     "error_group_id", "error_group_name", "error_id", "error_name", "error_permanent",
-    "obs_hash",
 )
+_LATER_STATE_FIELDS = ("status_action", "error_description")  # hashed only when given
+STATE_FIELDS = (*_FIRST_STATE_FIELDS, *_LATER_STATE_FIELDS, "obs_hash")
 DESCRIPTIVE_FIELDS = (
     "to", "bulk_id", "sender", "callback_data", "sent_at", "sms_count", "mcc_mnc",
-    "operator", "text",
+    "operator", "text", "entity_id", "application_id", "campaign_reference_id",
 )
 PRICE_FIELDS = ("price_amount", "price_currency")
 # What an observation's hash covers: its message and its state (see state_hash).
 _HASHED_AT = tuple(Report.__struct_fields__.index(f) for f in
-                   ("source", "message_id", *STATE_FIELDS) if f != "obs_hash")
+                   ("source", "message_id", *_FIRST_STATE_FIELDS))
+_LATER_HASHED_AT = tuple(Report.__struct_fields__.index(f) for f in _LATER_STATE_FIELDS)
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -152,9 +154,13 @@ def observation(**fields: Any) -> Report:
 def state_hash(report: Report) -> bytes:
     """What identifies an observation: its message and its state. Descriptive fields merge
     on their own, so a report seen with and without its bulk id (a DiceSMS listing joined
-    to its batch, or not) is one observation, and replaying it changes nothing."""
+    to its batch, or not) is one observation, and replaying it changes nothing. State
+    fields added later count only when given, so a report kept before them keeps its hash."""
     values = msgspec.structs.astuple(report)
-    content = msgspec.msgpack.encode([values[i] for i in _HASHED_AT])
+    hashed = [values[i] for i in _HASHED_AT]
+    if any(values[i] is not None for i in _LATER_HASHED_AT):
+        hashed += [values[i] for i in _LATER_HASHED_AT]
+    content = msgspec.msgpack.encode(hashed)
     return hashlib.sha256(content).digest()[:16]
 
 

@@ -30,6 +30,7 @@ class ProviderStatus(msgspec.Struct):
     id: int | None
     name: str | None
     description: str | None
+    action: Annotated[str | None, doc("What the provider advises doing (Infobip v3)")] = None
 
 
 class ErrorInfo(msgspec.Struct):
@@ -38,6 +39,7 @@ class ErrorInfo(msgspec.Struct):
     id: int | None
     name: str | None
     permanent: bool | None
+    description: str | None = None
 
 
 class Message(msgspec.Struct):
@@ -60,6 +62,9 @@ class Message(msgspec.Struct):
     mcc_mnc: Annotated[str | None, doc("Mobile country and network code", "22801")]
     operator: Annotated[str | None, doc("Network", "Swisscom")]
     text: str | None
+    entity_id: Annotated[str | None, doc("Infobip platform entity", "promotional-traffic")]
+    application_id: Annotated[str | None, doc("Infobip platform application", "marketing")]
+    campaign_reference_id: Annotated[str | None, doc("Infobip campaign reference", "summersale")]
     seq: Annotated[int, doc("Position in the change feed; grows with every change", 2)]
     updated_at: datetime
 
@@ -104,15 +109,18 @@ def message_from_row(row: Any) -> Message:
     error = None
     if row.error_id is not None or row.error_name is not None:
         error = ErrorInfo(row.error_group_name, row.error_group_id, row.error_id, row.error_name,
-                          row.error_permanent)
+                          row.error_permanent, row.error_description)
     price = None
     if row.price_amount is not None:
         price = Price(format(row.price_amount, "f"), row.price_currency)
     return Message(
         source=row.source, message_id=row.message_id, bulk_id=row.bulk_id, to=row.to,
         sender=row.sender, callback_data=row.callback_data, status=row.status, final=row.final,
-        provider_status=ProviderStatus(row.status_id, row.status_name, row.status_description),
+        provider_status=ProviderStatus(row.status_id, row.status_name, row.status_description,
+                                       row.status_action),
         error=error, sent_at=row.sent_at, done_at=row.done_at, sms_count=row.sms_count,
-        price=price, mcc_mnc=row.mcc_mnc, operator=row.operator, text=row.text, seq=row.seq,
+        price=price, mcc_mnc=row.mcc_mnc, operator=row.operator, text=row.text,
+        entity_id=row.entity_id, application_id=row.application_id,
+        campaign_reference_id=row.campaign_reference_id, seq=row.seq,
         updated_at=row.updated_at,
     )

@@ -1,7 +1,8 @@
 """A demo and end-to-end check: fake providers, lossy pushes, and a diff against the truth.
 
-A Scenario invents messages for an Infobip-compatible source (pushed, with loss,
-duplicates and reordering; what was lost is offered once by GET /sms/1/reports) and a
+A Scenario invents messages for an Infobip-compatible source (pushed in v3's shape, or
+v1's, with loss, duplicates and reordering; what was lost is offered once by the one-time
+reports) and a
 DiceSMS source (pulled only). `converge()` pushes to a running service, then polls its
 API until every message matches the truth or time runs out.
 """
@@ -26,7 +27,7 @@ from service.api.webhooks import sign
 from service.config import WebhookConfig
 from service.providers import dicesms
 from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
-from service.providers.infobip.fake import FakeInfobip
+from service.providers.infobip.fake import FakeInfobip, as_v1, as_v3
 
 NPT = timezone(timedelta(hours=5, minutes=45))
 GROUPS = {2: "UNDELIVERABLE", 3: "DELIVERED", 4: "EXPIRED"}
@@ -38,9 +39,11 @@ def _ib_time(moment: datetime) -> str:
 
 class Scenario:
     def __init__(self, messages: int = 200, seed: int = 1, loss: float = 0.2,
-                 duplicates: float = 0.1, ib_source: str = "ib", dice_source: str = "dice") -> None:
+                 duplicates: float = 0.1, ib_source: str = "ib", dice_source: str = "dice",
+                 api_version: int = 3) -> None:
         rnd = random.Random(seed)  # noqa: S311 (a reproducible scenario, not a secret)
         self.ib_source, self.dice_source = ib_source, dice_source
+        shape = as_v3 if api_version == 3 else as_v1
         start = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
         self.pushes: list[dict[str, Any]] = []
         self.lost_finals: list[dict[str, Any]] = []
@@ -54,7 +57,7 @@ class Scenario:
             message_id = f"sim-{seed}-{i}"
             common = {"bulkId": f"bulk-{i % 7}", "messageId": message_id,
                       "to": f"4179{3000000 + i}", "sentAt": _ib_time(sent), "smsCount": parts,
-                      "callbackData": f"order-{i}",
+                      "callbackData": f"order-{i}", "from": f"Shop{i % 3}",
                       "price": {"pricePerMessage": float(price), "currency": "EUR"}}
             pending = common | {"doneAt": _ib_time(sent), "status": {
                 "groupId": 1, "groupName": "PENDING", "id": 7, "name": "PENDING_ENROUTE"}}
@@ -64,7 +67,9 @@ class Scenario:
                 "status": GROUPS[group], "done_at": reconcile.utc(done.replace(
                     microsecond=done.microsecond // 1000 * 1000)),
                 "price": {"amount": format(reconcile.money(price), "f"), "currency": "EUR"},
-                "sms_count": parts, "callback_data": f"order-{i}", "bulk_id": f"bulk-{i % 7}"}
+                "sms_count": parts, "callback_data": f"order-{i}", "bulk_id": f"bulk-{i % 7}",
+                "sender": f"Shop{i % 3}"}
+            pending, final = shape(pending), shape(final)
             for observation in (pending, final):
                 if rnd.random() < loss:
                     if observation is final:
@@ -88,7 +93,7 @@ class Scenario:
             self.truth[(dice_source, dicesms.message_id(f"+977{phone}", sent_at))] = {
                 "status": dicesms.StatusTable({}).group(word, delivered),
                 "done_at": delivered_at, "price": None, "sms_count": None,
-                "callback_data": None, "bulk_id": f"batch-{i % 5}"}
+                "callback_data": None, "bulk_id": f"batch-{i % 5}", "sender": None}
 
     def push_bodies(self, per_body: int = 20) -> list[bytes]:
         return [json.dumps({"results": self.pushes[i:i + per_body]}).encode()

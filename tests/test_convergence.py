@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import httpx
+import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,13 +18,15 @@ from service.providers.infobip.fake import FakeInfobip
 from tests.conftest import READ_TOKEN, make_settings
 
 
-async def test_pushes_and_pulls_converge_to_the_truth(engine: AsyncEngine,
-                                                      database_url: str) -> None:
-    scenario = simulate.Scenario(messages=300, seed=7, loss=0.2, duplicates=0.1)
+@pytest.mark.parametrize("version", [3, 1])
+async def test_pushes_and_pulls_converge_to_the_truth(engine: AsyncEngine, database_url: str,
+                                                      version: Literal[1, 3]) -> None:
+    scenario = simulate.Scenario(messages=300, seed=7, loss=0.2, duplicates=0.1,
+                                 api_version=version)
     assert scenario.lost_finals  # some finals really were lost in transit
     with FakeInfobip() as fake_ib, FakeDiceSms(page_size=40) as fake_dice:
         scenario.load(fake_ib, fake_dice)
-        ib = InfobipSource("ib", fake_ib.url, api_key=fake_ib.api_key,
+        ib = InfobipSource("ib", fake_ib.url, api_key=fake_ib.api_key, api_version=version,
                            webhook=WebhookConfig(basic=BasicAuth("hook", "pw")))
         dice = DiceSmsSource("dice", fake_dice.url, token=fake_dice.token)
         app = create_app(make_settings(sources={"ib": ib, "dice": dice}), database_url)

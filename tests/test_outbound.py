@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -91,8 +91,11 @@ async def test_bad_grace_period_is_400(client: Client) -> None:
     assert response.status_code == 400
 
 
-async def test_pull_looks_up_registered_messages_still_open(client: Client,
-                                                            engine: AsyncEngine) -> None:
+@pytest.mark.parametrize(("version", "look_up"), [
+    (3, "/sms/3/logs?messageId=lost-push&limit=1000&useCursor=true"),
+    (1, "/sms/1/logs?messageId=lost-push")])
+async def test_pull_looks_up_registered_messages_still_open(
+        client: Client, engine: AsyncEngine, version: Literal[1, 3], look_up: str) -> None:
     await client.post("/v1/outbound", headers=WRITE, json=[
         sent(message_id="lost-push"), sent(message_id="recent",
                                            sent_at=datetime.now(UTC).isoformat())])
@@ -100,9 +103,10 @@ async def test_pull_looks_up_registered_messages_still_open(client: Client,
         fake.logs["lost-push"] = report("lost-push", group_id=2, status_id=9)
         async with httpx.AsyncClient() as http_client:
             result = await worker.pull(engine, http_client,
-                                       InfobipSource("ib", fake.url, api_key=fake.api_key),
+                                       InfobipSource("ib", fake.url, api_key=fake.api_key,
+                                                     api_version=version),
                                        "t", http.Retry(attempts=2, base_s=0.01))
-        assert "/sms/1/logs?messageId=lost-push" in fake.requests
+        assert look_up in fake.requests
         assert not any("recent" in r for r in fake.requests)  # too young to chase
     assert result is not None and result.error is None
     message = (await client.get("/v1/messages/ib/lost-push", headers=READ)).json()

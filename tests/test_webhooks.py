@@ -59,12 +59,14 @@ async def test_seed_example_accepted_verbatim_and_read_back(client: Client) -> N
     assert message["bulk_id"] == "BULK-ID-123-xyz"
     assert message["sms_count"] == 1
     assert message["provider_status"] == {"id": 5, "name": "DELIVERED_TO_HANDSET",
-                                          "description": "Message delivered to handset"}
+                                          "description": "Message delivered to handset",
+                                          "action": None}
     assert message["error"] is None
     assert set(message) == {
         "source", "message_id", "bulk_id", "to", "sender", "callback_data", "status", "final",
         "provider_status", "error", "sent_at", "done_at", "sms_count", "price", "mcc_mnc",
-        "operator", "text", "seq", "updated_at", "history"}
+        "operator", "text", "entity_id", "application_id", "campaign_reference_id", "seq",
+        "updated_at", "history"}
     [seen] = message["history"]
     assert (seen["status"], seen["channel"], seen["done_at"]) == ("DELIVERED", "push",
                                                                   "2019-11-09T16:00:00Z")

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
@@ -78,6 +78,11 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     mcc_mnc: str | None = None
     operator: str | None = None
     text: str | None = None
+    status_action: str | None = None  # what the provider advises doing about the status
+    error_description: str | None = None
+    entity_id: str | None = None  # the sender's platform entity and application (Infobip)
+    application_id: str | None = None
+    campaign_reference_id: str | None = None
 
 
 class Rejection(msgspec.Struct, frozen=True):
@@ -102,7 +107,8 @@ TEXT_LIMITS = {
     "sender": MAX_SENDER, "to": MAX_TO, "status": MAX_NAME, "status_name": MAX_NAME,
     "status_description": MAX_DESCRIPTION, "error_group_name": MAX_NAME,
     "error_name": MAX_NAME, "price_currency": 3, "mcc_mnc": MAX_NAME, "operator": MAX_NAME,
-    "text": MAX_TEXT,
+    "text": MAX_TEXT, "status_action": MAX_DESCRIPTION, "error_description": MAX_DESCRIPTION,
+    "entity_id": MAX_ID, "application_id": MAX_ID, "campaign_reference_id": MAX_ID,
 }
 INT_LIMITS = {"status_id": (-(2**31), 2**31 - 1), "error_group_id": (-(2**31), 2**31 - 1),
               "error_id": (-(2**31), 2**31 - 1), "sms_count": (0, MAX_PARTS)}
@@ -177,6 +183,73 @@ def check(report: Report) -> None:
 
 Item = TypeVar("Item")
 Out = TypeVar("Out")
+Wire = TypeVar("Wire", bound=msgspec.Struct)
+Unknown = Callable[[str], None]
+_generic = msgspec.json.Decoder(float_hook=Decimal)  # numbers exactly as written
+_exact = msgspec.json.Encoder(decimal_format="number")
+
+
+class Known(Generic[Wire]):
+    """Decodes a provider's item into `kind`, a Struct whose nested Structs all forbid
+    unknown fields, and names every field it does not know.
+
+    An item of known fields only takes the one strict decode. Otherwise the item is read
+    generically, each field the structs do not know is handed to `unknown` (by its dotted
+    path, e.g. `status.reason`) and dropped, and the rest decoded strictly. A provider may
+    add fields at any time: this way none is dropped without being counted.
+    """
+
+    def __init__(self, kind: type[Wire]) -> None:
+        self.kind = kind
+        self._strict = msgspec.json.Decoder(kind)
+        fields = _field_tree(msgspec.inspect.type_info(kind))
+        assert fields is not None, "a Struct"
+        self.fields = fields
+
+    def decode(self, raw: bytes, unknown: Unknown) -> Wire:
+        try:
+            return self._strict.decode(raw)
+        except msgspec.ValidationError as exc:
+            if "unknown field" not in str(exc):
+                raise
+        generic = _generic.decode(raw)
+        _drop_unknown(generic, self.fields, "", unknown)
+        return self._strict.decode(_exact.encode(generic))
+
+    def convert(self, item: dict[str, Any], unknown: Unknown) -> Wire:
+        """The same for an item already read (from XML: every value text)."""
+        _drop_unknown(item, self.fields, "", unknown)
+        return msgspec.convert(item, self.kind, strict=False)
+
+
+FieldTree = dict[str, "FieldTree | None"]
+
+
+def _field_tree(info: msgspec.inspect.Type) -> FieldTree | None:
+    """The wire names a Struct knows, each with its own tree when it holds Structs."""
+    if isinstance(info, msgspec.inspect.StructType):
+        return {f.encode_name: _field_tree(f.type) for f in info.fields}
+    if isinstance(info, msgspec.inspect.UnionType):
+        trees = [t for t in map(_field_tree, info.types) if t is not None]
+        return trees[0] if trees else None
+    if isinstance(info, msgspec.inspect.ListType):
+        return _field_tree(info.item_type)
+    return None
+
+
+def _drop_unknown(value: Any, known: FieldTree, path: str, unknown: Unknown) -> None:
+    if isinstance(value, list):
+        for item in value:
+            _drop_unknown(item, known, path, unknown)
+        return
+    if not isinstance(value, dict):
+        return
+    for name in list(value):
+        if name not in known:
+            unknown(f"{path}{name}")
+            del value[name]
+        elif (inner := known[name]) is not None:
+            _drop_unknown(value[name], inner, f"{path}{name}.", unknown)
 
 
 def judge_all(items: Sequence[Item], build: Callable[[Item], list[Out]], path: str,

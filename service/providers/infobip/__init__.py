@@ -1,23 +1,30 @@
-"""Infobip-compatible delivery reports: wire structs and the decoder to neutral Reports.
+"""Infobip-compatible delivery reports: settings, wire structs, decoders and the pull client.
 
-The same `{"results": [...]}` shape arrives by webhook push and from GET /sms/1/reports.
-Status and error groups are read as plain values (new ids and names appear over time).
+Reports arrive pushed (JSON or XML) and pulled from the one-time reports and the logs, in
+v3 (`sender`, `messageCount`, `platform`) or the older v1 shape (`from`, `smsCount`); one
+decoder reads them all. Status and error groups are read as plain values: new ids and
+names appear over time.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any, Literal
+from xml.etree.ElementTree import Element, ParseError
 
+import defusedxml.ElementTree
 import httpx
 import msgspec
+from defusedxml import DefusedXmlException
 
-from service import reconcile
+from service import metrics, reconcile
 from service.errors import BadRequest, TooManyReports
 from service.providers import (
     MAX_ID,
     AwareTime,
     Int32,
+    Known,
     NumberText,
     Parts,
     Rejection,
@@ -33,6 +40,7 @@ from service.providers.base import Decoder, Interval, SourceBase
 
 class InfobipSource(SourceBase, frozen=True, tag="infobip", tag_field="kind"):
     api_key: str | None = None  # pulls send "Authorization: App <key>"
+    api_version: Literal[1, 3] = 3  # the /sms/3 endpoints, or the older /sms/1 ones
     pull_interval_s: Interval = 60.0
 
     @property
@@ -46,42 +54,81 @@ NO_ERROR_ID = 0
 MAX_REPORTS = 2500
 
 
+class _Wire(msgspec.Struct, forbid_unknown_fields=True):
+    """Every field Infobip documents is named, so that a new one is counted (Known)."""
+
+
 # Text lengths are checked on the report built from these (reconcile.observation), under
 # the names below; only `to` is bounded here, before it reaches the number cache.
-class Status(msgspec.Struct):
+class Status(_Wire):
     groupId: Int32 | None = None
     groupName: str | None = None
     id: Int32 | None = None
     name: str | None = None
     description: str | None = None
+    action: str | None = None
 
 
-class Error(msgspec.Struct):
+class Error(_Wire):
     groupId: Int32 | None = None
     groupName: str | None = None
     id: Int32 | None = None
     name: str | None = None
+    description: str | None = None
     permanent: bool | None = None
 
 
-class Price(msgspec.Struct):
+class Price(_Wire):
     pricePerMessage: Decimal | None = None
     currency: str | None = None
 
 
-class SentSmsReport(msgspec.Struct):
+class Platform(_Wire):
+    entityId: str | None = None
+    applicationId: str | None = None
+
+
+class Language(_Wire):
+    languageCode: str | None = None
+
+
+class Content(_Wire):
+    """A log's content: text, or a binary message (read, not stored)."""
+
+    text: str | None = None
+    transliteration: str | None = None
+    language: Language | None = None
+    hex: str | None = None
+    dataCoding: Int32 | None = None
+    esmClass: Int32 | None = None
+
+
+class SmsReport(_Wire):
+    """A delivery report (v3 and v1 push, /sms/3/reports, /sms/1/reports) or a log entry
+    (/sms/3/logs, /sms/1/logs): v3 names and their v1 spellings side by side."""
+
     messageId: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
     status: Status
     bulkId: str | None = None
     to: NumberText | None = None
-    sender: str | None = msgspec.field(default=None, name="from")
+    destination: NumberText | None = None  # v3 logs say destination for to
+    sender: str | None = None
+    from_: str | None = msgspec.field(default=None, name="from")  # v1
     sentAt: AwareTime | None = None
     doneAt: AwareTime | None = None
-    smsCount: Parts | None = None
+    messageCount: Parts | None = None
+    smsCount: Parts | None = None  # v1
     mccMnc: str | None = None
     callbackData: str | None = None
     price: Price | None = None
     error: Error | None = None
+    platform: Platform | None = None
+    entityId: str | None = None  # v1: outside `platform`
+    applicationId: str | None = None
+    campaignReferenceId: str | None = None
+    content: Content | None = None
+    networkId: Int32 | None = None  # read, not stored: mcc_mnc names the network
+    text: str | None = None  # v1 logs
 
 
 class _Envelope(msgspec.Struct):
@@ -95,44 +142,100 @@ class _MaybeId(msgspec.Struct):
 # Report fields by their names in an Infobip body, for rejection reasons.
 WIRE_NAMES = {
     "message_id": "messageId", "bulk_id": "bulkId", "callback_data": "callbackData",
-    "sender": "from", "status": "status.groupName", "status_name": "status.name",
-    "status_description": "status.description", "error_group_name": "error.groupName",
-    "error_name": "error.name", "mcc_mnc": "mccMnc", "operator": "mccMnc",
+    "sender": "sender/from", "status": "status.groupName", "status_name": "status.name",
+    "status_description": "status.description", "status_action": "status.action",
+    "error_group_name": "error.groupName", "error_name": "error.name",
+    "error_description": "error.description", "mcc_mnc": "mccMnc", "operator": "mccMnc",
     "price_currency": "price.currency", "price_amount": "price.pricePerMessage",
-    "sms_count": "smsCount", "sent_at": "sentAt", "done_at": "doneAt",
+    "sms_count": "messageCount/smsCount", "sent_at": "sentAt", "done_at": "doneAt",
+    "entity_id": "platform.entityId/entityId",
+    "application_id": "platform.applicationId/applicationId",
+    "campaign_reference_id": "campaignReferenceId", "text": "content.text",
 }
 
 _envelope = msgspec.json.Decoder(_Envelope)
-_report = msgspec.json.Decoder(SentSmsReport)
+_report = Known(SmsReport)
 _maybe_id = msgspec.json.Decoder(_MaybeId)
 
 
-def decode_reports(source: str, body: bytes) -> tuple[list[Report], list[Rejection]]:
-    """Decode a results body; a bad report is rejected alone, a bad body raises BadRequest
-    (TooManyReports past MAX_REPORTS)."""
+def decoder(source: InfobipSource, url: str | None, content_type: str | None) -> Decoder:
+    """Pushes and report or log pages all carry reports in one of the shapes above."""
+    return lambda body: decode_reports(source.name, body, content_type)
+
+
+def decode_reports(source: str, body: bytes, content_type: str | None = None,
+                   ) -> tuple[list[Report], list[Rejection]]:
+    """Decode a body of reports, JSON or XML; a bad report is rejected alone, a bad body
+    raises BadRequest (TooManyReports past MAX_REPORTS)."""
+    def unknown(name: str) -> None:
+        metrics.count_unknown_field(source, name)
+
+    if _is_xml(body, content_type):
+        items = _xml_reports(body)
+        _check_count(len(items))
+        return judge_all(items, lambda item: [to_report(source, _report.convert(item, unknown))],
+                         "results[{}]", lambda item: item.get("messageId"), WIRE_NAMES)
     try:
         envelope = _envelope.decode(body)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"not an Infobip report body: {exc}") from None
     except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise BadRequest(f"invalid JSON: {exc}") from None
-    if len(envelope.results) > MAX_REPORTS:
-        raise TooManyReports(f"{len(envelope.results)} reports in one body; at most "
-                             f"{MAX_REPORTS} (Infobip sends up to 2000)")
-    return judge_all(envelope.results, lambda raw: [to_report(source, _report.decode(raw))],
+    _check_count(len(envelope.results))
+    return judge_all(envelope.results,
+                     lambda raw: [to_report(source, _report.decode(raw, unknown))],
                      "$.results[{}]", lambda raw: _maybe_id.decode(raw).messageId, WIRE_NAMES)
 
 
-def decoder(source: InfobipSource, url: str | None, content_type: str | None) -> Decoder:
-    """Pushes and report or log pages all carry the same `results` shape."""
-    return lambda body: decode_reports(source.name, body)
+def _check_count(count: int) -> None:
+    if count > MAX_REPORTS:
+        raise TooManyReports(f"{count} reports in one body; at most {MAX_REPORTS} (Infobip "
+                             "sends up to 2000)")
 
 
-def to_report(source: str, wire: SentSmsReport) -> Report:
-    status, error = wire.status, wire.error
+def _is_xml(body: bytes, content_type: str | None) -> bool:
+    return "xml" in (content_type or "").lower() or body.lstrip()[:1] == b"<"
+
+
+def _xml_reports(body: bytes) -> list[dict[str, Any]]:
+    """The reports of an XML body: each `results` (or `result`) element holding a
+    `messageId`, its children read by name as the JSON keys are. Parsed with defusedxml:
+    no DTD, no entity, no external reference."""
+    try:
+        root = defusedxml.ElementTree.fromstring(body, forbid_dtd=True)
+    except (ParseError, DefusedXmlException, ValueError) as exc:
+        raise BadRequest(f"invalid XML: {str(exc)[:200]}") from None
+    reports = []
+    for element in root.iter():
+        if _name(element) in ("results", "result") and \
+                any(_name(child) == "messageId" for child in element):
+            reports.append(element)
+            if len(reports) > MAX_REPORTS:
+                break
+    if not reports and _name(root) not in ("reportResponse", "SMSReportResponse", "results"):
+        raise BadRequest(f"not an Infobip report body: XML root <{_name(root)[:40]}>")
+    return [_xml_value(element, 3) for element in reports]  # type: ignore[misc]
+
+
+def _name(element: Element) -> str:
+    return element.tag.rpartition("}")[2] if isinstance(element.tag, str) else ""
+
+
+def _xml_value(element: Element, depth: int) -> dict[str, Any] | str | None:
+    """An element with children as a dict by their names (`depth` levels down), else its text."""
+    if len(element) == 0 or depth == 0:
+        return element.text.strip() if element.text and element.text.strip() else None
+    return {_name(child): _xml_value(child, depth - 1) for child in element}
+
+
+def to_report(source: str, wire: SmsReport) -> Report:
+    status, error, platform = wire.status, wire.error, wire.platform
     if error is not None and error.id == NO_ERROR_ID:
         error = None
-    number = reconcile.recipient(wire.to) if wire.to else None
+    given = wire.to or wire.destination
+    number = reconcile.recipient(given) if given else None
+    parts = wire.messageCount if wire.messageCount is not None else wire.smsCount
+    text = wire.content.text if wire.content else wire.text
     return reconcile.observation(
         source=source,
         message_id=wire.messageId,
@@ -140,37 +243,52 @@ def to_report(source: str, wire: SentSmsReport) -> Report:
         status_id=status.id,
         status_name=status.name,
         status_description=status.description,
+        status_action=status.action or None,
         done_at=moment("doneAt", wire.doneAt),
         error_group_id=error.groupId if error else None,
         error_group_name=error.groupName if error else None,
         error_id=error.id if error else None,
         error_name=error.name if error else None,
         error_permanent=error.permanent if error else None,
+        error_description=(error.description or None) if error else None,
         to=number.to if number else None,
         bulk_id=wire.bulkId or None,
-        sender=wire.sender or None,
+        sender=wire.sender or wire.from_ or None,
         callback_data=wire.callbackData or None,
         sent_at=moment("sentAt", wire.sentAt),
-        sms_count=wire.smsCount,
+        sms_count=parts,
         price_amount=price("price.pricePerMessage",
                            wire.price.pricePerMessage if wire.price else None),
         price_currency=currency("price.currency", wire.price.currency if wire.price else None),
         mcc_mnc=wire.mccMnc or None,
         operator=reconcile.operator(wire.mccMnc, number.carrier if number else None),
+        text=text or None,
+        entity_id=(platform and platform.entityId) or wire.entityId or None,
+        application_id=(platform and platform.applicationId) or wire.applicationId or None,
+        campaign_reference_id=wire.campaignReferenceId or None,
     )
+
+
+def infobip_time(moment: datetime) -> str:
+    """A time as Infobip writes it: milliseconds, and an offset without a colon."""
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}{moment:%z}"
+
+
+def _headers(source: InfobipSource) -> dict[str, str]:
+    return {"Authorization": f"App {source.api_key}", "Accept": "application/json"}
 
 
 async def fetch_reports_page(client: httpx.AsyncClient, source: InfobipSource, limit: int = 1000,
                              retry: http.Retry = http.DEFAULT_RETRY) -> httpx.Response:
-    """GET /sms/1/reports: the next page of one-time reports (each is handed out only once)."""
-    headers = {"Authorization": f"App {source.api_key}", "Accept": "application/json"}
-    return await http.get(client, source.base_url, "/sms/1/reports", headers, {"limit": limit},
-                          retry)
+    """GET /sms/3/reports (or /sms/1/reports): the next page of one-time reports (each is
+    handed out only once)."""
+    return await http.get(client, source.base_url, f"/sms/{source.api_version}/reports",
+                          _headers(source), {"limit": limit}, retry)
 
 
-async def fetch_logs(client: httpx.AsyncClient, source: InfobipSource, message_id: str,
+async def fetch_logs(client: httpx.AsyncClient, source: InfobipSource,
+                     params: dict[str, str | int],
                      retry: http.Retry = http.DEFAULT_RETRY) -> httpx.Response:
-    """GET /sms/1/logs for one message: not consuming, kept by Infobip for 48 hours."""
-    headers = {"Authorization": f"App {source.api_key}", "Accept": "application/json"}
-    return await http.get(client, source.base_url, "/sms/1/logs", headers,
-                          {"messageId": message_id}, retry)
+    """GET /sms/3/logs (or /sms/1/logs) with `params`: not consuming, kept for 48 hours."""
+    return await http.get(client, source.base_url, f"/sms/{source.api_version}/logs",
+                          _headers(source), params, retry)

@@ -1,10 +1,13 @@
 """One reconcile pass of an Infobip-compatible source: drain the one-time reports, then
-look up registered messages the reports have not finished."""
+look up in the logs the registered messages the reports have not finished."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from service import db, store
 from service.providers import infobip
@@ -12,9 +15,14 @@ from service.providers import infobip
 if TYPE_CHECKING:
     from service.pages import Pages
 
-LOOKUPS_PER_RUN = 100
 LOOKUP_AFTER = timedelta(minutes=5)
 LOGS_KEPT_FOR = timedelta(hours=48)
+V1_LOOKUPS_PER_RUN = 100  # /sms/1/logs: one request per message
+OPEN_PER_RUN = 10_000  # /sms/3/logs: open registrations looked up per pass, oldest first
+IDS_CHARS = 2048  # Infobip's limit on a comma-separated messageId or bulkId list
+ID_REQUESTS = 10  # more lists of ids than this: read the logs of their time window instead
+WINDOW_PAGES = 100  # of 1000 logs each
+LOGS_LIMIT = 1000
 
 
 async def pull(pages: Pages, source: infobip.InfobipSource) -> None:
@@ -28,16 +36,91 @@ async def pull(pages: Pages, source: infobip.InfobipSource) -> None:
         envelope = await pages.take(response, consuming=True)
         if not envelope.reports and not envelope.rejections:
             break
-    await _look_up_gaps(pages, source)
+    if source.api_version == 1:
+        await _look_up_v1(pages, source)
+    else:
+        await _look_up(pages, source)
 
 
-async def _look_up_gaps(pages: Pages, source: infobip.InfobipSource) -> None:
-    """Ask /sms/1/logs about registered messages the reports have not finished yet."""
+async def _open(pages: Pages, source: infobip.InfobipSource, limit: int) -> Sequence[Any]:
+    """Registered messages sent between 5 minutes and 48 hours ago without a final status."""
     now = datetime.now(UTC)
     async with db.transaction(pages.engine) as conn:
-        missing = await store.gaps(conn, source=source.name, sent_before=now - LOOKUP_AFTER,
-                                   sent_after=now - LOGS_KEPT_FOR, with_message_id=True,
-                                   limit=LOOKUPS_PER_RUN)
-    for gap in missing:
-        response = await infobip.fetch_logs(pages.client, source, gap.message_id, pages.retry)
+        return await store.gaps(conn, source=source.name, sent_before=now - LOOKUP_AFTER,
+                                sent_after=now - LOGS_KEPT_FOR, limit=limit)
+
+
+async def _look_up_v1(pages: Pages, source: infobip.InfobipSource) -> None:
+    for gap in await _open(pages, source, V1_LOOKUPS_PER_RUN):
+        if gap.message_id:
+            response = await infobip.fetch_logs(pages.client, source, {
+                "messageId": gap.message_id}, pages.retry)
+            await pages.take(response)
+
+
+async def _look_up(pages: Pages, source: infobip.InfobipSource) -> None:
+    """/sms/3/logs for the open messages: by lists of message ids (and bulk ids, for those
+    registered by callback data), or, when that takes more than ID_REQUESTS requests, every
+    log of their time window, a thousand a page."""
+    gaps = await _open(pages, source, OPEN_PER_RUN)
+    message_ids = sorted({g.message_id for g in gaps if g.message_id})
+    bulk_ids = sorted({g.bulk_id for g in gaps
+                       if not g.message_id and g.bulk_id})
+    lists = [("messageId", ids) for ids in comma_lists(message_ids)] + \
+            [("bulkId", ids) for ids in comma_lists(bulk_ids)]
+    if len(lists) <= ID_REQUESTS:
+        for name, ids in lists:
+            await _read_logs(pages, source, {name: ids})
+        return
+    sent = [g.sent_at for g in gaps]
+    await _read_logs(pages, source, {
+        "sentSince": infobip.infobip_time(min(sent) - LOOKUP_AFTER),
+        "sentUntil": infobip.infobip_time(max(sent) + LOOKUP_AFTER)}, WINDOW_PAGES)
+
+
+async def _read_logs(pages: Pages, source: infobip.InfobipSource,
+                     params: dict[str, str | int], most_pages: int = WINDOW_PAGES) -> None:
+    """Every page of a logs query, following `cursor.nextCursor`."""
+    params = params | {"limit": LOGS_LIMIT, "useCursor": "true"}
+    for _ in range(most_pages):
+        response = await infobip.fetch_logs(pages.client, source, params, pages.retry)
         await pages.take(response)
+        cursor = next_cursor(response.content) if response.status_code == 200 else None
+        if cursor is None:
+            return
+        params = params | {"cursor": cursor}
+
+
+class _Cursor(msgspec.Struct):
+    nextCursor: str | None = None
+
+
+class _LogsPage(msgspec.Struct):
+    cursor: _Cursor | None = None
+
+
+_logs_page = msgspec.json.Decoder(_LogsPage)
+
+
+def next_cursor(body: bytes) -> str | None:
+    """The cursor of the next logs page, or None on the last (or an unreadable) page."""
+    try:
+        page = _logs_page.decode(body)
+    except (msgspec.MsgspecError, RecursionError):
+        return None
+    return page.cursor.nextCursor if page.cursor and page.cursor.nextCursor else None
+
+
+def comma_lists(ids: Iterable[str], limit: int = IDS_CHARS) -> list[str]:
+    """Ids joined by commas into as few lists of at most `limit` characters as fit; an id
+    that holds a comma cannot be asked for this way, and is left out."""
+    lists: list[str] = []
+    current = ""
+    for one in ids:
+        if "," in one or len(one) > limit:
+            continue
+        if current and len(current) + 1 + len(one) > limit:
+            lists.append(current)
+            current = ""
+        current = f"{current},{one}" if current else one
+    return [*lists, current] if current else lists
