@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -41,8 +42,24 @@ def test_seed_batch_report_decodes() -> None:
     assert {r.status for r in reports} == {"UNDELIVERABLE", "PENDING"}
 
 
+def test_fields_no_decoder_reads_are_counted_by_name() -> None:
+    def counted(field: str) -> float:
+        return REGISTRY.get_sample_value("dlr_unknown_fields_total",
+                                         {"source": "dice", "field": field}) or 0.0
+
+    item = {"message": "hi", "sent_at": "2025-11-04T17:00:45.153834+05:45", "status": "SENT",
+            "delivered_at": None, "sender_id": "SHOP",
+            "recipients": [{"client_phone": 9842271353, "client_name": None, "operator": "NT"}]}
+    before = counted("sender_id"), counted("recipients.operator")
+    reports, rejections = dicesms.decode_batch_report(
+        SOURCE, dicesms.StatusTable({}), "b-1", json.dumps([item, item]).encode())
+    assert (len(reports), rejections) == (2, [])
+    assert (counted("sender_id"), counted("recipients.operator")) == (before[0] + 2,
+                                                                       before[1] + 2)
+
+
 def test_seed_report_page_decodes_with_batches_joined_on_sent_at() -> None:
-    rows, _ = dicesms.decode_batch_ids((SEEDS / "batch_ids.json").read_bytes())
+    rows, _ = dicesms.decode_batch_ids("dice", (SEEDS / "batch_ids.json").read_bytes())
     batch_of = {row.sent_at: row.batch_id for row in rows}
     reports, rejections = dicesms.decode_report_page(
         SOURCE, dicesms.StatusTable({}), (SEEDS / "report_page.json").read_bytes(), batch_of)
@@ -57,7 +74,7 @@ def test_seed_report_page_decodes_with_batches_joined_on_sent_at() -> None:
 
 
 def test_seed_batch_ids_statuses() -> None:
-    rows, _ = dicesms.decode_batch_ids((SEEDS / "batch_ids.json").read_bytes())
+    rows, _ = dicesms.decode_batch_ids("dice", (SEEDS / "batch_ids.json").read_bytes())
     statuses = dicesms.StatusTable({})
     assert [statuses.is_final(r.status, r.delivered_at is not None) for r in rows] == \
         [True, True, False]

@@ -351,3 +351,17 @@ def test_a_price_keeps_its_digits_through_the_unknown_field_path() -> None:
         '"0.0123456789"', "0.0123456789").encode()
     [found], _ = infobip.decode_reports("ib", body)
     assert found.price_amount == Decimal("0.0123456789")
+
+
+async def test_registrations_without_message_id_are_looked_up_by_bulk_id(
+        client: Client, engine: AsyncEngine, fake: FakeInfobip) -> None:
+    sent = datetime.now(UTC) - timedelta(hours=1)
+    await client.post("/v1/outbound", headers=WRITE, json=[
+        {"source": "ib", "callback_data": "order-9", "bulk_id": "BULK-9",
+         "sent_at": sent.isoformat()}])
+    fake.logs["in-bulk"] = report("in-bulk", bulkId="BULK-9", sentAt=infobip.infobip_time(sent))
+    fake.logs["elsewhere"] = report("elsewhere", bulkId="BULK-8")
+    await run_pull(engine, fake)
+    assert "/sms/3/logs?bulkId=BULK-9&limit=1000&useCursor=true" in fake.requests
+    assert (await client.get("/v1/messages/ib/in-bulk", headers=READ)).status_code == 200
+    assert (await client.get("/v1/messages/ib/elsewhere", headers=READ)).status_code == 404

@@ -18,12 +18,13 @@ import httpx
 import msgspec
 import phonenumbers
 
-from service import reconcile
+from service import metrics, reconcile
 from service.errors import BadRequest
 from service.providers import (
     AwareTime,
     IdText,
     Int32,
+    Known,
     MessageText,
     NameText,
     NumberText,
@@ -80,12 +81,12 @@ MAX_URL = 2048  # a `next` link, kept as the walk's cursor
 MAX_RECIPIENTS = 1000
 
 
-class Recipient(msgspec.Struct):
+class Recipient(msgspec.Struct, forbid_unknown_fields=True):
     client_phone: PhoneDigits | NumberText
     client_name: str | None = None
 
 
-class SmsReport(msgspec.Struct):
+class SmsReport(msgspec.Struct, forbid_unknown_fields=True):
     recipients: Annotated[list[Recipient], msgspec.Meta(max_length=MAX_RECIPIENTS)]
     sent_at: AwareTime
     status: RawStatus | None = None
@@ -93,7 +94,7 @@ class SmsReport(msgspec.Struct):
     message: MessageText | None = None
 
 
-class BatchRow(msgspec.Struct):
+class BatchRow(msgspec.Struct, forbid_unknown_fields=True):
     sent_at: AwareTime
     batch_id: IdText
     status: RawStatus | None = None
@@ -112,9 +113,9 @@ WIRE_NAMES = {"to": "recipients.client_phone", "text": "message", "status_name":
               "message_id": "recipients.client_phone"}
 
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
-_report = msgspec.json.Decoder(SmsReport)
+_report = Known(SmsReport)
 _page = msgspec.json.Decoder(ReportPage)
-_batch_row = msgspec.json.Decoder(BatchRow)
+_batch_row = Known(BatchRow)
 
 
 class StatusTable:
@@ -171,8 +172,11 @@ def to_reports(source: DiceSmsSource, statuses: StatusTable, item: SmsReport,
 def _decode_items(source: DiceSmsSource, statuses: StatusTable, items: list[msgspec.Raw],
                   batch_of: Mapping[datetime, str], batch_id: str | None, path: str,
                   ) -> tuple[list[Report], list[Rejection]]:
+    def unknown(name: str) -> None:
+        metrics.count_unknown_field(source.name, name)
+
     def build(raw: msgspec.Raw) -> list[Report]:
-        item = _report.decode(raw)
+        item = _report.decode(raw, unknown)
         return to_reports(source, statuses, item, batch_id or batch_of.get(item.sent_at))
 
     return judge_all(items, build, path, wire_names=WIRE_NAMES)
@@ -204,7 +208,7 @@ def next_url(body: bytes) -> str | None:
     return _page.decode(body).next
 
 
-def decode_batch_ids(body: bytes) -> tuple[list[BatchRow], list[Rejection]]:
+def decode_batch_ids(source: str, body: bytes) -> tuple[list[BatchRow], list[Rejection]]:
     """GET /api/batch-ids: the rows that decode, and why the others did not."""
     try:
         items = _raw_list.decode(body)
@@ -212,7 +216,7 @@ def decode_batch_ids(body: bytes) -> tuple[list[BatchRow], list[Rejection]]:
         raise BadRequest(f"not a DiceSMS batch-id list: {exc}") from None
 
     def build(raw: msgspec.Raw) -> list[BatchRow]:
-        row = _batch_row.decode(raw)
+        row = _batch_row.decode(raw, lambda name: metrics.count_unknown_field(source, name))
         moment("sent_at", row.sent_at)
         moment("delivered_at", row.delivered_at)
         return [row]
@@ -225,16 +229,16 @@ def decoder(source: DiceSmsSource, url: str | None, content_type: str | None) ->
     statuses = StatusTable(source.status_map)
     path = urlsplit(url or "").path.rstrip("/")
     if path.endswith("/api/batch-ids"):
-        return no_reports
+        return lambda raw: no_reports(source.name, raw)
     if path.endswith("/api/sms-report"):
         return lambda raw: decode_report_page(source, statuses, raw)
     batch_id = unquote(path.rsplit("/", 1)[-1])
     return lambda raw: decode_batch_report(source, statuses, batch_id, raw)
 
 
-def no_reports(body: bytes) -> tuple[list[Report], list[Rejection]]:
+def no_reports(source: str, body: bytes) -> tuple[list[Report], list[Rejection]]:
     """A batch-id list, checked: its rows carry no recipient, so no report of their own."""
-    return [], decode_batch_ids(body)[1]
+    return [], decode_batch_ids(source, body)[1]
 
 
 def headers(source: DiceSmsSource) -> dict[str, str]:

@@ -31,7 +31,7 @@ async def pull(pages: Pages, source: DiceSmsSource) -> None:
 
     def batch_ids(body: bytes) -> tuple[list[Report], list[Rejection]]:
         """The list decoded once: kept as the page's check, and its rows used below."""
-        found, rejected = dicesms.decode_batch_ids(body)
+        found, rejected = dicesms.decode_batch_ids(source.name, body)
         rows.extend(found)
         return [], rejected
 
