@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -71,8 +72,14 @@ _CARRIER_TYPES = frozenset({phonenumbers.PhoneNumberType.MOBILE, phonenumbers.Ph
 
 
 class Recipient(NamedTuple):
-    to: str  # E.164 for a valid number, else the input unchanged (so it shows)
+    to: str  # E.164 whenever the country is known, else the input stripped (so it shows)
     carrier: str | None  # the network a mobile number was first allocated to
+
+
+# What a phone number may be written with; anything else is not a phone number.
+_DIALLABLE = re.compile(r"[(]?\+?[0-9 ()./-]+")
+_SEPARATORS = re.compile(r"[^0-9]")
+_E164_DIGITS = 15
 
 
 @functools.lru_cache(maxsize=NUMBER_CACHE_SIZE)
@@ -81,25 +88,37 @@ def recipient(number: str, default_region: str | None = None) -> Recipient:
     number's type (the costliest step of decoding a report).
 
     Digits without '+' are read as international unless a default region is given
-    (Infobip sends "41793026727"; DiceSMS sends national numbers for its region).
+    (Infobip sends "41793026727"; DiceSMS sends national numbers for its region). A number
+    whose range the numbering metadata does not know (yet) is still E.164 when its country
+    is known: '+' and its digits when given in international form, the region's country
+    code and its national number otherwise; its carrier is unknown then. Only text that is
+    no phone number, or whose country cannot be told, stays as given.
     """
     raw = number.strip()
-    text = raw if raw.startswith("+") or default_region else f"+{raw}"
+    plus = raw.lstrip("(").startswith("+")
+    international = plus or not default_region
+    text = raw if plus or default_region else f"+{raw}"
     try:
         parsed = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException:
         return Recipient(raw, None)
     kind = phonenumbers.number_type(parsed)
-    if kind == phonenumbers.PhoneNumberType.UNKNOWN:  # what is_valid_number tests
+    if kind != phonenumbers.PhoneNumberType.UNKNOWN:  # what is_valid_number tests
+        carrier = (phonenumbers.carrier.name_for_valid_number(parsed, "en")
+                   if kind in _CARRIER_TYPES else "")
+        e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        return Recipient(str(e164), str(carrier) or None)
+    if not _DIALLABLE.fullmatch(raw):
         return Recipient(raw, None)
-    carrier = (phonenumbers.carrier.name_for_valid_number(parsed, "en")
-               if kind in _CARRIER_TYPES else "")
-    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return Recipient(str(e164), str(carrier) or None)
+    if international:  # as given: the metadata may strip what it takes for a trunk prefix
+        digits = _SEPARATORS.sub("", raw)
+    else:
+        digits = str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))[1:]
+    return Recipient(f"+{digits}" if len(digits) <= _E164_DIGITS else raw, None)
 
 
 def e164(number: str, default_region: str | None = None) -> str:
-    """E.164 for a recipient that is a valid number, else the input unchanged."""
+    """E.164 for a recipient whose country is known, else the input stripped."""
     return recipient(number, default_region).to
 
 

@@ -45,7 +45,7 @@ class Message(msgspec.Struct):
     message_id: Annotated[str, doc("Provider message id (DiceSMS: recipient@sent_at)",
                                    "MESSAGE-ID-123-xyz")]
     bulk_id: Annotated[str | None, doc("Infobip bulkId or DiceSMS batch_id", "BULK-ID-123-xyz")]
-    to: Annotated[str | None, doc("Recipient, E.164 (as given when not a valid number)",
+    to: Annotated[str | None, doc("Recipient, E.164 whenever its country is known (else as given)",
                                   "+41793026727")]
     sender: str | None
     callback_data: Annotated[str | None, doc("Echoed from the send request", "order-42")]

@@ -13,11 +13,11 @@ import phonenumbers
 import phonenumbers.carrier
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from service import db, reconcile, store
-from service.providers import Report
+from service.providers import MAX_TO, Report
 from service.schemas import message_from_row
 from service.tables import messages
 
@@ -101,8 +101,20 @@ def test_status_groups() -> None:
     ("+41793026727", None, "+41793026727"),
     ("9842271353", "NP", "+9779842271353"),
     ("+977 984-2271353", None, "+9779842271353"),
+    # ranges the numbering metadata does not know (yet): E.164 all the same
+    ("9779837107012", None, "+9779837107012"),
+    (" +977 (983) 710.7012 ", None, "+9779837107012"),
+    ("(+977) 983-7107012", "NP", "+9779837107012"),
+    ("9837107012", "NP", "+9779837107012"),
+    ("09837107012", "NP", "+9779837107012"),
+    ("98625000000", "NP", "+97798625000000"),
+    # no phone number, or no country to be known: as given
     ("not a number", None, "not a number"),
+    ("abc 9837107012", "NP", "abc 9837107012"),
     ("1", None, "1"),
+    ("0 123", None, "0 123"),
+    ("+999 123456", None, "+999 123456"),
+    ("+977 98371070120000000", None, "+977 98371070120000000"),
 ])
 def test_e164(raw: str, region: str | None, expected: str) -> None:
     assert reconcile.e164(raw, region) == expected
@@ -236,6 +248,65 @@ def test_one_parse_agrees_with_phonenumbers_own_checks(spelled: tuple[str, str |
             expected = reconcile.Recipient(
                 phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164),
                 phonenumbers.carrier.name_for_number(parsed, "en") or None)
+        elif region is None:  # international: its digits, whatever the metadata says
+            expected = reconcile.Recipient("+" + "".join(c for c in raw if c.isdigit()), None)
         else:
-            expected = reconcile.Recipient(raw, None)
+            expected = reconcile.Recipient(
+                phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), None)
     assert reconcile.recipient.__wrapped__(raw, region) == expected
+
+
+def _spelled(draw: st.DrawFn, digits: str) -> str:
+    """`digits` with a separator (or none) after each one."""
+    gaps = draw(st.lists(st.sampled_from(["", "", " ", "-", "."]), min_size=len(digits),
+                         max_size=len(digits)))
+    return "".join(d + g for d, g in zip(digits, gaps, strict=True)).strip(" -.")
+
+
+@st.composite
+def unknown_ranges(draw: st.DrawFn) -> tuple[str, str, str]:
+    """(region, its country code, a national number the metadata finds no valid range for)."""
+    region = draw(st.sampled_from(sorted(phonenumbers.SUPPORTED_REGIONS)))
+    code = str(phonenumbers.country_code_for_region(region))
+    national = draw(st.text("0123456789", min_size=4, max_size=15 - len(code))
+                    .filter(lambda d: not d.startswith("0")))
+    assume(not phonenumbers.is_valid_number(phonenumbers.parse(f"+{code}{national}")))
+    return region, code, national
+
+
+@settings(max_examples=300)
+@given(unknown_ranges(), st.data())
+def test_an_unknown_range_given_in_international_form_is_plus_and_its_digits(
+        case: tuple[str, str, str], data: st.DataObject) -> None:
+    """Infobip's 9779837107012 (a range newer than the metadata) is +9779837107012."""
+    _, code, national = case
+    spelled = _spelled(data.draw, code + national)
+    plus = data.draw(st.booleans())
+    region = data.draw(st.sampled_from([None, "NP", "US"])) if plus else None
+    number = reconcile.recipient.__wrapped__(("+" if plus else "") + spelled, region)
+    assert number == reconcile.Recipient(f"+{code}{national}", None)
+
+
+@settings(max_examples=300)
+@given(unknown_ranges(), st.data())
+def test_an_unknown_range_given_nationally_in_a_known_region_is_e164(
+        case: tuple[str, str, str], data: st.DataObject) -> None:
+    """DiceSMS's national numbers (region NP) are E.164 even in a range the metadata lacks."""
+    region, _, national = case
+    spelled = _spelled(data.draw, national)
+    try:
+        parsed = phonenumbers.parse(spelled, region)
+    except phonenumbers.NumberParseException:
+        assume(False)
+    number = reconcile.recipient.__wrapped__(spelled, region)
+    assert number.carrier is None or phonenumbers.is_valid_number(parsed)
+    assert number.to.startswith("+") and number.to[1:].isdigit(), number
+    assert phonenumbers.parse(number.to) == parsed
+
+
+@given(st.text("0123456789 +()-./x", max_size=MAX_TO) | st.text(max_size=MAX_TO),
+       st.sampled_from([None, "NP", "CH", "US"]))
+def test_a_recipient_stays_within_its_bound(text: str, region: str | None) -> None:
+    number = reconcile.recipient.__wrapped__(text, region)
+    assert len(number.to) <= MAX_TO
+    assert number.to == text.strip() or (number.to.startswith("+") and number.to[1:].isdigit())
