@@ -6,6 +6,7 @@ one plan, whatever the batch size.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -85,14 +86,27 @@ def _upsert_messages() -> Any:
         sa.or_(old.price_amount.is_(None),
                sa.tuple_(new.price_amount, sa.func.coalesce(new.price_currency, ""))
                > sa.tuple_(old.price_amount, sa.func.coalesce(old.price_currency, ""))))
+    # Per field a registration can supply: the greatest by (not null, from a provider, value).
+    ranked_wins = {}
+    for f, bit in reconcile.REGISTERED.items():
+        old_bit, new_bit = old.registered.op("&")(bit), new.registered.op("&")(bit)
+        ranked_wins[f] = sa.and_(new[f].is_not(None), sa.or_(
+            old[f].is_(None),
+            sa.tuple_(new_bit == 0, new[f]) > sa.tuple_(old_bit == 0, old[f])))
     values: dict[str, Any] = {f: sa.case((wins, new[f]), else_=old[f])
                               for f in reconcile.STATE_FIELDS}
-    values |= {f: sa.func.greatest(old[f], new[f]) for f in reconcile.DESCRIPTIVE_FIELDS}
+    values |= {f: sa.func.greatest(old[f], new[f]) for f in reconcile.FILLED_FIELDS}
+    values |= {f: sa.case((ranked_wins[f], new[f]), else_=old[f]) for f in reconcile.REGISTERED}
+    bits: list[Any] = [
+        sa.case((ranked_wins[f], new.registered.op("&")(bit)), else_=old.registered.op("&")(bit))
+        for f, bit in reconcile.REGISTERED.items()]
+    values["registered"] = functools.reduce(lambda a, b: a.op("|")(b), bits)
     values |= {f: sa.case((price_wins, new[f]), else_=old[f]) for f in reconcile.PRICE_FIELDS}
     values |= {"seq": messages_seq.next_value(), "updated_at": sa.func.now()}
     # The guard: a row is touched (and takes a new seq) only when the merge changes it.
-    changes = sa.or_(wins, price_wins, *[old[f].is_distinct_from(sa.func.greatest(old[f], new[f]))
-                                         for f in reconcile.DESCRIPTIVE_FIELDS])
+    changes = sa.or_(wins, price_wins, *ranked_wins.values(),
+                     *[old[f].is_distinct_from(sa.func.greatest(old[f], new[f]))
+                       for f in reconcile.FILLED_FIELDS])
     return stmt.on_conflict_do_update(
         index_elements=[old.source, old.message_id], set_=values, where=changes,
     ).returning(old.seq)

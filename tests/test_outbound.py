@@ -52,6 +52,25 @@ async def test_report_matched_by_message_id_carries_what_was_registered(client: 
     assert (message["status"], message["callback_data"]) == ("DELIVERED", "order-1")
 
 
+@pytest.mark.parametrize("report_first", [False, True])
+async def test_a_provider_report_outranks_the_registration_whatever_the_order(
+        client: Client, report_first: bool) -> None:
+    """Every field the provider reports is the provider's; the registration fills in the rest."""
+    registration = sent(message_id="m4", callback_data="cb-4", to="+41793026834",
+                        bulk_id="zz-registered", sent_at="2026-11-01T10:00:00.500Z")
+    reported = report("m4", callbackData="cb-1", bulkId=None, doneAt=None,
+                      status={"groupId": 1, "groupName": "PENDING"})
+    steps = [client.post("/v1/outbound", json=[registration], headers=WRITE),
+             client.post("/webhooks/ib", content=body(reported), headers=BASIC)]
+    for step in (steps[::-1] if report_first else steps):
+        assert (await step).status_code == 200
+    message = (await client.get("/v1/messages/ib/m4", headers=READ)).json()
+    assert (message["callback_data"], message["to"], message["sent_at"]) == \
+        ("cb-1", "+41793026727", "2026-11-01T10:00:00Z")
+    assert (message["status"], message["bulk_id"]) == ("PENDING", "zz-registered")
+    assert {o["channel"] for o in message["history"]} == {"outbound", "push"}
+
+
 async def test_gaps_by_message_id_and_by_callback_data(client: Client) -> None:
     await client.post("/v1/outbound", headers=WRITE, json=[
         sent(message_id="m1"), sent(message_id="m2"), sent(callback_data="order-3"),

@@ -27,11 +27,21 @@ GROUPS = ["PENDING", "DELIVERED", "UNDELIVERABLE", "EXPIRED", "REJECTED", "SOMET
 
 @st.composite
 def observations(draw: st.DrawFn) -> list[Report]:
-    """A few observations of one message, with clashing and missing fields on purpose."""
+    """A few observations of one message, with clashing and missing fields on purpose: some
+    from providers, some from registrations (POST /v1/outbound), drawing on the same values."""
     count = draw(st.integers(1, 6))
     maybe = st.none() | st.just(None)
     out = []
     for _ in range(count):
+        described = {
+            "to": draw(st.sampled_from([None, "+41793026727", "+41793026834"])),
+            "bulk_id": draw(st.sampled_from([None, "b1", "b2"])),
+            "callback_data": draw(st.sampled_from([None, "cb", "cb-WRONG", "ç-ü"])),
+            "sent_at": draw(st.sampled_from([None, T0, T0 - timedelta(seconds=1)])),
+        }
+        if draw(st.integers(0, 3)) == 0:
+            out.append(reconcile.registration(source="ib", message_id="m", **described))
+            continue
         out.append(reconcile.observation(
             source="ib",
             message_id="m",
@@ -40,14 +50,11 @@ def observations(draw: st.DrawFn) -> list[Report]:
             status_name=draw(st.sampled_from([None, "A", "B"])),
             done_at=draw(st.none() | st.integers(0, 3).map(lambda s: T0 + timedelta(seconds=s))),
             error_id=draw(st.none() | st.integers(1, 3)),
-            to=draw(st.sampled_from([None, "+41793026727", "+41793026834"])),
-            bulk_id=draw(st.sampled_from([None, "b1", "b2"])),
-            callback_data=draw(st.sampled_from([None, "cb", "ç-ü"])),
-            sent_at=draw(st.sampled_from([None, T0, T0 - timedelta(seconds=1)])),
             sms_count=draw(st.none() | st.integers(1, 3)),
             price_amount=draw(st.sampled_from([None, Decimal("0.01"), Decimal("0.02")])),
             price_currency=draw(st.sampled_from(["EUR", "USD", None])),
             mcc_mnc=draw(maybe | st.just("22801")),
+            **described,
         ))
     return out
 
@@ -85,6 +92,47 @@ def test_final_is_never_replaced_by_pending(reports: list[Report]) -> None:
     assert merged.final == any(r.final for r in reports)
     if any(r.final for r in reports):
         assert merged.status != "PENDING"
+
+
+def _registered(report: Report) -> bool:
+    return report.obs_hash == reconcile.REGISTRATION_HASH
+
+
+@given(observations())
+def test_a_provider_report_outranks_a_registration(reports: list[Report]) -> None:
+    """For each field a registration can give, a provider's value wins over the registered
+    one (the greatest when providers disagree); the state is a provider's when one spoke."""
+    merged = fold(reports)
+    assert merged is not None
+    providers = [r for r in reports if not _registered(r)]
+    registrations = [r for r in reports if _registered(r)]
+    for name, bit in reconcile.REGISTERED.items():
+        said = [getattr(r, name) for r in providers if getattr(r, name) is not None]
+        given_ = [getattr(r, name) for r in registrations if getattr(r, name) is not None]
+        if said:
+            assert (getattr(merged, name), merged.registered & bit) == (max(said), 0)
+        elif given_:
+            assert (getattr(merged, name), merged.registered & bit) == (max(given_), bit)
+        else:
+            assert (getattr(merged, name), merged.registered & bit) == (None, 0)
+    if providers:
+        state = fold(providers)
+        assert state is not None
+        assert [getattr(merged, f) for f in reconcile.STATE_FIELDS] == \
+            [getattr(state, f) for f in reconcile.STATE_FIELDS]
+
+
+@pytest.mark.parametrize("reported", ["cb-WRONG", "cb-1"])  # sorting after, and before
+def test_a_registration_loses_every_tie_with_a_provider_pending_report(reported: str) -> None:
+    """The bare PENDING a provider may send (no status id, no time) still outranks it."""
+    registered = reconcile.registration(source="ib", message_id="m", to="+41793026727",
+                                        bulk_id=None, callback_data="cb-4", sent_at=T0)
+    pending = reconcile.observation(source="ib", message_id="m", status="PENDING",
+                                    callback_data=reported, sent_at=T0 - timedelta(hours=1))
+    for merged in (reconcile.merge(registered, pending), reconcile.merge(pending, registered)):
+        assert (merged.obs_hash, merged.callback_data) == (pending.obs_hash, reported)
+        assert (merged.to, merged.sent_at) == ("+41793026727", T0 - timedelta(hours=1))
+        assert merged.registered == reconcile.REGISTERED["to"]
 
 
 def test_status_groups() -> None:
@@ -140,7 +188,7 @@ def _comparable(row: object) -> dict[str, object]:
     data = msgspec.to_builtins(message_from_row(row))
     for volatile in ("message_id", "seq", "updated_at"):
         data.pop(volatile)
-    return data
+    return data | {"registered": row.registered}  # type: ignore[attr-defined]
 
 
 def _as_row(report: Report) -> object:
@@ -165,7 +213,8 @@ def test_upsert_matches_pure_merge_in_any_order(
         renamed = [msgspec.structs.replace(r, message_id=message_id) for r in sequence]
         for i in range(batches):
             async with db.transaction(engine) as conn:  # type: ignore[arg-type]
-                await store.write(conn, [], [(r, "push") for r in renamed[i::batches]])
+                await store.write(conn, [], [(r, "outbound" if _registered(r) else "push")
+                                             for r in renamed[i::batches]])
         async with db.transaction(engine) as conn:  # type: ignore[arg-type]
             return await store.get_message(conn, "ib", message_id)
 

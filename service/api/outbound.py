@@ -116,10 +116,11 @@ async def register(request: Request[Any, Any, State], state: State) -> Registere
                                  sent.message_id, sent.callback_data, sent.bulk_id,
                                  _number(sent.to, sources[sent.source]) if sent.to else None)
         # A registration with a message id is also a (pending) observation of that
-        # message, so the message is visible, with what we sent, before the first report.
-        observed = None if row.message_id is None else reconcile.observation(
-            source=row.source, message_id=row.message_id, status=reconcile.PENDING, to=row.to,
-            bulk_id=row.bulk_id, callback_data=row.callback_data, sent_at=row.sent_at)
+        # message, so the message is visible, with what we sent, before the first report;
+        # ranked below every provider report, so it only fills in what they do not say.
+        observed = None if row.message_id is None else reconcile.registration(
+            source=row.source, message_id=row.message_id, to=row.to, bulk_id=row.bulk_id,
+            callback_data=row.callback_data, sent_at=row.sent_at)
         return [(row, observed)]
 
     judged, rejections = judge_all(items, build, "$[{}]")

@@ -78,6 +78,7 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     mcc_mnc: str | None = None
     operator: str | None = None
     text: str | None = None
+    registered: int = 0  # bits of the fields a registration supplied (reconcile.REGISTERED)
 
 
 class Rejection(msgspec.Struct, frozen=True):
