@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -49,6 +49,10 @@ class Message(msgspec.Struct):
                                   "+41793026727")]
     sender: str | None
     callback_data: Annotated[str | None, doc("Echoed from the send request", "order-42")]
+    matched_by: Annotated[Literal["message_id", "callback_data"] | None, doc(
+        "How the message matched a registration (POST /v1/outbound): by its message_id, by "
+        "its callback_data (a registration without message_id), or null when none",
+        "message_id")]
     status: Annotated[str, doc("Status group", "DELIVERED")]
     final: Annotated[bool, doc("True once the status can no longer change", True)]
     provider_status: ProviderStatus
@@ -100,7 +104,7 @@ def query_time(name: str, text: str) -> datetime:
 
 
 def message_from_row(row: Any) -> Message:
-    """Message JSON from a `messages` row."""
+    """Message JSON from a `messages` row with its `matched_by` (see store.matched_by)."""
     error = None
     if row.error_id is not None or row.error_name is not None:
         error = ErrorInfo(row.error_group_name, row.error_group_id, row.error_id, row.error_name,
@@ -110,7 +114,8 @@ def message_from_row(row: Any) -> Message:
         price = Price(format(row.price_amount, "f"), row.price_currency)
     return Message(
         source=row.source, message_id=row.message_id, bulk_id=row.bulk_id, to=row.to,
-        sender=row.sender, callback_data=row.callback_data, status=row.status, final=row.final,
+        sender=row.sender, callback_data=row.callback_data, matched_by=row.matched_by,
+        status=row.status, final=row.final,
         provider_status=ProviderStatus(row.status_id, row.status_name, row.status_description),
         error=error, sent_at=row.sent_at, done_at=row.done_at, sms_count=row.sms_count,
         price=price, mcc_mnc=row.mcc_mnc, operator=row.operator, text=row.text, seq=row.seq,

@@ -154,9 +154,30 @@ async def write(conn: AsyncConnection, bodies: Sequence[InboxRow],
     return len(result.all())
 
 
+def matched_by(m: Any) -> Any:
+    """How the message of `m` (columns of a `messages` row) was matched to a registration:
+    'message_id' (one of its source with that id), 'callback_data' (one of its source without
+    an id, with its callback data), or null. Two probes of the outbound table's unique keys."""
+    o = outbound.alias("registered")
+    by_id = sa.exists().where(o.c.source == m.source, o.c.message_id.is_not(None),
+                              o.c.message_id == m.message_id)
+    by_callback = sa.exists().where(
+        o.c.source == m.source, o.c.message_id.is_(None),
+        o.c.callback_hash == sa.func.sha256(sa.func.convert_to(m.callback_data, "UTF8")),
+        o.c.callback_data == m.callback_data)
+    return sa.case((by_id, "message_id"), (by_callback, "callback_data"),
+                   else_=sa.null()).label("matched_by")
+
+
+def _with_matched_by(query: Any, *order: str) -> Any:
+    """A page of `messages` rows with their `matched_by`, probed for the page's rows only."""
+    page = query.subquery("page")
+    return sa.select(page, matched_by(page.c)).order_by(*[page.c[name] for name in order])
+
+
 async def get_message(conn: AsyncConnection, source: str, message_id: str) -> sa.Row[Any] | None:
-    query = sa.select(messages).where(messages.c.source == source,
-                                      messages.c.message_id == message_id)
+    query = sa.select(messages, matched_by(messages.c)).where(
+        messages.c.source == source, messages.c.message_id == message_id)
     return (await conn.execute(query)).first()
 
 
@@ -207,7 +228,7 @@ async def list_messages(conn: AsyncConnection, where: MessageFilter, limit: int,
         query = query.where(m.updated_at >= where.updated_since)
     if after is not None:
         query = query.where(sa.tuple_(messages.c.source, messages.c.message_id) > after)
-    return (await conn.execute(query)).all()
+    return (await conn.execute(_with_matched_by(query, "source", "message_id"))).all()
 
 
 # --- pulled pages: kept first, decoded and merged afterwards ------------------------------
@@ -479,4 +500,4 @@ async def changes(conn: AsyncConnection, after: int, horizon: int, limit: int) -
     m = messages.c
     query = (sa.select(messages).where(m.seq > after, m.seq <= horizon).order_by(m.seq)
              .limit(limit))
-    return (await conn.execute(query)).all()
+    return (await conn.execute(_with_matched_by(query, "seq"))).all()

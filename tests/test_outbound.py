@@ -71,6 +71,35 @@ async def test_a_provider_report_outranks_the_registration_whatever_the_order(
     assert {o["channel"] for o in message["history"]} == {"outbound", "push"}
 
 
+async def test_a_message_says_how_it_matched_a_registration(client: Client) -> None:
+    await client.post("/v1/outbound", headers=WRITE, json=[
+        sent(message_id="m1", callback_data="order-1"), sent(callback_data="order-3"),
+        sent(callback_data="ç" * 4000)])
+    await client.post("/webhooks/ib", headers=BASIC, content=body(
+        report("m1"), report("ib-9", callbackData="order-3"),
+        report("ib-10", callbackData="ç" * 4000), report("ib-11", callbackData="order-1"),
+        report("ib-12", callbackData="order-9"), report("ib-13")))
+    expected = {"m1": "message_id", "ib-9": "callback_data", "ib-10": "callback_data",
+                "ib-11": None, "ib-12": None, "ib-13": None}
+    for message_id, how in expected.items():
+        one = (await client.get(f"/v1/messages/ib/{message_id}", headers=READ)).json()
+        assert one["matched_by"] == how, message_id
+    listed, cursor = {}, None
+    while True:
+        page = (await client.get("/v1/messages", headers=READ, params={
+            "source": "ib", "limit": 4} | ({"cursor": cursor} if cursor else {}))).json()
+        listed |= {m["message_id"]: m["matched_by"] for m in page["items"]}
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert listed == expected
+    changed = (await client.get("/v1/changes", headers=READ)).json()["items"]
+    assert {m["message_id"]: m["matched_by"] for m in changed} == expected
+    # another source's message with the same id or callback data matches nothing
+    await client.post("/webhooks/ib-open", content=body(report("m1", callbackData="order-3")))
+    other = (await client.get("/v1/messages/ib-open/m1", headers=READ)).json()
+    assert (other["callback_data"], other["matched_by"]) == ("order-3", None)
+
+
 async def test_gaps_by_message_id_and_by_callback_data(client: Client) -> None:
     await client.post("/v1/outbound", headers=WRITE, json=[
         sent(message_id="m1"), sent(message_id="m2"), sent(callback_data="order-3"),

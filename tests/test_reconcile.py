@@ -192,7 +192,7 @@ def _comparable(row: object) -> dict[str, object]:
 
 
 def _as_row(report: Report) -> object:
-    values = msgspec.structs.asdict(report) | {"seq": 0, "updated_at": T0}
+    values = msgspec.structs.asdict(report) | {"seq": 0, "updated_at": T0, "matched_by": None}
     return type("Row", (), values)
 
 
