@@ -381,24 +381,62 @@ class Registration(msgspec.Struct, frozen=True):
 _REGISTRATION_FIELDS = (*Registration.__struct_fields__, "callback_hash")
 
 
-async def register_outbound(conn: AsyncConnection, rows: Sequence[Registration]) -> int:
-    """Record sent messages idempotently; return how many were new."""
-    new = 0
-    for keyed, target, where in (
-            # in key order: concurrent registrations take their row locks in one order
-            (sorted((r for r in rows if r.message_id is not None),
-                    key=lambda r: (r.source, r.message_id or "")), "message_id",
-             outbound.c.message_id.is_not(None)),
-            (sorted((r for r in rows if r.message_id is None),
-                    key=lambda r: (r.source, r.callback_hash or b"")), "callback_hash",
-             outbound.c.message_id.is_(None))):
+class Outcome(msgspec.Struct, frozen=True):
+    """What became of one registration: new, already known, or refused because another
+    registration of its source without message id holds its callback data (`held_by`)."""
+
+    new: bool
+    held_by: Registration | None = None
+
+
+def _registration_key(row: Registration) -> tuple[str, str | bytes]:
+    if row.message_id is not None:
+        return row.source, row.message_id
+    return row.source, row.callback_hash or b""
+
+
+async def register_outbound(conn: AsyncConnection, rows: Sequence[Registration]) -> list[Outcome]:
+    """Record sent messages idempotently; one Outcome per row, in order.
+
+    A row keyed by message id that is stored already is known. One keyed by callback data is
+    known only when the stored registration is the same (sent_at, to, bulk_id): a different
+    one is another message, refused rather than lost. Which row of a request, or of
+    concurrent requests, holds a key is settled by the unique index; the others are then
+    judged against the row it holds.
+    """
+    first: dict[tuple[bool, tuple[str, str | bytes]], int] = {}
+    for index, row in enumerate(rows):
+        first.setdefault((row.message_id is None, _registration_key(row)), index)
+    inserted: set[tuple[bool, tuple[str, str | bytes]]] = set()
+    for by_callback, target, where in (
+            (False, "message_id", outbound.c.message_id.is_not(None)),
+            (True, "callback_hash", outbound.c.message_id.is_(None))):
+        # in key order: concurrent registrations take their row locks in one order
+        keyed = [rows[i] for key, i in sorted(first.items()) if key[0] == by_callback]
         if not keyed:
             continue
         stmt = _insert_from(outbound, _REGISTRATION_FIELDS, "o").on_conflict_do_nothing(
             index_elements=[outbound.c.source, outbound.c[target]], index_where=where,
-        ).returning(outbound.c.id)
-        new += len((await conn.execute(stmt, _columns(keyed, _REGISTRATION_FIELDS, "o"))).all())
-    return new
+        ).returning(outbound.c.source, outbound.c[target])
+        result = await conn.execute(stmt, _columns(keyed, _REGISTRATION_FIELDS, "o"))
+        inserted |= {(by_callback, (row[0], row[1])) for row in result}
+    outcomes = [Outcome(new=(key := (row.message_id is None, _registration_key(row))) in inserted
+                        and first[key] == index) for index, row in enumerate(rows)]
+    judged = [i for i, row in enumerate(rows) if row.message_id is None and not outcomes[i].new]
+    if judged:
+        # A new statement: it sees the rows that concurrent registrations committed.
+        o = outbound.c
+        keys = sorted({_registration_key(rows[i]) for i in judged})
+        stored = await conn.execute(
+            sa.select(*[o[name] for name in Registration.__struct_fields__])
+            .where(o.message_id.is_(None), sa.tuple_(o.source, o.callback_hash).in_(keys)))
+        held = {_registration_key(r): r for r in (
+            Registration(**row._asdict()) for row in stored)}
+        for i in judged:
+            holder = held.get(_registration_key(rows[i]))
+            if holder is not None and holder != rows[i]:
+                outcomes[i] = Outcome(new=False, held_by=holder)
+    return outcomes
 
 
 async def gaps(conn: AsyncConnection, *, source: str | None, sent_before: datetime,

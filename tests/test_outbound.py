@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import worker
+from service import db, store, worker
 from service.app import create_app
 from service.config import DiceSmsSource, InfobipSource
 from service.providers import http
@@ -100,6 +106,48 @@ async def test_a_message_says_how_it_matched_a_registration(client: Client) -> N
     assert (other["callback_data"], other["matched_by"]) == ("order-3", None)
 
 
+async def test_another_message_with_registered_callback_data_is_refused_not_lost(
+        client: Client) -> None:
+    first = sent(callback_data="order-7", sent_at="2026-11-01T10:00:00Z")
+    other = sent(callback_data="order-7", sent_at="2026-11-01T10:05:00Z")
+    assert (await client.post("/v1/outbound", json=[first], headers=WRITE)).json()[
+        "registered"] == 1
+    again = await client.post("/v1/outbound", json=[first, other, first], headers=WRITE)
+    assert again.status_code == 200
+    assert again.json() == {"registered": 0, "already_known": 2, "rejected_count": 1,
+                            "rejected": [{"index": 1, "reason": (
+        "$[1].callback_data: already registered for another message of this source "
+        "(sent_at 2026-11-01T10:00:00Z); give message_id to tell them apart")}]}
+    gaps = (await client.get("/v1/gaps", params={"older_than": "1s"}, headers=READ)).json()
+    assert [(g["callback_data"], g["sent_at"]) for g in gaps["items"]] == [
+        ("order-7", "2026-11-01T10:00:00Z")]
+    # with message ids, both are registered
+    both = await client.post("/v1/outbound", headers=WRITE, json=[
+        first | {"message_id": "m-7a"}, other | {"message_id": "m-7b"}])
+    assert both.json()["registered"] == 2
+
+
+async def test_in_one_request_the_first_registers_and_the_second_is_refused(
+        client: Client) -> None:
+    answer = (await client.post("/v1/outbound", headers=WRITE, json=[
+        sent(callback_data="order-8", to="+41793026727"), sent(message_id="m-9"),
+        sent(callback_data="order-8", to="+41793026834")])).json()
+    assert (answer["registered"], answer["already_known"], answer["rejected_count"]) == (2, 0, 1)
+    assert answer["rejected"][0]["index"] == 2
+    assert "give message_id to tell them apart" in answer["rejected"][0]["reason"]
+
+
+async def test_concurrent_registrations_of_one_callback_data_register_one(
+        client: Client) -> None:
+    requests = [client.post("/v1/outbound", headers=WRITE, json=[
+        sent(callback_data="order-10", sent_at=f"2026-11-01T10:00:0{i}Z")]) for i in range(8)]
+    answers = [r.json() for r in await asyncio.gather(*requests)]
+    assert sorted(a["registered"] for a in answers) == [0] * 7 + [1]
+    assert sorted(a["rejected_count"] for a in answers) == [0] + [1] * 7
+    gaps = (await client.get("/v1/gaps", params={"older_than": "1s"}, headers=READ)).json()
+    assert len(gaps["items"]) == 1
+
+
 async def test_gaps_by_message_id_and_by_callback_data(client: Client) -> None:
     await client.post("/v1/outbound", headers=WRITE, json=[
         sent(message_id="m1"), sent(message_id="m2"), sent(callback_data="order-3"),
@@ -170,3 +218,53 @@ async def test_a_dicesms_registration_reads_a_national_number_in_its_region(
                                        ("ib", "i-1", "+41793026727")):
             read = await dice_client.get(f"/v1/messages/{source}/{message_id}", headers=READ)
             assert read.json()["to"] == to
+
+
+# --- registration outcomes, through the store ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def runner(database_url: str) -> Iterator[tuple[asyncio.Runner, AsyncEngine]]:
+    with asyncio.Runner() as run:
+        engine = db.create_engine(database_url)
+        yield run, engine
+        run.run(engine.dispose())
+
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+registrations = st.builds(
+    store.Registration, source=st.just("ib"),
+    sent_at=st.sampled_from([T0, T0 + timedelta(microseconds=1)]),
+    message_id=st.sampled_from([None, None, "m-1", "m-2"]),
+    callback_data=st.sampled_from(["cb-1", "cb-2", "ç" * 4000]),
+    bulk_id=st.sampled_from([None, "b"]), to=st.sampled_from([None, "+41793026727"]))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(registrations, min_size=1, max_size=8), st.data())
+def test_every_registration_is_registered_known_or_refused(
+        runner: tuple[asyncio.Runner, AsyncEngine], rows: list[store.Registration],
+        data: st.DataObject) -> None:
+    """Whatever the batches: the first registration of a key holds it; a later one is known
+    when it is the same (or has a message id), else refused naming the holder."""
+    run, engine = runner
+    source = uuid.uuid4().hex
+    rows = [msgspec.structs.replace(r, source=source) for r in rows]
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(rows) - 1), max_size=3))
+                  if len(rows) > 1 else set())
+    batches = [rows[a:b] for a, b in zip([0, *cuts], [*cuts, len(rows)], strict=True)]
+
+    async def apply() -> list[store.Outcome]:
+        outcomes = []
+        for batch in batches:
+            async with db.transaction(engine) as conn:
+                outcomes += await store.register_outbound(conn, batch)
+        return outcomes
+
+    holders: dict[tuple[str, str | None], store.Registration] = {}
+    for row, outcome in zip(rows, run.run(apply()), strict=True):
+        key = ("id", row.message_id) if row.message_id else ("callback", row.callback_data)
+        holder = holders.setdefault(key, row)
+        assert outcome.new == (holder is row)
+        refused = row.message_id is None and holder != row
+        assert outcome.held_by == (holder if refused else None)

@@ -103,7 +103,9 @@ async def register(request: Request[Any, Any, State], state: State) -> Registere
         raise BadRequest(f"at most {MAX_REGISTRATIONS} messages per request")
     sources = state.settings.sources
 
-    def build(raw: msgspec.Raw) -> list[tuple[store.Registration, Report | None]]:
+    def build(item: tuple[int, msgspec.Raw]) -> list[tuple[int, store.Registration,
+                                                             Report | None]]:
+        index, raw = item
         sent = _sent.decode(raw)
         if sent.source not in sources:
             raise OutOfBounds("source", f"unknown source {sent.source!r}")
@@ -121,17 +123,30 @@ async def register(request: Request[Any, Any, State], state: State) -> Registere
         observed = None if row.message_id is None else reconcile.registration(
             source=row.source, message_id=row.message_id, to=row.to, bulk_id=row.bulk_id,
             callback_data=row.callback_data, sent_at=row.sent_at)
-        return [(row, observed)]
+        return [(index, row, observed)]
 
-    judged, rejections = judge_all(items, build, "$[{}]")
-    refused = [Refused(r.index, r.reason) for r in rejections[:MAX_REJECTIONS_LISTED]]
+    judged, rejections = judge_all(list(enumerate(items)), build, "$[{}]")
+    refused = [Refused(r.index, r.reason) for r in rejections]
     if not judged and refused:
-        raise BadRequest("no usable registration in the body",
-                         detail={"rejected": refused, "rejected_count": len(rejections)})
+        raise BadRequest("no usable registration in the body", detail={
+            "rejected": refused[:MAX_REJECTIONS_LISTED], "rejected_count": len(refused)})
     async with db.transaction(state.engine) as conn:
-        new = await store.register_outbound(conn, [row for row, _ in judged])
-        await store.write(conn, [], [(r, "outbound") for _, r in judged if r is not None])
-    return Registered(new, len(judged) - new, refused, len(rejections))
+        outcomes = await store.register_outbound(conn, [row for _, row, _ in judged])
+        await store.write(conn, [], [(observed, "outbound") for _, _, observed in judged
+                                     if observed is not None])
+    for (index, _, _), outcome in zip(judged, outcomes, strict=True):
+        if outcome.held_by is not None:
+            refused.append(Refused(index, _held_reason(index, outcome.held_by)))
+    new = sum(outcome.new for outcome in outcomes)
+    refused.sort(key=lambda r: r.index)
+    return Registered(new, len(judged) - new - (len(refused) - len(rejections)),
+                      refused[:MAX_REJECTIONS_LISTED], len(refused))
+
+
+def _held_reason(index: int, holder: store.Registration) -> str:
+    sent_at = holder.sent_at.isoformat().replace("+00:00", "Z")
+    return (f"$[{index}].callback_data: already registered for another message of this source "
+            f"(sent_at {sent_at}); give message_id to tell them apart")
 
 
 def parse_duration(text: str) -> timedelta:
