@@ -6,7 +6,7 @@ import asyncio
 import base64
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -17,11 +17,13 @@ from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import db, store, worker
+from service import db, reconcile, store, worker
+from service.api import outbound
 from service.app import create_app
 from service.config import DiceSmsSource, InfobipSource
-from service.providers import http
-from service.providers.fakes import FakeInfobip
+from service.providers import dicesms, http
+from service.providers import infobip as infobip_wire
+from service.providers.fakes import DiceMessage, FakeDiceSms, FakeInfobip
 from tests.conftest import READ_TOKEN, WRITE_TOKEN, make_settings
 from tests.reports import body, report
 
@@ -30,6 +32,7 @@ WRITE = {"Authorization": f"Bearer {WRITE_TOKEN}"}
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
 BASIC = {"Authorization": "Basic " + base64.b64encode(b"hook:hook-password").decode()}
 AN_HOUR_AGO = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+FAST = http.Retry(attempts=2, base_s=0.01)
 
 
 def sent(**fields: Any) -> dict[str, Any]:
@@ -205,19 +208,92 @@ async def test_pull_looks_up_registered_messages_still_open(client: Client,
     assert message["status"] == "UNDELIVERABLE"
 
 
-async def test_a_dicesms_registration_reads_a_national_number_in_its_region(
+async def test_a_dicesms_registration_matches_the_reports_by_its_derived_id(
         engine: AsyncEngine, database_url: str) -> None:
+    """DiceSMS reports carry neither message id nor callback data: a registration's id is
+    derived from its recipient (read in the source's region) and its sent_at."""
+    with FakeDiceSms() as fake:
+        fake.messages = [
+            DiceMessage(9842000000, "2025-11-04T17:00:45.126760+05:45", "batch-1", "1",
+                        "2025-11-04T17:01:00+05:45"),
+            DiceMessage(9837107012, "2025-11-04T17:00:46.000001+05:45", "batch-1")]
+        source = DiceSmsSource("dice", fake.url, token=fake.token)
+        settings = make_settings(sources=make_settings().sources | {"dice": source})
+        async with AsyncTestClient(app=create_app(settings, database_url)) as dice_client:
+            answer = await dice_client.post("/v1/outbound", headers=WRITE, json=[
+                sent(source="dice", to="9842000000", sent_at="2025-11-04T11:15:45.126760Z"),
+                sent(source="dice", to="+977 983-7107012", callback_data="order-1",
+                     sent_at="2025-11-04T11:15:46.000001+00:00",
+                     message_id="+9779837107012@2025-11-04T11:15:46.000001Z"),
+                sent(source="ib", message_id="i-1", to="9779837107012")])
+            assert answer.json() == {"registered": 3, "already_known": 0, "rejected": [],
+                                     "rejected_count": 0}
+            async with httpx.AsyncClient() as http_client:
+                await worker.pull(engine, http_client, source, "t", FAST)
+            delivered = (await dice_client.get(
+                "/v1/messages/dice/+9779842000000@2025-11-04T11:15:45.126760Z",
+                headers=READ)).json()
+            assert (delivered["status"], delivered["to"], delivered["matched_by"],
+                    delivered["bulk_id"]) == ("DELIVERED", "+9779842000000", "message_id",
+                                              "batch-1")
+            gaps = (await dice_client.get("/v1/gaps", params={"older_than": "1s"},
+                                          headers=READ)).json()["items"]
+            assert [(g["source"], g["message_id"], g["to"], g["status"]) for g in gaps] == [
+                ("dice", "+9779837107012@2025-11-04T11:15:46.000001Z", "+9779837107012",
+                 "PENDING"),
+                ("ib", "i-1", "+9779837107012", "PENDING")]
+
+
+@pytest.mark.parametrize(("item", "reason"), [
+    (sent(source="dice", to=None, callback_data="order-1"),
+     "$[0].to: a DiceSMS registration needs `to`"),
+    (sent(source="dice", to="9842000000", sent_at="2025-11-04T11:15:45Z", message_id="d-1"),
+     "$[0].message_id: a DiceSMS message id is derived from `to` and `sent_at`: "
+     "'+9779842000000@2025-11-04T11:15:45.000000Z'; give that one or none"),
+])
+async def test_a_dicesms_registration_that_cannot_match_is_refused(
+        database_url: str, engine: AsyncEngine, item: dict[str, Any], reason: str) -> None:
     settings = make_settings(sources=make_settings().sources | {
         "dice": DiceSmsSource("dice", "http://127.0.0.1:9", token="t")})
     async with AsyncTestClient(app=create_app(settings, database_url)) as dice_client:
-        answer = await dice_client.post("/v1/outbound", headers=WRITE, json=[
-            sent(source="dice", message_id="d-1", to="9842000000"),
-            sent(source="ib", message_id="i-1", to="41793026727")])
-        assert answer.json()["registered"] == 2
-        for source, message_id, to in (("dice", "d-1", "+9779842000000"),
-                                       ("ib", "i-1", "+41793026727")):
-            read = await dice_client.get(f"/v1/messages/{source}/{message_id}", headers=READ)
-            assert read.json()["to"] == to
+        answer = await dice_client.post("/v1/outbound", headers=WRITE,
+                                        json=[item, sent(message_id="i-2")])
+    assert answer.json()["registered"] == 1
+    assert answer.json()["rejected"][0]["reason"].startswith(reason)
+
+
+@st.composite
+def sendings(draw: st.DrawFn) -> tuple[str, datetime, datetime]:
+    """A DiceSMS recipient as sent, and one moment as DiceSMS and as the sender spell it."""
+    number = draw(st.sampled_from(["98", "97", "96", "01", "1"])) + draw(
+        st.text("0123456789", min_size=6, max_size=9))
+    moment = draw(st.datetimes(datetime(2020, 1, 1), datetime(2030, 1, 1),
+                               timezones=st.just(UTC)))
+    offsets = st.integers(-12 * 60, 14 * 60).map(lambda m: timezone(timedelta(minutes=m)))
+    return number, moment.astimezone(timezone(timedelta(hours=5, minutes=45))), \
+        moment.astimezone(draw(offsets))
+
+
+@settings(max_examples=200)
+@given(sendings(), st.sampled_from(["", "+977", "977", "+977 "]))
+def test_a_registration_names_what_the_reports_will(
+        case: tuple[str, datetime, datetime], prefix: str) -> None:
+    """A registration is normalised as the provider's reports are: a DiceSMS one gets the
+    id and recipient its report derives, an Infobip one the recipient its report carries."""
+    number, reported_at, registered_at = case
+    spelled = prefix + number
+    dice = DiceSmsSource("dice", "http://127.0.0.1:9", token="t")
+    [reported] = dicesms.to_reports(dice, dicesms.StatusTable({}), msgspec.convert(
+        {"recipients": [{"client_phone": spelled}], "sent_at": reported_at.isoformat()},
+        dicesms.SmsReport), None)
+    registered = outbound.identify(dice, spelled, registered_at, None)
+    assert registered == (reported.to, reported.message_id)
+    if not prefix:  # a national number, read in the source's region
+        assert registered[0] == reconcile.recipient(number, "NP").to
+    infobip = InfobipSource("ib", "http://127.0.0.1:9")
+    wire = infobip_wire.to_report("ib", msgspec.convert(
+        report("m", to=spelled), infobip_wire.SentSmsReport))
+    assert outbound.identify(infobip, spelled, registered_at, "m") == (wire.to, "m")
 
 
 # --- registration outcomes, through the store ---------------------------------------------

@@ -25,6 +25,7 @@ from service.providers import (
     NumberText,
     OutOfBounds,
     Report,
+    dicesms,
     judge_all,
     moment,
 )
@@ -48,11 +49,28 @@ class SentMessage(msgspec.Struct, forbid_unknown_fields=True):
                                                       "order-42")] = None
 
 
-def _number(to: str, source: Source) -> str:
-    """The recipient as the source's reports will spell it: DiceSMS numbers given without a
-    country code are read in the source's region, so that both land on one E.164 form."""
-    region = source.default_region if isinstance(source, DiceSmsSource) else None
-    return reconcile.e164(to, region)
+def identify(source: Source, to: str | None, sent_at: datetime,
+             message_id: str | None) -> tuple[str | None, str | None]:
+    """A registration's recipient and message id as the source's reports will carry them
+    (the one rule per provider kind here; it belongs in the provider modules).
+
+    Infobip-compatible: `to` read as international, the message id as given. DiceSMS: `to`
+    read in the source's region; its reports carry neither message id nor callback data,
+    so the id is derived from `to` and `sent_at` (to the microsecond, as DiceSMS reports
+    it): `to` is required, and a message id given must be that one. Raises OutOfBounds.
+    """
+    if not isinstance(source, DiceSmsSource):
+        return (reconcile.recipient(to).to if to else None), message_id
+    if not to:
+        raise OutOfBounds("to", "a DiceSMS registration needs `to`: DiceSMS reports carry no "
+                          "message id, so the id comes from `to` and `sent_at` (to the "
+                          "microsecond, as DiceSMS reports it)")
+    number = reconcile.recipient(to, source.default_region).to
+    derived = dicesms.message_id(number, sent_at)
+    if message_id is not None and message_id != derived:
+        raise OutOfBounds("message_id", f"a DiceSMS message id is derived from `to` and "
+                          f"`sent_at`: {derived!r}; give that one or none")
+    return number, derived
 
 
 _items = msgspec.json.Decoder(list[msgspec.Raw])
@@ -109,14 +127,16 @@ async def register(request: Request[Any, Any, State], state: State) -> Registere
         sent = _sent.decode(raw)
         if sent.source not in sources:
             raise OutOfBounds("source", f"unknown source {sent.source!r}")
-        if sent.message_id is None and sent.callback_data is None:
-            raise OutOfBounds("message_id", "give message_id or callback_data")
         for name in ("message_id", "callback_data", "bulk_id", "to"):
             if "\x00" in (getattr(sent, name) or ""):  # PostgreSQL text cannot hold NUL
                 raise OutOfBounds(name, "contains a NUL character")
-        row = store.Registration(sent.source, moment("sent_at", sent.sent_at),  # type: ignore[arg-type]
-                                 sent.message_id, sent.callback_data, sent.bulk_id,
-                                 _number(sent.to, sources[sent.source]) if sent.to else None)
+        sent_at = moment("sent_at", sent.sent_at)
+        assert sent_at is not None
+        to, message_id = identify(sources[sent.source], sent.to, sent_at, sent.message_id)
+        if message_id is None and sent.callback_data is None:
+            raise OutOfBounds("message_id", "give message_id or callback_data")
+        row = store.Registration(sent.source, sent_at, message_id, sent.callback_data,
+                                 sent.bulk_id, to)
         # A registration with a message id is also a (pending) observation of that
         # message, so the message is visible, with what we sent, before the first report;
         # ranked below every provider report, so it only fills in what they do not say.
