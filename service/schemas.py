@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -13,6 +15,10 @@ from service.errors import BadRequest
 # the database (year 1 or 9999 moved to UTC leaves Python's calendar).
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
 TIME = "ISO 8601 with an offset, from 1970 to 2200 (e.g. 2026-11-01T00:00:00Z)"
+Key = TypeVar("Key")
+# A keyset cursor's parts: a moment of the kind stored, and a bigint id.
+CursorTime = Annotated[datetime, msgspec.Meta(tz=True)]
+CursorId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 def doc(description: str, *examples: object) -> msgspec.Meta:
@@ -101,6 +107,30 @@ def query_time(name: str, text: str) -> datetime:
     if utc is None or not EARLIEST <= utc < LATEST:
         raise BadRequest(f"{name}: give a time from {EARLIEST:%Y} to {LATEST:%Y}")
     return utc
+
+
+def encode_cursor(key: tuple[Any, ...]) -> str:
+    """A keyset position (the last item's sort key) as an opaque cursor."""
+    return base64.urlsafe_b64encode(msgspec.json.encode(key)).decode()
+
+
+def in_range(moment: datetime) -> datetime:
+    """A cursor's moment in UTC, refused (BadRequest) when no stored time could be it."""
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise BadRequest("cursor is not one this API returned")
+    return utc
+
+
+def decode_cursor(cursor: str, key: type[Key]) -> Key:
+    """The keyset position of a cursor this API returned; else BadRequest."""
+    try:
+        return msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()), type=key)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise BadRequest("cursor is not one this API returned") from None
 
 
 def message_from_row(row: Any) -> Message:

@@ -279,10 +279,14 @@ async def finish_run(conn: AsyncConnection, run_id: int, *, pages: int, reports:
         rejected=rejected, error=error, detail=detail))
 
 
-async def list_runs(conn: AsyncConnection, source: str | None, limit: int) -> Sequence[sa.Row[Any]]:
+async def list_runs(conn: AsyncConnection, source: str | None, limit: int,
+                    before_id: int | None = None) -> Sequence[sa.Row[Any]]:
+    """Reconciler passes, newest (highest id) first, before a keyset id."""
     query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
     if source is not None:
         query = query.where(runs.c.source == source)
+    if before_id is not None:
+        query = query.where(runs.c.id < before_id)
     return (await conn.execute(query)).all()
 
 
@@ -439,21 +443,31 @@ async def register_outbound(conn: AsyncConnection, rows: Sequence[Registration])
     return outcomes
 
 
+GapKey = tuple[datetime, int, str]  # sent_at, registration id, matched message id or ''
+
+
 async def gaps(conn: AsyncConnection, *, source: str | None, sent_before: datetime,
                sent_after: datetime | None = None, with_message_id: bool = False,
-               limit: int = 100) -> Sequence[Any]:
-    """Registered messages without a final status, oldest first."""
+               limit: int = 100, after: GapKey | None = None) -> Sequence[Any]:
+    """Registered messages without a final status, oldest first, after a keyset position
+    (a row's is its sent_at, registration_id, matched_id). A registration by callback data
+    may match several messages, one row each: hence the matched message's id in the key."""
     m = messages.alias("m")
     matched = sa.and_(m.c.source == outbound.c.source, sa.or_(
         m.c.message_id == outbound.c.message_id,
         sa.and_(outbound.c.message_id.is_(None),
                 same_callback_data(m.c.callback_data, outbound.c.callback_data))))
+    matched_id = sa.func.coalesce(m.c.message_id, "")
+    key = (outbound.c.sent_at, outbound.c.id, matched_id)
     query = (sa.select(outbound.c.source, sa.func.coalesce(outbound.c.message_id, m.c.message_id)
                        .label("message_id"), outbound.c.callback_data, outbound.c.bulk_id,
-                       outbound.c.to, outbound.c.sent_at, m.c.status)
+                       outbound.c.to, outbound.c.sent_at, m.c.status,
+                       outbound.c.id.label("registration_id"), matched_id.label("matched_id"))
              .select_from(outbound.outerjoin(m, matched))
              .where(outbound.c.sent_at < sent_before, sa.func.coalesce(m.c.final, False).is_(False))
-             .order_by(outbound.c.sent_at, outbound.c.id).limit(limit))
+             .order_by(*key).limit(limit))
+    if after is not None:
+        query = query.where(sa.tuple_(*key) > sa.tuple_(*after))
     if source is not None:
         query = query.where(outbound.c.source == source)
     if sent_after is not None:

@@ -24,7 +24,7 @@ from service.config import DiceSmsSource, InfobipSource
 from service.providers import dicesms, http
 from service.providers import infobip as infobip_wire
 from service.providers.fakes import DiceMessage, FakeDiceSms, FakeInfobip
-from tests.conftest import READ_TOKEN, WRITE_TOKEN, make_settings
+from tests.conftest import ADMIN_TOKEN, READ_TOKEN, WRITE_TOKEN, make_settings
 from tests.reports import body, report
 
 Client = AsyncTestClient  # type: ignore[type-arg]
@@ -344,3 +344,64 @@ def test_every_registration_is_registered_known_or_refused(
         assert outcome.new == (holder is row)
         refused = row.message_id is None and holder != row
         assert outcome.held_by == (holder if refused else None)
+
+
+# --- paging -------------------------------------------------------------------------------
+
+async def pages(client: Client, path: str, headers: dict[str, str], limit: int,
+                **params: Any) -> list[list[Any]]:
+    """Every page of a keyset-paginated list, following next_cursor."""
+    found, cursor = [], None
+    while True:
+        answer = await client.get(path, headers=headers, params=params | {"limit": limit} | (
+            {"cursor": cursor} if cursor else {}))
+        assert answer.status_code == 200, answer.text
+        found.append(answer.json()["items"])
+        if (cursor := answer.json()["next_cursor"]) is None:
+            return found
+
+
+async def test_gaps_page_without_skipping_or_repeating(client: Client) -> None:
+    same_time = "2026-11-01T10:00:00Z"
+    await client.post("/v1/outbound", headers=WRITE, json=[
+        *[sent(message_id=f"m{i:02}", sent_at=same_time) for i in range(9)],
+        *[sent(message_id=f"n{i:02}", sent_at=f"2026-11-01T09:00:0{i}.00000{i}Z")
+          for i in range(6)],
+        sent(callback_data="order-many", sent_at=same_time)])
+    # the callback data registration matches three messages: one gap row each
+    await client.post("/webhooks/ib", headers=BASIC, content=body(*[
+        report(f"ib-{i}", callbackData="order-many", status={"groupId": 1, "groupName": "PENDING"})
+        for i in range(3)]))
+    [everything] = await pages(client, "/v1/gaps", READ, 1000, older_than="1s")
+    assert len(everything) == 9 + 6 + 3
+    for limit in (1, 2, 4, 7, 17, 18):
+        paged = await pages(client, "/v1/gaps", READ, limit, older_than="1s")
+        assert [g for page in paged for g in page] == everything
+        assert len(paged) == -(-len(everything) // limit)  # no empty last page
+
+
+async def test_runs_page_newest_first(client: Client, engine: AsyncEngine) -> None:
+    async with db.transaction(engine) as conn:
+        for i in range(11):
+            await store.start_run(conn, "ib" if i % 3 else "dice")
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    [everything] = await pages(client, "/v1/runs", admin, 1000)
+    assert [r["id"] for r in everything] == list(range(11, 0, -1))
+    for limit, source in ((1, None), (3, None), (4, "ib"), (2, "dice")):
+        paged = await pages(client, "/v1/runs", admin, limit, **({"source": source} if source else {}))
+        assert [r for page in paged for r in page] == [
+            r for r in everything if source in (None, r["source"])]
+
+
+@pytest.mark.parametrize("path", ["/v1/gaps", "/v1/runs"])
+@pytest.mark.parametrize("cursor", [
+    "garbage!", "bm90IGpzb24", base64.urlsafe_b64encode(b'["x"]').decode(),
+    base64.urlsafe_b64encode(b"[-1]").decode(),
+    base64.urlsafe_b64encode(b'["2026-11-01T10:00:00", 1, ""]').decode(),
+    base64.urlsafe_b64encode(b'["0001-01-01T00:00:00+14:00", 1, ""]').decode(),
+    base64.urlsafe_b64encode(b'["2026-11-01T10:00:00Z", 9223372036854775808, ""]').decode()])
+async def test_a_bad_cursor_is_400(client: Client, path: str, cursor: str) -> None:
+    admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    answer = await client.get(path, params={"cursor": cursor}, headers=admin)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "cursor is not one this API returned"

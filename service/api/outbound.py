@@ -29,7 +29,7 @@ from service.providers import (
     judge_all,
     moment,
 )
-from service.schemas import doc
+from service.schemas import CursorId, CursorTime, decode_cursor, doc, encode_cursor, in_range
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
 CallbackData = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CALLBACK_DATA)]
@@ -101,6 +101,7 @@ class Gap(msgspec.Struct):
 
 class GapList(msgspec.Struct):
     items: list[Gap]
+    next_cursor: str | None  # pass back as `cursor` for the next page; null on the last
 
 
 @post("/v1/outbound", guards=[require_scope], opt={"scope": "write"}, status_code=200,
@@ -180,11 +181,25 @@ def parse_duration(text: str) -> timedelta:
 
 
 @get("/v1/gaps", guards=[require_scope], opt={"scope": "read"}, responses=ERRORS, tags=["outbound"],
-     summary="Registered messages with no final status after a grace period (default 48h)")
+     summary="Registered messages with no final status after a grace period (default 48h), "
+             "oldest first, keyset-paginated")
 async def list_gaps(state: State, source: FromQuery[str | None] = None,
                     older_than: FromQuery[str] = "48h",
-                    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100) -> GapList:
+                    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+                    cursor: FromQuery[str | None] = None) -> GapList:
     before = datetime.now(UTC) - parse_duration(older_than)
+    after = None
+    if cursor:
+        sent_at, registration_id, matched_id = decode_cursor(
+            cursor, tuple[CursorTime, CursorId, str])
+        after = (in_range(sent_at), registration_id, matched_id)
     async with db.transaction(state.engine) as conn:
-        rows = await store.gaps(conn, source=source, sent_before=before, limit=limit)
-    return GapList([Gap(**row._asdict()) for row in rows])
+        rows = await store.gaps(conn, source=source, sent_before=before, limit=limit + 1,
+                                after=after)
+    items = [Gap(row.source, row.message_id, row.callback_data, row.bulk_id, row.to,
+                 row.sent_at, row.status) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor((last.sent_at, last.registration_id, last.matched_id))
+    return GapList(items, next_cursor)
