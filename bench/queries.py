@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 
 from bench.common import bench_database, percentile, running_service
-from service.api.messages import encode_cursor
+from service.schemas import encode_cursor
 
 SEED = """
 INSERT INTO messages (source, message_id, status, final, obs_hash, status_id, status_name,
@@ -96,7 +96,7 @@ def main() -> None:
             line("get by id", timed(client, n, "/v1/messages/ib/msg-500000", {}), "p99 < 10 ms")
             line("list page (100) at start", timed(client, n, "/v1/messages", {"limit": "100"}),
                  "p99 < 25 ms")
-            deep = encode_cursor("dice", "msg-" + str(10_000 * 3))
+            deep = encode_cursor(("dice", "msg-" + str(10_000 * 3)))
             line("list page (100) at depth ~10,000",
                  timed(client, n, "/v1/messages", {"limit": "100", "cursor": deep}), "p99 < 25 ms")
             line("list page, filter by to", timed(client, n, "/v1/messages",

@@ -8,7 +8,12 @@ depend on arrival order or on duplicates (commutative, associative, idempotent):
   status id, then the hash of its state;
 * each descriptive field (recipient, bulk, sender, parts, price, ...) is the greatest
   non-null value seen, so it fills in, is never blanked by a null, and resolves a
-  disagreement between reports the same way whatever the order.
+  disagreement between reports the same way whatever the order;
+* a registration (POST /v1/outbound) ranks below every provider report: its state has the
+  lowest hash, so it loses every tie with a provider's PENDING report, and the fields it
+  supplies are marked in `Report.registered`, so that for each of them the greatest value
+  by (not null, from a provider, value) wins: a registration only fills in what no
+  provider said.
 
 `store.upsert_messages` mirrors these rules in SQL; tests hold the two to each other.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -43,6 +49,11 @@ DESCRIPTIVE_FIELDS = (
     "operator", "text", "entity_id", "application_id", "campaign_reference_id",
 )
 PRICE_FIELDS = ("price_amount", "price_currency")
+# The descriptive fields a registration can supply, by their bit in Report.registered.
+REGISTERED = {"to": 1, "bulk_id": 2, "callback_data": 4, "sent_at": 8}
+FILLED_FIELDS = tuple(f for f in DESCRIPTIVE_FIELDS if f not in REGISTERED)
+# A registration's state hash: the lowest there is (see order_key).
+REGISTRATION_HASH = bytes(16)
 # What an observation's hash covers: its message and its state (see state_hash).
 _HASHED_AT = tuple(Report.__struct_fields__.index(f) for f in
                    ("source", "message_id", *_FIRST_STATE_FIELDS))
@@ -73,8 +84,14 @@ _CARRIER_TYPES = frozenset({phonenumbers.PhoneNumberType.MOBILE, phonenumbers.Ph
 
 
 class Recipient(NamedTuple):
-    to: str  # E.164 for a valid number, else the input unchanged (so it shows)
+    to: str  # E.164 whenever the country is known, else the input stripped (so it shows)
     carrier: str | None  # the network a mobile number was first allocated to
+
+
+# What a phone number may be written with; anything else is not a phone number.
+_DIALLABLE = re.compile(r"[(]?\+?[0-9 ()./-]+")
+_SEPARATORS = re.compile(r"[^0-9]")
+_E164_DIGITS = 15
 
 
 @functools.lru_cache(maxsize=NUMBER_CACHE_SIZE)
@@ -83,25 +100,37 @@ def recipient(number: str, default_region: str | None = None) -> Recipient:
     number's type (the costliest step of decoding a report).
 
     Digits without '+' are read as international unless a default region is given
-    (Infobip sends "41793026727"; DiceSMS sends national numbers for its region).
+    (Infobip sends "41793026727"; DiceSMS sends national numbers for its region). A number
+    whose range the numbering metadata does not know (yet) is still E.164 when its country
+    is known: '+' and its digits when given in international form, the region's country
+    code and its national number otherwise; its carrier is unknown then. Only text that is
+    no phone number, or whose country cannot be told, stays as given.
     """
     raw = number.strip()
-    text = raw if raw.startswith("+") or default_region else f"+{raw}"
+    plus = raw.lstrip("(").startswith("+")
+    international = plus or not default_region
+    text = raw if plus or default_region else f"+{raw}"
     try:
         parsed = phonenumbers.parse(text, default_region)
     except phonenumbers.NumberParseException:
         return Recipient(raw, None)
     kind = phonenumbers.number_type(parsed)
-    if kind == phonenumbers.PhoneNumberType.UNKNOWN:  # what is_valid_number tests
+    if kind != phonenumbers.PhoneNumberType.UNKNOWN:  # what is_valid_number tests
+        carrier = (phonenumbers.carrier.name_for_valid_number(parsed, "en")
+                   if kind in _CARRIER_TYPES else "")
+        e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+        return Recipient(str(e164), str(carrier) or None)
+    if not _DIALLABLE.fullmatch(raw):
         return Recipient(raw, None)
-    carrier = (phonenumbers.carrier.name_for_valid_number(parsed, "en")
-               if kind in _CARRIER_TYPES else "")
-    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return Recipient(str(e164), str(carrier) or None)
+    if international:  # as given: the metadata may strip what it takes for a trunk prefix
+        digits = _SEPARATORS.sub("", raw)
+    else:
+        digits = str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))[1:]
+    return Recipient(f"+{digits}" if len(digits) <= _E164_DIGITS else raw, None)
 
 
 def e164(number: str, default_region: str | None = None) -> str:
-    """E.164 for a recipient that is a valid number, else the input unchanged."""
+    """E.164 for a recipient whose country is known, else the input stripped."""
     return recipient(number, default_region).to
 
 
@@ -151,6 +180,16 @@ def observation(**fields: Any) -> Report:
     return msgspec.structs.replace(draft, obs_hash=state_hash(draft))
 
 
+def registration(*, source: str, message_id: str, to: str | None, bulk_id: str | None,
+                 callback_data: str | None, sent_at: datetime | None) -> Report:
+    """What a registration of a message says about it: PENDING, with the lowest state hash
+    (so a provider's PENDING report outranks it), and its fields marked as registered."""
+    fields = {"to": to, "bulk_id": bulk_id, "callback_data": callback_data, "sent_at": sent_at}
+    report = observation(source=source, message_id=message_id, status=PENDING, **fields)
+    mask = sum(bit for name, bit in REGISTERED.items() if fields[name] is not None)
+    return msgspec.structs.replace(report, obs_hash=REGISTRATION_HASH, registered=mask)
+
+
 def state_hash(report: Report) -> bytes:
     """What identifies an observation: its message and its state. Descriptive fields merge
     on their own, so a report seen with and without its bulk id (a DiceSMS listing joined
@@ -184,7 +223,16 @@ def merge(current: Report | None, incoming: Report) -> Report:
     if current is None:
         return incoming
     winner = incoming if order_key(incoming) > order_key(current) else current
-    fill = {f: _greatest(getattr(current, f), getattr(incoming, f)) for f in DESCRIPTIVE_FIELDS}
+    fill = {f: _greatest(getattr(current, f), getattr(incoming, f)) for f in FILLED_FIELDS}
+    mask = 0
+    for f, bit in REGISTERED.items():
+        old, new = getattr(current, f), getattr(incoming, f)
+        old_bit, new_bit = current.registered & bit, incoming.registered & bit
+        # by (not null, from a provider, value); store._upsert_messages says it the same way
+        wins = new is not None and (old is None or (not new_bit, new) > (not old_bit, old))
+        fill[f], flag = (new, new_bit) if wins else (old, old_bit)
+        mask |= flag
+    fill["registered"] = mask
     prices = [(r.price_amount, r.price_currency or "") for r in (current, incoming)
               if r.price_amount is not None]
     if prices:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -13,6 +15,10 @@ from service.errors import BadRequest
 # the database (year 1 or 9999 moved to UTC leaves Python's calendar).
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(2200, 1, 1, tzinfo=UTC)
 TIME = "ISO 8601 with an offset, from 1970 to 2200 (e.g. 2026-11-01T00:00:00Z)"
+Key = TypeVar("Key")
+# A keyset cursor's parts: a moment of the kind stored, and a bigint id.
+CursorTime = Annotated[datetime, msgspec.Meta(tz=True)]
+CursorId = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
 def doc(description: str, *examples: object) -> msgspec.Meta:
@@ -47,10 +53,14 @@ class Message(msgspec.Struct):
     message_id: Annotated[str, doc("Provider message id (DiceSMS: recipient@sent_at)",
                                    "MESSAGE-ID-123-xyz")]
     bulk_id: Annotated[str | None, doc("Infobip bulkId or DiceSMS batch_id", "BULK-ID-123-xyz")]
-    to: Annotated[str | None, doc("Recipient, E.164 (as given when not a valid number)",
+    to: Annotated[str | None, doc("Recipient, E.164 whenever its country is known (else as given)",
                                   "+41793026727")]
     sender: str | None
     callback_data: Annotated[str | None, doc("Echoed from the send request", "order-42")]
+    matched_by: Annotated[Literal["message_id", "callback_data"] | None, doc(
+        "How the message matched a registration (POST /v1/outbound): by its message_id, by "
+        "its callback_data (a registration without message_id), or null when none",
+        "message_id")]
     status: Annotated[str, doc("Status group", "DELIVERED")]
     final: Annotated[bool, doc("True once the status can no longer change", True)]
     provider_status: ProviderStatus
@@ -104,8 +114,32 @@ def query_time(name: str, text: str) -> datetime:
     return utc
 
 
+def encode_cursor(key: tuple[Any, ...]) -> str:
+    """A keyset position (the last item's sort key) as an opaque cursor."""
+    return base64.urlsafe_b64encode(msgspec.json.encode(key)).decode()
+
+
+def in_range(moment: datetime) -> datetime:
+    """A cursor's moment in UTC, refused (BadRequest) when no stored time could be it."""
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise BadRequest("cursor is not one this API returned")
+    return utc
+
+
+def decode_cursor(cursor: str, key: type[Key]) -> Key:
+    """The keyset position of a cursor this API returned; else BadRequest."""
+    try:
+        return msgspec.json.decode(base64.urlsafe_b64decode(cursor.encode()), type=key)
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise BadRequest("cursor is not one this API returned") from None
+
+
 def message_from_row(row: Any) -> Message:
-    """Message JSON from a `messages` row."""
+    """Message JSON from a `messages` row with its `matched_by` (see store.matched_by)."""
     error = None
     if row.error_id is not None or row.error_name is not None:
         error = ErrorInfo(row.error_group_name, row.error_group_id, row.error_id, row.error_name,
@@ -115,7 +149,8 @@ def message_from_row(row: Any) -> Message:
         price = Price(format(row.price_amount, "f"), row.price_currency)
     return Message(
         source=row.source, message_id=row.message_id, bulk_id=row.bulk_id, to=row.to,
-        sender=row.sender, callback_data=row.callback_data, status=row.status, final=row.final,
+        sender=row.sender, callback_data=row.callback_data, matched_by=row.matched_by,
+        status=row.status, final=row.final,
         provider_status=ProviderStatus(row.status_id, row.status_name, row.status_description,
                                        row.status_action),
         error=error, sent_at=row.sent_at, done_at=row.done_at, sms_count=row.sms_count,

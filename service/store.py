@@ -6,6 +6,7 @@ one plan, whatever the batch size.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -85,14 +86,27 @@ def _upsert_messages() -> Any:
         sa.or_(old.price_amount.is_(None),
                sa.tuple_(new.price_amount, sa.func.coalesce(new.price_currency, ""))
                > sa.tuple_(old.price_amount, sa.func.coalesce(old.price_currency, ""))))
+    # Per field a registration can supply: the greatest by (not null, from a provider, value).
+    ranked_wins = {}
+    for f, bit in reconcile.REGISTERED.items():
+        old_bit, new_bit = old.registered.op("&")(bit), new.registered.op("&")(bit)
+        ranked_wins[f] = sa.and_(new[f].is_not(None), sa.or_(
+            old[f].is_(None),
+            sa.tuple_(new_bit == 0, new[f]) > sa.tuple_(old_bit == 0, old[f])))
     values: dict[str, Any] = {f: sa.case((wins, new[f]), else_=old[f])
                               for f in reconcile.STATE_FIELDS}
-    values |= {f: sa.func.greatest(old[f], new[f]) for f in reconcile.DESCRIPTIVE_FIELDS}
+    values |= {f: sa.func.greatest(old[f], new[f]) for f in reconcile.FILLED_FIELDS}
+    values |= {f: sa.case((ranked_wins[f], new[f]), else_=old[f]) for f in reconcile.REGISTERED}
+    bits: list[Any] = [
+        sa.case((ranked_wins[f], new.registered.op("&")(bit)), else_=old.registered.op("&")(bit))
+        for f, bit in reconcile.REGISTERED.items()]
+    values["registered"] = functools.reduce(lambda a, b: a.op("|")(b), bits)
     values |= {f: sa.case((price_wins, new[f]), else_=old[f]) for f in reconcile.PRICE_FIELDS}
     values |= {"seq": messages_seq.next_value(), "updated_at": sa.func.now()}
     # The guard: a row is touched (and takes a new seq) only when the merge changes it.
-    changes = sa.or_(wins, price_wins, *[old[f].is_distinct_from(sa.func.greatest(old[f], new[f]))
-                                         for f in reconcile.DESCRIPTIVE_FIELDS])
+    changes = sa.or_(wins, price_wins, *ranked_wins.values(),
+                     *[old[f].is_distinct_from(sa.func.greatest(old[f], new[f]))
+                       for f in reconcile.FILLED_FIELDS])
     return stmt.on_conflict_do_update(
         index_elements=[old.source, old.message_id], set_=values, where=changes,
     ).returning(old.seq)
@@ -140,9 +154,30 @@ async def write(conn: AsyncConnection, bodies: Sequence[InboxRow],
     return len(result.all())
 
 
+def matched_by(m: Any) -> Any:
+    """How the message of `m` (columns of a `messages` row) was matched to a registration:
+    'message_id' (one of its source with that id), 'callback_data' (one of its source without
+    an id, with its callback data), or null. Two probes of the outbound table's unique keys."""
+    o = outbound.alias("registered")
+    by_id = sa.exists().where(o.c.source == m.source, o.c.message_id.is_not(None),
+                              o.c.message_id == m.message_id)
+    by_callback = sa.exists().where(
+        o.c.source == m.source, o.c.message_id.is_(None),
+        o.c.callback_hash == sa.func.sha256(sa.func.convert_to(m.callback_data, "UTF8")),
+        o.c.callback_data == m.callback_data)
+    return sa.case((by_id, "message_id"), (by_callback, "callback_data"),
+                   else_=sa.null()).label("matched_by")
+
+
+def _with_matched_by(query: Any, *order: str) -> Any:
+    """A page of `messages` rows with their `matched_by`, probed for the page's rows only."""
+    page = query.subquery("page")
+    return sa.select(page, matched_by(page.c)).order_by(*[page.c[name] for name in order])
+
+
 async def get_message(conn: AsyncConnection, source: str, message_id: str) -> sa.Row[Any] | None:
-    query = sa.select(messages).where(messages.c.source == source,
-                                      messages.c.message_id == message_id)
+    query = sa.select(messages, matched_by(messages.c)).where(
+        messages.c.source == source, messages.c.message_id == message_id)
     return (await conn.execute(query)).first()
 
 
@@ -193,7 +228,7 @@ async def list_messages(conn: AsyncConnection, where: MessageFilter, limit: int,
         query = query.where(m.updated_at >= where.updated_since)
     if after is not None:
         query = query.where(sa.tuple_(messages.c.source, messages.c.message_id) > after)
-    return (await conn.execute(query)).all()
+    return (await conn.execute(_with_matched_by(query, "source", "message_id"))).all()
 
 
 # --- pulled pages: kept first, decoded and merged afterwards ------------------------------
@@ -244,10 +279,14 @@ async def finish_run(conn: AsyncConnection, run_id: int, *, pages: int, reports:
         rejected=rejected, error=error, detail=detail))
 
 
-async def list_runs(conn: AsyncConnection, source: str | None, limit: int) -> Sequence[sa.Row[Any]]:
+async def list_runs(conn: AsyncConnection, source: str | None, limit: int,
+                    before_id: int | None = None) -> Sequence[sa.Row[Any]]:
+    """Reconciler passes, newest (highest id) first, before a keyset id."""
     query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
     if source is not None:
         query = query.where(runs.c.source == source)
+    if before_id is not None:
+        query = query.where(runs.c.id < before_id)
     return (await conn.execute(query)).all()
 
 
@@ -346,41 +385,89 @@ class Registration(msgspec.Struct, frozen=True):
 _REGISTRATION_FIELDS = (*Registration.__struct_fields__, "callback_hash")
 
 
-async def register_outbound(conn: AsyncConnection, rows: Sequence[Registration]) -> int:
-    """Record sent messages idempotently; return how many were new."""
-    new = 0
-    for keyed, target, where in (
-            # in key order: concurrent registrations take their row locks in one order
-            (sorted((r for r in rows if r.message_id is not None),
-                    key=lambda r: (r.source, r.message_id or "")), "message_id",
-             outbound.c.message_id.is_not(None)),
-            (sorted((r for r in rows if r.message_id is None),
-                    key=lambda r: (r.source, r.callback_hash or b"")), "callback_hash",
-             outbound.c.message_id.is_(None))):
+class Outcome(msgspec.Struct, frozen=True):
+    """What became of one registration: new, already known, or refused because another
+    registration of its source without message id holds its callback data (`held_by`)."""
+
+    new: bool
+    held_by: Registration | None = None
+
+
+def _registration_key(row: Registration) -> tuple[str, str | bytes]:
+    if row.message_id is not None:
+        return row.source, row.message_id
+    return row.source, row.callback_hash or b""
+
+
+async def register_outbound(conn: AsyncConnection, rows: Sequence[Registration]) -> list[Outcome]:
+    """Record sent messages idempotently; one Outcome per row, in order.
+
+    A row keyed by message id that is stored already is known. One keyed by callback data is
+    known only when the stored registration is the same (sent_at, to, bulk_id): a different
+    one is another message, refused rather than lost. Which row of a request, or of
+    concurrent requests, holds a key is settled by the unique index; the others are then
+    judged against the row it holds.
+    """
+    first: dict[tuple[bool, tuple[str, str | bytes]], int] = {}
+    for index, row in enumerate(rows):
+        first.setdefault((row.message_id is None, _registration_key(row)), index)
+    inserted: set[tuple[bool, tuple[str, str | bytes]]] = set()
+    for by_callback, target, where in (
+            (False, "message_id", outbound.c.message_id.is_not(None)),
+            (True, "callback_hash", outbound.c.message_id.is_(None))):
+        # in key order: concurrent registrations take their row locks in one order
+        keyed = [rows[i] for key, i in sorted(first.items()) if key[0] == by_callback]
         if not keyed:
             continue
         stmt = _insert_from(outbound, _REGISTRATION_FIELDS, "o").on_conflict_do_nothing(
             index_elements=[outbound.c.source, outbound.c[target]], index_where=where,
-        ).returning(outbound.c.id)
-        new += len((await conn.execute(stmt, _columns(keyed, _REGISTRATION_FIELDS, "o"))).all())
-    return new
+        ).returning(outbound.c.source, outbound.c[target])
+        result = await conn.execute(stmt, _columns(keyed, _REGISTRATION_FIELDS, "o"))
+        inserted |= {(by_callback, (row[0], row[1])) for row in result}
+    outcomes = [Outcome(new=(key := (row.message_id is None, _registration_key(row))) in inserted
+                        and first[key] == index) for index, row in enumerate(rows)]
+    judged = [i for i, row in enumerate(rows) if row.message_id is None and not outcomes[i].new]
+    if judged:
+        # A new statement: it sees the rows that concurrent registrations committed.
+        o = outbound.c
+        keys = sorted({_registration_key(rows[i]) for i in judged})
+        stored = await conn.execute(
+            sa.select(*[o[name] for name in Registration.__struct_fields__])
+            .where(o.message_id.is_(None), sa.tuple_(o.source, o.callback_hash).in_(keys)))
+        held = {_registration_key(r): r for r in (
+            Registration(**row._asdict()) for row in stored)}
+        for i in judged:
+            holder = held.get(_registration_key(rows[i]))
+            if holder is not None and holder != rows[i]:
+                outcomes[i] = Outcome(new=False, held_by=holder)
+    return outcomes
+
+
+GapKey = tuple[datetime, int, str]  # sent_at, registration id, matched message id or ''
 
 
 async def gaps(conn: AsyncConnection, *, source: str | None, sent_before: datetime,
                sent_after: datetime | None = None, with_message_id: bool = False,
-               limit: int = 100) -> Sequence[Any]:
-    """Registered messages without a final status, oldest first."""
+               limit: int = 100, after: GapKey | None = None) -> Sequence[Any]:
+    """Registered messages without a final status, oldest first, after a keyset position
+    (a row's is its sent_at, registration_id, matched_id). A registration by callback data
+    may match several messages, one row each: hence the matched message's id in the key."""
     m = messages.alias("m")
     matched = sa.and_(m.c.source == outbound.c.source, sa.or_(
         m.c.message_id == outbound.c.message_id,
         sa.and_(outbound.c.message_id.is_(None),
                 same_callback_data(m.c.callback_data, outbound.c.callback_data))))
+    matched_id = sa.func.coalesce(m.c.message_id, "")
+    key = (outbound.c.sent_at, outbound.c.id, matched_id)
     query = (sa.select(outbound.c.source, sa.func.coalesce(outbound.c.message_id, m.c.message_id)
                        .label("message_id"), outbound.c.callback_data, outbound.c.bulk_id,
-                       outbound.c.to, outbound.c.sent_at, m.c.status)
+                       outbound.c.to, outbound.c.sent_at, m.c.status,
+                       outbound.c.id.label("registration_id"), matched_id.label("matched_id"))
              .select_from(outbound.outerjoin(m, matched))
              .where(outbound.c.sent_at < sent_before, sa.func.coalesce(m.c.final, False).is_(False))
-             .order_by(outbound.c.sent_at, outbound.c.id).limit(limit))
+             .order_by(*key).limit(limit))
+    if after is not None:
+        query = query.where(sa.tuple_(*key) > sa.tuple_(*after))
     if source is not None:
         query = query.where(outbound.c.source == source)
     if sent_after is not None:
@@ -465,4 +552,4 @@ async def changes(conn: AsyncConnection, after: int, horizon: int, limit: int) -
     m = messages.c
     query = (sa.select(messages).where(m.seq > after, m.seq <= horizon).order_by(m.seq)
              .limit(limit))
-    return (await conn.execute(query)).all()
+    return (await conn.execute(_with_matched_by(query, "seq"))).all()

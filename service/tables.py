@@ -97,6 +97,8 @@ messages = sa.Table(
     sa.Column("entity_id", CText),
     sa.Column("application_id", CText),
     sa.Column("campaign_reference_id", CText),
+    # Bits of the fields above whose value only a registration gave (reconcile.REGISTERED).
+    sa.Column("registered", sa.SmallInteger, nullable=False, server_default="0"),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),

@@ -65,8 +65,9 @@ def test_seed_report_page_decodes_with_batches_joined_on_sent_at() -> None:
         SOURCE, dicesms.StatusTable({}), (SEEDS / "report_page.json").read_bytes(), batch_of)
     assert rejections == []
     ids = by_id(reports)
-    invalid = ids["98625000000@2025-11-04T11:15:45.070173Z"]
-    assert invalid.to == "98625000000"  # not a possible Nepali number: kept as given
+    # A range the numbering metadata does not know is still Nepali: E.164, no carrier.
+    unknown = ids["+97798625000000@2025-11-04T11:15:45.070173Z"]
+    assert (unknown.to, unknown.operator) == ("+97798625000000", None)
     joined = ids["+9779843000000@2025-11-04T11:15:45.153834Z"]
     assert joined.bulk_id == "881127472383-4566"
     assert dicesms.next_url((SEEDS / "report_page.json").read_bytes()) == \

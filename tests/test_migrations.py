@@ -19,6 +19,35 @@ def test_migrations_match_the_tables(database_url: str) -> None:
     command.check(config)  # raises when autogenerate would find a difference
 
 
+def test_registration_rank_upgrades_and_downgrades_with_rows_in_place(server_url: str) -> None:
+    """0006 adds messages.registered (0: what was merged before counts as the provider's)."""
+    async def columns(url: str, insert: bool) -> list[object]:
+        conn = await asyncpg.connect(url)
+        try:
+            if insert:
+                await conn.execute("INSERT INTO messages (source, message_id, status, final,"
+                                   " obs_hash, seq) VALUES ('ib', 'm1', 'PENDING', false, 'h', 1)")
+            return [row[0] for row in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name ="
+                " 'messages' AND column_name = 'registered'")] + [
+                await conn.fetchval("SELECT count(*) FROM messages")]
+        finally:
+            await conn.close()
+
+    with scratch_database(server_url, migrated=False) as url:
+        config = Config()
+        config.set_main_option("script_location", str(db.migrations_dir()))
+        config.attributes["database_url"] = db.asyncpg_url(url)
+        command.upgrade(config, "0005")
+        assert asyncio.run(columns(url, insert=True)) == [1]
+        command.upgrade(config, "0006")
+        assert asyncio.run(columns(url, insert=False)) == ["registered", 1]
+        command.downgrade(config, "0005")
+        assert asyncio.run(columns(url, insert=False)) == [1]
+        command.upgrade(config, "head")
+        command.check(config)
+
+
 def test_a_new_database_looks_messages_up_by_their_key(server_url: str) -> None:
     """A generic plan made before any statistics exist (a new deployment) must still use
     the primary key for a look-up by id, not another index that starts with `source`."""

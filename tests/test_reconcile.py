@@ -13,11 +13,11 @@ import phonenumbers
 import phonenumbers.carrier
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from service import db, reconcile, store
-from service.providers import Report
+from service.providers import MAX_TO, Report
 from service.schemas import message_from_row
 from service.tables import messages
 
@@ -27,11 +27,21 @@ GROUPS = ["PENDING", "DELIVERED", "UNDELIVERABLE", "EXPIRED", "REJECTED", "SOMET
 
 @st.composite
 def observations(draw: st.DrawFn) -> list[Report]:
-    """A few observations of one message, with clashing and missing fields on purpose."""
+    """A few observations of one message, with clashing and missing fields on purpose: some
+    from providers, some from registrations (POST /v1/outbound), drawing on the same values."""
     count = draw(st.integers(1, 6))
     maybe = st.none() | st.just(None)
     out = []
     for _ in range(count):
+        described = {
+            "to": draw(st.sampled_from([None, "+41793026727", "+41793026834"])),
+            "bulk_id": draw(st.sampled_from([None, "b1", "b2"])),
+            "callback_data": draw(st.sampled_from([None, "cb", "cb-WRONG", "ç-ü"])),
+            "sent_at": draw(st.sampled_from([None, T0, T0 - timedelta(seconds=1)])),
+        }
+        if draw(st.integers(0, 3)) == 0:
+            out.append(reconcile.registration(source="ib", message_id="m", **described))
+            continue
         out.append(reconcile.observation(
             source="ib",
             message_id="m",
@@ -40,14 +50,11 @@ def observations(draw: st.DrawFn) -> list[Report]:
             status_name=draw(st.sampled_from([None, "A", "B"])),
             done_at=draw(st.none() | st.integers(0, 3).map(lambda s: T0 + timedelta(seconds=s))),
             error_id=draw(st.none() | st.integers(1, 3)),
-            to=draw(st.sampled_from([None, "+41793026727", "+41793026834"])),
-            bulk_id=draw(st.sampled_from([None, "b1", "b2"])),
-            callback_data=draw(st.sampled_from([None, "cb", "ç-ü"])),
-            sent_at=draw(st.sampled_from([None, T0, T0 - timedelta(seconds=1)])),
             sms_count=draw(st.none() | st.integers(1, 3)),
             price_amount=draw(st.sampled_from([None, Decimal("0.01"), Decimal("0.02")])),
             price_currency=draw(st.sampled_from(["EUR", "USD", None])),
             mcc_mnc=draw(maybe | st.just("22801")),
+            **described,
         ))
     return out
 
@@ -87,6 +94,47 @@ def test_final_is_never_replaced_by_pending(reports: list[Report]) -> None:
         assert merged.status != "PENDING"
 
 
+def _registered(report: Report) -> bool:
+    return report.obs_hash == reconcile.REGISTRATION_HASH
+
+
+@given(observations())
+def test_a_provider_report_outranks_a_registration(reports: list[Report]) -> None:
+    """For each field a registration can give, a provider's value wins over the registered
+    one (the greatest when providers disagree); the state is a provider's when one spoke."""
+    merged = fold(reports)
+    assert merged is not None
+    providers = [r for r in reports if not _registered(r)]
+    registrations = [r for r in reports if _registered(r)]
+    for name, bit in reconcile.REGISTERED.items():
+        said = [getattr(r, name) for r in providers if getattr(r, name) is not None]
+        given_ = [getattr(r, name) for r in registrations if getattr(r, name) is not None]
+        if said:
+            assert (getattr(merged, name), merged.registered & bit) == (max(said), 0)
+        elif given_:
+            assert (getattr(merged, name), merged.registered & bit) == (max(given_), bit)
+        else:
+            assert (getattr(merged, name), merged.registered & bit) == (None, 0)
+    if providers:
+        state = fold(providers)
+        assert state is not None
+        assert [getattr(merged, f) for f in reconcile.STATE_FIELDS] == \
+            [getattr(state, f) for f in reconcile.STATE_FIELDS]
+
+
+@pytest.mark.parametrize("reported", ["cb-WRONG", "cb-1"])  # sorting after, and before
+def test_a_registration_loses_every_tie_with_a_provider_pending_report(reported: str) -> None:
+    """The bare PENDING a provider may send (no status id, no time) still outranks it."""
+    registered = reconcile.registration(source="ib", message_id="m", to="+41793026727",
+                                        bulk_id=None, callback_data="cb-4", sent_at=T0)
+    pending = reconcile.observation(source="ib", message_id="m", status="PENDING",
+                                    callback_data=reported, sent_at=T0 - timedelta(hours=1))
+    for merged in (reconcile.merge(registered, pending), reconcile.merge(pending, registered)):
+        assert (merged.obs_hash, merged.callback_data) == (pending.obs_hash, reported)
+        assert (merged.to, merged.sent_at) == ("+41793026727", T0 - timedelta(hours=1))
+        assert merged.registered == reconcile.REGISTERED["to"]
+
+
 def test_status_groups() -> None:
     assert reconcile.status_group("DELIVERED", 3) == "DELIVERED"
     assert reconcile.status_group("delivered", None) == "DELIVERED"
@@ -101,8 +149,20 @@ def test_status_groups() -> None:
     ("+41793026727", None, "+41793026727"),
     ("9842271353", "NP", "+9779842271353"),
     ("+977 984-2271353", None, "+9779842271353"),
+    # ranges the numbering metadata does not know (yet): E.164 all the same
+    ("9779837107012", None, "+9779837107012"),
+    (" +977 (983) 710.7012 ", None, "+9779837107012"),
+    ("(+977) 983-7107012", "NP", "+9779837107012"),
+    ("9837107012", "NP", "+9779837107012"),
+    ("09837107012", "NP", "+9779837107012"),
+    ("98625000000", "NP", "+97798625000000"),
+    # no phone number, or no country to be known: as given
     ("not a number", None, "not a number"),
+    ("abc 9837107012", "NP", "abc 9837107012"),
     ("1", None, "1"),
+    ("0 123", None, "0 123"),
+    ("+999 123456", None, "+999 123456"),
+    ("+977 98371070120000000", None, "+977 98371070120000000"),
 ])
 def test_e164(raw: str, region: str | None, expected: str) -> None:
     assert reconcile.e164(raw, region) == expected
@@ -128,11 +188,11 @@ def _comparable(row: object) -> dict[str, object]:
     data = msgspec.to_builtins(message_from_row(row))
     for volatile in ("message_id", "seq", "updated_at"):
         data.pop(volatile)
-    return data
+    return data | {"registered": row.registered}  # type: ignore[attr-defined]
 
 
 def _as_row(report: Report) -> object:
-    values = msgspec.structs.asdict(report) | {"seq": 0, "updated_at": T0}
+    values = msgspec.structs.asdict(report) | {"seq": 0, "updated_at": T0, "matched_by": None}
     return type("Row", (), values)
 
 
@@ -153,7 +213,8 @@ def test_upsert_matches_pure_merge_in_any_order(
         renamed = [msgspec.structs.replace(r, message_id=message_id) for r in sequence]
         for i in range(batches):
             async with db.transaction(engine) as conn:  # type: ignore[arg-type]
-                await store.write(conn, [], [(r, "push") for r in renamed[i::batches]])
+                await store.write(conn, [], [(r, "outbound" if _registered(r) else "push")
+                                             for r in renamed[i::batches]])
         async with db.transaction(engine) as conn:  # type: ignore[arg-type]
             return await store.get_message(conn, "ib", message_id)
 
@@ -236,6 +297,65 @@ def test_one_parse_agrees_with_phonenumbers_own_checks(spelled: tuple[str, str |
             expected = reconcile.Recipient(
                 phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164),
                 phonenumbers.carrier.name_for_number(parsed, "en") or None)
+        elif region is None:  # international: its digits, whatever the metadata says
+            expected = reconcile.Recipient("+" + "".join(c for c in raw if c.isdigit()), None)
         else:
-            expected = reconcile.Recipient(raw, None)
+            expected = reconcile.Recipient(
+                phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), None)
     assert reconcile.recipient.__wrapped__(raw, region) == expected
+
+
+def _spelled(draw: st.DrawFn, digits: str) -> str:
+    """`digits` with a separator (or none) after each one."""
+    gaps = draw(st.lists(st.sampled_from(["", "", " ", "-", "."]), min_size=len(digits),
+                         max_size=len(digits)))
+    return "".join(d + g for d, g in zip(digits, gaps, strict=True)).strip(" -.")
+
+
+@st.composite
+def unknown_ranges(draw: st.DrawFn) -> tuple[str, str, str]:
+    """(region, its country code, a national number the metadata finds no valid range for)."""
+    region = draw(st.sampled_from(sorted(phonenumbers.SUPPORTED_REGIONS)))
+    code = str(phonenumbers.country_code_for_region(region))
+    national = draw(st.text("0123456789", min_size=4, max_size=15 - len(code))
+                    .filter(lambda d: not d.startswith("0")))
+    assume(not phonenumbers.is_valid_number(phonenumbers.parse(f"+{code}{national}")))
+    return region, code, national
+
+
+@settings(max_examples=300)
+@given(unknown_ranges(), st.data())
+def test_an_unknown_range_given_in_international_form_is_plus_and_its_digits(
+        case: tuple[str, str, str], data: st.DataObject) -> None:
+    """Infobip's 9779837107012 (a range newer than the metadata) is +9779837107012."""
+    _, code, national = case
+    spelled = _spelled(data.draw, code + national)
+    plus = data.draw(st.booleans())
+    region = data.draw(st.sampled_from([None, "NP", "US"])) if plus else None
+    number = reconcile.recipient.__wrapped__(("+" if plus else "") + spelled, region)
+    assert number == reconcile.Recipient(f"+{code}{national}", None)
+
+
+@settings(max_examples=300)
+@given(unknown_ranges(), st.data())
+def test_an_unknown_range_given_nationally_in_a_known_region_is_e164(
+        case: tuple[str, str, str], data: st.DataObject) -> None:
+    """DiceSMS's national numbers (region NP) are E.164 even in a range the metadata lacks."""
+    region, _, national = case
+    spelled = _spelled(data.draw, national)
+    try:
+        parsed = phonenumbers.parse(spelled, region)
+    except phonenumbers.NumberParseException:
+        assume(False)
+    number = reconcile.recipient.__wrapped__(spelled, region)
+    assert number.carrier is None or phonenumbers.is_valid_number(parsed)
+    assert number.to.startswith("+") and number.to[1:].isdigit(), number
+    assert phonenumbers.parse(number.to) == parsed
+
+
+@given(st.text("0123456789 +()-./x", max_size=MAX_TO) | st.text(max_size=MAX_TO),
+       st.sampled_from([None, "NP", "CH", "US"]))
+def test_a_recipient_stays_within_its_bound(text: str, region: str | None) -> None:
+    number = reconcile.recipient.__wrapped__(text, region)
+    assert len(number.to) <= MAX_TO
+    assert number.to == text.strip() or (number.to.startswith("+") and number.to[1:].isdigit())

@@ -63,10 +63,11 @@ async def test_seed_example_accepted_verbatim_and_read_back(client: Client) -> N
                                           "action": None}
     assert message["error"] is None
     assert set(message) == {
-        "source", "message_id", "bulk_id", "to", "sender", "callback_data", "status", "final",
-        "provider_status", "error", "sent_at", "done_at", "sms_count", "price", "mcc_mnc",
-        "operator", "text", "entity_id", "application_id", "campaign_reference_id", "seq",
-        "updated_at", "history"}
+        "source", "message_id", "bulk_id", "to", "sender", "callback_data", "matched_by",
+        "status", "final", "provider_status", "error", "sent_at", "done_at", "sms_count", "price",
+        "mcc_mnc", "operator", "text", "entity_id", "application_id", "campaign_reference_id",
+        "seq", "updated_at", "history"}
+    assert message["matched_by"] is None  # nothing registered
     [seen] = message["history"]
     assert (seen["status"], seen["channel"], seen["done_at"]) == ("DELIVERED", "push",
                                                                   "2019-11-09T16:00:00Z")

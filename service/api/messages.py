@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from typing import Annotated
 
@@ -23,22 +21,11 @@ from service.schemas import (
     MessageDetail,
     MessagePage,
     Observation,
+    decode_cursor,
+    encode_cursor,
     message_from_row,
     query_time,
 )
-
-_cursor_decoder = msgspec.json.Decoder(tuple[str, str])
-
-
-def encode_cursor(source: str, message_id: str) -> str:
-    return base64.urlsafe_b64encode(msgspec.json.encode((source, message_id))).decode()
-
-
-def decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        return _cursor_decoder.decode(base64.urlsafe_b64decode(cursor.encode()))
-    except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise BadRequest("cursor is not one this API returned") from None
 
 
 def _spellings(to: str, source: str | None, sources: Mapping[str, Source]) -> tuple[str, ...]:
@@ -91,11 +78,11 @@ async def list_messages(
         source=source, status=status and status.upper(), final=final,
         to=_spellings(to, source, state.settings.sources) if to else None, bulk_id=bulk_id,
         callback_data=callback_data, **times)
-    after = decode_cursor(cursor) if cursor else None
+    after = decode_cursor(cursor, tuple[str, str]) if cursor else None
     async with db.transaction(state.engine) as conn:
         rows = await store.list_messages(conn, where, limit + 1, after)
     items = [message_from_row(r) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
-        next_cursor = encode_cursor(items[-1].source, items[-1].message_id)
+        next_cursor = encode_cursor((items[-1].source, items[-1].message_id))
     return MessagePage(items, next_cursor)

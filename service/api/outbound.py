@@ -14,7 +14,6 @@ from litestar.params import FromQuery, QueryParameter
 from service import db, reconcile, store
 from service.api import ERRORS
 from service.api.auth import require_scope
-from service.config import Source
 from service.errors import BadRequest
 from service.providers import (
     MAX_CALLBACK_DATA,
@@ -28,7 +27,7 @@ from service.providers import (
     judge_all,
     moment,
 )
-from service.schemas import doc
+from service.schemas import CursorId, CursorTime, decode_cursor, doc, encode_cursor, in_range
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
 CallbackData = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CALLBACK_DATA)]
@@ -46,12 +45,6 @@ class SentMessage(msgspec.Struct, forbid_unknown_fields=True):
     bulk_id: Annotated[Id | None, doc("The provider's bulk id", "BULK-1")] = None
     callback_data: Annotated[CallbackData | None, doc("Matches reports without message_id",
                                                       "order-42")] = None
-
-
-def _number(to: str, source: Source) -> str:
-    """The recipient as the source's reports will spell it: DiceSMS numbers given without a
-    country code are read in the source's region, so that both land on one E.164 form."""
-    return reconcile.e164(to, source.region)
 
 
 _items = msgspec.json.Decoder(list[msgspec.Raw])
@@ -82,6 +75,7 @@ class Gap(msgspec.Struct):
 
 class GapList(msgspec.Struct):
     items: list[Gap]
+    next_cursor: str | None  # pass back as `cursor` for the next page; null on the last
 
 
 @post("/v1/outbound", guards=[require_scope], opt={"scope": "write"}, status_code=200,
@@ -102,34 +96,52 @@ async def register(request: Request[Any, Any, State], state: State) -> Registere
         raise BadRequest(f"at most {MAX_REGISTRATIONS} messages per request")
     sources = state.settings.sources
 
-    def build(raw: msgspec.Raw) -> list[tuple[store.Registration, Report | None]]:
+    def build(item: tuple[int, msgspec.Raw]) -> list[tuple[int, store.Registration,
+                                                             Report | None]]:
+        index, raw = item
         sent = _sent.decode(raw)
         if sent.source not in sources:
             raise OutOfBounds("source", f"unknown source {sent.source!r}")
-        if sent.message_id is None and sent.callback_data is None:
-            raise OutOfBounds("message_id", "give message_id or callback_data")
         for name in ("message_id", "callback_data", "bulk_id", "to"):
             if "\x00" in (getattr(sent, name) or ""):  # PostgreSQL text cannot hold NUL
                 raise OutOfBounds(name, "contains a NUL character")
-        row = store.Registration(sent.source, moment("sent_at", sent.sent_at),  # type: ignore[arg-type]
-                                 sent.message_id, sent.callback_data, sent.bulk_id,
-                                 _number(sent.to, sources[sent.source]) if sent.to else None)
+        sent_at = moment("sent_at", sent.sent_at)
+        assert sent_at is not None
+        to, message_id = sources[sent.source].identify(sent.to, sent_at, sent.message_id)
+        if message_id is None and sent.callback_data is None:
+            raise OutOfBounds("message_id", "give message_id or callback_data")
+        row = store.Registration(sent.source, sent_at, message_id, sent.callback_data,
+                                 sent.bulk_id, to)
         # A registration with a message id is also a (pending) observation of that
-        # message, so the message is visible, with what we sent, before the first report.
-        observed = None if row.message_id is None else reconcile.observation(
-            source=row.source, message_id=row.message_id, status=reconcile.PENDING, to=row.to,
-            bulk_id=row.bulk_id, callback_data=row.callback_data, sent_at=row.sent_at)
-        return [(row, observed)]
+        # message, so the message is visible, with what we sent, before the first report;
+        # ranked below every provider report, so it only fills in what they do not say.
+        observed = None if row.message_id is None else reconcile.registration(
+            source=row.source, message_id=row.message_id, to=row.to, bulk_id=row.bulk_id,
+            callback_data=row.callback_data, sent_at=row.sent_at)
+        return [(index, row, observed)]
 
-    judged, rejections = judge_all(items, build, "$[{}]")
-    refused = [Refused(r.index, r.reason) for r in rejections[:MAX_REJECTIONS_LISTED]]
+    judged, rejections = judge_all(list(enumerate(items)), build, "$[{}]")
+    refused = [Refused(r.index, r.reason) for r in rejections]
     if not judged and refused:
-        raise BadRequest("no usable registration in the body",
-                         detail={"rejected": refused, "rejected_count": len(rejections)})
+        raise BadRequest("no usable registration in the body", detail={
+            "rejected": refused[:MAX_REJECTIONS_LISTED], "rejected_count": len(refused)})
     async with db.transaction(state.engine) as conn:
-        new = await store.register_outbound(conn, [row for row, _ in judged])
-        await store.write(conn, [], [(r, "outbound") for _, r in judged if r is not None])
-    return Registered(new, len(judged) - new, refused, len(rejections))
+        outcomes = await store.register_outbound(conn, [row for _, row, _ in judged])
+        await store.write(conn, [], [(observed, "outbound") for _, _, observed in judged
+                                     if observed is not None])
+    for (index, _, _), outcome in zip(judged, outcomes, strict=True):
+        if outcome.held_by is not None:
+            refused.append(Refused(index, _held_reason(index, outcome.held_by)))
+    new = sum(outcome.new for outcome in outcomes)
+    refused.sort(key=lambda r: r.index)
+    return Registered(new, len(judged) - new - (len(refused) - len(rejections)),
+                      refused[:MAX_REJECTIONS_LISTED], len(refused))
+
+
+def _held_reason(index: int, holder: store.Registration) -> str:
+    sent_at = holder.sent_at.isoformat().replace("+00:00", "Z")
+    return (f"$[{index}].callback_data: already registered for another message of this source "
+            f"(sent_at {sent_at}); give message_id to tell them apart")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -143,11 +155,25 @@ def parse_duration(text: str) -> timedelta:
 
 
 @get("/v1/gaps", guards=[require_scope], opt={"scope": "read"}, responses=ERRORS, tags=["outbound"],
-     summary="Registered messages with no final status after a grace period (default 48h)")
+     summary="Registered messages with no final status after a grace period (default 48h), "
+             "oldest first, keyset-paginated")
 async def list_gaps(state: State, source: FromQuery[str | None] = None,
                     older_than: FromQuery[str] = "48h",
-                    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100) -> GapList:
+                    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+                    cursor: FromQuery[str | None] = None) -> GapList:
     before = datetime.now(UTC) - parse_duration(older_than)
+    after = None
+    if cursor:
+        sent_at, registration_id, matched_id = decode_cursor(
+            cursor, tuple[CursorTime, CursorId, str])
+        after = (in_range(sent_at), registration_id, matched_id)
     async with db.transaction(state.engine) as conn:
-        rows = await store.gaps(conn, source=source, sent_before=before, limit=limit)
-    return GapList([Gap(**row._asdict()) for row in rows])
+        rows = await store.gaps(conn, source=source, sent_before=before, limit=limit + 1,
+                                after=after)
+    items = [Gap(row.source, row.message_id, row.callback_data, row.bulk_id, row.to,
+                 row.sent_at, row.status) for row in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor((last.sent_at, last.registration_id, last.matched_id))
+    return GapList(items, next_cursor)

@@ -13,6 +13,7 @@ from litestar.params import FromQuery, QueryParameter
 from service import db, store
 from service.api import ERRORS
 from service.api.auth import require_scope
+from service.schemas import CursorId, decode_cursor, encode_cursor
 
 
 class Run(msgspec.Struct):
@@ -30,12 +31,17 @@ class Run(msgspec.Struct):
 
 class RunList(msgspec.Struct):
     items: list[Run]
+    next_cursor: str | None  # pass back as `cursor` for the next page; null on the last
 
 
 @get("/v1/runs", guards=[require_scope], opt={"scope": "admin"}, responses=ERRORS, tags=["operations"],
-     summary="Recent reconciler runs, newest first")
+     summary="Recent reconciler runs, newest first, keyset-paginated")
 async def list_runs(state: State, source: FromQuery[str | None] = None,
-                    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50) -> RunList:
+                    limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,
+                    cursor: FromQuery[str | None] = None) -> RunList:
+    before = decode_cursor(cursor, tuple[CursorId])[0] if cursor else None
     async with db.transaction(state.engine) as conn:
-        rows = await store.list_runs(conn, source, limit)
-    return RunList([Run(**row._asdict()) for row in rows])
+        rows = await store.list_runs(conn, source, limit + 1, before)
+    items = [Run(**row._asdict()) for row in rows[:limit]]
+    next_cursor = encode_cursor((items[-1].id,)) if len(rows) > limit else None
+    return RunList(items, next_cursor)

@@ -83,6 +83,7 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     entity_id: str | None = None  # the sender's platform entity and application (Infobip)
     application_id: str | None = None
     campaign_reference_id: str | None = None
+    registered: int = 0  # bits of the fields a registration supplied (reconcile.REGISTERED)
 
 
 class Rejection(msgspec.Struct, frozen=True):

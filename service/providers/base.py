@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
+from service import reconcile
 from service.providers import Rejection, Report
 
 if TYPE_CHECKING:
@@ -76,6 +78,13 @@ class SourceBase(Strict, frozen=True):
     def region(self) -> str | None:
         """The region national numbers in its reports are read in; None: international."""
         return None
+
+    def identify(self, to: str | None, sent_at: datetime,
+                 given_id: str | None) -> tuple[str | None, str | None]:
+        """A registration's recipient and message id (`given_id`) as this source's reports
+        will carry them: `to` read as its reports' numbers are. Raises OutOfBounds for a registration
+        its reports could never match."""
+        return (reconcile.recipient(to, self.region).to if to else None), given_id
 
     def problem(self) -> tuple[str, str] | None:
         """A (key, what is wrong) the generic checks cannot see, or None."""

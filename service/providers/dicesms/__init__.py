@@ -28,6 +28,7 @@ from service.providers import (
     MessageText,
     NameText,
     NumberText,
+    OutOfBounds,
     Rejection,
     Report,
     http,
@@ -63,6 +64,23 @@ class DiceSmsSource(SourceBase, frozen=True, tag="dicesms", tag_field="kind"):
     @property
     def region(self) -> str | None:
         return self.default_region
+
+    def identify(self, to: str | None, sent_at: datetime,
+                 given_id: str | None) -> tuple[str | None, str | None]:
+        """DiceSMS reports carry neither message id nor callback data: a registration
+        matches by the id derived from its `to` (read in the source's region) and `sent_at`
+        (to the microsecond, as DiceSMS reports it), so it needs `to`, and a message id it
+        gives must be that one."""
+        if not to:
+            raise OutOfBounds("to", "a DiceSMS registration needs `to`: DiceSMS reports carry "
+                              "no message id, so the id comes from `to` and `sent_at` (to "
+                              "the microsecond, as DiceSMS reports it)")
+        number = reconcile.recipient(to, self.default_region).to
+        derived = message_id(number, sent_at)
+        if given_id is not None and given_id != derived:
+            raise OutOfBounds("message_id", f"a DiceSMS message id is derived from `to` and "
+                              f"`sent_at`: {derived!r}; give that one or none")
+        return number, derived
 
     def problem(self) -> tuple[str, str] | None:
         if self.default_region not in phonenumbers.SUPPORTED_REGIONS:
