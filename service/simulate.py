@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from service import reconcile
+from service import rules
 from service.api.webhooks import sign
 from service.config import WebhookConfig
 from service.providers import dicesms
@@ -64,9 +64,9 @@ class Scenario:
             final = common | {"doneAt": _ib_time(done), "status": {
                 "groupId": group, "groupName": GROUPS[group], "id": 5, "name": "FINAL"}}
             self.truth[(ib_source, message_id)] = {
-                "status": GROUPS[group], "done_at": reconcile.utc(done.replace(
+                "status": GROUPS[group], "done_at": rules.utc(done.replace(
                     microsecond=done.microsecond // 1000 * 1000)),
-                "price": {"amount": format(reconcile.money(price), "f"), "currency": "EUR"},
+                "price": {"amount": format(rules.money(price), "f"), "currency": "EUR"},
                 "sms_count": parts, "callback_data": f"order-{i}", "bulk_id": f"bulk-{i % 7}",
                 "sender": f"Shop{i % 3}"}
             pending, final = shape(pending), shape(final)

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service import reconcile
+from service import rules
 from service.providers import Report
 from service.retention import month_start
 from service.tables import (
@@ -62,7 +62,7 @@ def _insert_from(table: sa.Table, names: Sequence[str], prefix: str) -> Any:
 
 
 def _upsert_messages() -> Any:
-    """Merge observations into `messages`: the SQL twin of `reconcile.merge`."""
+    """Merge observations into `messages`: the SQL twin of `rules.merge`."""
     src = _unnest(messages, REPORT_FIELDS, "m")
     # Joined into the source rows, so the transaction has its id before its first nextval():
     # the change feed relies on it (service/api/changes.py). MATERIALIZED because
@@ -75,7 +75,7 @@ def _upsert_messages() -> Any:
         .select_from(src.join(guard, sa.true())))
     new, old = stmt.excluded, messages.c
 
-    def order_key(row: Any) -> Any:  # reconcile.order_key
+    def order_key(row: Any) -> Any:  # rules.order_key
         never: Any = sa.literal_column("'-infinity'::timestamptz")
         return sa.tuple_(row.final, sa.func.coalesce(row.done_at, never),
                          sa.func.coalesce(row.status_id, -1), row.obs_hash)
@@ -88,25 +88,25 @@ def _upsert_messages() -> Any:
                > sa.tuple_(old.price_amount, sa.func.coalesce(old.price_currency, ""))))
     # Per field a registration can supply: the greatest by (not null, from a provider, value).
     ranked_wins = {}
-    for f, bit in reconcile.REGISTERED.items():
+    for f, bit in rules.REGISTERED.items():
         old_bit, new_bit = old.registered.op("&")(bit), new.registered.op("&")(bit)
         ranked_wins[f] = sa.and_(new[f].is_not(None), sa.or_(
             old[f].is_(None),
             sa.tuple_(new_bit == 0, new[f]) > sa.tuple_(old_bit == 0, old[f])))
     values: dict[str, Any] = {f: sa.case((wins, new[f]), else_=old[f])
-                              for f in reconcile.STATE_FIELDS}
-    values |= {f: sa.func.greatest(old[f], new[f]) for f in reconcile.FILLED_FIELDS}
-    values |= {f: sa.case((ranked_wins[f], new[f]), else_=old[f]) for f in reconcile.REGISTERED}
+                              for f in rules.STATE_FIELDS}
+    values |= {f: sa.func.greatest(old[f], new[f]) for f in rules.FILLED_FIELDS}
+    values |= {f: sa.case((ranked_wins[f], new[f]), else_=old[f]) for f in rules.REGISTERED}
     bits: list[Any] = [
         sa.case((ranked_wins[f], new.registered.op("&")(bit)), else_=old.registered.op("&")(bit))
-        for f, bit in reconcile.REGISTERED.items()]
+        for f, bit in rules.REGISTERED.items()]
     values["registered"] = functools.reduce(lambda a, b: a.op("|")(b), bits)
-    values |= {f: sa.case((price_wins, new[f]), else_=old[f]) for f in reconcile.PRICE_FIELDS}
+    values |= {f: sa.case((price_wins, new[f]), else_=old[f]) for f in rules.PRICE_FIELDS}
     values |= {"seq": messages_seq.next_value(), "updated_at": sa.func.now()}
     # The guard: a row is touched (and takes a new seq) only when the merge changes it.
     changes = sa.or_(wins, price_wins, *ranked_wins.values(),
                      *[old[f].is_distinct_from(sa.func.greatest(old[f], new[f]))
-                       for f in reconcile.FILLED_FIELDS])
+                       for f in rules.FILLED_FIELDS])
     return stmt.on_conflict_do_update(
         index_elements=[old.source, old.message_id], set_=values, where=changes,
     ).returning(old.seq)
@@ -142,7 +142,7 @@ class _Observed(msgspec.Struct, frozen=True):
 async def write(conn: AsyncConnection, bodies: Sequence[InboxRow],
                 observed: Sequence[tuple[Report, str]]) -> int:
     """Keep the raw bodies, record each observation, merge them; return merged rows changed."""
-    merged = reconcile.merge_all(report for report, _ in observed)
+    merged = rules.merge_all(report for report, _ in observed)
     now = datetime.now(UTC)
     history = sorted({(r.source, r.message_id, r.obs_hash, channel): _Observed(
         r.source, r.message_id, r.obs_hash, channel, month_start(r.sent_at or r.done_at or now),

@@ -97,7 +97,7 @@ messages = sa.Table(
     sa.Column("entity_id", CText),
     sa.Column("application_id", CText),
     sa.Column("campaign_reference_id", CText),
-    # Bits of the fields above whose value only a registration gave (reconcile.REGISTERED).
+    # Bits of the fields above whose value only a registration gave (rules.REGISTERED).
     sa.Column("registered", sa.SmallInteger, nullable=False, server_default="0"),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False, server_default=sa.func.now()),

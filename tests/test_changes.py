@@ -11,7 +11,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import db, reconcile, store
+from service import db, rules, store
 from service.api import changes
 from tests.conftest import READ_TOKEN
 from tests.reports import body, report
@@ -51,7 +51,7 @@ async def test_feed_in_seq_order_and_resumable(client: Client) -> None:
 
 
 def observation(message_id: str, seconds: int = 0) -> object:
-    return reconcile.observation(source="ib", message_id=message_id, status="DELIVERED",
+    return rules.observation(source="ib", message_id=message_id, status="DELIVERED",
                                  status_id=5, done_at=T0 + timedelta(seconds=seconds))
 
 

@@ -31,7 +31,7 @@ from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import metrics, reconcile, worker
+from service import metrics, rules, worker
 from service.config import InfobipSource
 from service.providers import http, infobip
 from service.providers.infobip import pull as infobip_pull
@@ -145,7 +145,7 @@ def v3_xml(wire: dict[str, Any]) -> tuple[bytes, str]:
 SHAPES = [v1_json, v3_json, v1_xml, v3_xml]
 
 
-def decoded(wire: dict[str, Any], shape: Any) -> reconcile.Report:
+def decoded(wire: dict[str, Any], shape: Any) -> rules.Report:
     """`wire` sent in `shape`; without campaignReferenceId, which v1 does not have."""
     body, content_type = shape({k: v for k, v in wire.items() if k != "campaignReferenceId"})
     [found], rejected = infobip.decode_reports("ib", body, content_type)
@@ -186,10 +186,10 @@ def test_shapes_mixed_in_one_history_merge_as_one(seen: list[tuple[dict[str, Any
                                                   rnd: Any) -> None:
     """Whatever shape each observation came in, and in whatever order, the merged message is
     the one its observations give in v3 JSON."""
-    as_v3_json = reconcile.merge_all(decoded(wire, v3_json) for wire, _ in seen)
+    as_v3_json = rules.merge_all(decoded(wire, v3_json) for wire, _ in seen)
     shuffled = list(seen)
     rnd.shuffle(shuffled)
-    assert reconcile.merge_all(decoded(wire, shape) for wire, shape in shuffled) == as_v3_json
+    assert rules.merge_all(decoded(wire, shape) for wire, shape in shuffled) == as_v3_json
 
 
 def unknown_count(source: str, field: str) -> float:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import db, reconcile, store, worker
+from service import db, rules, store, worker
 from service.app import create_app
 from service.config import DiceSmsSource, InfobipSource
 from service.providers import dicesms, http
@@ -293,7 +293,7 @@ def test_a_registration_names_what_the_reports_will(
     registered = dice.identify(spelled, registered_at, None)
     assert registered == (reported.to, reported.message_id)
     if not prefix:  # a national number, read in the source's region
-        assert registered[0] == reconcile.recipient(number, "NP").to
+        assert registered[0] == rules.recipient(number, "NP").to
     infobip = InfobipSource("ib", "http://127.0.0.1:9")
     wire = infobip_wire.to_report("ib", msgspec.convert(
         report("m", to=spelled), infobip_wire.SmsReport))

@@ -16,7 +16,7 @@ from service import db, store
 from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import BadRequest
-from service.reconcile import amount_text
+from service.rules import amount_text
 from service.schemas import TIME, query_time
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

@@ -13,7 +13,7 @@ from service import db, store
 from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import NotFound
-from service.reconcile import amount_text
+from service.rules import amount_text
 
 
 class Money(msgspec.Struct):

@@ -10,7 +10,7 @@ from litestar import get
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, QueryParameter
 
-from service import db, reconcile, store
+from service import db, rules, store
 from service.api import ERRORS
 from service.api.auth import require_scope
 from service.config import Source
@@ -33,7 +33,7 @@ def _spellings(to: str, source: str | None, sources: Mapping[str, Source]) -> tu
     of each source that reads national numbers (the named one, or all of them)."""
     regions = {s.region for s in sources.values()
                if s.region and (source is None or s.name == source)}
-    forms = {reconcile.e164(to)} | {reconcile.e164(to, region) for region in regions}
+    forms = {rules.e164(to)} | {rules.e164(to, region) for region in regions}
     return tuple(sorted(forms | {to.strip()}))
 
 

@@ -11,7 +11,7 @@ from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromQuery, QueryParameter
 
-from service import db, reconcile, store
+from service import db, rules, store
 from service.api import ERRORS
 from service.api.auth import require_scope
 from service.errors import BadRequest
@@ -115,7 +115,7 @@ async def register(request: Request[Any, Any, State], state: State) -> Registere
         # A registration with a message id is also a (pending) observation of that
         # message, so the message is visible, with what we sent, before the first report;
         # ranked below every provider report, so it only fills in what they do not say.
-        observed = None if row.message_id is None else reconcile.registration(
+        observed = None if row.message_id is None else rules.registration(
             source=row.source, message_id=row.message_id, to=row.to, bulk_id=row.bulk_id,
             callback_data=row.callback_data, sent_at=row.sent_at)
         return [(index, row, observed)]

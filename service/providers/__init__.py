@@ -50,7 +50,7 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     """One observation of one message's state, normalised (E.164, aware UTC, Decimal).
 
     `obs_hash` identifies the observation (its message and state); build reports with
-    `service.reconcile.observation()`, which fills it in and checks every bound.
+    `service.rules.observation()`, which fills it in and checks every bound.
     """
 
     source: str
@@ -83,7 +83,7 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     entity_id: str | None = None  # the sender's platform entity and application (Infobip)
     application_id: str | None = None
     campaign_reference_id: str | None = None
-    registered: int = 0  # bits of the fields a registration supplied (reconcile.REGISTERED)
+    registered: int = 0  # bits of the fields a registration supplied (rules.REGISTERED)
 
 
 class Rejection(msgspec.Struct, frozen=True):

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from service import reconcile
+from service import rules
 from service.providers import Rejection, Report
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class SourceBase(Strict, frozen=True):
         """A registration's recipient and message id (`given_id`) as this source's reports
         will carry them: `to` read as its reports' numbers are. Raises OutOfBounds for a registration
         its reports could never match."""
-        return (reconcile.recipient(to, self.region).to if to else None), given_id
+        return (rules.recipient(to, self.region).to if to else None), given_id
 
     def problem(self) -> tuple[str, str] | None:
         """A (key, what is wrong) the generic checks cannot see, or None."""

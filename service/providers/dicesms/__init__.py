@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import phonenumbers
 
-from service import metrics, reconcile
+from service import metrics, rules
 from service.errors import BadRequest
 from service.providers import (
     AwareTime,
@@ -75,7 +75,7 @@ class DiceSmsSource(SourceBase, frozen=True, tag="dicesms", tag_field="kind"):
             raise OutOfBounds("to", "a DiceSMS registration needs `to`: DiceSMS reports carry "
                               "no message id, so the id comes from `to` and `sent_at` (to "
                               "the microsecond, as DiceSMS reports it)")
-        number = reconcile.recipient(to, self.default_region).to
+        number = rules.recipient(to, self.default_region).to
         derived = message_id(number, sent_at)
         if given_id is not None and given_id != derived:
             raise OutOfBounds("message_id", f"a DiceSMS message id is derived from `to` and "
@@ -149,15 +149,15 @@ class StatusTable:
         if raw.upper() in self.table:
             return self.table[raw.upper()]
         self.unmapped[raw] = self.unmapped.get(raw, 0) + 1
-        return reconcile.PENDING
+        return rules.PENDING
 
     def is_final(self, raw: str | int | None, delivered: bool) -> bool:
-        return reconcile.is_final(self.group(str(raw or ""), delivered))
+        return rules.is_final(self.group(str(raw or ""), delivered))
 
 
 def message_id(to: str, sent_at: datetime) -> str:
     """The stable id of a DiceSMS message: its recipient and when it was sent."""
-    stamp = reconcile.utc(sent_at)
+    stamp = rules.utc(sent_at)
     assert stamp is not None
     return f"{to}@{stamp.strftime('%Y-%m-%dT%H:%M:%S.%fZ')}"
 
@@ -171,8 +171,8 @@ def to_reports(source: DiceSmsSource, statuses: StatusTable, item: SmsReport,
     group = statuses.group(raw_status, done_at is not None)
     reports = []
     for recipient in item.recipients:
-        number = reconcile.recipient(str(recipient.client_phone), source.default_region)
-        reports.append(reconcile.observation(
+        number = rules.recipient(str(recipient.client_phone), source.default_region)
+        reports.append(rules.observation(
             source=source.name,
             message_id=message_id(number.to, sent_at),
             status=group,
@@ -182,7 +182,7 @@ def to_reports(source: DiceSmsSource, statuses: StatusTable, item: SmsReport,
             bulk_id=batch_id,
             sent_at=sent_at,
             text=item.message,
-            operator=reconcile.operator(None, number.carrier),
+            operator=rules.operator(None, number.carrier),
         ))
     return reports
 

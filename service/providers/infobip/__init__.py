@@ -18,7 +18,7 @@ import httpx
 import msgspec
 from defusedxml import DefusedXmlException
 
-from service import metrics, reconcile
+from service import metrics, rules
 from service.errors import BadRequest, TooManyReports
 from service.providers import (
     MAX_ID,
@@ -58,7 +58,7 @@ class _Wire(msgspec.Struct, forbid_unknown_fields=True):
     """Every field Infobip documents is named, so that a new one is counted (Known)."""
 
 
-# Text lengths are checked on the report built from these (reconcile.observation), under
+# Text lengths are checked on the report built from these (rules.observation), under
 # the names below; only `to` is bounded here, before it reaches the number cache.
 class Status(_Wire):
     groupId: Int32 | None = None
@@ -233,13 +233,13 @@ def to_report(source: str, wire: SmsReport) -> Report:
     if error is not None and error.id == NO_ERROR_ID:
         error = None
     given = wire.to or wire.destination
-    number = reconcile.recipient(given) if given else None
+    number = rules.recipient(given) if given else None
     parts = wire.messageCount if wire.messageCount is not None else wire.smsCount
     text = wire.content.text if wire.content else wire.text
-    return reconcile.observation(
+    return rules.observation(
         source=source,
         message_id=wire.messageId,
-        status=reconcile.status_group(status.groupName, status.groupId),
+        status=rules.status_group(status.groupName, status.groupId),
         status_id=status.id,
         status_name=status.name,
         status_description=status.description,
@@ -261,7 +261,7 @@ def to_report(source: str, wire: SmsReport) -> Report:
                            wire.price.pricePerMessage if wire.price else None),
         price_currency=currency("price.currency", wire.price.currency if wire.price else None),
         mcc_mnc=wire.mccMnc or None,
-        operator=reconcile.operator(wire.mccMnc, number.carrier if number else None),
+        operator=rules.operator(wire.mccMnc, number.carrier if number else None),
         text=text or None,
         entity_id=(platform and platform.entityId) or wire.entityId or None,
         application_id=(platform and platform.applicationId) or wire.applicationId or None,

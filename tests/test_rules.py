@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from service import db, reconcile, store
+from service import db, rules, store
 from service.providers import MAX_TO, Report
 from service.schemas import message_from_row
 from service.tables import messages
@@ -40,9 +40,9 @@ def observations(draw: st.DrawFn) -> list[Report]:
             "sent_at": draw(st.sampled_from([None, T0, T0 - timedelta(seconds=1)])),
         }
         if draw(st.integers(0, 3)) == 0:
-            out.append(reconcile.registration(source="ib", message_id="m", **described))
+            out.append(rules.registration(source="ib", message_id="m", **described))
             continue
-        out.append(reconcile.observation(
+        out.append(rules.observation(
             source="ib",
             message_id="m",
             status=draw(st.sampled_from(GROUPS)),
@@ -70,7 +70,7 @@ def arrivals(draw: st.DrawFn) -> tuple[list[Report], list[Report]]:
 def fold(reports: list[Report]) -> Report | None:
     merged = None
     for r in reports:
-        merged = reconcile.merge(merged, r)
+        merged = rules.merge(merged, r)
     return merged
 
 
@@ -82,7 +82,7 @@ def test_merge_ignores_order_and_duplicates(case: tuple[list[Report], list[Repor
 
 @given(observations(), observations())
 def test_merge_is_associative(left: list[Report], right: list[Report]) -> None:
-    assert reconcile.merge(fold(left), fold(right)) == fold(left + right)  # type: ignore[arg-type]
+    assert rules.merge(fold(left), fold(right)) == fold(left + right)  # type: ignore[arg-type]
 
 
 @given(observations())
@@ -95,7 +95,7 @@ def test_final_is_never_replaced_by_pending(reports: list[Report]) -> None:
 
 
 def _registered(report: Report) -> bool:
-    return report.obs_hash == reconcile.REGISTRATION_HASH
+    return report.obs_hash == rules.REGISTRATION_HASH
 
 
 @given(observations())
@@ -106,7 +106,7 @@ def test_a_provider_report_outranks_a_registration(reports: list[Report]) -> Non
     assert merged is not None
     providers = [r for r in reports if not _registered(r)]
     registrations = [r for r in reports if _registered(r)]
-    for name, bit in reconcile.REGISTERED.items():
+    for name, bit in rules.REGISTERED.items():
         said = [getattr(r, name) for r in providers if getattr(r, name) is not None]
         given_ = [getattr(r, name) for r in registrations if getattr(r, name) is not None]
         if said:
@@ -118,30 +118,30 @@ def test_a_provider_report_outranks_a_registration(reports: list[Report]) -> Non
     if providers:
         state = fold(providers)
         assert state is not None
-        assert [getattr(merged, f) for f in reconcile.STATE_FIELDS] == \
-            [getattr(state, f) for f in reconcile.STATE_FIELDS]
+        assert [getattr(merged, f) for f in rules.STATE_FIELDS] == \
+            [getattr(state, f) for f in rules.STATE_FIELDS]
 
 
 @pytest.mark.parametrize("reported", ["cb-WRONG", "cb-1"])  # sorting after, and before
 def test_a_registration_loses_every_tie_with_a_provider_pending_report(reported: str) -> None:
     """The bare PENDING a provider may send (no status id, no time) still outranks it."""
-    registered = reconcile.registration(source="ib", message_id="m", to="+41793026727",
+    registered = rules.registration(source="ib", message_id="m", to="+41793026727",
                                         bulk_id=None, callback_data="cb-4", sent_at=T0)
-    pending = reconcile.observation(source="ib", message_id="m", status="PENDING",
+    pending = rules.observation(source="ib", message_id="m", status="PENDING",
                                     callback_data=reported, sent_at=T0 - timedelta(hours=1))
-    for merged in (reconcile.merge(registered, pending), reconcile.merge(pending, registered)):
+    for merged in (rules.merge(registered, pending), rules.merge(pending, registered)):
         assert (merged.obs_hash, merged.callback_data) == (pending.obs_hash, reported)
         assert (merged.to, merged.sent_at) == ("+41793026727", T0 - timedelta(hours=1))
-        assert merged.registered == reconcile.REGISTERED["to"]
+        assert merged.registered == rules.REGISTERED["to"]
 
 
 def test_status_groups() -> None:
-    assert reconcile.status_group("DELIVERED", 3) == "DELIVERED"
-    assert reconcile.status_group("delivered", None) == "DELIVERED"
-    assert reconcile.status_group(None, 2) == "UNDELIVERABLE"
-    assert reconcile.status_group("QUEUED", 9) == "QUEUED"
-    assert reconcile.status_group(None, None) == "PENDING"
-    assert not reconcile.is_final("QUEUED")
+    assert rules.status_group("DELIVERED", 3) == "DELIVERED"
+    assert rules.status_group("delivered", None) == "DELIVERED"
+    assert rules.status_group(None, 2) == "UNDELIVERABLE"
+    assert rules.status_group("QUEUED", 9) == "QUEUED"
+    assert rules.status_group(None, None) == "PENDING"
+    assert not rules.is_final("QUEUED")
 
 
 @pytest.mark.parametrize(("raw", "region", "expected"), [
@@ -165,13 +165,13 @@ def test_status_groups() -> None:
     ("+977 98371070120000000", None, "+977 98371070120000000"),
 ])
 def test_e164(raw: str, region: str | None, expected: str) -> None:
-    assert reconcile.e164(raw, region) == expected
+    assert rules.e164(raw, region) == expected
 
 
 @pytest.mark.parametrize(("raw", "expected"), [
     ("0.010", "0.01"), ("10", "10"), ("10.00", "10"), ("1E+1", "10"), ("0.0070", "0.007")])
 def test_money_has_one_spelling(raw: str, expected: str) -> None:
-    assert format(reconcile.money(Decimal(raw)), "f") == expected
+    assert format(rules.money(Decimal(raw)), "f") == expected
 
 
 # --- the same rule through PostgreSQL -----------------------------------------------------
@@ -226,9 +226,9 @@ def test_upsert_matches_pure_merge_in_any_order(
 
 def test_upsert_takes_a_new_seq_only_on_change(runner: tuple[asyncio.Runner, object]) -> None:
     run, engine = runner
-    pending = reconcile.observation(source="ib", message_id="seq-test", status="PENDING",
+    pending = rules.observation(source="ib", message_id="seq-test", status="PENDING",
                                     status_id=7, done_at=T0)
-    final = reconcile.observation(source="ib", message_id="seq-test", status="DELIVERED",
+    final = rules.observation(source="ib", message_id="seq-test", status="DELIVERED",
                                   status_id=5, done_at=T0)
 
     async def apply(*reports: Report) -> tuple[int, int]:
@@ -256,8 +256,8 @@ def test_upsert_takes_a_new_seq_only_on_change(runner: tuple[asyncio.Runner, obj
     (None, None, None),
 ])
 def test_operator(to: str | None, mcc_mnc: str | None, expected: str | None) -> None:
-    carrier = reconcile.recipient(to).carrier if to else None
-    assert reconcile.operator(mcc_mnc, carrier) == expected
+    carrier = rules.recipient(to).carrier if to else None
+    assert rules.operator(mcc_mnc, carrier) == expected
 
 
 @st.composite
@@ -291,18 +291,18 @@ def test_one_parse_agrees_with_phonenumbers_own_checks(spelled: tuple[str, str |
     try:
         parsed = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
-        expected = reconcile.Recipient(raw, None)
+        expected = rules.Recipient(raw, None)
     else:
         if phonenumbers.is_valid_number(parsed):
-            expected = reconcile.Recipient(
+            expected = rules.Recipient(
                 phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164),
                 phonenumbers.carrier.name_for_number(parsed, "en") or None)
         elif region is None:  # international: its digits, whatever the metadata says
-            expected = reconcile.Recipient("+" + "".join(c for c in raw if c.isdigit()), None)
+            expected = rules.Recipient("+" + "".join(c for c in raw if c.isdigit()), None)
         else:
-            expected = reconcile.Recipient(
+            expected = rules.Recipient(
                 phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164), None)
-    assert reconcile.recipient.__wrapped__(raw, region) == expected
+    assert rules.recipient.__wrapped__(raw, region) == expected
 
 
 def _spelled(draw: st.DrawFn, digits: str) -> str:
@@ -332,8 +332,8 @@ def test_an_unknown_range_given_in_international_form_is_plus_and_its_digits(
     spelled = _spelled(data.draw, code + national)
     plus = data.draw(st.booleans())
     region = data.draw(st.sampled_from([None, "NP", "US"])) if plus else None
-    number = reconcile.recipient.__wrapped__(("+" if plus else "") + spelled, region)
-    assert number == reconcile.Recipient(f"+{code}{national}", None)
+    number = rules.recipient.__wrapped__(("+" if plus else "") + spelled, region)
+    assert number == rules.Recipient(f"+{code}{national}", None)
 
 
 @settings(max_examples=300)
@@ -347,7 +347,7 @@ def test_an_unknown_range_given_nationally_in_a_known_region_is_e164(
         parsed = phonenumbers.parse(spelled, region)
     except phonenumbers.NumberParseException:
         assume(False)
-    number = reconcile.recipient.__wrapped__(spelled, region)
+    number = rules.recipient.__wrapped__(spelled, region)
     assert number.carrier is None or phonenumbers.is_valid_number(parsed)
     assert number.to.startswith("+") and number.to[1:].isdigit(), number
     assert phonenumbers.parse(number.to) == parsed
@@ -356,6 +356,6 @@ def test_an_unknown_range_given_nationally_in_a_known_region_is_e164(
 @given(st.text("0123456789 +()-./x", max_size=MAX_TO) | st.text(max_size=MAX_TO),
        st.sampled_from([None, "NP", "CH", "US"]))
 def test_a_recipient_stays_within_its_bound(text: str, region: str | None) -> None:
-    number = reconcile.recipient.__wrapped__(text, region)
+    number = rules.recipient.__wrapped__(text, region)
     assert len(number.to) <= MAX_TO
     assert number.to == text.strip() or (number.to.startswith("+") and number.to[1:].isdigit())
