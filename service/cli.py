@@ -226,7 +226,7 @@ def _prune(settings: Settings, dry_run: bool) -> int:
     verb = "would drop" if dry_run else "dropped"
     print(f"keeping {settings.retention_months} months before this one (from {pruned.cutoff:%Y-%m-%d});"
           f" {verb} {len(pruned.dropped)} partitions, {pruned.default_rows} older rows and"
-          f" {pruned.runs} reconciler passes"
+          f" {pruned.runs} reconciler passes, {pruned.sightings} sightings of pulled bodies"
           + "".join(f"\n  {name}" for name in pruned.dropped))
     return 0
 

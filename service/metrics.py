@@ -29,6 +29,8 @@ RUNS = Counter("dlr_reconciler_runs_total", "Reconciler passes, by source and ou
                ["source", "outcome"])
 PULLED_REPORTS = Counter("dlr_pulled_reports_total", "Reports read by reconciler passes",
                          ["source"])
+PULLED_BYTES = Counter("dlr_pulled_bytes_total", "Bytes of pulled bodies: fetched, and kept "
+                       "(a body fetched again unchanged is not kept again)", ["source", "what"])
 log = logging.getLogger(__name__)
 UNMAPPED_STATUSES = Counter("dlr_unmapped_statuses_total",
                             "Provider statuses with no mapping, treated as PENDING",

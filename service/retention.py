@@ -18,7 +18,7 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.tables import SCHEMA_LOCK_KEY, metadata, runs
+from service.tables import SCHEMA_LOCK_KEY, inbox_sightings, metadata, pull_bodies, runs
 
 # table -> the column it is partitioned by
 PARTITIONED = {"inbox": "received_at", "message_history": "sent_month"}
@@ -122,6 +122,7 @@ class Pruned(msgspec.Struct, frozen=True):
     dropped: Sequence[str]  # partitions dropped (or that would be, on a dry run)
     default_rows: int  # rows older than the cutoff deleted from the DEFAULT partitions
     runs: int  # reconciler passes older than the cutoff deleted (a small table: a DELETE)
+    sightings: int = 0  # records of pulled bodies seen again, older than the cutoff
 
 
 async def prune(conn: AsyncConnection, now: datetime, keep_months: int,
@@ -136,11 +137,14 @@ async def prune(conn: AsyncConnection, now: datetime, keep_months: int,
     deleted = sum([await _delete(conn, _table(f"{table}_default", table), key, cutoff, dry_run)
                    for table, key in PARTITIONED.items()])
     passes = await _delete(conn, runs, "started_at", cutoff, dry_run)
+    sightings = await _delete(conn, inbox_sightings, "seen_at", cutoff, dry_run)
+    # a body kept before the cutoff goes with its month: the next fetch keeps it anew
+    await _delete(conn, pull_bodies, "kept_at", cutoff, dry_run)
     if not dry_run:
         quote = conn.dialect.identifier_preparer.quote
         for partition in old:
             await conn.execute(sa.text(f"DROP TABLE {quote(partition.name)}"))
-    return Pruned(cutoff, [p.name for p in old], deleted, passes)
+    return Pruned(cutoff, [p.name for p in old], deleted, passes, sightings)
 
 
 async def _delete(conn: AsyncConnection, table: sa.TableClause, column: str, before: datetime,

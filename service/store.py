@@ -22,11 +22,13 @@ from service.providers import Report
 from service.retention import month_start
 from service.tables import (
     inbox,
+    inbox_sightings,
     leases,
     message_history,
     messages,
     messages_seq,
     outbound,
+    pull_bodies,
     pull_cursors,
     runs,
 )
@@ -271,12 +273,11 @@ async def start_run(conn: AsyncConnection, source: str) -> int:
     return int(await conn.scalar(stmt))
 
 
-async def finish_run(conn: AsyncConnection, run_id: int, *, pages: int, reports: int,
-                     changed: int, rejected: int, error: str | None,
-                     detail: dict[str, Any] | None) -> None:
+async def finish_run(conn: AsyncConnection, run_id: int, **counts: Any) -> None:
+    """Record how a pass ended: its counts (pages, reports, changed, rejected,
+    bytes_fetched, bytes_kept, resighted), error and detail."""
     await conn.execute(sa.update(runs).where(runs.c.id == run_id).values(
-        finished_at=sa.func.now(), pages=pages, reports=reports, changed=changed,
-        rejected=rejected, error=error, detail=detail))
+        finished_at=sa.func.now(), **counts))
 
 
 async def list_runs(conn: AsyncConnection, source: str | None, limit: int,
@@ -340,6 +341,51 @@ async def kept_body(conn: AsyncConnection, inbox_id: int) -> Any:
     query = sa.select(i.body, i.content_type, i.state, i.source, i.received_at).where(
         i.id == inbox_id)
     return (await conn.execute(query)).first()
+
+
+class KeptBody(msgspec.Struct, frozen=True):
+    """The body last kept for one URL of a source."""
+
+    body_hash: bytes
+    inbox_id: int
+    etag: str | None
+    last_modified: str | None
+
+
+def sha256(text: str | bytes) -> bytes:
+    return hashlib.sha256(text.encode() if isinstance(text, str) else text).digest()
+
+
+async def last_kept(conn: AsyncConnection, source: str, url: str) -> KeptBody | None:
+    b = pull_bodies.c
+    row = (await conn.execute(sa.select(b.body_hash, b.inbox_id, b.etag, b.last_modified).where(
+        b.source == source, b.url_hash == sha256(url)))).first()
+    return KeptBody(*row) if row is not None else None
+
+
+async def remember_kept(conn: AsyncConnection, source: str, url: str, body: KeptBody) -> None:
+    """`body` is now the one last kept for `url`."""
+    values = msgspec.structs.asdict(body)
+    stmt = pg.insert(pull_bodies).values(source=source, url_hash=sha256(url),
+                                         kept_at=sa.func.now(), **values)
+    await conn.execute(stmt.on_conflict_do_update(
+        index_elements=[pull_bodies.c.source, pull_bodies.c.url_hash],
+        set_=values | {"kept_at": sa.func.now()}))
+
+
+async def seen_again(conn: AsyncConnection, source: str, inbox_id: int, run_id: int | None,
+                     not_modified: bool) -> None:
+    await conn.execute(sa.insert(inbox_sightings).values(
+        inbox_id=inbox_id, source=source, run_id=run_id, not_modified=not_modified))
+
+
+async def open_bulks(conn: AsyncConnection, source: str, limit: int) -> list[str]:
+    """Bulk ids of `source` with a message not final yet, oldest sent first."""
+    m = messages.c
+    query = (sa.select(m.bulk_id).where(m.source == source, m.bulk_id.is_not(None),
+                                        m.final.is_(False))
+             .group_by(m.bulk_id).order_by(sa.func.min(m.sent_at)).limit(limit))
+    return [row[0] for row in await conn.execute(query)]
 
 
 async def get_cursor(conn: AsyncConnection, source: str, name: str) -> str | None:

@@ -147,6 +147,9 @@ runs = sa.Table(
     sa.Column("rejected", sa.Integer, nullable=False, server_default="0"),
     sa.Column("error", sa.Text),
     sa.Column("detail", JSONB),  # e.g. the provider's own counters against ours
+    sa.Column("bytes_fetched", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("bytes_kept", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("resighted", sa.Integer, nullable=False, server_default="0"),
 )
 sa.Index("ix_runs_source_started_at", runs.c.source, runs.c.started_at)
 
@@ -170,6 +173,35 @@ pull_cursors = sa.Table(
     sa.Column("value", sa.Text),
     sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),
 )
+
+
+# The body last kept for each URL a source's non-consuming endpoints were read from: a
+# page fetched again with the same bytes is recorded as seen again, not kept again.
+pull_bodies = sa.Table(
+    "pull_bodies",
+    metadata,
+    sa.Column("source", CText, primary_key=True),
+    sa.Column("url_hash", sa.LargeBinary, primary_key=True),  # SHA-256 of the URL
+    sa.Column("body_hash", sa.LargeBinary, nullable=False),  # SHA-256 of the body
+    sa.Column("inbox_id", sa.BigInteger, nullable=False),  # where that body is kept
+    sa.Column("kept_at", Timestamp, nullable=False),
+    sa.Column("etag", sa.Text),  # validators for a conditional GET
+    sa.Column("last_modified", sa.Text),
+)
+
+# Each time a kept body was fetched again unchanged: when, and by which pass.
+inbox_sightings = sa.Table(
+    "inbox_sightings",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("inbox_id", sa.BigInteger, nullable=False),
+    sa.Column("source", CText, nullable=False),
+    sa.Column("run_id", sa.BigInteger),
+    sa.Column("not_modified", sa.Boolean, nullable=False),  # a 304: the body was not sent
+    sa.Column("seen_at", Timestamp, nullable=False, server_default=sa.func.now()),
+)
+sa.Index("ix_inbox_sightings_inbox_id", inbox_sightings.c.inbox_id)
+sa.Index("ix_inbox_sightings_seen_at", inbox_sightings.c.seen_at)
 
 
 # What the sending application says it sent; reports are matched to it by message id,

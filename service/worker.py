@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db, metrics, retention, store
@@ -67,7 +68,7 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
         if not await store.acquire_lease(conn, source.name, holder, LEASE_TTL_S):
             return None
         run_id = await store.start_run(conn, source.name)
-    page = Pages(engine, client, source, holder, _stoppable(retry, stop), stop, spool_dir)
+    page = Pages(engine, client, source, holder, _stoppable(retry, stop), stop, spool_dir, run_id)
     try:
         await page.take_held()
         await registry.provider(source).pull(page, source)
@@ -82,20 +83,25 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
     finally:
         async with db.statement(engine) as conn:
             result = page.result
-            await store.finish_run(conn, run_id, pages=result.pages, reports=result.reports,
-                                   changed=result.changed, rejected=result.rejected,
-                                   error=result.error, detail=result.detail)
+            counts = msgspec.structs.asdict(result)
+            del counts["source"]
+            await store.finish_run(conn, run_id, **counts)
             await store.release_lease(conn, source.name, holder)
     result = page.result
     metrics.RUNS.labels(source.name, "error" if result.error else "ok").inc()
     if not result.error:
         metrics.LAST_SUCCESS.labels(source.name).set_to_current_time()
     metrics.PULLED_REPORTS.labels(source.name).inc(result.reports)
-    if counts := (result.detail or {}).get("counts"):
-        metrics.show_count_missing(source.name, {day: c["missing"] for day, c in counts.items()})
+    metrics.PULLED_BYTES.labels(source.name, "fetched").inc(result.bytes_fetched)
+    metrics.PULLED_BYTES.labels(source.name, "kept").inc(result.bytes_kept)
+    if provider_counts := (result.detail or {}).get("counts"):
+        metrics.show_count_missing(source.name, {day: c["missing"]
+                                                 for day, c in provider_counts.items()})
     log.log(logging.WARNING if result.error else logging.INFO,
-            "pull %s: %d pages, %d reports, %d changed, %d rejected%s", source.name,
-            result.pages, result.reports, result.changed, result.rejected,
+            "pull %s: %d pages (%d seen before), %d reports, %d changed, %d rejected; "
+            "%d bytes fetched, %d kept%s", source.name, result.pages, result.resighted,
+            result.reports, result.changed, result.rejected, result.bytes_fetched,
+            result.bytes_kept,
             f"; error: {result.error}" if result.error else "")
     return result
 

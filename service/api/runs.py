@@ -27,6 +27,9 @@ class Run(msgspec.Struct):
     rejected: int
     error: str | None
     detail: dict[str, Any] | None
+    bytes_fetched: int  # of pulled bodies, whole
+    bytes_kept: int  # in the inbox: a body fetched again unchanged is recorded, not kept
+    resighted: int  # pages fetched again unchanged (or answered 304 Not Modified)
 
 
 class RunList(msgspec.Struct):

@@ -9,6 +9,7 @@ Each provider kind's fake is in its package (`service.providers.<kind>.fake`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -38,6 +39,7 @@ class FakeServer:
         self.faults: deque[Fault] = deque()
         self.requests: list[str] = []
         self.delay_s = 0.0  # every answer this late
+        self.etags = False  # tag 200 answers, and answer 304 to a matching If-None-Match
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -76,6 +78,11 @@ class FakeServer:
                     with fake.lock:
                         status, body, headers = fake.answer(url.path, parse_qs(url.query),
                                                             self.headers)
+                if fake.etags and status == 200:
+                    tag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+                    headers = headers | {"ETag": tag}
+                    if self.headers.get("If-None-Match") == tag:
+                        status, body = 304, b""
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

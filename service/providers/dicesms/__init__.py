@@ -55,6 +55,7 @@ class DiceSmsSource(SourceBase, frozen=True, tag="dicesms", tag_field="kind"):
     default_region: str = "NP"
     pull_interval_s: Interval = 300.0
     walk_interval_s: Interval = 3600.0  # how often the full listing walk starts over
+    batch_ids_interval_s: Interval = 3600.0  # batch ids read at least this often
     status_map: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
@@ -264,10 +265,13 @@ def headers(source: DiceSmsSource) -> dict[str, str]:
 
 
 async def fetch(client: httpx.AsyncClient, source: DiceSmsSource, path_or_url: str,
-                retry: http.Retry = http.DEFAULT_RETRY) -> httpx.Response:
-    """GET a DiceSMS endpoint; a 404 is an answer ("nothing found"), not a failure."""
-    return await http.get(client, source.base_url, path_or_url, headers(source), retry=retry,
-                          accept=(200, 404))
+                retry: http.Retry = http.DEFAULT_RETRY,
+                conditions: Mapping[str, str] | None = None) -> httpx.Response:
+    """GET a DiceSMS endpoint; a 404 is an answer ("nothing found"), not a failure, and so
+    is a 304 to a conditional GET (`conditions`: If-None-Match, If-Modified-Since)."""
+    return await http.get(client, source.base_url, path_or_url,
+                          headers(source) | dict(conditions or {}), retry=retry,
+                          accept=(200, 304, 404) if conditions else (200, 404))
 
 
 DAY_COUNTER = re.compile(r"^sms:metrics:enqueue:d:(\d{8})$")

@@ -47,7 +47,7 @@ class FakeDiceSms(FakeServer):
             return self._page(int(query.get("page", ["1"])[0]))
         if path.startswith("/api/sms-report/"):
             batch_id = unquote(path.removeprefix("/api/sms-report/").rstrip("/"))
-            items = [m.report() for m in self.messages if m.batch_id == batch_id]
+            items = [m.report() for m in self._indexed()[1].get(batch_id, [])]
             return _json(200, items) if items else _json(404, {"error": "SMS message not found."})
         if path == "/api/metrics/snapshot/":
             if self.snapshot is None:
@@ -55,9 +55,20 @@ class FakeDiceSms(FakeServer):
             return _json(200, self.snapshot)
         return _json(404, {"detail": "Not found."})
 
+    def _indexed(self) -> tuple[list[DiceMessage], dict[str, list[DiceMessage]]]:
+        """The messages newest first, and by batch; made again when messages are added."""
+        key = (id(self.messages), len(self.messages))
+        if getattr(self, "_index_key", None) != key:
+            self._index_key = key
+            self._newest_first = sorted(self.messages, reverse=True,
+                                        key=lambda m: datetime.fromisoformat(m.sent_at))
+            self._by_batch: dict[str, list[DiceMessage]] = {}
+            for m in self.messages:
+                self._by_batch.setdefault(m.batch_id, []).append(m)
+        return self._newest_first, self._by_batch
+
     def _page(self, page: int) -> Answer:
-        newest_first = sorted(self.messages, key=lambda m: datetime.fromisoformat(m.sent_at),
-                              reverse=True)
+        newest_first = self._indexed()[0]
         start = (page - 1) * self.page_size
         items = [m.report() for m in newest_first[start:start + self.page_size]]
         more = start + self.page_size < len(newest_first)

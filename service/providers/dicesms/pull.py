@@ -24,9 +24,47 @@ WALK_PAGES_PER_RUN = 50
 
 
 async def pull(pages: Pages, source: DiceSmsSource) -> None:
-    """Batch ids, then the batches not yet complete and final, then a slice of the full walk."""
+    """The newest listing page; the batch ids when that page changed (or every
+    `batch_ids_interval_s`); the batches not yet complete and final; the rest of the
+    listing walk, down to the first page with nothing new; the provider's counters.
+
+    A page fetched again unchanged is not kept again (Pages.take), so an unchanging
+    account costs a page or two a pass, and keeps nothing but the record of a sighting.
+    """
     statuses = dicesms.StatusTable(source.status_map)
-    response = await dicesms.fetch(pages.client, source, "/api/batch-ids", pages.retry)
+    response = await dicesms.fetch(pages.client, source, LISTING, pages.retry)
+    newest = await pages.take(response, functools.partial(dicesms.decode_report_page, source,
+                                                          statuses))
+    rows = None
+    if not newest.resighted or await _due(pages, source, "batch_ids_at",
+                                          source.batch_ids_interval_s):
+        rows = await _batch_ids(pages, source)
+    await _batches(pages, source, statuses, rows or [])
+    batch_of = {row.sent_at: row.batch_id for row in rows or []}
+    after_newest = dicesms.next_url(response.content) if response.status_code == 200 else None
+    await _walk(pages, source, statuses, batch_of, after_newest, not newest.resighted)
+    await _compare_counts(pages, source)
+    if statuses.unmapped:
+        pages.result.detail = (pages.result.detail or {}) | {"unmapped_statuses": statuses.unmapped}
+        for raw, count in statuses.unmapped.items():
+            metrics.count_unmapped(source.name, raw, count)
+
+
+LISTING = "/api/sms-report/"
+OPEN_BATCHES_PER_RUN = 1000
+
+
+async def _due(pages: Pages, source: DiceSmsSource, cursor: str, interval_s: float) -> bool:
+    """Whether `interval_s` has passed since the time kept under `cursor` (or it is unset)."""
+    async with db.transaction(pages.engine) as conn:
+        last = await store.get_cursor(conn, source.name, cursor)
+    return last is None or \
+        (datetime.now(UTC) - datetime.fromisoformat(last)).total_seconds() >= interval_s
+
+
+async def _batch_ids(pages: Pages, source: DiceSmsSource) -> list[dicesms.BatchRow]:
+    """GET /api/batch-ids (conditional where the provider allows): the rows, read even
+    when the list is the one last kept."""
     rows: list[dicesms.BatchRow] = []
 
     def batch_ids(body: bytes) -> tuple[list[Report], list[Rejection]]:
@@ -35,28 +73,33 @@ async def pull(pages: Pages, source: DiceSmsSource) -> None:
         rows.extend(found)
         return [], rejected
 
-    await pages.take(response, batch_ids)  # a 404 is not decoded: no rows
-    batch_of = {row.sent_at: row.batch_id for row in rows}
+    response = await dicesms.fetch(pages.client, source, "/api/batch-ids", pages.retry,
+                                   await pages.conditions("/api/batch-ids"))
+    await pages.take(response, batch_ids, read_unchanged=True)  # a 404 is not decoded: no rows
+    async with db.transaction(pages.engine) as conn:
+        await store.set_cursor(conn, source.name, "batch_ids_at", datetime.now(UTC).isoformat())
+    return rows
+
+
+async def _batches(pages: Pages, source: DiceSmsSource, statuses: dicesms.StatusTable,
+                   rows: list[dicesms.BatchRow]) -> None:
+    """GET /api/sms-report/{batch_id}/ for each batch the batch ids show incomplete or not
+    final here, and each batch whose messages here are not all final."""
     expected: dict[str, list[bool]] = {}
     for row in rows:
         expected.setdefault(row.batch_id, []).append(
             statuses.is_final(row.status, row.delivered_at is not None))
     async with db.transaction(pages.engine) as conn:
         stored = await store.bulk_progress(conn, source.name, sorted(expected))
-    for batch_id, finals in sorted(expected.items()):
-        have, have_final = stored.get(batch_id, (0, 0))
-        if all(finals) and have >= len(finals) and have_final >= len(finals):
-            continue  # every message of the batch is here and final
-        path = f"/api/sms-report/{quote(batch_id, safe='')}/"
-        response = await dicesms.fetch(pages.client, source, path, pages.retry)
+        still_open = await store.open_bulks(conn, source.name, OPEN_BATCHES_PER_RUN)
+    wanted = {batch_id for batch_id, finals in expected.items()
+              if not (all(finals) and min(stored.get(batch_id, (0, 0))) >= len(finals))}
+    for batch_id in sorted(wanted | set(still_open)):
+        path = f"{LISTING}{quote(batch_id, safe='')}/"
+        response = await dicesms.fetch(pages.client, source, path, pages.retry,
+                                       await pages.conditions(path))
         await pages.take(response, functools.partial(dicesms.decode_batch_report, source,
                                                      statuses, batch_id))
-    await _walk(pages, source, statuses, batch_of)
-    await _compare_counts(pages, source)
-    if statuses.unmapped:
-        pages.result.detail = (pages.result.detail or {}) | {"unmapped_statuses": statuses.unmapped}
-        for raw, count in statuses.unmapped.items():
-            metrics.count_unmapped(source.name, raw, count)
 
 
 NEPAL = "Asia/Kathmandu"  # DiceSMS counts days in Nepal time
@@ -84,24 +127,28 @@ async def _compare_counts(pages: Pages, source: DiceSmsSource) -> None:
 
 
 async def _walk(pages: Pages, source: DiceSmsSource, statuses: dicesms.StatusTable,
-                batch_of: Mapping[datetime, str]) -> None:
-    """Continue the paginated listing where the last run stopped; `next` stays on our origin.
-
-    A finished walk starts over only after the source's `walk_interval_s`.
-    """
+                batch_of: Mapping[datetime, str], after_newest: str | None,
+                newest_changed: bool) -> None:
+    """Walk the listing on from where the last pass stopped, or, when the newest page
+    changed or the source's `walk_interval_s` has passed, from the page after the newest;
+    stop at the first page with nothing new (each of its messages final and unchanged, or
+    the page as last kept). `next` stays on the source's origin."""
     async with db.transaction(pages.engine) as conn:
         url = await store.get_cursor(conn, source.name, "walk_next")
-        finished = await store.get_cursor(conn, source.name, "walk_finished_at")
-    if url is None and finished is not None:
-        since = datetime.now(UTC) - datetime.fromisoformat(finished)
-        if since.total_seconds() < source.walk_interval_s:
+    if url is None:
+        if after_newest is None or not (newest_changed or await _due(
+                pages, source, "walk_finished_at", source.walk_interval_s)):
             return
-    url = url or "/api/sms-report/"
+        url = after_newest
     for _ in range(WALK_PAGES_PER_RUN):
         response = await dicesms.fetch(pages.client, source, url, pages.retry)
-        await pages.take(response, functools.partial(dicesms.decode_report_page, source,
-                                                     statuses, batch_of=batch_of))
-        next_url = dicesms.next_url(response.content) if response.status_code == 200 else None
+        taken = await pages.take(response, functools.partial(
+            dicesms.decode_report_page, source, statuses, batch_of=batch_of))
+        reports = taken.envelope.reports
+        nothing_new = taken.resighted or (
+            reports and not taken.changed and all(r.final for r in reports))
+        next_url = dicesms.next_url(response.content) \
+            if response.status_code == 200 and not nothing_new else None
         if next_url is not None and http.origin(urljoin(source.base_url, next_url)) != \
                 http.origin(source.base_url):
             raise http.ForeignOrigin(f"refused to follow next {next_url!r}: not on "

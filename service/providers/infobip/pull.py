@@ -33,7 +33,7 @@ async def pull(pages: Pages, source: infobip.InfobipSource) -> None:
     """
     while True:
         response = await infobip.fetch_reports_page(pages.client, source, retry=pages.retry)
-        envelope = await pages.take(response, consuming=True)
+        envelope = (await pages.take(response, consuming=True)).envelope
         if not envelope.reports and not envelope.rejections:
             break
     if source.api_version == 1:
