@@ -1,4 +1,4 @@
-"""Command line: serve | worker | migrate | pull SOURCE | replay | simulate | prune."""
+"""Command line: serve | worker | migrate | pull SOURCE | replay | simulate | prune | rebuild-billing."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from uvicorn.supervisors import Multiprocess
 
-from service import db, logs, retention
+from service import db, logs, retention, store
 from service.config import Settings, load_settings
 from service.errors import BadRequest, ConfigError, DatabaseUnavailable
 from service.http_limits import LimitedHttp
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", help="drop inbox and history months older than "
                                 "DLR_RETENTION_MONTHS (merged messages are kept)")
     prune.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
+    commands.add_parser("rebuild-billing", help="make the billing rollup again from the merged "
+                        "messages (writes wait meanwhile); it is kept by every merge, so this "
+                        "is for when it is in doubt")
     return parser
 
 
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             return _simulate(settings, args)
         if args.command == "prune":
             return _prune(settings, args.dry_run)
+        if args.command == "rebuild-billing":
+            return _rebuild_billing(settings)
         if args.command == "replay":
             since = query_time("--since", args.since) if args.since else None
             until = query_time("--until", args.until) if args.until else None
@@ -228,6 +233,23 @@ def _prune(settings: Settings, dry_run: bool) -> int:
           f" {verb} {len(pruned.dropped)} partitions, {pruned.default_rows} older rows and"
           f" {pruned.runs} reconciler passes, {pruned.sightings} sightings of pulled bodies"
           + "".join(f"\n  {name}" for name in pruned.dropped))
+    return 0
+
+
+def _rebuild_billing(settings: Settings) -> int:
+    url = _ready_database(settings, migrate=False)
+
+    async def rebuild() -> int:
+        # no statement bound: it reads every message once; no lock bound: it waits its turn
+        engine = db.create_engine(url, 3600.0, pool_size=1, statement_timeout_s=None)
+        try:
+            async with db.transaction(engine) as conn:
+                return await store.rebuild_billing(conn)
+        finally:
+            await engine.dispose()
+
+    rows = asyncio.run(rebuild())
+    print(f"billing rollup rebuilt from the merged messages: {rows} rows")
     return 0
 
 

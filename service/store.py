@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -21,6 +21,8 @@ from service import rules
 from service.providers import Report
 from service.retention import month_start
 from service.tables import (
+    BILLING_BUCKET,
+    billing_rollup,
     inbox,
     inbox_sightings,
     leases,
@@ -498,28 +500,33 @@ async def gaps(conn: AsyncConnection, *, source: str | None, sent_before: dateti
     """Registered messages without a final status, oldest first, after a keyset position
     (a row's is its sent_at, registration_id, matched_id). A registration by callback data
     may match several messages, one row each: hence the matched message's id in the key."""
-    m = messages.alias("m")
-    matched = sa.and_(m.c.source == outbound.c.source, sa.or_(
-        m.c.message_id == outbound.c.message_id,
-        sa.and_(outbound.c.message_id.is_(None),
-                same_callback_data(m.c.callback_data, outbound.c.callback_data))))
-    matched_id = sa.func.coalesce(m.c.message_id, "")
-    key = (outbound.c.sent_at, outbound.c.id, matched_id)
-    query = (sa.select(outbound.c.source, sa.func.coalesce(outbound.c.message_id, m.c.message_id)
-                       .label("message_id"), outbound.c.callback_data, outbound.c.bulk_id,
-                       outbound.c.to, outbound.c.sent_at, m.c.status,
-                       outbound.c.id.label("registration_id"), matched_id.label("matched_id"))
-             .select_from(outbound.outerjoin(m, matched))
-             .where(outbound.c.sent_at < sent_before, sa.func.coalesce(m.c.final, False).is_(False))
-             .order_by(*key).limit(limit))
-    if after is not None:
-        query = query.where(sa.tuple_(*key) > sa.tuple_(*after))
-    if source is not None:
-        query = query.where(outbound.c.source == source)
-    if sent_after is not None:
-        query = query.where(outbound.c.sent_at >= sent_after)
-    if with_message_id:
-        query = query.where(outbound.c.message_id.is_not(None))
+    o, m = outbound.c, messages.alias("m")
+    by_id = sa.and_(o.message_id.is_not(None), m.c.source == o.source,
+                    m.c.message_id == o.message_id)
+    by_callback = sa.and_(o.message_id.is_(None), m.c.source == o.source,
+                          same_callback_data(m.c.callback_data, o.callback_data))
+    # One branch per way of matching, each joined on its own index (an OR of the two in
+    # one join condition leaves PostgreSQL no index to use), merged in key order.
+    branches = []
+    for matched in ((by_id,) if with_message_id else (by_id, by_callback)):
+        matched_id = sa.func.coalesce(m.c.message_id, "")
+        branch = (sa.select(o.source, sa.func.coalesce(o.message_id, m.c.message_id)
+                            .label("message_id"), o.callback_data, o.bulk_id, o.to, o.sent_at,
+                            m.c.status, o.id.label("registration_id"),
+                            matched_id.label("matched_id"))
+                  .select_from(outbound.outerjoin(m, matched))
+                  .where(matched.clauses[0], o.sent_at < sent_before,
+                         sa.func.coalesce(m.c.final, False).is_(False)))
+        if after is not None:
+            branch = branch.where(sa.tuple_(o.sent_at, o.id, matched_id) > sa.tuple_(*after))
+        if source is not None:
+            branch = branch.where(o.source == source)
+        if sent_after is not None:
+            branch = branch.where(o.sent_at >= sent_after)
+        branches.append(branch.order_by(o.sent_at, o.id, matched_id).limit(limit))
+    found = sa.union_all(*branches).subquery("found")
+    query = (sa.select(found).order_by(found.c.sent_at, found.c.registration_id,
+                                       found.c.matched_id).limit(limit))
     return (await conn.execute(query)).all()
 
 
@@ -535,14 +542,60 @@ async def sent_per_day(conn: AsyncConnection, source: str, days: Sequence[str],
 BILLING_KEYS = ("day", "source", "currency", "operator", "status")
 
 
+BUCKET = timedelta(minutes=15)  # tables.BILLING_BUCKET
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _whole_buckets(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    """The quarter hours wholly inside [since, until): [first, last), empty when none."""
+    first = _EPOCH - ((_EPOCH - since) // BUCKET) * BUCKET  # rounded up
+    last = _EPOCH + ((until - _EPOCH) // BUCKET) * BUCKET  # rounded down
+    return (first, last) if first < last else (until, until)
+
+
+def _day(tz: str, column: Any) -> Any:
+    return sa.func.to_char(sa.func.timezone(tz, column), "YYYY-MM-DD")
+
+
 async def billing(conn: AsyncConnection, since: datetime, until: datetime, keys: Sequence[str],
                   tz: str) -> Sequence[Any]:
-    """Messages, parts and exact amount per group, for messages sent in [since, until)."""
+    """Messages, parts and exact amount per group, for messages sent in [since, until).
+
+    The whole quarter hours of the range come from billing_rollup, so the cost follows
+    the number of quarter hours and groups, not of messages; the part of a quarter hour at
+    either end, from the messages themselves (by their sent_at index).
+    """
+    first, last = _whole_buckets(since, until)
+    m, r = messages.c, billing_rollup.c
+    parts = sa.func.coalesce(m.sms_count, 1)
+    edges = (sa.select(_day(tz, m.sent_at).label("day"), m.source,
+                       m.price_currency.label("currency"), m.operator, m.status,
+                       sa.literal(1).label("messages"), parts.label("parts"),
+                       sa.func.coalesce(m.price_amount * parts, 0).label("amount"))
+             .where(sa.or_(sa.and_(m.sent_at >= since, m.sent_at < first),
+                           sa.and_(m.sent_at >= last, m.sent_at < until))))
+    rolled = (sa.select(_day(tz, r.bucket).label("day"), r.source, r.currency, r.operator,
+                        r.status, r.messages, r.parts, r.amount)
+              .where(r.bucket >= first, r.bucket < last))
+    both = sa.union_all(edges, rolled).subquery("counted")
+    grouped = [both.c[k] for k in keys]
+    total = sa.cast(sa.func.sum(both.c.messages), sa.BigInteger)
+    query = (sa.select(*grouped, total.label("messages"),
+                       sa.cast(sa.func.sum(both.c.parts), sa.BigInteger).label("parts"),
+                       sa.func.sum(both.c.amount).label("amount"))
+             .group_by(*grouped).having(total > 0).order_by(*grouped))
+    return (await conn.execute(query)).all()
+
+
+async def billing_from_messages(conn: AsyncConnection, since: datetime, until: datetime,
+                                keys: Sequence[str], tz: str) -> Sequence[Any]:
+    """The same as `billing`, summed over `messages` alone: what the rollup must equal."""
     m = messages.c
     parts = sa.func.coalesce(m.sms_count, 1)
-    columns = {"day": sa.func.to_char(sa.func.timezone(tz, m.sent_at), "YYYY-MM-DD"),
-               "source": m.source, "currency": m.price_currency, "operator": m.operator,
-               "status": m.status}
+    columns = {"day": _day(tz, m.sent_at), "source": m.source, "currency": m.price_currency,
+               "operator": m.operator, "status": m.status}
     grouped = [columns[k].label(k) for k in keys]
     query = (sa.select(*grouped, sa.func.count().label("messages"),
                        sa.func.sum(parts).label("parts"),
@@ -550,6 +603,24 @@ async def billing(conn: AsyncConnection, since: datetime, until: datetime, keys:
              .where(m.sent_at >= since, m.sent_at < until)
              .group_by(*grouped).order_by(*grouped))
     return (await conn.execute(query)).all()
+
+
+async def rebuild_billing(conn: AsyncConnection) -> int:
+    """billing_rollup made again from `messages` (writers wait meanwhile); return its rows."""
+    await conn.execute(sa.text("LOCK TABLE messages IN SHARE MODE"))
+    await conn.execute(sa.delete(billing_rollup))
+    m = messages.c
+    parts = sa.func.coalesce(m.sms_count, 1)
+    bucket = sa.func.date_bin(sa.text(f"interval '{BILLING_BUCKET}'"), m.sent_at,
+                              sa.text("timestamptz 'epoch'"))
+    keys = [bucket, m.source, m.price_currency, m.operator, m.status]
+    select = (sa.select(*keys, sa.literal(0), sa.func.count(), sa.func.sum(parts),
+                        sa.func.coalesce(sa.func.sum(m.price_amount * parts), 0))
+              .where(m.sent_at.is_not(None)).group_by(*keys))
+    insert = sa.insert(billing_rollup).from_select(
+        ["bucket", "source", "currency", "operator", "status", "slot", "messages", "parts",
+         "amount"], select)
+    return int((await conn.execute(insert)).rowcount)
 
 
 async def bulk(conn: AsyncConnection, source: str, bulk_id: str) -> tuple[Any, Sequence[Any],

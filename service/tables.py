@@ -112,6 +112,30 @@ sa.Index("ix_messages_bulk_id_source", messages.c.bulk_id, messages.c.source)
 # On md5(callback_data): callbackData may be 4000 characters, past what a btree entry holds
 # (store.same_callback_data looks it up).
 sa.Index("ix_messages_callback_data_md5", sa.func.md5(messages.c.callback_data))
+sa.Index("ix_messages_sent_at", messages.c.sent_at)
+
+# What billing sums, kept per quarter hour of sent_at (every time zone's days are whole
+# quarter hours) by the triggers of migration 0008, from each change's old and new rows:
+# the same statement that merges a message moves its count, parts and amount. `slot`
+# spreads concurrent writers over rows of their own (the backend's pid), so they do not
+# queue on one hot row; a summary adds the slots up.
+BILLING_BUCKET = "15 minutes"
+billing_rollup = sa.Table(
+    "billing_rollup",
+    metadata,
+    sa.Column("bucket", Timestamp, nullable=False),
+    sa.Column("source", CText, nullable=False),
+    sa.Column("currency", CText),
+    sa.Column("operator", CText),
+    sa.Column("status", CText, nullable=False),
+    sa.Column("slot", sa.SmallInteger, nullable=False),
+    sa.Column("messages", sa.BigInteger, nullable=False),
+    sa.Column("parts", sa.BigInteger, nullable=False),
+    sa.Column("amount", sa.Numeric, nullable=False),
+)
+sa.Index("uq_billing_rollup_key", billing_rollup.c.bucket, billing_rollup.c.source,
+         billing_rollup.c.currency, billing_rollup.c.operator, billing_rollup.c.status,
+         billing_rollup.c.slot, unique=True, postgresql_nulls_not_distinct=True)
 
 # Every distinct observation of a message, once per channel it arrived through. Partitioned
 # by the month the message was sent (else done, else received), taken from the report

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import io
+import os
 import random
+import subprocess
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -17,10 +21,11 @@ from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import ingest
-from service.tables import messages
+from service import db, ingest, store
+from service.tables import billing_rollup, messages
 from tests.conftest import READ_TOKEN, make_settings
-from tests.reports import body, report
+from tests.databases import scratch_database
+from tests.reports import body, pushed, report
 
 Client = AsyncTestClient  # type: ignore[type-arg]
 READ = {"Authorization": f"Bearer {READ_TOKEN}"}
@@ -198,3 +203,39 @@ async def test_every_key_asked_for_is_in_every_row_null_included(client: Client)
     assert rows == [{"operator": None, "source": "ib", "currency": None, "messages": 1,
                      "parts": 1, "amount": "0"}]
     assert "day" not in rows[0]  # not asked for
+
+
+def test_rebuild_billing_makes_the_rollup_again(server_url: str) -> None:
+    """A rollup in doubt (here: emptied by hand) is made again from the merged messages."""
+    with scratch_database(server_url) as url:
+        async def seed_then_break() -> None:
+            engine = db.create_engine(db.asyncpg_url(url))
+            try:
+                await ingest.write(engine, [pushed("ib", body(
+                    report("a", smsCount=2), report("b", price={"pricePerMessage": 0.25,
+                                                                  "currency": "NPR"})))])
+                async with db.transaction(engine) as conn:
+                    await conn.execute(sa.delete(billing_rollup))
+            finally:
+                await engine.dispose()
+
+        asyncio.run(seed_then_break())
+        result = subprocess.run([sys.executable, "-m", "service", "rebuild-billing"],
+                                env=os.environ | {"DLR_DATABASE_URL": url}, capture_output=True,
+                                text=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        assert "2 rows" in result.stdout
+
+        async def compare() -> None:
+            engine = db.create_engine(db.asyncpg_url(url))
+            try:
+                async with db.transaction(engine) as conn:
+                    since, until = datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
+                    keys = ["day", "source", "currency", "operator", "status"]
+                    assert [tuple(r) for r in await store.billing(conn, since, until, keys, "UTC")] \
+                        == [tuple(r) for r in await store.billing_from_messages(
+                            conn, since, until, keys, "UTC")]
+            finally:
+                await engine.dispose()
+
+        asyncio.run(compare())
