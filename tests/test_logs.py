@@ -7,8 +7,10 @@ import io
 import json
 import logging
 import os
+import pty
 import re
 import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,8 +21,8 @@ from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import cli
-from service.logs import REQUEST_ID, JsonFormatter, TextFormatter, mask
+from service import cli, logs
+from service.logs import REQUEST_ID, JsonFormatter, TextFormatter, default_format, mask
 from tests.conftest import READ_TOKEN, free_port
 from tests.databases import scratch_database
 from tests.reports import body, report
@@ -268,6 +270,59 @@ def test_a_request_id_is_on_a_text_line_too() -> None:
     assert line.endswith(" hello request_id=4bf92f3577b34da6a3ce929d0e0e4736")
     # not masked, though it holds seven digits in a row: it must read as it was answered
     assert as_json["request_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("environ", "stream", "expected"), [
+    ({}, Terminal(), "text"),
+    ({}, io.StringIO(), "json"),
+    ({"DLR_LOG_FORMAT": "json"}, Terminal(), "json"),
+    ({"DLR_LOG_FORMAT": "text"}, io.StringIO(), "text"),
+])
+def test_the_log_format_follows_stderr_unless_set(environ: dict[str, str], stream: io.StringIO,
+                                                  expected: str) -> None:
+    assert default_format(environ, stream) == expected
+
+
+def test_logs_at_a_terminal_are_text_lines() -> None:
+    """configure() with no DLR_LOG_FORMAT, stderr a terminal (a pseudo-terminal here)."""
+    program = ("import logging; from service import logs; logs.configure(); "
+               "logging.getLogger('service.test').warning('to a person')")
+    env = {k: v for k, v in os.environ.items() if k != "DLR_LOG_FORMAT"}
+    leader, follower = pty.openpty()
+    try:
+        subprocess.run([sys.executable, "-c", program], stderr=follower, env=env, check=True,
+                       timeout=60)
+        printed = os.read(leader, 65536).decode()
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert " WARNING service.test to a person" in printed
+    assert not printed.lstrip().startswith("{")
+
+
+def test_uvicorns_loggers_go_through_the_same_handler() -> None:
+    """Whatever uvicorn was configured with (its own config gives its loggers plain-text
+    handlers of their own), configure() sends them through ours."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    plain = logging.StreamHandler(io.StringIO())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addHandler(plain)
+        logging.getLogger(name).propagate = False
+    try:
+        logs.configure("json")
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            assert (logging.getLogger(name).handlers, logging.getLogger(name).propagate) == (
+                [], True)
+        assert isinstance(root.handlers[0].formatter, JsonFormatter)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def test_uvicorns_own_lines_in_a_json_log_are_json(server_url: str, tmp_path: Path) -> None:
