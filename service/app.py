@@ -8,58 +8,99 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from litestar import Litestar, Request, Response
+from litestar import Litestar
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
+from litestar.enums import ScopeType
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components
+from litestar.plugins.problem_details import (
+    ProblemDetailsConfig,
+    ProblemDetailsException,
+    ProblemDetailsPlugin,
+)
+from litestar.static_files import create_static_files_router
+from litestar.types import LifeSpanReceive, LifeSpanScope, LifeSpanSend, Receive, Scope, Send
 
 from service import db, logs, metrics, worker
 from service.api import billing, bulks, changes, inbox, messages, ops, outbound, runs, webhooks
 from service.api.auth import TokenBook
+from service.api.openapi import SECURITY_SCHEMES
 from service.config import Settings, Source, load_settings
-from service.errors import ConfigError, DatabaseUnavailable, ServiceError
+from service.errors import ConfigError, DatabaseUnavailable, ServiceError, problem
 from service.ingest import IngestFailed, Ingestor
-from service.logs import RequestLog
 from service.providers import http
 
 log = logging.getLogger(__name__)
+ASSETS = Path(__file__).parent / "static" / "swagger-ui"  # vendored: /schema works offline
+ASSETS_PATH = "/schema/assets"
 
 
-def _error(status: int, message: str, detail: object = None,
-           headers: dict[str, str] | None = None) -> Response[dict[str, object]]:
-    return Response({"error": message, "detail": detail}, status_code=status, headers=headers)
+def _problem(status: int, detail: str, extensions: Mapping[str, Any] | None = None,
+             headers: Mapping[str, str] | None = None) -> ProblemDetailsException:
+    body = problem(status, detail, **(extensions or {}))
+    return ProblemDetailsException(status_code=status, detail=detail, type_=body["type"],
+                                   title=body["title"], headers=dict(headers or {}),
+                                   extra={k: v for k, v in body.items()
+                                          if k not in ("type", "title", "status", "detail")})
 
 
-def _service_error(_: Request[None, None, State], exc: ServiceError) -> Response[dict[str, object]]:
-    headers = None
-    if isinstance(exc, DatabaseUnavailable):
-        headers = {"Retry-After": str(exc.retry_after_s)}
-    return _error(exc.status_code, exc.message, exc.detail, headers)
+def _service_error(exc: ServiceError) -> ProblemDetailsException:
+    return _problem(exc.status_code, exc.explanation, exc.extra, exc.headers)
 
 
-def _http_error(_: Request[None, None, State], exc: HTTPException) -> Response[dict[str, object]]:
-    detail = exc.extra if exc.extra else None
-    return _error(exc.status_code, exc.detail, detail, exc.headers)
+def _http_error(exc: HTTPException) -> ProblemDetailsException:
+    """Litestar's own: routing (404, 405 with Allow), parameter validation (400, each
+    parameter refused in `errors`), a body over the size limit (413)."""
+    if exc.status_code >= 500:
+        log.error("internal error", exc_info=exc)
+    extra: Mapping[str, Any] | None = None
+    if isinstance(exc, ValidationException) or isinstance(exc.extra, list):
+        extra = {"errors": exc.extra} if exc.extra else None
+    elif isinstance(exc.extra, Mapping):
+        extra = exc.extra
+    detail = exc.detail
+    if detail == HTTPStatus(exc.status_code).phrase:  # Litestar says no more than the title
+        detail = _SAY_MORE.get(exc.status_code, detail)
+    return _problem(exc.status_code, detail, extra, exc.headers)
 
 
-def _ingest_failed(_: Request[None, None, State], exc: IngestFailed) -> Response[dict[str, object]]:
+_SAY_MORE = {404: "nothing at this path", 405: "this path does not take this method: Allow "
+             "lists those it takes", 413: "the body is larger than DLR_MAX_BODY_BYTES"}
+
+
+def _ingest_failed(exc: IngestFailed) -> ProblemDetailsException:
     if exc.kept:
-        return _error(500, "internal error; the body was kept and can be replayed")
-    return _error(500, "internal error; the body was not stored: send it again")
+        return _problem(500, "internal error; the body was kept and can be replayed")
+    return _problem(500, "internal error; the body was not stored: send it again")
 
 
-def _unexpected(_: Request[None, None, State], exc: Exception) -> Response[dict[str, object]]:
+def _unexpected(exc: Exception) -> ProblemDetailsException:
     if db.sqlstate(exc).startswith("22"):
         # SQLSTATE class 22, data exception: a parameter PostgreSQL cannot take (a NUL, say)
-        return _error(400, "a parameter holds a value the database cannot take")
+        return _problem(400, "a parameter holds a value the database cannot take")
     if db.is_unavailable(exc):
-        return _error(503, "database unavailable", headers={"Retry-After": "5"})
+        return _service_error(DatabaseUnavailable("database unavailable"))
     log.exception("unhandled error", exc_info=exc)
-    return _error(500, "internal error")
+    return _problem(500, "internal error")
+
+
+class Service(Litestar):
+    """The app. Every HTTP request passes logs.log_request, which Litestar's own middleware
+    would not do: that runs only on requests that matched a route."""
+
+    async def __call__(self, scope: Scope | LifeSpanScope, receive: Receive | LifeSpanReceive,
+                       send: Send | LifeSpanSend) -> None:
+        if scope["type"] == ScopeType.HTTP:
+            await logs.log_request(super().__call__, scope, receive, send)  # type: ignore[arg-type]
+        else:
+            await super().__call__(scope, receive, send)
 
 
 def reload_config(state: State, load: Callable[[], Settings],
@@ -129,32 +170,51 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
             await engine.dispose()
             metrics.process_exiting()
 
-    return Litestar(
+    # Every error answer is an RFC 9457 problem: Litestar's plugin, fed by these converters
+    problems = ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map={
+        ServiceError: _service_error,
+        HTTPException: _http_error,
+        IngestFailed: _ingest_failed,
+        Exception: _unexpected,
+    }))
+    swagger = SwaggerRenderPlugin(
+        js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js", css_url=f"{ASSETS_PATH}/swagger-ui.css",
+        standalone_preset_js_url=f"{ASSETS_PATH}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{ASSETS_PATH}/favicon-32x32.png'>")
+    return Service(
         route_handlers=[webhooks.receive_reports, messages.get_message, messages.list_messages,
                         runs.list_runs, outbound.register, outbound.list_gaps, ops.live,
                         ops.ready, ops.metrics, billing.billing_summary, bulks.get_bulk,
-                        changes.list_changes, inbox.list_inbox, inbox.get_kept_body],
+                        changes.list_changes, inbox.list_inbox, inbox.get_kept_body,
+                        create_static_files_router(ASSETS_PATH, directories=[ASSETS],
+                                                   include_in_schema=False)],
         lifespan=[lifespan],
         state=State({"settings": settings, "gates": gates, "tokens": TokenBook(settings.api_tokens),
                      "head_revision": db.head_revision(), "horizon": changes.Horizon()}),
-        exception_handlers={
-            ServiceError: _service_error,
-            HTTPException: _http_error,
-            IngestFailed: _ingest_failed,
-            Exception: _unexpected,
-        },
+        plugins=[problems],
         request_max_body_size=settings.max_body_bytes,
-        middleware=[RequestLog],
-        openapi_config=OpenAPIConfig(title="dlr-reconciler", version="0.1.0", path="/schema",
-                                     render_plugins=[SwaggerRenderPlugin()]),
+        openapi_config=OpenAPIConfig(
+            title="dlr-reconciler", version="0.1.0", path="/schema", description=DESCRIPTION,
+            components=Components(security_schemes=dict(SECURITY_SCHEMES)),
+            render_plugins=[swagger]),
         logging_config=None,  # the CLI configures logging once for every command
         debug=False,
     )
 
 
+DESCRIPTION = """\
+Merged SMS delivery reports: providers push to `/webhooks/{source}`, billing and CRM read `/v1`.
+
+Every error is an RFC 9457 problem (`application/problem+json`): `type`, `title`, `status`,
+`detail`, and extension members where they say more (`rejected` and `rejected_count`,
+`retry_after`, `errors`). Any path answers 405 with `Allow` to a method it does not list.
+Every answer carries an `X-Request-ID`: the request's own when it sent a usable one, else
+one made for it; each log line of the request carries it too."""
+
+
 def create_app_from_env() -> Litestar:
     """The app of one worker process of `serve --workers N`; the parent set DLR_DATABASE_URL."""
-    logs.configure(os.environ.get("DLR_LOG_FORMAT", "json"))  # a new process: as the CLI does
+    logs.configure()  # a new process: as the CLI does
     try:
         settings = load_settings()
         assert settings.database_url is not None

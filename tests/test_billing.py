@@ -125,7 +125,7 @@ async def test_csv(client: Client) -> None:
 async def test_bad_parameters(client: Client, params: dict[str, str], message: str) -> None:
     response = await client.get("/v1/billing/summary", params=NOVEMBER | params, headers=READ)
     assert response.status_code == 400
-    assert message in response.json()["error"]
+    assert message in response.json()["detail"]
 
 
 async def test_missing_range_is_400(client: Client) -> None:

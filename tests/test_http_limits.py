@@ -1,9 +1,11 @@
 """Slow, oversized or unauthenticated requests are cut off by serve: 408 for a request that
 does not arrive in time (nothing of it is kept), 431 for headers over the limit, 401 before
-any of an unauthenticated body is read, 503 past the connection limit."""
+any of an unauthenticated body is read, 503 past the connection limit; each an RFC 9457
+problem, as is the answer to bytes that are no HTTP request."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -46,6 +48,21 @@ def answer(conn: socket.socket) -> bytes:
     return received
 
 
+def problem(reply: bytes, status: int) -> tuple[dict[str, str], dict[str, object]]:
+    """The headers and problem document of a raw answer, checked to be one of `status`."""
+    head, _, content = reply.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0].startswith(f"HTTP/1.1 {status} "), reply
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    assert headers["content-type"] == "application/problem+json"
+    assert int(headers["content-length"]) == len(content)
+    document = json.loads(content)
+    assert (document["type"], document["status"]) == ("about:blank", status)
+    assert document["title"] == lines[0].split(" ", 2)[2] and document["detail"]
+    assert headers["x-request-id"]
+    return headers, document
+
+
 def request(body: bytes, extra: str = "") -> bytes:
     return (f"POST /webhooks/ib HTTP/1.1\r\nHost: t\r\nX-Hook: limits-hook\r\n{extra}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
@@ -59,7 +76,14 @@ def accepted_requests(served: Served) -> int:
 
 def test_a_connection_that_sends_nothing_is_closed(served: Served) -> None:
     with connect(served) as conn:
-        assert answer(conn).startswith(b"HTTP/1.1 408 ")
+        _, document = problem(answer(conn), 408)
+    assert document["detail"] == "the request did not arrive whole within 1 s"
+
+
+def test_bytes_that_are_no_http_request_get_a_400_problem(served: Served) -> None:
+    with connect(served) as conn:
+        conn.sendall(b"GARBAGE\r\n\r\n")
+        problem(answer(conn), 400)
 
 
 def test_headers_that_trickle_in_are_cut_off(served: Served) -> None:
@@ -77,10 +101,11 @@ def test_headers_that_trickle_in_are_cut_off(served: Served) -> None:
 def test_a_body_that_stalls_is_cut_off_and_not_kept(served: Served) -> None:
     before = accepted_requests(served)
     with connect(served) as conn:
-        whole = request(SEED)
+        whole = request(SEED, extra="X-Request-ID: stalled-1\r\n")
         conn.sendall(whole[:-10])  # all but the last ten bytes of the body
         reply = answer(conn)
-    assert reply.startswith(b"HTTP/1.1 408 ")
+    headers, _ = problem(reply, 408)
+    assert headers["x-request-id"] == "stalled-1"  # the application had begun on it
     assert accepted_requests(served) == before
 
 
@@ -103,7 +128,8 @@ def test_a_stalled_body_is_counted_as_408_not_500(served: Served) -> None:
 def test_oversized_headers_get_431(served: Served) -> None:
     with connect(served) as conn:
         conn.sendall(request(SEED, extra=f"X-Pad: {'a' * 5000}\r\n"))
-        assert answer(conn).startswith(b"HTTP/1.1 431 ")
+        _, document = problem(answer(conn), 431)
+    assert document["detail"] == "the request line and headers exceed 4096 bytes"
 
 
 def test_requests_within_the_limits_are_served_on_one_connection(served: Served) -> None:
@@ -172,7 +198,8 @@ def test_connections_past_the_limit_get_503_with_retry_after(server_url: str, tm
             with connect(served) as extra:
                 extra.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
                 refused = answer(extra)
-            assert refused.startswith(b"HTTP/1.1 503 ") and b"retry-after: 1" in refused.lower()
+            headers, document = problem(refused, 503)
+            assert headers["retry-after"] == "1" and document["retry_after"] == 1
             for conn in held:
                 conn.close()
             time.sleep(0.2)

@@ -7,6 +7,10 @@ import io
 import json
 import logging
 import os
+import pty
+import re
+import socket
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,8 +21,8 @@ from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import cli
-from service.logs import JsonFormatter, TextFormatter, mask
+from service import cli, logs
+from service.logs import REQUEST_ID, JsonFormatter, TextFormatter, default_format, mask
 from tests.conftest import READ_TOKEN, free_port
 from tests.databases import scratch_database
 from tests.reports import body, report
@@ -208,3 +212,134 @@ def test_every_worker_of_serve_logs_json_with_numbers_masked(server_url: str,
     assert len(requests) >= 120
     for number in numbers:
         assert number not in served.output
+
+
+HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    ("4bf92f3577b34da6a3ce929d0e0e4736", True),
+    ("Root=1-5759e988-bd862e3fe1be46a994272793", True),
+    ("trace.id:17/span+base64==~_-", True),
+    ("x" * 128, True),
+    ("x" * 129, False),
+    ("two words", False),
+    ('quote"d', False),
+    ("", False),
+    (None, False),
+])
+async def test_a_request_id_is_taken_when_usable_else_made(client: Client, given: str | None,
+                                                          kept: bool) -> None:
+    headers = {} if given is None else {"X-Request-ID": given}
+    for path in ("/health/live", "/no/such/path"):  # routed or not
+        answered = (await client.get(path, headers=headers)).headers["x-request-id"]
+        if kept:
+            assert answered == given
+        else:
+            assert HEX_ID.fullmatch(answered), answered
+
+
+async def test_every_log_line_of_a_request_carries_its_id(client: Client,
+                                                          captured: io.StringIO,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("service.store.get_message", broken)
+    answer = await client.get("/v1/messages/ib/m1", headers={
+        "Authorization": f"Bearer {READ_TOKEN}", "X-Request-ID": "req-0001"})
+    assert (answer.status_code, answer.headers["x-request-id"]) == (500, "req-0001")
+    made = (await client.get("/health/live")).headers["x-request-id"]
+    logging.getLogger("service.test").info("after the requests")
+    lines = [json.loads(line) for line in captured.getvalue().splitlines()]
+    failure, first, second, after = lines[-4:]
+    assert (failure["message"], failure["request_id"]) == ("unhandled error", "req-0001")
+    assert (first["logger"], first["request_id"]) == ("service.http", "req-0001")
+    assert (second["logger"], second["request_id"]) == ("service.http", made)
+    assert "request_id" not in after
+
+
+def test_a_request_id_is_on_a_text_line_too() -> None:
+    record = logging.LogRecord("service.test", logging.INFO, __file__, 1, "hello", (), None)
+    token = REQUEST_ID.set("4bf92f3577b34da6a3ce929d0e0e4736")
+    try:
+        line = TextFormatter().format(record)
+        as_json = json.loads(JsonFormatter().format(record))
+    finally:
+        REQUEST_ID.reset(token)
+    assert line.endswith(" hello request_id=4bf92f3577b34da6a3ce929d0e0e4736")
+    # not masked, though it holds seven digits in a row: it must read as it was answered
+    assert as_json["request_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("environ", "stream", "expected"), [
+    ({}, Terminal(), "text"),
+    ({}, io.StringIO(), "json"),
+    ({"DLR_LOG_FORMAT": "json"}, Terminal(), "json"),
+    ({"DLR_LOG_FORMAT": "text"}, io.StringIO(), "text"),
+])
+def test_the_log_format_follows_stderr_unless_set(environ: dict[str, str], stream: io.StringIO,
+                                                  expected: str) -> None:
+    assert default_format(environ, stream) == expected
+
+
+def test_logs_at_a_terminal_are_text_lines() -> None:
+    """configure() with no DLR_LOG_FORMAT, stderr a terminal (a pseudo-terminal here)."""
+    program = ("import logging; from service import logs; logs.configure(); "
+               "logging.getLogger('service.test').warning('to a person')")
+    env = {k: v for k, v in os.environ.items() if k != "DLR_LOG_FORMAT"}
+    leader, follower = pty.openpty()
+    try:
+        subprocess.run([sys.executable, "-c", program], stderr=follower, env=env, check=True,
+                       timeout=60)
+        printed = os.read(leader, 65536).decode()
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert " WARNING service.test to a person" in printed
+    assert not printed.lstrip().startswith("{")
+
+
+def test_uvicorns_loggers_go_through_the_same_handler() -> None:
+    """Whatever uvicorn was configured with (its own config gives its loggers plain-text
+    handlers of their own), configure() sends them through ours."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    plain = logging.StreamHandler(io.StringIO())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addHandler(plain)
+        logging.getLogger(name).propagate = False
+    try:
+        logs.configure("json")
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+            assert (logging.getLogger(name).handlers, logging.getLogger(name).propagate) == (
+                [], True)
+        assert isinstance(root.handlers[0].formatter, JsonFormatter)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def test_uvicorns_own_lines_in_a_json_log_are_json(server_url: str, tmp_path: Path) -> None:
+    config = hooked_config(tmp_path, "log-hook")
+    with scratch_database(server_url) as url:
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
+                            "DLR_PORT": str(free_port()), "DLR_LOG_FORMAT": "json"}
+        with serving(env, "--no-reconciler") as served:
+            port = int(served.base.rsplit(":", 1)[1])
+            with socket.create_connection(("127.0.0.1", port)) as conn:
+                conn.sendall(b"NOT HTTP\r\n\r\n")
+                conn.settimeout(10)
+                assert conn.recv(4096).startswith(b"HTTP/1.1 400 ")
+            with served.client() as web:
+                asked = web.get("/health/live", headers={"X-Request-ID": "served-1"})
+                assert asked.headers["x-request-id"] == "served-1"
+    lines = [json.loads(line) for line in served.output.splitlines() if line.strip()]
+    assert any(line["logger"] == "uvicorn.error" for line in lines)
+    [request] = [line for line in lines if line.get("request_id") == "served-1"]
+    assert request["message"] == "GET /health/live -> 200"

@@ -40,13 +40,13 @@ async def test_scopes(loaded: Client, headers: dict[str, str], status: int) -> N
         response = await loaded.get(path, headers=headers)
         assert response.status_code == status
         if status != 200:
-            assert response.json()["error"]
+            assert response.json()["detail"]
 
 
 async def test_unknown_message_is_404(loaded: Client) -> None:
     response = await loaded.get("/v1/messages/ib/nope", headers=READ)
     assert response.status_code == 404
-    assert "nope" in response.json()["error"]
+    assert "nope" in response.json()["detail"]
 
 
 async def test_pages_return_every_row_once(loaded: Client) -> None:
@@ -90,7 +90,7 @@ async def test_filters(loaded: Client, params: dict[str, str], expected: set[str
 async def test_bad_parameters_are_400(loaded: Client, params: dict[str, str]) -> None:
     response = await loaded.get("/v1/messages", params=params, headers=READ)
     assert response.status_code == 400
-    assert response.json()["error"]
+    assert response.json()["detail"]
 
 
 async def test_health_and_schema(client: Client) -> None:

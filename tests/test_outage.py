@@ -149,7 +149,7 @@ async def _push(client: AsyncTestClient, message_id: str) -> int:  # type: ignor
     response = await client.post("/webhooks/ib", content=body(report(message_id)), headers=BASIC)
     if response.status_code == 503:
         assert int(response.headers["retry-after"]) > 0
-        assert response.json()["error"]
+        assert response.json()["detail"]
     return int(response.status_code)
 
 

@@ -408,4 +408,4 @@ async def test_a_bad_cursor_is_400(client: Client, path: str, cursor: str) -> No
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     answer = await client.get(path, params={"cursor": cursor}, headers=admin)
     assert answer.status_code == 400, answer.text
-    assert answer.json()["error"] == "cursor is not one this API returned"
+    assert answer.json()["detail"] == "cursor is not one this API returned"

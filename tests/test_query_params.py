@@ -48,7 +48,7 @@ def test_billing_period(client: TestClient, start: str, end: str) -> None:  # ty
     answer = client.get("/v1/billing/summary", params={"from": start, "to": end}, headers=READ)
     assert answer.status_code in (200, 400), answer.text
     if answer.status_code == 400:
-        assert answer.json()["error"].startswith(("from:", "to:")), answer.text
+        assert answer.json()["detail"].startswith(("from:", "to:")), answer.text
 
 
 @PATIENT
@@ -59,7 +59,7 @@ def test_message_filters(client: TestClient, name: str, value: str) -> None:  # 
     answer = client.get("/v1/messages", params={name: value}, headers=READ)
     assert answer.status_code in (200, 400), answer.text
     if answer.status_code == 400:
-        assert answer.json()["error"].startswith(f"{name}:"), answer.text
+        assert answer.json()["detail"].startswith(f"{name}:"), answer.text
 
 
 @PATIENT
@@ -71,7 +71,7 @@ def test_gap_grace_period(client: TestClient, older_than: str) -> None:  # type:
     assert answer.status_code in (200, 400), answer.text
     if older_than in ("1000000000d", "3651d"):
         assert answer.status_code == 400
-        assert answer.json()["error"].startswith("older_than:")
+        assert answer.json()["detail"].startswith("older_than:")
 
 
 def test_a_year_of_gaps_is_fine(client: TestClient) -> None:  # type: ignore[type-arg]

@@ -167,7 +167,7 @@ async def test_unusable_body_is_400_and_kept(client: Client, engine: AsyncEngine
                                              payload: bytes, message: str) -> None:
     response = await push(client, payload)
     assert response.status_code == 400
-    assert message in response.json()["error"]
+    assert message in response.json()["detail"]
     [row] = await inbox_rows(engine)
     assert (row.state, row.body) == ("rejected", payload)
     assert message in row.reason
@@ -195,7 +195,7 @@ async def test_body_with_only_bad_reports_is_400_and_kept(client: Client,
     payload = body({"messageId": "x"}, report("", status=None))
     response = await push(client, payload)
     assert response.status_code == 400
-    assert len(response.json()["detail"]["rejected"]) == 2
+    assert len(response.json()["rejected"]) == 2
     [row] = await inbox_rows(engine)
     assert row.state == "rejected"
     assert await count(engine, messages) == 0
@@ -205,7 +205,7 @@ async def test_non_finite_price_is_rejected(client: Client) -> None:
     payload = body(report("m1", price={"pricePerMessage": "NaN", "currency": "EUR"}))
     response = await push(client, payload)
     assert response.status_code == 400
-    assert "pricePerMessage: not a price" in response.json()["detail"]["rejected"][0]["reason"]
+    assert "pricePerMessage: not a price" in response.json()["rejected"][0]["reason"]
 
 
 async def test_body_over_the_limit_is_413(client: Client, engine: AsyncEngine) -> None:
@@ -313,7 +313,7 @@ async def test_standard_webhooks_refusals(client: Client, engine: AsyncEngine, c
                      "no signature": "webhook-signature"}[case]]
     response = await push(client, payload, "ib-signed", headers)
     assert response.status_code == 401
-    assert response.json()["error"]
+    assert response.json()["detail"]
     assert await count(engine, inbox) == 0
 
 
@@ -341,9 +341,10 @@ async def test_ip_allow_list(client: Client, engine: AsyncEngine) -> None:
         gate.check_headers({}, "11.0.0.1")
 
 
-async def test_response_is_json_error_shape(client: Client) -> None:
+async def test_an_error_is_a_problem_document(client: Client) -> None:
     response = await push(client, b"{", "ib")
-    assert set(json.loads(response.content)) == {"error", "detail"}
+    assert response.headers["content-type"] == "application/problem+json"
+    assert set(json.loads(response.content)) == {"type", "title", "status", "detail"}
 
 
 async def test_nul_characters_are_rejected_per_report(client: Client, engine: AsyncEngine) -> None:

@@ -1,4 +1,5 @@
-"""Bearer tokens with scopes for the /v1 API: 401 without a known token, 403 without the scope."""
+"""Bearer tokens with scopes for the /v1 API: 401 without a known token, 403 without the scope,
+each with the RFC 6750 challenge saying which."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from service.config import ApiToken
-from service.errors import Forbidden, Unauthorized
+from service.errors import Forbidden, Unauthorized, challenge
+
+REALM = "dlr-reconciler"
 
 
 class TokenBook:
@@ -35,9 +38,15 @@ class TokenBook:
 def require_scope(connection: ASGIConnection, handler: BaseRouteHandler) -> None:  # type: ignore[type-arg]
     """Litestar guard: the handler's `opt["scope"]` must be granted to the bearer token."""
     book: TokenBook = connection.app.state.tokens
-    scopes = book.scopes(connection.headers.get("authorization", ""))
+    authorization = connection.headers.get("authorization", "")
+    scopes = book.scopes(authorization)
     if scopes is None:
-        raise Unauthorized("missing or unknown bearer token")
+        if authorization:  # one was presented: say it is not good (RFC 6750 section 3.1)
+            raise Unauthorized("missing or unknown bearer token",
+                               challenge("Bearer", realm=REALM, error="invalid_token"))
+        raise Unauthorized("missing or unknown bearer token", challenge("Bearer", realm=REALM))
     needed = handler.opt.get("scope", "read")
     if needed not in scopes:
-        raise Forbidden(f"token lacks the {needed!r} scope")
+        raise Forbidden(f"token lacks the {needed!r} scope", headers={
+            "WWW-Authenticate": challenge("Bearer", realm=REALM, error="insufficient_scope",
+                                          scope=needed)})

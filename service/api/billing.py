@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import zoneinfo
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Request, get
 from litestar.datastructures import State
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Schema
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Response
 
 from service import db, store
-from service.api import ERRORS
 from service.api.auth import require_scope
+from service.api.openapi import Documented, bearer, errors, inline_schema
 from service.errors import BadRequest
 from service.rules import amount_text
-from service.schemas import TIME, query_time
+from service.schemas import TIME, doc, query_time
 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -41,7 +44,45 @@ def _groups(group_by: str) -> list[str]:
     return list(dict.fromkeys(keys))
 
 
-@get("/v1/billing/summary", guards=[require_scope], opt={"scope": "read"}, responses=ERRORS, tags=["billing"],
+class BillingRow(msgspec.Struct, kw_only=True):
+    """One group: its keys (each one asked for in `group_by`, and currency), then its sums."""
+
+    day: Annotated[str | None, doc("Calendar day in `tz`", "2026-11-01")] = None
+    source: str | None = None
+    currency: Annotated[str | None, doc("ISO 4217; null when the provider reports no price",
+                                        "EUR")] = None
+    operator: str | None = None
+    status: str | None = None
+    messages: int
+    parts: int
+    amount: Annotated[str, doc("Exact decimal, in the row's currency", "0.02")]
+
+
+class BillingSummary(msgspec.Struct):
+    rows: list[BillingRow]
+
+
+@dataclasses.dataclass
+class BillingOperation(Documented):
+    """The answer is JSON, or CSV when asked for with `Accept: text/csv`: the handler
+    returns either, so its signature cannot say."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            ok.content = {
+                "application/json": OpenAPIMediaType(schema=inline_schema(BillingSummary)),
+                "text/csv": OpenAPIMediaType(
+                    schema=Schema(type=OpenAPIType.STRING, description=(
+                        "A header row (the group keys, messages, parts, amount), then one "
+                        "row per group")),
+                    example="day,currency,messages,parts,amount\n2026-11-01,EUR,2,2,0.02\n")}
+
+
+@get("/v1/billing/summary", guards=[require_scope], opt={"scope": "read"},
+     responses=errors(400, 401, 403), tags=["billing"], operation_id="billingSummary",
+     security=bearer("read"), operation_class=BillingOperation,
      summary="Messages, parts and amount per group, for messages sent in [from, to)",
      description="amount = sum of price per part x parts (a message without a part count "
                  "counts as one part). Days are calendar days in `tz`. Every row is in one "

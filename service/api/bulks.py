@@ -10,8 +10,8 @@ from litestar.datastructures import State
 from litestar.params import FromPath
 
 from service import db, store
-from service.api import ERRORS
 from service.api.auth import require_scope
+from service.api.openapi import Documented, bearer, errors
 from service.errors import NotFound
 from service.rules import amount_text
 
@@ -36,7 +36,9 @@ class Bulk(msgspec.Struct):
 
 
 @get("/v1/bulks/{source:str}/{bulk_id:path}", guards=[require_scope], opt={"scope": "read"},
-     responses=ERRORS, tags=["messages"],
+     responses=errors(400, 401, 403, 404, s404="No message of that bulk (or source)"),
+     tags=["messages"], operation_id="getBulk", security=bearer("read"),
+     operation_class=Documented,
      summary="Counts per status, parts and money per currency of one bulk",
      description="The id may hold `/`: the rest of the path is the id.")
 async def get_bulk(source: FromPath[str], bulk_id: FromPath[str], state: State) -> Bulk:

@@ -41,8 +41,8 @@ from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db, store
-from service.api import ERRORS
 from service.api.auth import require_scope
+from service.api.openapi import Documented, bearer, errors
 from service.schemas import Message, message_from_row
 
 WAIT_S = 1.0  # the longest a request waits for writers in flight before serving what is proven
@@ -84,7 +84,9 @@ class ChangePage(msgspec.Struct):
     after: int  # pass back as `after` for the next page
 
 
-@get("/v1/changes", guards=[require_scope], opt={"scope": "read"}, responses=ERRORS, tags=["messages"],
+@get("/v1/changes", guards=[require_scope], opt={"scope": "read"},
+     responses=errors(400, 401, 403), tags=["messages"], operation_id="listChanges",
+     security=bearer("read"), operation_class=Documented,
      summary="Merged rows changed after a seq, in seq order; resume from the returned after")
 async def list_changes(state: State, after: Annotated[int, QueryParameter(ge=0, le=2**63 - 1)] = 0,
                        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100) -> ChangePage:

@@ -13,8 +13,8 @@ from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from service import db, store
-from service.api import ERRORS
 from service.api.auth import require_scope
+from service.api.openapi import Documented, bearer, errors
 from service.errors import BadRequest, NotFound
 from service.providers import Rejection
 from service.schemas import TIME, query_time
@@ -72,8 +72,10 @@ def _decode_cursor(cursor: str) -> int:
     return inbox_id
 
 
-@get("/v1/inbox", guards=[require_scope], opt={"scope": "admin"}, responses=ERRORS,
-     tags=["operations"], summary="Kept bodies, newest first (not accepted ones by default)")
+@get("/v1/inbox", guards=[require_scope], opt={"scope": "admin"},
+     responses=errors(400, 401, 403), tags=["operations"], operation_id="listInbox",
+     security=bearer("admin"), operation_class=Documented,
+     summary="Kept bodies, newest first (not accepted ones by default)")
 async def list_inbox(
     state: State,
     states: Annotated[list[str] | None, QueryParameter(name="state")] = None,
@@ -95,7 +97,9 @@ async def list_inbox(
 
 
 @get("/v1/inbox/{inbox_id:int}", guards=[require_scope], opt={"scope": "admin"},
-     responses=ERRORS, tags=["operations"], summary="One kept body, byte for byte",
+     responses=errors(400, 401, 403, 404, s404="No kept body with that id"),
+     tags=["operations"], operation_id="getInbox", security=bearer("admin"),
+     operation_class=Documented, summary="One kept body, byte for byte",
      media_type="application/octet-stream")
 async def get_kept_body(state: State, inbox_id: FromPath[int]) -> Response[bytes]:
     row = None

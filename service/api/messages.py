@@ -11,8 +11,8 @@ from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from service import db, rules, store
-from service.api import ERRORS
 from service.api.auth import require_scope
+from service.api.openapi import Documented, bearer, errors
 from service.config import Source
 from service.errors import BadRequest, NotFound
 from service.providers import MAX_TO
@@ -38,7 +38,9 @@ def _spellings(to: str, source: str | None, sources: Mapping[str, Source]) -> tu
 
 
 @get("/v1/messages/{source:str}/{message_id:path}", guards=[require_scope], opt={"scope": "read"},
-     responses=ERRORS, tags=["messages"], summary="One message's merged state",
+     responses=errors(400, 401, 403, 404, s404="No such message (or source)"), tags=["messages"],
+     operation_id="getMessage", security=bearer("read"), operation_class=Documented,
+     summary="One message's merged state",
      description="The id may hold `/` (a provider's id can): the rest of the path is the id.")
 async def get_message(source: FromPath[str], message_id: FromPath[str],
                       state: State) -> MessageDetail:
@@ -53,7 +55,9 @@ async def get_message(source: FromPath[str], message_id: FromPath[str],
                          history=[Observation(**o._asdict()) for o in seen])
 
 
-@get("/v1/messages", guards=[require_scope], opt={"scope": "read"}, responses=ERRORS, tags=["messages"],
+@get("/v1/messages", guards=[require_scope], opt={"scope": "read"},
+     responses=errors(400, 401, 403), tags=["messages"], operation_id="listMessages",
+     security=bearer("read"), operation_class=Documented,
      summary="Messages matching filters, in (source, message_id) order, keyset-paginated")
 async def list_messages(
     state: State,

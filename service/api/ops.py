@@ -7,36 +7,45 @@ import asyncio
 import sqlalchemy as sa
 from litestar import get
 from litestar.datastructures import State
-from litestar.response import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import db
 from service import metrics as values
-from service.errors import DatabaseUnavailable
+from service.api.openapi import Documented, errors
+from service.errors import DatabaseUnavailable, ServiceError
 
 
-@get("/health/live", tags=["ops"], summary="The process is up")
+class NotReady(ServiceError):
+    """The database answers but is not at the newest revision: retrying soon will not help,
+    so no Retry-After."""
+
+    status_code = 503
+
+
+@get("/health/live", tags=["ops"], summary="The process is up", operation_id="healthLive",
+     responses=errors(), operation_class=Documented)
 async def live() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/health/ready", tags=["ops"],
+@get("/health/ready", tags=["ops"], operation_id="healthReady", operation_class=Documented,
+     responses=errors(s503="Not ready: the database is unavailable, not at the newest "
+                           "revision, or locked against writes (or the connection cap)"),
      summary="The database is reachable, migrated, and takes writes")
-async def ready(state: State) -> Response[dict[str, str]]:
+async def ready(state: State) -> dict[str, str]:
     try:
         async with asyncio.timeout(state.settings.db_timeout_s):
             async with db.transaction(state.engine) as conn:
                 revision = await db.current_revision(conn)
                 if revision == state.head_revision:
                     await writable(conn)
-    except (DatabaseUnavailable, TimeoutError):
-        return Response({"status": "database unavailable"}, status_code=503,
-                        headers={"Retry-After": "5"})
+    except TimeoutError:
+        raise DatabaseUnavailable("database unavailable",
+                                  "the database did not answer in time") from None
     if revision != state.head_revision:
-        return Response({"status": f"database at revision {revision}, "
-                                   f"needs {state.head_revision}"}, status_code=503)
-    return Response({"status": "ready"})
+        raise NotReady(f"database at revision {revision}, needs {state.head_revision}")
+    return {"status": "ready"}
 
 
 async def writable(conn: AsyncConnection) -> None:
@@ -49,6 +58,7 @@ async def writable(conn: AsyncConnection) -> None:
 
 
 @get("/metrics", tags=["ops"], summary="Prometheus metrics of every process on this port",
-     media_type=CONTENT_TYPE_LATEST)
+     media_type=CONTENT_TYPE_LATEST, operation_id="metrics", responses=errors(),
+     operation_class=Documented)
 async def metrics() -> bytes:
     return values.exposition()

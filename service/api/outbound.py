@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -9,11 +10,12 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.openapi.spec import Example, OpenAPIMediaType, RequestBody
 from litestar.params import FromQuery, QueryParameter
 
 from service import db, rules, store
-from service.api import ERRORS
 from service.api.auth import require_scope
+from service.api.openapi import Documented, bearer, errors, inline_schema
 from service.errors import BadRequest
 from service.providers import (
     MAX_CALLBACK_DATA,
@@ -78,8 +80,31 @@ class GapList(msgspec.Struct):
     next_cursor: str | None  # pass back as `cursor` for the next page; null on the last
 
 
+EXAMPLE = [{"source": "ib", "sent_at": "2026-11-01T10:00:00Z", "to": "+41793026727",
+            "message_id": "MESSAGE-ID-123-xyz", "bulk_id": "BULK-ID-123-xyz"},
+           {"source": "ib", "sent_at": "2026-11-01T10:00:00Z", "callback_data": "order-42"}]
+
+
+@dataclasses.dataclass
+class RegisterOutbound(Documented):
+    """The body: the handler reads it itself, so that each registration is judged alone,
+    and its signature cannot say what it takes."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.request_body = RequestBody(required=True, content={"application/json": (
+            OpenAPIMediaType(schema=inline_schema(Annotated[list[SentMessage], msgspec.Meta(
+                max_length=MAX_REGISTRATIONS)]), examples={
+                "registrations": Example(value=EXAMPLE)}))},
+            description="Sent messages, each with `message_id` or `callback_data`")
+
+
 @post("/v1/outbound", guards=[require_scope], opt={"scope": "write"}, status_code=200,
-      responses=ERRORS, tags=["outbound"], summary="Register sent messages (idempotent)",
+      responses=errors(400, 401, 403, 413, s400=(
+          "Not a JSON array, more than 10,000 items, or no usable registration (then "
+          "`rejected` lists why)")),
+      tags=["outbound"], operation_id="registerOutbound", security=bearer("write"),
+      operation_class=RegisterOutbound, summary="Register sent messages (idempotent)",
       description="A JSON array of `{source, sent_at, to?, message_id?, bulk_id?, "
                   "callback_data?}`, with message_id or callback_data. Each item is judged "
                   "alone: a bad one is listed in `rejected`, the others are registered.")
@@ -123,7 +148,7 @@ async def register(request: Request[Any, Any, State], state: State) -> Registere
     judged, rejections = judge_all(list(enumerate(items)), build, "$[{}]")
     refused = [Refused(r.index, r.reason) for r in rejections]
     if not judged and refused:
-        raise BadRequest("no usable registration in the body", detail={
+        raise BadRequest("no usable registration in the body", extra={
             "rejected": refused[:MAX_REJECTIONS_LISTED], "rejected_count": len(refused)})
     async with db.transaction(state.engine) as conn:
         outcomes = await store.register_outbound(conn, [row for _, row, _ in judged])
@@ -154,7 +179,9 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-@get("/v1/gaps", guards=[require_scope], opt={"scope": "read"}, responses=ERRORS, tags=["outbound"],
+@get("/v1/gaps", guards=[require_scope], opt={"scope": "read"},
+     responses=errors(400, 401, 403), tags=["outbound"], operation_id="listGaps",
+     security=bearer("read"), operation_class=Documented,
      summary="Registered messages with no final status after a grace period (default 48h), "
              "oldest first, keyset-paginated")
 async def list_gaps(state: State, source: FromQuery[str | None] = None,

@@ -11,8 +11,8 @@ from litestar.datastructures import State
 from litestar.params import FromQuery, QueryParameter
 
 from service import db, store
-from service.api import ERRORS
 from service.api.auth import require_scope
+from service.api.openapi import Documented, bearer, errors
 from service.schemas import CursorId, decode_cursor, encode_cursor
 
 
@@ -37,7 +37,9 @@ class RunList(msgspec.Struct):
     next_cursor: str | None  # pass back as `cursor` for the next page; null on the last
 
 
-@get("/v1/runs", guards=[require_scope], opt={"scope": "admin"}, responses=ERRORS, tags=["operations"],
+@get("/v1/runs", guards=[require_scope], opt={"scope": "admin"},
+     responses=errors(400, 401, 403), tags=["operations"], operation_id="listRuns",
+     security=bearer("admin"), operation_class=Documented,
      summary="Recent reconciler runs, newest first, keyset-paginated")
 async def list_runs(state: State, source: FromQuery[str | None] = None,
                     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 50,

@@ -15,14 +15,15 @@ import logging
 import re
 import time
 from collections.abc import Mapping
+from typing import Annotated
 
+import msgspec
 from litestar import Request, post
 from litestar.datastructures import State
 from litestar.params import FromPath
-from litestar.response import Response
 
 from service import metrics
-from service.api import ERRORS
+from service.api.openapi import WEBHOOK_SECURITY, ReceiveReports, errors
 from service.config import Source, WebhookConfig
 from service.errors import (
     BadRequest,
@@ -31,12 +32,15 @@ from service.errors import (
     NotFound,
     TooManyReports,
     Unauthorized,
+    challenge,
 )
 from service.ingest import Ingestor, decode, decoder_for
 from service.providers import MAX_REJECTIONS_LISTED
+from service.schemas import doc
 
 log = logging.getLogger(__name__)
 TIMESTAMP = re.compile(r"^\d{1,12}$")  # seconds since 1970; 12 digits reach the year 33658
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 
 
 def _secret_key(secret: str) -> bytes:
@@ -65,6 +69,7 @@ class Gate:
             self.basic = f"{hook.basic.username}:{hook.basic.password}".encode()
         if hook.standard_webhooks:
             self.keys = [_secret_key(s) for s in hook.standard_webhooks.secrets if s]
+        self.challenge = _challenge(name, hook)
 
     def check_headers(self, headers: Mapping[str, str], client_ip: str | None) -> None:
         """Everything that can be checked before the body is read: the source address, the
@@ -77,7 +82,7 @@ class Gate:
         elif hook.token:
             presented = headers.get(hook.token.header.lower(), "").encode()
             if not hmac.compare_digest(presented, hook.token.value.encode()):
-                raise Unauthorized("missing or wrong webhook token")
+                raise Unauthorized("missing or wrong webhook token", self.challenge)
         elif hook.standard_webhooks:
             self._signed_at(headers, hook.standard_webhooks.tolerance_s)
 
@@ -100,18 +105,18 @@ class Gate:
         except ValueError:  # not base64, or not even ASCII (binascii.Error is a ValueError)
             presented = b""
         if scheme.lower() != "basic" or not hmac.compare_digest(presented, self.basic):
-            raise Unauthorized("missing or wrong basic credentials")
+            raise Unauthorized("missing or wrong basic credentials", self.challenge)
 
-    @staticmethod
-    def _signed_at(headers: Mapping[str, str], tolerance_s: int) -> int:
+    def _signed_at(self, headers: Mapping[str, str], tolerance_s: int) -> int:
         if not (headers.get("webhook-id") and headers.get("webhook-signature")):
-            raise Unauthorized("missing webhook-id, webhook-timestamp or webhook-signature")
+            raise Unauthorized("missing webhook-id, webhook-timestamp or webhook-signature",
+                               self.challenge)
         stamp = headers.get("webhook-timestamp", "")
         if not TIMESTAMP.match(stamp):
-            raise Unauthorized("webhook-timestamp is not a number of seconds")
+            raise Unauthorized("webhook-timestamp is not a number of seconds", self.challenge)
         timestamp = int(stamp)
         if abs(time.time() - timestamp) > tolerance_s:
-            raise Unauthorized("webhook-timestamp outside the accepted window")
+            raise Unauthorized("webhook-timestamp outside the accepted window", self.challenge)
         return timestamp
 
     def _check_signature(self, headers: Mapping[str, str], body: bytes) -> None:
@@ -125,7 +130,23 @@ class Gate:
             version, _, value = candidate.partition(",")
             if version == "v1" and any(hmac.compare_digest(value.encode(), e) for e in expected):
                 return
-        raise Unauthorized("no valid webhook signature")
+        raise Unauthorized("no valid webhook signature", self.challenge)
+
+
+def _challenge(name: str, hook: WebhookConfig) -> str:
+    """The WWW-Authenticate challenge of a 401 from this webhook: Basic, the header that
+    carries the token, or the Standard Webhooks signature headers."""
+    realm = f"webhook {name}"
+    if hook.basic:
+        return challenge("Basic", realm=realm, charset="UTF-8")
+    if hook.token:
+        header = hook.token.header
+        return challenge("Token", realm=realm, **({"header": header} if HEADER_NAME.match(header)
+                                                   else {}))
+    if hook.standard_webhooks:
+        return challenge("StandardWebhooks", realm=realm,
+                         headers="webhook-id webhook-timestamp webhook-signature")
+    return ""  # unauthenticated: it never answers 401
 
 
 def build_gates(sources: Mapping[str, Source]) -> dict[str, Gate]:
@@ -146,9 +167,33 @@ def build_gates(sources: Mapping[str, Source]) -> dict[str, Gate]:
     return gates
 
 
-@post("/webhooks/{source:str}", status_code=200, responses=ERRORS, tags=["webhooks"],
-      summary="Receive an Infobip-compatible delivery report push")
-async def receive_reports(source: FromPath[str], request: Request[None, None, State]) -> Response[object]:
+class RejectedReport(msgspec.Struct):
+    index: Annotated[int, doc("Its place in `results`; -1: the merge failed on it (a bug), "
+                              "its body is kept for replay")]
+    message_id: str | None
+    reason: Annotated[str, doc("Names the field", "$.results[3].sentAt: not a time")]
+
+
+class Accepted(msgspec.Struct):
+    accepted: Annotated[int, doc("Reports merged, committed before this answer")]
+    rejected: Annotated[list[RejectedReport], doc("The first 100 reports refused")]
+    rejected_count: int
+
+
+@post("/webhooks/{source:str}", status_code=200, tags=["webhooks"], operation_id="receiveReports",
+      security=WEBHOOK_SECURITY, operation_class=ReceiveReports,
+      responses=errors(400, 401, 403, 404, 413, 500, s400=(
+          "Invalid JSON or XML, not a report body, or no usable report (`rejected` lists "
+          "why); the body is kept"),
+          s403="The source address is not in the webhook's allow_ips",
+          s404="No such source, or no webhook configured for it",
+          s413="Body larger than DLR_MAX_BODY_BYTES, or more than 2500 reports (then kept)",
+          s500="A bug while merging; `detail` says whether the body was kept for replay"),
+      summary="Receive an Infobip-compatible delivery report push",
+      description="Answers 200 only once the body and its merged reports are committed. "
+                  "Each report is judged alone: a bad one is listed in `rejected`, the "
+                  "others are merged.")
+async def receive_reports(source: FromPath[str], request: Request[None, None, State]) -> Accepted:
     gate: Gate | None = request.app.state.gates.get(source)
     if gate is None:
         raise NotFound(f"no webhook for source {source!r}")
@@ -165,14 +210,13 @@ async def receive_reports(source: FromPath[str], request: Request[None, None, St
     envelope = await ingestor.ingest(decoded)
     metrics.WEBHOOK_REPORTS.labels(source, "accepted").inc(len(envelope.reports))
     metrics.WEBHOOK_REPORTS.labels(source, "rejected").inc(len(envelope.rejections))
-    rejected = [{"index": r.index, "message_id": r.message_id, "reason": r.reason}
+    rejected = [RejectedReport(r.index, r.message_id, r.reason)
                 for r in envelope.rejections[:MAX_REJECTIONS_LISTED]]
     if envelope.error is not None:
         error = TooManyReports if envelope.error_status == 413 else BadRequest
         raise error(envelope.error)
     if not decoded.reports and rejected:
         raise BadRequest("no usable report in the body",
-                         detail={"rejected": rejected, "rejected_count": len(envelope.rejections)})
-    return Response({"accepted": len(envelope.reports), "rejected": rejected,
-                     "rejected_count": len(envelope.rejections)})
+                         extra={"rejected": rejected, "rejected_count": len(envelope.rejections)})
+    return Accepted(len(envelope.reports), rejected, len(envelope.rejections))
 
