@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    logs.configure(os.environ.get("DLR_LOG_FORMAT", "json"))
+    logs.configure()
     try:
         settings = load_settings()
         if args.command == "migrate":
