@@ -1,7 +1,8 @@
 """POST /webhooks/{source}: verify the raw body, keep it, merge its reports, then answer.
 
 Verification follows the source's `[sources.webhook]` table: HTTP Basic, a static header
-token, or Standard Webhooks signatures (HMAC-SHA256 over "id.timestamp.body").
+token, Standard Webhooks signatures (HMAC-SHA256 over "id.timestamp.body"), or a provider's
+own signature (Twilio's X-Twilio-Signature), whose check lives with its provider.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from service.errors import (
     Unauthorized,
 )
 from service.ingest import Ingestor, decode, decoder_for
-from service.providers import MAX_REJECTIONS_LISTED
+from service.providers import MAX_REJECTIONS_LISTED, twilio
 
 log = logging.getLogger(__name__)
 TIMESTAMP = re.compile(r"^\d{1,12}$")  # seconds since 1970; 12 digits reach the year 33658
@@ -80,11 +81,18 @@ class Gate:
                 raise Unauthorized("missing or wrong webhook token")
         elif hook.standard_webhooks:
             self._signed_at(headers, hook.standard_webhooks.tolerance_s)
+        elif hook.twilio_signature and not headers.get(twilio.SIGNATURE_HEADER):
+            raise Unauthorized("missing X-Twilio-Signature")
 
-    def check_body(self, headers: Mapping[str, str], body: bytes) -> None:
-        """A signed source's signature over the body (after check_headers)."""
+    def check_body(self, headers: Mapping[str, str], body: bytes, query: str = "") -> None:
+        """A signed source's signature over the body and the query string (after
+        check_headers)."""
         if self.hook.standard_webhooks:
             self._check_signature(headers, body)
+        elif self.hook.twilio_signature and not twilio.signature_valid(
+                self.hook.twilio_signature, query, body, headers.get(twilio.SIGNATURE_HEADER, ""),
+                headers.get("content-type")):
+            raise Unauthorized("wrong X-Twilio-Signature")
 
     def _allowed(self, client_ip: str | None) -> bool:
         try:
@@ -138,7 +146,7 @@ def build_gates(sources: Mapping[str, Source]) -> dict[str, Gate]:
         if reason := hook.disabled_reason:
             log.warning("webhook disabled", extra={"source": name, "reason": reason})
             continue
-        if not (hook.basic or hook.token or hook.standard_webhooks or hook.unauthenticated):
+        if not (hook.schemes or hook.unauthenticated):
             continue
         if hook.unauthenticated:
             log.warning("webhook accepts unauthenticated pushes", extra={"source": name})
@@ -155,7 +163,7 @@ async def receive_reports(source: FromPath[str], request: Request[None, None, St
     # Nothing unauthenticated is read: an attacker's body stays in the socket.
     gate.check_headers(request.headers, request.client.host if request.client else None)
     body = await request.body()
-    gate.check_body(request.headers, body)
+    gate.check_body(request.headers, body, request.url.query)
     settings = request.app.state.settings.sources[source]
     content_type = request.headers.get("content-type")
     decoded = decode(source, "push", body, content_type, decoder_for(settings, None, content_type))

@@ -3,17 +3,20 @@ under service/providers and one line here."""
 
 from __future__ import annotations
 
-from service.providers import dicesms, infobip
+from service.providers import dicesms, infobip, twilio
 from service.providers.base import Provider, SourceBase
 from service.providers.dicesms import pull as dicesms_pull
 from service.providers.infobip import pull as infobip_pull
+from service.providers.twilio import pull as twilio_pull
 
 PROVIDERS = (
     Provider("infobip", infobip.InfobipSource, infobip.decoder, infobip_pull.pull,
              takes_pushes=True),
     Provider("dicesms", dicesms.DiceSmsSource, dicesms.decoder, dicesms_pull.pull),
+    Provider("twilio", twilio.TwilioSource, twilio.decoder, twilio_pull.pull, takes_pushes=True),
 )
-Source = infobip.InfobipSource | dicesms.DiceSmsSource  # every config of PROVIDERS
+# every config of PROVIDERS
+Source = infobip.InfobipSource | dicesms.DiceSmsSource | twilio.TwilioSource
 _BY_CONFIG = {p.config: p for p in PROVIDERS}
 
 
