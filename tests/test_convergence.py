@@ -13,8 +13,11 @@ from service import simulate, worker
 from service.app import create_app
 from service.config import BasicAuth, DiceSmsSource, InfobipSource, WebhookConfig
 from service.providers import http
+from service.providers.base import TwilioSignatureAuth
 from service.providers.dicesms.fake import FakeDiceSms
 from service.providers.infobip.fake import FakeInfobip
+from service.providers.twilio import TwilioSource
+from service.providers.twilio.fake import FakeTwilio
 from tests.conftest import READ_TOKEN, make_settings
 
 
@@ -37,6 +40,29 @@ async def test_pushes_and_pulls_converge_to_the_truth(engine: AsyncEngine, datab
             async with httpx.AsyncClient() as provider_client:
                 for source in (ib, dice, ib, dice):  # a second pass must change nothing
                     result = await worker.pull(engine, provider_client, source, "t",
+                                               http.Retry(attempts=2, base_s=0.01))
+                    assert result is not None and result.error is None
+            after = scenario.differences(await simulate.fetch_all(client, READ_TOKEN))
+    assert after == []
+
+
+async def test_twilio_callbacks_and_pulls_converge_to_the_truth(engine: AsyncEngine,
+                                                                 database_url: str) -> None:
+    scenario = simulate.TwilioScenario(messages=200, seed=3)
+    with FakeTwilio(scenario.account_sid, "tw-token") as fake:
+        scenario.load(fake)
+        tw = TwilioSource("tw", fake.url, account_sid=scenario.account_sid,
+                          auth_token="tw-token", webhook=WebhookConfig(
+                              twilio_signature=TwilioSignatureAuth(
+                                  ["tw-token"], "https://hooks.example.com/webhooks/tw")))
+        app = create_app(make_settings(sources={"tw": tw}), database_url)
+        async with AsyncTestClient(app=app) as client:
+            await simulate.push(client, scenario, simulate.hook_headers(tw.webhook))
+            before = scenario.differences(await simulate.fetch_all(client, READ_TOKEN))
+            assert before, "pushes alone should not be complete"
+            async with httpx.AsyncClient() as provider_client:
+                for _ in range(2):  # a second pass must change nothing
+                    result = await worker.pull(engine, provider_client, tw, "t",
                                                http.Retry(attempts=2, base_s=0.01))
                     assert result is not None and result.error is None
             after = scenario.differences(await simulate.fetch_all(client, READ_TOKEN))
