@@ -2,7 +2,9 @@
 
 Verification follows the source's `[sources.webhook]` table: HTTP Basic, a static header
 token, Standard Webhooks signatures (HMAC-SHA256 over "id.timestamp.body"), or a provider's
-own signature (Twilio's X-Twilio-Signature), whose check lives with its provider.
+own signature (Twilio's X-Twilio-Signature, Vonage's `sig`), whose check lives with its
+provider. A kind whose reports may come as a GET query (Vonage) is also received by GET:
+the query string is then the body kept and decoded.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import re
 import time
 from collections.abc import Mapping
 
-from litestar import Request, post
+from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 from litestar.response import Response
@@ -34,7 +36,7 @@ from service.errors import (
     Unauthorized,
 )
 from service.ingest import Ingestor, decode, decoder_for
-from service.providers import MAX_REJECTIONS_LISTED, twilio
+from service.providers import MAX_REJECTIONS_LISTED, registry, twilio, vonage
 
 log = logging.getLogger(__name__)
 TIMESTAMP = re.compile(r"^\d{1,12}$")  # seconds since 1970; 12 digits reach the year 33658
@@ -93,6 +95,13 @@ class Gate:
                 self.hook.twilio_signature, query, body, headers.get(twilio.SIGNATURE_HEADER, ""),
                 headers.get("content-type")):
             raise Unauthorized("wrong X-Twilio-Signature")
+        elif self.hook.vonage_signature:
+            try:
+                params = vonage.receipt_params(body, headers.get("content-type"))
+            except BadRequest:
+                params = {}
+            if not vonage.signature_valid(self.hook.vonage_signature, params):
+                raise Unauthorized("missing, wrong or stale Vonage sig")
 
     def _allowed(self, client_ip: str | None) -> bool:
         try:
@@ -164,8 +173,30 @@ async def receive_reports(source: FromPath[str], request: Request[None, None, St
     gate.check_headers(request.headers, request.client.host if request.client else None)
     body = await request.body()
     gate.check_body(request.headers, body, request.url.query)
+    return await _receive(source, request, body, request.headers.get("content-type"))
+
+
+QUERY_BODY = "application/x-www-form-urlencoded"  # how a report given as a GET query is kept
+
+
+@get("/webhooks/{source:str}", status_code=200, responses=ERRORS, tags=["webhooks"],
+     summary="Receive a delivery receipt given as a query string (Vonage)")
+async def receive_report_query(source: FromPath[str],
+                               request: Request[None, None, State]) -> Response[object]:
+    gate: Gate | None = request.app.state.gates.get(source)
+    settings = request.app.state.settings.sources.get(source)
+    if gate is None or settings is None or not registry.provider(settings).push_by_get:
+        raise NotFound(f"no webhook for source {source!r} that takes GET")
+    gate.check_headers(request.headers, request.client.host if request.client else None)
+    body = request.url.query.encode()
+    gate.check_body({**request.headers, "content-type": QUERY_BODY}, body)
+    return await _receive(source, request, body, QUERY_BODY)
+
+
+async def _receive(source: str, request: Request[None, None, State], body: bytes,
+                   content_type: str | None) -> Response[object]:
+    """Decode, keep and merge an authenticated body, then answer."""
     settings = request.app.state.settings.sources[source]
-    content_type = request.headers.get("content-type")
     decoded = decode(source, "push", body, content_type, decoder_for(settings, None, content_type))
     ingestor: Ingestor = request.app.state.ingestor
     # As committed: a report the merge failed on (a bug) is a rejection, and its body kept

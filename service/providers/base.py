@@ -164,3 +164,4 @@ class Provider:
     decoder: Callable[[Any, str | None, str | None], Decoder]
     pull: Callable[[Pages, Any], Awaitable[None]]
     takes_pushes: bool = False
+    push_by_get: bool = False  # its pushes may come as GET, the report in the query string
