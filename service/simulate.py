@@ -28,12 +28,15 @@ import httpx
 from service import rules
 from service.api.webhooks import sign
 from service.config import WebhookConfig
-from service.providers import dicesms, twilio
+from service.providers import dicesms, twilio, vonage
 from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
 from service.providers.infobip.fake import FakeInfobip, as_v1, as_v3
 from service.providers.twilio.fake import FakeTwilio
 from service.providers.twilio.fake import callback as twilio_callback
 from service.providers.twilio.fake import message as twilio_message
+from service.providers.vonage.fake import FakeVonage
+from service.providers.vonage.fake import receipt as vonage_receipt
+from service.providers.vonage.fake import record as vonage_record
 
 NPT = timezone(timedelta(hours=5, minutes=45))
 GROUPS = {2: "UNDELIVERABLE", 3: "DELIVERED", 4: "EXPIRED"}
@@ -112,12 +115,15 @@ class Scenario:
     def differences(self, merged: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         return differences(self.truth, merged)
 
-    def requests(self) -> list[tuple[str, bytes]]:
-        """(source, body) for each push, in the order they are sent."""
-        return [(self.ib_source, payload) for payload in self.push_bodies()]
+    def requests(self, headers_for: HeadersFor) -> list[Push]:
+        """Each push, in the order it is sent."""
+        return [("POST", f"/webhooks/{self.ib_source}", payload, headers_for(payload))
+                for payload in self.push_bodies()]
 
 
 Truth = dict[tuple[str, str], dict[str, Any]]
+Push = tuple[str, str, bytes, dict[str, str]]  # method, path and query, body, headers
+HeadersFor = Callable[[bytes], dict[str, str]]
 
 
 def differences(truth: Truth, merged: Truth) -> list[str]:
@@ -193,11 +199,78 @@ class TwilioScenario:
     def differences(self, merged: Truth) -> list[str]:
         return differences(self.truth, merged)
 
-    def requests(self) -> list[tuple[str, bytes]]:
-        return [(self.source, payload) for payload in self.pushes]
+    def requests(self, headers_for: HeadersFor) -> list[Push]:
+        return [("POST", f"/webhooks/{self.source}", payload, headers_for(payload))
+                for payload in self.pushes]
 
 
-HeadersFor = Callable[[bytes], dict[str, str]]
+
+VONAGE_FINALS = {"delivered": "DELIVERED", "expired": "EXPIRED", "failed": "UNDELIVERABLE",
+                 "rejected": "REJECTED"}
+
+
+class VonageScenario:
+    """Messages of 1 to 3 parts sent through Vonage in the last hour, each with its own
+    client-ref: an `accepted` and a final receipt per part (20% lost, 10% repeated, all
+    reordered), by GET, signed as the source's webhook says; and the Reports API holding
+    every part's final record for the pull."""
+
+    def __init__(self, messages: int = 200, seed: int = 1, loss: float = 0.2,
+                 duplicates: float = 0.1, source: str = "vg", account_sid: str = "abcd1234",
+                 hook: WebhookConfig | None = None) -> None:
+        rnd = random.Random(seed)  # noqa: S311 (a reproducible scenario, not a secret)
+        self.source, self.api_key, self.hook = source, account_sid, hook
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        self.records: list[dict[str, Any]] = []
+        self.pushes: list[dict[str, str]] = []
+        self.truth: Truth = {}
+        for i in range(messages):
+            received = start + timedelta(seconds=i)
+            final = rnd.choice(["delivered", "delivered", "delivered", "expired", "failed",
+                                "rejected"])
+            price = None if final == "rejected" else Decimal(rnd.choice(["0.0333", "0.045"]))
+            ref, to, parts = f"vg-{seed}-{i}", f"4477009{i:05d}", rnd.randint(1, 3)
+            done = received + timedelta(seconds=rnd.randint(5, 300))
+            for p in range(parts):
+                part = vonage_record(self.api_key, f"{seed:04X}{i:07X}{p:05X}", to, final,
+                                     received, done + timedelta(seconds=p), client_ref=ref,
+                                     price=price, error_code="0" if final == "delivered" else "1")
+                self.records.append(part)
+                for status in ("accepted", final):
+                    if rnd.random() < loss:
+                        continue
+                    params = vonage_receipt(part, status, self.api_key)
+                    self.pushes.append(params)
+                    if rnd.random() < duplicates:
+                        self.pushes.append(params)
+            self.truth[(source, f"{ref}@+{to}")] = {
+                "status": VONAGE_FINALS[final], "done_at": done + timedelta(seconds=parts - 1),
+                "price": None if price is None else {
+                    "amount": format(rules.money(price), "f"), "currency": "EUR"},
+                "sms_count": parts, "sender": "AcmeInc", "to": f"+{to}", "callback_data": ref}
+        rnd.shuffle(self.pushes)
+
+    def load(self, fake: FakeVonage) -> None:
+        fake.add(*self.records)
+
+    def differences(self, merged: Truth) -> list[str]:
+        return differences(self.truth, merged)
+
+    def requests(self, headers_for: HeadersFor) -> list[Push]:
+        """Each receipt as a GET query, signed when the webhook wants Vonage's `sig`."""
+        out = []
+        for params in self.pushes:
+            if self.hook is not None and self.hook.vonage_signature:
+                auth = self.hook.vonage_signature
+                params = params | {"timestamp": str(int(time.time())),
+                                   "nonce": secrets.token_hex(8)}
+                params["sig"] = vonage.sign(auth.secret, auth.method, params)
+            out.append(("GET", f"/webhooks/{self.source}?{urlencode(params)}", b"",
+                        headers_for(b"")))
+        return out
+
+
+AnyScenario = Scenario | TwilioScenario | VonageScenario
 
 
 def hook_headers(hook: WebhookConfig | None) -> HeadersFor:
@@ -210,6 +283,8 @@ def hook_headers(hook: WebhookConfig | None) -> HeadersFor:
     if hook.token:
         token = hook.token
         return lambda body: {token.header: token.value}
+    if hook.vonage_signature:  # the signature is a parameter (VonageScenario.requests)
+        return lambda body: {}
     if hook.twilio_signature:
         auth = hook.twilio_signature
         return lambda body: {
@@ -227,12 +302,11 @@ def hook_headers(hook: WebhookConfig | None) -> HeadersFor:
     return signed
 
 
-async def push(client: httpx.AsyncClient, scenario: Scenario | TwilioScenario,
+async def push(client: httpx.AsyncClient, scenario: AnyScenario,
                headers_for: HeadersFor) -> None:
     """Deliver the scenario's surviving pushes to the service's webhook."""
-    for source, payload in scenario.requests():
-        response = await client.post(f"/webhooks/{source}", content=payload,
-                                     headers=headers_for(payload))
+    for method, url, payload, headers in scenario.requests(headers_for):
+        response = await client.request(method, url, content=payload or None, headers=headers)
         response.raise_for_status()
 
 
@@ -252,7 +326,7 @@ async def fetch_all(client: httpx.AsyncClient, token: str) -> dict[tuple[str, st
             return merged
 
 
-async def wait_until_matching(client: httpx.AsyncClient, scenario: Scenario | TwilioScenario,
+async def wait_until_matching(client: httpx.AsyncClient, scenario: AnyScenario,
                               token: str,
                               timeout_s: float) -> list[str]:
     """Poll the service until it matches the truth; return what still differs at the end."""
@@ -264,7 +338,11 @@ async def wait_until_matching(client: httpx.AsyncClient, scenario: Scenario | Tw
         await asyncio.sleep(1)
 
 
-FAKES = {"twilio": (TwilioScenario, FakeTwilio)}  # --provider: its scenario and fake
+# --provider: its scenario, its fake, and the fake's credentials from the source
+FAKES: dict[str, tuple[Any, Any, Callable[[Any], tuple[str, str]]]] = {
+    "twilio": (TwilioScenario, FakeTwilio, lambda s: (s.account_sid, s.auth_token or "")),
+    "vonage": (VonageScenario, FakeVonage, lambda s: (s.api_key, s.api_secret or "")),
+}
 
 
 def run(settings: Any, provider: str, source_name: str | None, base: str, messages: int,
@@ -285,10 +363,12 @@ def run(settings: Any, provider: str, source_name: str | None, base: str, messag
               "read scope in DLR_CONFIG", file=sys.stderr)
         return 2
     source = sources[0]
-    scenario_kind, fake_kind = FAKES[provider]
-    scenario = scenario_kind(messages, source=source.name, account_sid=source.account_sid)
+    scenario_kind, fake_kind, credentials = FAKES[provider]
+    user, secret = credentials(source)
+    extra = {"hook": source.webhook} if provider == "vonage" else {}
+    scenario = scenario_kind(messages, source=source.name, account_sid=user, **extra)
     port = urlsplit(source.base_url).port or 80
-    with fake_kind(source.account_sid, source.auth_token or "", port=port) as fake:
+    with fake_kind(user, secret, port=port) as fake:
         scenario.load(fake)
         print(f"fake {provider} on {fake.url}; {len(scenario.pushes)} pushes (20% lost in "
               f"transit and left for the pull, 10% repeated, all reordered) to {base}")

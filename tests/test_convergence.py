@@ -13,11 +13,13 @@ from service import simulate, worker
 from service.app import create_app
 from service.config import BasicAuth, DiceSmsSource, InfobipSource, WebhookConfig
 from service.providers import http
-from service.providers.base import TwilioSignatureAuth
+from service.providers.base import TwilioSignatureAuth, VonageSignatureAuth
 from service.providers.dicesms.fake import FakeDiceSms
 from service.providers.infobip.fake import FakeInfobip
 from service.providers.twilio import TwilioSource
 from service.providers.twilio.fake import FakeTwilio
+from service.providers.vonage import VonageSource
+from service.providers.vonage.fake import FakeVonage
 from tests.conftest import READ_TOKEN, make_settings
 
 
@@ -63,6 +65,29 @@ async def test_twilio_callbacks_and_pulls_converge_to_the_truth(engine: AsyncEng
             async with httpx.AsyncClient() as provider_client:
                 for _ in range(2):  # a second pass must change nothing
                     result = await worker.pull(engine, provider_client, tw, "t",
+                                               http.Retry(attempts=2, base_s=0.01))
+                    assert result is not None and result.error is None
+            after = scenario.differences(await simulate.fetch_all(client, READ_TOKEN))
+    assert after == []
+
+
+async def test_vonage_part_receipts_and_pulls_converge_to_the_truth(engine: AsyncEngine,
+                                                                    database_url: str) -> None:
+    hook = WebhookConfig(vonage_signature=VonageSignatureAuth("vg-signature-secret", "sha512"))
+    scenario = simulate.VonageScenario(messages=200, seed=5, hook=hook)
+    assert any(t["sms_count"] > 1 for t in scenario.truth.values())
+    with FakeVonage(scenario.api_key, "vg-secret") as fake:
+        scenario.load(fake)
+        vg = VonageSource("vg", fake.url, api_key=scenario.api_key, api_secret="vg-secret",
+                          webhook=hook)
+        app = create_app(make_settings(sources={"vg": vg}), database_url)
+        async with AsyncTestClient(app=app) as client:
+            await simulate.push(client, scenario, simulate.hook_headers(vg.webhook))
+            before = scenario.differences(await simulate.fetch_all(client, READ_TOKEN))
+            assert before, "pushes alone should not be complete"
+            async with httpx.AsyncClient() as provider_client:
+                for _ in range(2):  # a second pass must change nothing
+                    result = await worker.pull(engine, provider_client, vg, "t",
                                                http.Retry(attempts=2, base_s=0.01))
                     assert result is not None and result.error is None
             after = scenario.differences(await simulate.fetch_all(client, READ_TOKEN))
