@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import asyncio
+from decimal import Decimal
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -92,3 +94,59 @@ async def test_vonage_part_receipts_and_pulls_converge_to_the_truth(engine: Asyn
                     assert result is not None and result.error is None
             after = scenario.differences(await simulate.fetch_all(client, READ_TOKEN))
     assert after == []
+
+
+async def test_four_providers_at_once_bill_as_their_fakes_say(engine: AsyncEngine,
+                                                              database_url: str) -> None:
+    """Infobip, DiceSMS, Twilio and Vonage into one database: the billing summary by source
+    and currency is exactly what the fakes' messages add up to."""
+    ib_dice = simulate.Scenario(messages=120, seed=11)
+    tw_scenario = simulate.TwilioScenario(messages=120, seed=12)
+    vg_hook = WebhookConfig(vonage_signature=VonageSignatureAuth("vg-signature-secret"))
+    vg_scenario = simulate.VonageScenario(messages=120, seed=13, hook=vg_hook)
+    with FakeInfobip() as fake_ib, FakeDiceSms(page_size=40) as fake_dice, \
+            FakeTwilio(tw_scenario.account_sid, "tw-token") as fake_tw, \
+            FakeVonage(vg_scenario.api_key, "vg-secret") as fake_vg:
+        ib_dice.load(fake_ib, fake_dice)
+        tw_scenario.load(fake_tw)
+        vg_scenario.load(fake_vg)
+        sources = {
+            "ib": InfobipSource("ib", fake_ib.url, api_key=fake_ib.api_key,
+                                webhook=WebhookConfig(basic=BasicAuth("hook", "pw"))),
+            "dice": DiceSmsSource("dice", fake_dice.url, token=fake_dice.token),
+            "tw": TwilioSource("tw", fake_tw.url, account_sid=tw_scenario.account_sid,
+                               auth_token="tw-token", webhook=WebhookConfig(
+                                   twilio_signature=TwilioSignatureAuth(
+                                       ["tw-token"], "https://hooks.example.com/webhooks/tw"))),
+            "vg": VonageSource("vg", fake_vg.url, api_key=vg_scenario.api_key,
+                               api_secret="vg-secret", webhook=vg_hook),
+        }
+        app = create_app(make_settings(sources=sources), database_url)
+        async with AsyncTestClient(app=app) as client:
+            pushing = [(ib_dice, "ib"), (tw_scenario, "tw"), (vg_scenario, "vg")]
+            await asyncio.gather(*[simulate.push(client, scenario, simulate.hook_headers(
+                sources[name].webhook)) for scenario, name in pushing])
+            async with httpx.AsyncClient() as provider_client:
+                results = await asyncio.gather(*[worker.pull(
+                    engine, provider_client, source, "t", http.Retry(attempts=2, base_s=0.01))
+                    for source in sources.values()])
+            assert all(r is not None and r.error is None for r in results)
+            merged = await simulate.fetch_all(client, READ_TOKEN)
+            truth = ib_dice.truth | tw_scenario.truth | vg_scenario.truth
+            assert simulate.differences(truth, merged) == []
+            billed = (await client.get("/v1/billing/summary", headers={
+                "Authorization": f"Bearer {READ_TOKEN}"}, params={
+                "from": "2026-01-01T00:00:00Z", "to": "2099-01-01T00:00:00Z",
+                "group_by": "source,currency"})).json()["rows"]
+    expected: dict[tuple[str, str | None], list[Any]] = {}
+    for (source, _), want in truth.items():
+        price = want["price"]
+        row = expected.setdefault((source, price and price["currency"]), [0, 0, Decimal(0)])
+        parts = want["sms_count"] or 1
+        row[0] += 1
+        row[1] += parts
+        row[2] += Decimal(price["amount"]) * parts if price else 0
+    got = {(r["source"], r["currency"]): [r["messages"], r["parts"], Decimal(r["amount"])]
+           for r in billed}
+    assert got == expected
+    assert {source for source, _ in got} == {"ib", "dice", "tw", "vg"}
