@@ -47,9 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--url", default=None, help="the service (default http://DLR_HOST:DLR_PORT)")
     sim.add_argument("--infobip", default="ib", help="the infobip source to fake")
     sim.add_argument("--dicesms", default="dice", help="the dicesms source to fake")
-    sim.add_argument("--provider", choices=("infobip", "twilio", "vonage"), default="infobip",
-                     help="the kind to fake: infobip (with dicesms, the default), twilio or "
-                     "vonage")
+    sim.add_argument("--provider", choices=("infobip", "twilio", "vonage", "sinch"),
+                     default="infobip", help="the kind to fake: infobip (with dicesms, the "
+                     "default), twilio, vonage or sinch")
     sim.add_argument("--source", help="with --provider: the source to fake (default: the "
                      "first of that kind)")
     sim.add_argument("--messages", type=int, default=200)

@@ -31,6 +31,10 @@ from service.config import WebhookConfig
 from service.providers import dicesms, twilio, vonage
 from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
 from service.providers.infobip.fake import FakeInfobip, as_v1, as_v3
+from service.providers.sinch.fake import Batch as SinchBatch
+from service.providers.sinch.fake import FakeSinch
+from service.providers.sinch.fake import Recipient as SinchRecipient
+from service.providers.sinch.fake import recipient_report as sinch_recipient_report
 from service.providers.twilio.fake import FakeTwilio
 from service.providers.twilio.fake import callback as twilio_callback
 from service.providers.twilio.fake import message as twilio_message
@@ -270,7 +274,67 @@ class VonageScenario:
         return out
 
 
-AnyScenario = Scenario | TwilioScenario | VonageScenario
+SINCH_FINALS = {"Delivered": ("DELIVERED", 0), "Failed": ("UNDELIVERABLE", 402),
+                "Expired": ("EXPIRED", 406), "Rejected": ("REJECTED", 403)}
+
+
+class SinchScenario:
+    """Batches of five recipients sent through Sinch in the last hour: a `Dispatched` and a
+    final recipient delivery report per recipient (20% lost, 10% repeated, all reordered),
+    and the fake's batches and full reports for the pull."""
+
+    def __init__(self, messages: int = 200, seed: int = 1, loss: float = 0.2,
+                 duplicates: float = 0.1, source: str = "sn", account_sid: str = "plan0001",
+                 ) -> None:
+        rnd = random.Random(seed)  # noqa: S311 (a reproducible scenario, not a secret)
+        self.source, self.service_plan_id = source, account_sid
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        self.batches: list[SinchBatch] = []
+        self.pushes: list[bytes] = []
+        self.truth: Truth = {}
+        for b in range(0, messages, 5):
+            batch = SinchBatch(f"01SIM{seed:04d}{b:06d}", start + timedelta(seconds=b), [],
+                               client_reference=f"sn-{seed}-{b}")
+            for i in range(b, min(b + 5, messages)):
+                final = rnd.choice(["Delivered", "Delivered", "Delivered", "Failed", "Expired",
+                                    "Rejected"])
+                group, code = SINCH_FINALS[final]
+                sent = batch.created_at + timedelta(seconds=1)
+                done = sent + timedelta(seconds=rnd.randint(2, 300))
+                parts = rnd.randint(1, 3)
+                pending = SinchRecipient(f"4477009{i:05d}", "Dispatched", 401, sent, None, parts)
+                last = SinchRecipient(pending.msisdn, final, code, done + timedelta(seconds=1),
+                                      done, parts)
+                batch.recipients.append(last)
+                kept: set[str] = set()
+                for state in (pending, last):
+                    if rnd.random() < loss:
+                        continue
+                    kept.add(state.status)
+                    body = json.dumps(sinch_recipient_report(batch, state)).encode()
+                    self.pushes.append(body)
+                    if rnd.random() < duplicates:
+                        self.pushes.append(body)
+                self.truth[(source, f"{batch.id}:+{pending.msisdn}")] = {
+                    "status": group, "done_at": done if final in kept else None,
+                    "price": None, "sms_count": parts if kept else None, "bulk_id": batch.id,
+                    "callback_data": batch.client_reference, "to": f"+{pending.msisdn}"}
+            self.batches.append(batch)
+        rnd.shuffle(self.pushes)
+
+    def load(self, fake: FakeSinch) -> None:
+        fake.add(*self.batches)
+
+    def differences(self, merged: Truth) -> list[str]:
+        return differences(self.truth, merged)
+
+    def requests(self, headers_for: HeadersFor) -> list[Push]:
+        return [("POST", f"/webhooks/{self.source}", payload,
+                 headers_for(payload) | {"Content-Type": "application/json"})
+                for payload in self.pushes]
+
+
+AnyScenario = Scenario | TwilioScenario | VonageScenario | SinchScenario
 
 
 def hook_headers(hook: WebhookConfig | None) -> HeadersFor:
@@ -342,6 +406,7 @@ async def wait_until_matching(client: httpx.AsyncClient, scenario: AnyScenario,
 FAKES: dict[str, tuple[Any, Any, Callable[[Any], tuple[str, str]]]] = {
     "twilio": (TwilioScenario, FakeTwilio, lambda s: (s.account_sid, s.auth_token or "")),
     "vonage": (VonageScenario, FakeVonage, lambda s: (s.api_key, s.api_secret or "")),
+    "sinch": (SinchScenario, FakeSinch, lambda s: (s.service_plan_id, s.api_token or "")),
 }
 
 

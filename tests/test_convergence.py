@@ -18,6 +18,8 @@ from service.providers import http
 from service.providers.base import TwilioSignatureAuth, VonageSignatureAuth
 from service.providers.dicesms.fake import FakeDiceSms
 from service.providers.infobip.fake import FakeInfobip
+from service.providers.sinch import SinchSource
+from service.providers.sinch.fake import FakeSinch
 from service.providers.twilio import TwilioSource
 from service.providers.twilio.fake import FakeTwilio
 from service.providers.vonage import VonageSource
@@ -96,20 +98,23 @@ async def test_vonage_part_receipts_and_pulls_converge_to_the_truth(engine: Asyn
     assert after == []
 
 
-async def test_four_providers_at_once_bill_as_their_fakes_say(engine: AsyncEngine,
-                                                              database_url: str) -> None:
-    """Infobip, DiceSMS, Twilio and Vonage into one database: the billing summary by source
-    and currency is exactly what the fakes' messages add up to."""
+async def test_every_provider_at_once_bills_as_its_fake_says(engine: AsyncEngine,
+                                                             database_url: str) -> None:
+    """Infobip, DiceSMS, Twilio, Vonage and Sinch into one database: the billing summary by
+    source and currency is exactly what the fakes' messages add up to."""
     ib_dice = simulate.Scenario(messages=120, seed=11)
     tw_scenario = simulate.TwilioScenario(messages=120, seed=12)
     vg_hook = WebhookConfig(vonage_signature=VonageSignatureAuth("vg-signature-secret"))
     vg_scenario = simulate.VonageScenario(messages=120, seed=13, hook=vg_hook)
+    sn_scenario = simulate.SinchScenario(messages=120, seed=14)
     with FakeInfobip() as fake_ib, FakeDiceSms(page_size=40) as fake_dice, \
             FakeTwilio(tw_scenario.account_sid, "tw-token") as fake_tw, \
-            FakeVonage(vg_scenario.api_key, "vg-secret") as fake_vg:
+            FakeVonage(vg_scenario.api_key, "vg-secret") as fake_vg, \
+            FakeSinch(sn_scenario.service_plan_id, "sn-token") as fake_sn:
         ib_dice.load(fake_ib, fake_dice)
         tw_scenario.load(fake_tw)
         vg_scenario.load(fake_vg)
+        sn_scenario.load(fake_sn)
         sources = {
             "ib": InfobipSource("ib", fake_ib.url, api_key=fake_ib.api_key,
                                 webhook=WebhookConfig(basic=BasicAuth("hook", "pw"))),
@@ -120,10 +125,14 @@ async def test_four_providers_at_once_bill_as_their_fakes_say(engine: AsyncEngin
                                        ["tw-token"], "https://hooks.example.com/webhooks/tw"))),
             "vg": VonageSource("vg", fake_vg.url, api_key=vg_scenario.api_key,
                                api_secret="vg-secret", webhook=vg_hook),
+            "sn": SinchSource("sn", fake_sn.url, service_plan_id=sn_scenario.service_plan_id,
+                              api_token="sn-token", webhook=WebhookConfig(
+                                  basic=BasicAuth("sinch", "pw"))),
         }
         app = create_app(make_settings(sources=sources), database_url)
         async with AsyncTestClient(app=app) as client:
-            pushing = [(ib_dice, "ib"), (tw_scenario, "tw"), (vg_scenario, "vg")]
+            pushing = [(ib_dice, "ib"), (tw_scenario, "tw"), (vg_scenario, "vg"),
+                       (sn_scenario, "sn")]
             await asyncio.gather(*[simulate.push(client, scenario, simulate.hook_headers(
                 sources[name].webhook)) for scenario, name in pushing])
             async with httpx.AsyncClient() as provider_client:
@@ -132,7 +141,7 @@ async def test_four_providers_at_once_bill_as_their_fakes_say(engine: AsyncEngin
                     for source in sources.values()])
             assert all(r is not None and r.error is None for r in results)
             merged = await simulate.fetch_all(client, READ_TOKEN)
-            truth = ib_dice.truth | tw_scenario.truth | vg_scenario.truth
+            truth = ib_dice.truth | tw_scenario.truth | vg_scenario.truth | sn_scenario.truth
             assert simulate.differences(truth, merged) == []
             billed = (await client.get("/v1/billing/summary", headers={
                 "Authorization": f"Bearer {READ_TOKEN}"}, params={
@@ -149,4 +158,26 @@ async def test_four_providers_at_once_bill_as_their_fakes_say(engine: AsyncEngin
     got = {(r["source"], r["currency"]): [r["messages"], r["parts"], Decimal(r["amount"])]
            for r in billed}
     assert got == expected
-    assert {source for source, _ in got} == {"ib", "dice", "tw", "vg"}
+    assert {source for source, _ in got} == {"ib", "dice", "tw", "vg", "sn"}
+
+
+async def test_sinch_recipient_reports_and_pulls_converge_to_the_truth(
+        engine: AsyncEngine, database_url: str) -> None:
+    scenario = simulate.SinchScenario(messages=200, seed=9)
+    with FakeSinch(scenario.service_plan_id, "sn-token") as fake:
+        scenario.load(fake)
+        sn = SinchSource("sn", fake.url, service_plan_id=scenario.service_plan_id,
+                         api_token="sn-token", webhook=WebhookConfig(
+                             basic=BasicAuth("sinch", "pw")))
+        app = create_app(make_settings(sources={"sn": sn}), database_url)
+        async with AsyncTestClient(app=app) as client:
+            await simulate.push(client, scenario, simulate.hook_headers(sn.webhook))
+            before = scenario.differences(await simulate.fetch_all(client, READ_TOKEN))
+            assert before, "pushes alone should not be complete"
+            async with httpx.AsyncClient() as provider_client:
+                for _ in range(2):  # a second pass must change nothing
+                    result = await worker.pull(engine, provider_client, sn, "t",
+                                               http.Retry(attempts=2, base_s=0.01))
+                    assert result is not None and result.error is None
+            after = scenario.differences(await simulate.fetch_all(client, READ_TOKEN))
+    assert after == []

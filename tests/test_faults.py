@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import signal
 import sys
@@ -106,8 +108,23 @@ def vonage_pushes(tmp_path: Path) -> Pushes:
     return Pushes(str(config), "/webhooks/vg", queries, ids, lambda payload: {}, "GET")
 
 
-@pytest.mark.parametrize("pushes_of", [infobip_pushes, twilio_pushes, vonage_pushes],
-                         ids=["infobip", "twilio", "vonage"])
+def sinch_pushes(tmp_path: Path) -> Pushes:
+    """Sinch posts one recipient delivery report (JSON) a request, here with Basic."""
+    config = tmp_path / "dlr.toml"
+    config.write_text('[[sources]]\nname = "sn"\nkind = "sinch"\n'
+                      'base_url = "http://127.0.0.1:9"\n[sources.webhook]\n'
+                      'basic = { username = "sinch", password = "sn-pw" }\n')
+    ids = [[f"B{b:04d}:+447700900001"] for b in range(300)]
+    bodies = [json.dumps({"type": "recipient_delivery_report_sms", "batch_id": f"B{b:04d}",
+                          "recipient": "447700900001", "code": 0, "status": "Delivered",
+                          "at": "2026-11-01T10:00:00.000Z"}).encode() for b in range(300)]
+    basic = "Basic " + base64.b64encode(b"sinch:sn-pw").decode()
+    return Pushes(str(config), "/webhooks/sn", bodies, ids, lambda payload: {
+        "Authorization": basic, "Content-Type": "application/json"})
+
+
+@pytest.mark.parametrize("pushes_of", [infobip_pushes, twilio_pushes, vonage_pushes,
+                                       sinch_pushes], ids=["infobip", "twilio", "vonage", "sinch"])
 def test_kill_9_loses_nothing_acknowledged(server_url: str, tmp_path: Path,
                                            pushes_of: Callable[[Path], Pushes]) -> None:
     pushes = pushes_of(tmp_path)

@@ -4,7 +4,9 @@ A message is one recipient of one batch: its id is `batch_id:recipient` (the rec
 E.164), its bulk id the batch id. Pushed `recipient_delivery_report_sms` callbacks carry one
 recipient's status; a batch report (`delivery_report_sms`, pushed or pulled with
 `type=full`) lists the recipients per status code when full and is read as one report per
-recipient; a summary one lists counts only and is kept raw with no report.
+recipient; a summary one lists counts only and is kept raw with no report. A pulled page of
+the batches list says each recipient was sent to, when and from whom: a PENDING report each,
+which every delivery report outranks.
 """
 
 from __future__ import annotations
@@ -111,11 +113,13 @@ class _Kind(msgspec.Struct):
 
 
 class BatchSummary(msgspec.Struct):
-    """What a pull needs of a batch in the batches list."""
+    """What is read of a batch in the batches list (its body and options are not kept)."""
 
-    id: str
-    to: list[str] = []
+    id: BatchId
+    to: list[NumberText] = []
+    created_at: AwareTime | None = None
     client_reference: str | None = None
+    from_: str | None = msgspec.field(default=None, name="from")
 
 
 class BatchesPage(msgspec.Struct):
@@ -142,17 +146,30 @@ def decoder(source: SinchSource, url: str | None, content_type: str | None) -> D
     """Callbacks and pulled reports alike are read by their `type`; the batches list has none
     and yields no report."""
     if url is not None and urlsplit(url).path.rstrip("/").endswith("/batches"):
-        return lambda body: no_reports(body)
+        return lambda body: decode_batches(source, body)
     return lambda body: decode_report(source, body)
 
 
-def no_reports(body: bytes) -> tuple[list[Report], list[Rejection]]:
-    """A page of the batches list, checked: it carries no delivery state."""
+def decode_batches(source: SinchSource, body: bytes) -> tuple[list[Report], list[Rejection]]:
+    """A page of the batches list: each recipient of each batch sent, PENDING."""
     try:
-        _batches.decode(body)
+        page = _batches.decode(body)
     except (msgspec.MsgspecError, RecursionError) as exc:
         raise BadRequest(f"not a Sinch batches page: {exc}") from None
-    return [], []
+    listed = [(batch, number) for batch in page.batches for number in batch.to]
+    if len(listed) > MAX_RECIPIENTS:
+        raise BadRequest(f"{len(listed)} recipients in one page; at most {MAX_RECIPIENTS}")
+    return judge_all(listed, lambda item: [sent_report(source.name, *item)],
+                     "$.batches[*].to[{}]", lambda item: item[1], WIRE_NAMES)
+
+
+def sent_report(source: str, batch: BatchSummary, recipient: str) -> Report:
+    number = rules.recipient(recipient)
+    return rules.observation(
+        source=source, message_id=message_id(batch.id, number.to), status=rules.PENDING,
+        to=number.to, bulk_id=batch.id, sent_at=moment("created_at", batch.created_at),
+        callback_data=batch.client_reference or None, sender=batch.from_ or None,
+        operator=number.carrier)
 
 
 def message_id(batch_id: str, to: str) -> str:

@@ -1,4 +1,5 @@
-"""One reconcile pass of a Sinch source: the batches created within `lookback_s`, the full
+"""One reconcile pass of a Sinch source: the batches created within `lookback_s` (each
+recipient sent: a PENDING report with its sent time), the full
 delivery report of each batch not yet stored complete and final, and the recipient report
 of each registered message still open (up to RECIPIENT_LOOKUPS a pass)."""
 
