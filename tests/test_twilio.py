@@ -119,6 +119,9 @@ async def test_wrong_or_missing_signatures_get_401_and_store_nothing(client: Tes
     tampered = signed(params)
     assert (await post(client, params | {"MessageStatus": "failed"}, headers=tampered)
             ).status_code == 401
+    as_json = signed({}) | {"Content-Type": "application/json"}  # URL signed, body not
+    assert (await client.post("/webhooks/tw", content=b'{"MessageSid": "SM1"}',
+                              headers=as_json)).status_code == 401
     unsigned = {"Content-Type": "application/x-www-form-urlencoded"}
     assert (await post(client, params, headers=unsigned)).status_code == 401
     assert (await client.get(f"/v1/messages/tw/{sid(3)}", headers=READ)).status_code == 404

@@ -366,7 +366,9 @@ def signature_valid(auth: TwilioSignatureAuth, query: str, body: bytes, signatur
         if not hmac.compare_digest(hashlib.sha256(body).hexdigest().encode(),
                                    body_hash[0].encode()):
             return False
-    elif "json" not in (content_type or "").lower():
+    elif "json" in (content_type or "").lower():
+        return False  # a JSON body is signed only through bodySHA256: else anyone's would pass
+    else:
         try:
             for name, value in parse_qsl(body.decode(), keep_blank_values=True,
                                          max_num_fields=1000):
