@@ -47,6 +47,24 @@ kind = "infobip"
 base_url = "http://127.0.0.1:9"
 [sources.webhook]
 token = { header = "X-Hook", value = "bench-hook" }
+[[sources]]
+name = "tw"
+kind = "twilio"
+base_url = "http://127.0.0.1:9"
+[sources.webhook]
+twilio_signature = { auth_tokens = ["bench-auth-token"], public_url = "https://bench/webhooks/tw" }
+[[sources]]
+name = "vg"
+kind = "vonage"
+base_url = "http://127.0.0.1:9"
+[sources.webhook]
+vonage_signature = { secret = "bench-signature-secret", method = "sha256" }
+[[sources]]
+name = "sn"
+kind = "sinch"
+base_url = "http://127.0.0.1:9"
+[sources.webhook]
+token = { header = "X-Hook", value = "bench-hook" }
 """
 
 
@@ -100,10 +118,17 @@ async def read_response(reader: asyncio.StreamReader) -> int:
 async def load(port: int, bodies: list[bytes], connections: int,
                headers: dict[str, str]) -> tuple[float, list[float], dict[int, int]]:
     """POST every body over `connections` keep-alive connections; (seconds, latencies, statuses)."""
-    queue: asyncio.Queue[bytes] = asyncio.Queue()
-    for body in bodies:
-        queue.put_nowait(body)
     extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    return await load_requests(port, [webhook_request(body, extra) for body in bodies],
+                               connections)
+
+
+async def load_requests(port: int, requests: list[bytes], connections: int,
+                        ) -> tuple[float, list[float], dict[int, int]]:
+    """Send every raw HTTP/1.1 request over `connections` keep-alive connections."""
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for request in requests:
+        queue.put_nowait(request)
     latencies: list[float] = []
     statuses: dict[int, int] = {}
 
@@ -111,9 +136,9 @@ async def load(port: int, bodies: list[bytes], connections: int,
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while not queue.empty():
-                body = queue.get_nowait()
+                request = queue.get_nowait()
                 started = time.perf_counter()
-                writer.write(webhook_request(body, extra))
+                writer.write(request)
                 status = await read_response(reader)
                 latencies.append(time.perf_counter() - started)
                 statuses[status] = statuses.get(status, 0) + 1

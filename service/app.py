@@ -182,7 +182,8 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
         standalone_preset_js_url=f"{ASSETS_PATH}/swagger-ui-standalone-preset.js",
         favicon=f"<link rel='icon' type='image/png' href='{ASSETS_PATH}/favicon-32x32.png'>")
     return Service(
-        route_handlers=[webhooks.receive_reports, messages.get_message, messages.list_messages,
+        route_handlers=[webhooks.receive_reports, webhooks.receive_report_query,
+                        messages.get_message, messages.list_messages,
                         runs.list_runs, outbound.register, outbound.list_gaps, ops.live,
                         ops.ready, ops.metrics, billing.billing_summary, bulks.get_bulk,
                         changes.list_changes, inbox.list_inbox, inbox.get_kept_body,

@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--url", default=None, help="the service (default http://DLR_HOST:DLR_PORT)")
     sim.add_argument("--infobip", default="ib", help="the infobip source to fake")
     sim.add_argument("--dicesms", default="dice", help="the dicesms source to fake")
+    sim.add_argument("--provider", choices=("infobip", "twilio", "vonage", "sinch"),
+                     default="infobip", help="the kind to fake: infobip (with dicesms, the "
+                     "default), twilio, vonage or sinch")
+    sim.add_argument("--source", help="with --provider: the source to fake (default: the "
+                     "first of that kind)")
     sim.add_argument("--messages", type=int, default=200)
     sim.add_argument("--api-version", type=int, choices=(3, 1), default=3,
                      help="the shape of the Infobip pushes: v3 (sender, messageCount) or v1")
@@ -310,6 +315,10 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     from service.providers.dicesms.fake import FakeDiceSms
     from service.providers.infobip.fake import FakeInfobip
 
+    if args.provider != "infobip":
+        return simulate.run(settings, args.provider, args.source,
+                            args.url or f"http://{settings.host}:{settings.port}",
+                            args.messages, args.timeout)
     ib, dice = settings.sources.get(args.infobip), settings.sources.get(args.dicesms)
     if not isinstance(ib, InfobipSource) or not isinstance(dice, DiceSmsSource):
         print(f"simulate needs an infobip source {args.infobip!r} and a dicesms source "

@@ -37,6 +37,8 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 30
 DEFAULT_MAX_CONNECTIONS = 512
+WEBHOOK_SCHEMES = "basic, token, standard_webhooks, twilio_signature, vonage_signature"
+VONAGE_METHODS = ("md5hash", "md5", "sha1", "sha256", "sha512")  # the dashboard's choices
 WEBHOOK_KEY_MIN_BYTES = 24  # shorter HMAC keys are weak; the Standard Webhooks examples use 24
 
 
@@ -194,11 +196,11 @@ def _check_sources(sources: list[Source]) -> dict[str, Source]:
 
 
 def _check_webhook(hook: WebhookConfig, where: str) -> None:
-    schemes = [s for s in (hook.basic, hook.token, hook.standard_webhooks) if s is not None]
+    schemes = hook.schemes
     if len(schemes) > 1:
-        raise ConfigError(f"{where}: choose one of basic, token, standard_webhooks")
+        raise ConfigError(f"{where}: choose one of {WEBHOOK_SCHEMES}")
     if not schemes and not hook.unauthenticated:
-        raise ConfigError(f"{where}: give one of basic, token, standard_webhooks (or "
+        raise ConfigError(f"{where}: give one of {WEBHOOK_SCHEMES} (or "
                           "unauthenticated = true)")
     if schemes and hook.unauthenticated:
         raise ConfigError(f"{where}.unauthenticated: cannot be combined with credentials")
@@ -208,6 +210,16 @@ def _check_webhook(hook: WebhookConfig, where: str) -> None:
             raise ConfigError(f"{where}.standard_webhooks.secrets: give at least one secret")
         for i, secret in enumerate(secrets):
             _check_secret(secret, f"{where}.standard_webhooks.secrets[{i}]")
+    if hook.twilio_signature:
+        if not hook.twilio_signature.auth_tokens:
+            raise ConfigError(f"{where}.twilio_signature.auth_tokens: give the account's Auth "
+                              "Token (and its secondary one while rotating)")
+        if not re.match(r"^https?://[^/]+", hook.twilio_signature.public_url):
+            raise ConfigError(f"{where}.twilio_signature.public_url: "
+                              f"{hook.twilio_signature.public_url!r} is not an http(s) URL")
+    if hook.vonage_signature and hook.vonage_signature.method not in VONAGE_METHODS:
+        raise ConfigError(f"{where}.vonage_signature.method: {hook.vonage_signature.method!r} "
+                          f"is not one of {', '.join(VONAGE_METHODS)}")
     for i, cidr in enumerate(hook.allow_ips):
         try:
             ipaddress.ip_network(cidr, strict=False)

@@ -32,7 +32,7 @@ import msgspec
 import phonenumbers
 import phonenumbers.carrier
 
-from service.providers import Report, check
+from service.providers import MAX_PARTS, Report, check
 
 PENDING = "PENDING"
 FINAL_GROUPS = frozenset({"DELIVERED", "UNDELIVERABLE", "EXPIRED", "REJECTED"})
@@ -51,7 +51,7 @@ DESCRIPTIVE_FIELDS = (
 PRICE_FIELDS = ("price_amount", "price_currency")
 # The descriptive fields a registration can supply, by their bit in Report.registered.
 REGISTERED = {"to": 1, "bulk_id": 2, "callback_data": 4, "sent_at": 8}
-FILLED_FIELDS = tuple(f for f in DESCRIPTIVE_FIELDS if f not in REGISTERED)
+FILLED_FIELDS = tuple(f for f in DESCRIPTIVE_FIELDS if f not in REGISTERED and f != "sms_count")
 # A registration's state hash: the lowest there is (see order_key).
 REGISTRATION_HASH = bytes(16)
 # What an observation's hash covers: its message and its state (see state_hash).
@@ -171,6 +171,9 @@ def observation(**fields: Any) -> Report:
     """A Report with its final flag, canonical price and state hash filled in; raises
     OutOfBounds naming the first field outside its bound."""
     fields["final"] = is_final(fields["status"])
+    if parts := fields.get("part_ids"):  # a set, and at least as many parts as it holds
+        fields["part_ids"] = union_parts(parts, "")
+        fields["sms_count"] = max(fields.get("sms_count") or 0, len(fields["part_ids"].split()))
     fields["price_amount"] = money(fields.get("price_amount"))
     if fields["price_amount"] is None:  # a currency alone prices nothing
         fields["price_currency"] = None
@@ -218,6 +221,13 @@ def _greatest(a: Any, b: Any) -> Any:
     return max(a, b)
 
 
+def union_parts(a: str | None, b: str | None) -> str | None:
+    """The union of two part sets, kept to its MAX_PARTS least ids (so a join still)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return " ".join(sorted(set(a.split()) | set(b.split()))[:MAX_PARTS])
+
+
 def merge(current: Report | None, incoming: Report) -> Report:
     """Join two observations of one message (or a merged row and an observation)."""
     if current is None:
@@ -233,6 +243,11 @@ def merge(current: Report | None, incoming: Report) -> Report:
         fill[f], flag = (new, new_bit) if wins else (old, old_bit)
         mask |= flag
     fill["registered"] = mask
+    # Parts: the most any report said, or the number of distinct parts seen, whichever is more.
+    parts = fill["part_ids"] = union_parts(current.part_ids, incoming.part_ids)
+    counts = [n for n in (current.sms_count, incoming.sms_count,
+                          len(parts.split()) if parts else None) if n is not None]
+    fill["sms_count"] = max(counts) if counts else None
     prices = [(r.price_amount, r.price_currency or "") for r in (current, incoming)
               if r.price_amount is not None]
     if prices:

@@ -3,8 +3,10 @@
 A Scenario invents messages for an Infobip-compatible source (pushed in v3's shape, or
 v1's, with loss, duplicates and reordering; what was lost is offered once by the one-time
 reports) and a
-DiceSMS source (pulled only). `converge()` pushes to a running service, then polls its
-API until every message matches the truth or time runs out.
+DiceSMS source (pulled only). A TwilioScenario does the same for a Twilio source: signed
+status callbacks, lossy and reordered, and the fake's Messages list to pull. `push()` sends
+to a running service, then `wait_until_matching()` polls its API until every message
+matches the truth or time runs out.
 """
 
 from __future__ import annotations
@@ -19,15 +21,26 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
 from service import rules
 from service.api.webhooks import sign
 from service.config import WebhookConfig
-from service.providers import dicesms
+from service.providers import dicesms, twilio, vonage
 from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
 from service.providers.infobip.fake import FakeInfobip, as_v1, as_v3
+from service.providers.sinch.fake import Batch as SinchBatch
+from service.providers.sinch.fake import FakeSinch
+from service.providers.sinch.fake import Recipient as SinchRecipient
+from service.providers.sinch.fake import recipient_report as sinch_recipient_report
+from service.providers.twilio.fake import FakeTwilio
+from service.providers.twilio.fake import callback as twilio_callback
+from service.providers.twilio.fake import message as twilio_message
+from service.providers.vonage.fake import FakeVonage
+from service.providers.vonage.fake import receipt as vonage_receipt
+from service.providers.vonage.fake import record as vonage_record
 
 NPT = timezone(timedelta(hours=5, minutes=45))
 GROUPS = {2: "UNDELIVERABLE", 3: "DELIVERED", 4: "EXPIRED"}
@@ -104,23 +117,224 @@ class Scenario:
         dice.messages = list(self.dice)
 
     def differences(self, merged: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
-        """One line per message (or field) that does not match the truth."""
+        return differences(self.truth, merged)
+
+    def requests(self, headers_for: HeadersFor) -> list[Push]:
+        """Each push, in the order it is sent."""
+        return [("POST", f"/webhooks/{self.ib_source}", payload, headers_for(payload))
+                for payload in self.push_bodies()]
+
+
+Truth = dict[tuple[str, str], dict[str, Any]]
+Push = tuple[str, str, bytes, dict[str, str]]  # method, path and query, body, headers
+HeadersFor = Callable[[bytes], dict[str, str]]
+
+
+def differences(truth: Truth, merged: Truth) -> list[str]:
+    """One line per message (or field) that does not match the truth."""
+    out = []
+    for key, want in truth.items():
+        got = merged.get(key)
+        if got is None:
+            out.append(f"{key[0]}/{key[1]}: missing")
+            continue
+        for field, value in want.items():
+            have = got.get(field)
+            if field == "done_at" and have is not None:
+                have = datetime.fromisoformat(have.replace("Z", "+00:00"))
+            if have != value:
+                out.append(f"{key[0]}/{key[1]}: {field} is {have!r}, expected {value!r}")
+    return out
+
+
+TWILIO_FINALS = {"delivered": "DELIVERED", "undelivered": "UNDELIVERABLE", "failed": "REJECTED"}
+TWILIO_ACCOUNT = "AC" + "5" * 32
+
+
+class TwilioScenario:
+    """Messages sent through a Twilio account in the last hour: a `sent` and a final status
+    callback each (20% lost, 10% repeated, all reordered), and the account's Messages list
+    holding every message's final state for the pull."""
+
+    def __init__(self, messages: int = 200, seed: int = 1, loss: float = 0.2,
+                 duplicates: float = 0.1, source: str = "tw",
+                 account_sid: str = TWILIO_ACCOUNT) -> None:
+        rnd = random.Random(seed)  # noqa: S311 (a reproducible scenario, not a secret)
+        self.source, self.account_sid = source, account_sid
+        start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+        self.resources: list[dict[str, Any]] = []
+        self.pushes: list[bytes] = []
+        self.truth: Truth = {}
+        for i in range(messages):
+            sent = start + timedelta(seconds=i)
+            done = (sent + timedelta(seconds=rnd.randint(1, 600))).replace(second=0)
+            final = rnd.choice(["delivered", "delivered", "delivered", "undelivered", "failed"])
+            segments = rnd.randint(1, 3)
+            price = None if final == "failed" else Decimal(rnd.choice(["0.0079", "0.0083",
+                                                                         "0.04"]))
+            error = {"undelivered": 30003, "failed": 30007}.get(final)
+            sid = f"SM{seed:08x}{i:024x}"
+            resource = twilio_message(account_sid, sid, f"+1415555{i:04d}", final, sent,
+                                      sender=f"+1501712{i % 3:04d}", segments=segments,
+                                      price=price, error_code=error)
+            self.resources.append(resource)
+            dlr = done.strftime("%y%m%d%H%M") if final != "failed" else None
+            final_kept = False
+            for status in ("sent", final):
+                params = twilio_callback(resource, status, error_code=error if status == final
+                                         else None, raw_dlr_done=dlr if status == final else None)
+                if rnd.random() < loss:
+                    continue
+                final_kept |= status == final
+                self.pushes.append(urlencode(params).encode())
+                if rnd.random() < duplicates:
+                    self.pushes.append(urlencode(params).encode())
+            self.truth[(source, sid)] = {
+                "status": TWILIO_FINALS[final], "done_at": done if final_kept and dlr else None,
+                "price": None if price is None else {
+                    "amount": format(rules.money(price), "f"), "currency": "USD"},
+                "sms_count": segments, "sender": f"+1501712{i % 3:04d}",
+                "to": f"+1415555{i:04d}"}
+        rnd.shuffle(self.pushes)
+
+    def load(self, fake: FakeTwilio) -> None:
+        fake.add(*self.resources)
+
+    def differences(self, merged: Truth) -> list[str]:
+        return differences(self.truth, merged)
+
+    def requests(self, headers_for: HeadersFor) -> list[Push]:
+        return [("POST", f"/webhooks/{self.source}", payload, headers_for(payload))
+                for payload in self.pushes]
+
+
+
+VONAGE_FINALS = {"delivered": "DELIVERED", "expired": "EXPIRED", "failed": "UNDELIVERABLE",
+                 "rejected": "REJECTED"}
+
+
+class VonageScenario:
+    """Messages of 1 to 3 parts sent through Vonage in the last hour, each with its own
+    client-ref: an `accepted` and a final receipt per part (20% lost, 10% repeated, all
+    reordered), by GET, signed as the source's webhook says; and the Reports API holding
+    every part's final record for the pull."""
+
+    def __init__(self, messages: int = 200, seed: int = 1, loss: float = 0.2,
+                 duplicates: float = 0.1, source: str = "vg", account_sid: str = "abcd1234",
+                 hook: WebhookConfig | None = None) -> None:
+        rnd = random.Random(seed)  # noqa: S311 (a reproducible scenario, not a secret)
+        self.source, self.api_key, self.hook = source, account_sid, hook
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        self.records: list[dict[str, Any]] = []
+        self.pushes: list[dict[str, str]] = []
+        self.truth: Truth = {}
+        for i in range(messages):
+            received = start + timedelta(seconds=i)
+            final = rnd.choice(["delivered", "delivered", "delivered", "expired", "failed",
+                                "rejected"])
+            price = None if final == "rejected" else Decimal(rnd.choice(["0.0333", "0.045"]))
+            ref, to, parts = f"vg-{seed}-{i}", f"4477009{i:05d}", rnd.randint(1, 3)
+            done = received + timedelta(seconds=rnd.randint(5, 300))
+            for p in range(parts):
+                part = vonage_record(self.api_key, f"{seed:04X}{i:07X}{p:05X}", to, final,
+                                     received, done + timedelta(seconds=p), client_ref=ref,
+                                     price=price, error_code="0" if final == "delivered" else "1")
+                self.records.append(part)
+                for status in ("accepted", final):
+                    if rnd.random() < loss:
+                        continue
+                    params = vonage_receipt(part, status, self.api_key)
+                    self.pushes.append(params)
+                    if rnd.random() < duplicates:
+                        self.pushes.append(params)
+            self.truth[(source, f"{ref}@+{to}")] = {
+                "status": VONAGE_FINALS[final], "done_at": done + timedelta(seconds=parts - 1),
+                "price": None if price is None else {
+                    "amount": format(rules.money(price), "f"), "currency": "EUR"},
+                "sms_count": parts, "sender": "AcmeInc", "to": f"+{to}", "callback_data": ref}
+        rnd.shuffle(self.pushes)
+
+    def load(self, fake: FakeVonage) -> None:
+        fake.add(*self.records)
+
+    def differences(self, merged: Truth) -> list[str]:
+        return differences(self.truth, merged)
+
+    def requests(self, headers_for: HeadersFor) -> list[Push]:
+        """Each receipt as a GET query, signed when the webhook wants Vonage's `sig`."""
         out = []
-        for key, want in self.truth.items():
-            got = merged.get(key)
-            if got is None:
-                out.append(f"{key[0]}/{key[1]}: missing")
-                continue
-            for field, value in want.items():
-                have = got.get(field)
-                if field == "done_at" and have is not None:
-                    have = datetime.fromisoformat(have.replace("Z", "+00:00"))
-                if have != value:
-                    out.append(f"{key[0]}/{key[1]}: {field} is {have!r}, expected {value!r}")
+        for params in self.pushes:
+            if self.hook is not None and self.hook.vonage_signature:
+                auth = self.hook.vonage_signature
+                params = params | {"timestamp": str(int(time.time())),
+                                   "nonce": secrets.token_hex(8)}
+                params["sig"] = vonage.sign(auth.secret, auth.method, params)
+            out.append(("GET", f"/webhooks/{self.source}?{urlencode(params)}", b"",
+                        headers_for(b"")))
         return out
 
 
-HeadersFor = Callable[[bytes], dict[str, str]]
+SINCH_FINALS = {"Delivered": ("DELIVERED", 0), "Failed": ("UNDELIVERABLE", 402),
+                "Expired": ("EXPIRED", 406), "Rejected": ("REJECTED", 403)}
+
+
+class SinchScenario:
+    """Batches of five recipients sent through Sinch in the last hour: a `Dispatched` and a
+    final recipient delivery report per recipient (20% lost, 10% repeated, all reordered),
+    and the fake's batches and full reports for the pull."""
+
+    def __init__(self, messages: int = 200, seed: int = 1, loss: float = 0.2,
+                 duplicates: float = 0.1, source: str = "sn", account_sid: str = "plan0001",
+                 ) -> None:
+        rnd = random.Random(seed)  # noqa: S311 (a reproducible scenario, not a secret)
+        self.source, self.service_plan_id = source, account_sid
+        start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+        self.batches: list[SinchBatch] = []
+        self.pushes: list[bytes] = []
+        self.truth: Truth = {}
+        for b in range(0, messages, 5):
+            batch = SinchBatch(f"01SIM{seed:04d}{b:06d}", start + timedelta(seconds=b), [],
+                               client_reference=f"sn-{seed}-{b}")
+            for i in range(b, min(b + 5, messages)):
+                final = rnd.choice(["Delivered", "Delivered", "Delivered", "Failed", "Expired",
+                                    "Rejected"])
+                group, code = SINCH_FINALS[final]
+                sent = batch.created_at + timedelta(seconds=1)
+                done = sent + timedelta(seconds=rnd.randint(2, 300))
+                parts = rnd.randint(1, 3)
+                pending = SinchRecipient(f"4477009{i:05d}", "Dispatched", 401, sent, None, parts)
+                last = SinchRecipient(pending.msisdn, final, code, done + timedelta(seconds=1),
+                                      done, parts)
+                batch.recipients.append(last)
+                kept: set[str] = set()
+                for state in (pending, last):
+                    if rnd.random() < loss:
+                        continue
+                    kept.add(state.status)
+                    body = json.dumps(sinch_recipient_report(batch, state)).encode()
+                    self.pushes.append(body)
+                    if rnd.random() < duplicates:
+                        self.pushes.append(body)
+                self.truth[(source, f"{batch.id}:+{pending.msisdn}")] = {
+                    "status": group, "done_at": done if final in kept else None,
+                    "price": None, "sms_count": parts if kept else None, "bulk_id": batch.id,
+                    "callback_data": batch.client_reference, "to": f"+{pending.msisdn}"}
+            self.batches.append(batch)
+        rnd.shuffle(self.pushes)
+
+    def load(self, fake: FakeSinch) -> None:
+        fake.add(*self.batches)
+
+    def differences(self, merged: Truth) -> list[str]:
+        return differences(self.truth, merged)
+
+    def requests(self, headers_for: HeadersFor) -> list[Push]:
+        return [("POST", f"/webhooks/{self.source}", payload,
+                 headers_for(payload) | {"Content-Type": "application/json"})
+                for payload in self.pushes]
+
+
+AnyScenario = Scenario | TwilioScenario | VonageScenario | SinchScenario
 
 
 def hook_headers(hook: WebhookConfig | None) -> HeadersFor:
@@ -133,6 +347,14 @@ def hook_headers(hook: WebhookConfig | None) -> HeadersFor:
     if hook.token:
         token = hook.token
         return lambda body: {token.header: token.value}
+    if hook.vonage_signature:  # the signature is a parameter (VonageScenario.requests)
+        return lambda body: {}
+    if hook.twilio_signature:
+        auth = hook.twilio_signature
+        return lambda body: {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": twilio.sign(auth.auth_tokens[0], auth.public_url,
+                                              dict(parse_qsl(body.decode())))}
     assert hook.standard_webhooks is not None
     secret = hook.standard_webhooks.secrets[0]
 
@@ -144,11 +366,11 @@ def hook_headers(hook: WebhookConfig | None) -> HeadersFor:
     return signed
 
 
-async def push(client: httpx.AsyncClient, scenario: Scenario, headers_for: HeadersFor) -> None:
+async def push(client: httpx.AsyncClient, scenario: AnyScenario,
+               headers_for: HeadersFor) -> None:
     """Deliver the scenario's surviving pushes to the service's webhook."""
-    for payload in scenario.push_bodies():
-        response = await client.post(f"/webhooks/{scenario.ib_source}", content=payload,
-                                     headers=headers_for(payload))
+    for method, url, payload, headers in scenario.requests(headers_for):
+        response = await client.request(method, url, content=payload or None, headers=headers)
         response.raise_for_status()
 
 
@@ -168,7 +390,8 @@ async def fetch_all(client: httpx.AsyncClient, token: str) -> dict[tuple[str, st
             return merged
 
 
-async def wait_until_matching(client: httpx.AsyncClient, scenario: Scenario, token: str,
+async def wait_until_matching(client: httpx.AsyncClient, scenario: AnyScenario,
+                              token: str,
                               timeout_s: float) -> list[str]:
     """Poll the service until it matches the truth; return what still differs at the end."""
     deadline = time.monotonic() + timeout_s
@@ -177,3 +400,51 @@ async def wait_until_matching(client: httpx.AsyncClient, scenario: Scenario, tok
         if not differences or time.monotonic() > deadline:
             return differences
         await asyncio.sleep(1)
+
+
+# --provider: its scenario, its fake, and the fake's credentials from the source
+FAKES: dict[str, tuple[Any, Any, Callable[[Any], tuple[str, str]]]] = {
+    "twilio": (TwilioScenario, FakeTwilio, lambda s: (s.account_sid, s.auth_token or "")),
+    "vonage": (VonageScenario, FakeVonage, lambda s: (s.api_key, s.api_secret or "")),
+    "sinch": (SinchScenario, FakeSinch, lambda s: (s.service_plan_id, s.api_token or "")),
+}
+
+
+def run(settings: Any, provider: str, source_name: str | None, base: str, messages: int,
+        timeout_s: float) -> int:
+    """`simulate --provider KIND`: a fake of that kind on the port of its source's
+    `base_url`, lossy pushes to the service at `base`, then wait for no differences."""
+    import sys
+    from urllib.parse import urlsplit
+
+    from service.providers import registry
+
+    sources = [s for s in settings.sources.values() if registry.provider(s).kind == provider
+               and (source_name is None or s.name == source_name)]
+    token = next((t.token for t in settings.api_tokens if "read" in t.scopes), None)
+    if not sources or token is None:
+        print(f"simulate --provider {provider} needs a {provider} source"
+              f"{f' named {source_name!r}' if source_name else ''} and an API token with the "
+              "read scope in DLR_CONFIG", file=sys.stderr)
+        return 2
+    source = sources[0]
+    scenario_kind, fake_kind, credentials = FAKES[provider]
+    user, secret = credentials(source)
+    extra = {"hook": source.webhook} if provider == "vonage" else {}
+    scenario = scenario_kind(messages, source=source.name, account_sid=user, **extra)
+    port = urlsplit(source.base_url).port or 80
+    with fake_kind(user, secret, port=port) as fake:
+        scenario.load(fake)
+        print(f"fake {provider} on {fake.url}; {len(scenario.pushes)} pushes (20% lost in "
+              f"transit and left for the pull, 10% repeated, all reordered) to {base}")
+
+        async def converge() -> list[str]:
+            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+                await push(client, scenario, hook_headers(source.webhook))
+                return await wait_until_matching(client, scenario, token, timeout_s)
+
+        found = asyncio.run(converge())
+    for line in found[:20]:
+        print(line)
+    print(f"{len(scenario.truth)} messages, {len(found)} differences")
+    return 1 if found else 0

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service import rules
-from service.providers import Report
+from service.providers import MAX_PARTS, Report
 from service.retention import month_start
 from service.tables import (
     BILLING_BUCKET,
@@ -100,6 +100,19 @@ def _upsert_messages() -> Any:
     values: dict[str, Any] = {f: sa.case((wins, new[f]), else_=old[f])
                               for f in rules.STATE_FIELDS}
     values |= {f: sa.func.greatest(old[f], new[f]) for f in rules.FILLED_FIELDS}
+    # rules.union_parts, and parts = the most said or the number of parts seen
+    parts = sa.case((old.part_ids.is_(None), new.part_ids), (new.part_ids.is_(None), old.part_ids),
+                    else_=sa.func.array_to_string(sa.func.array(
+                        sa.select(sa.literal_column('p COLLATE "C"').label("q")).select_from(
+                            sa.func.unnest(sa.func.string_to_array(
+                                old.part_ids.op("||")(" ").op("||")(new.part_ids), " "))
+                            .table_valued("p").render_derived())
+                        .distinct().order_by(sa.literal_column("q"))
+                        .limit(MAX_PARTS).scalar_subquery()), " "))
+    values["part_ids"] = parts
+    values["sms_count"] = sa.func.greatest(
+        old.sms_count, new.sms_count,
+        sa.func.cardinality(sa.func.string_to_array(parts, " ")))
     values |= {f: sa.case((ranked_wins[f], new[f]), else_=old[f]) for f in rules.REGISTERED}
     bits: list[Any] = [
         sa.case((ranked_wins[f], new.registered.op("&")(bit)), else_=old.registered.op("&")(bit))
@@ -109,6 +122,8 @@ def _upsert_messages() -> Any:
     values |= {"seq": messages_seq.next_value(), "updated_at": sa.func.now()}
     # The guard: a row is touched (and takes a new seq) only when the merge changes it.
     changes = sa.or_(wins, price_wins, *ranked_wins.values(),
+                     old.part_ids.is_distinct_from(parts),
+                     old.sms_count.is_distinct_from(values["sms_count"]),
                      *[old[f].is_distinct_from(sa.func.greatest(old[f], new[f]))
                        for f in rules.FILLED_FIELDS])
     return stmt.on_conflict_do_update(

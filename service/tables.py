@@ -97,6 +97,7 @@ messages = sa.Table(
     sa.Column("entity_id", CText),
     sa.Column("application_id", CText),
     sa.Column("campaign_reference_id", CText),
+    sa.Column("part_ids", CText),  # rules.union_parts: the parts seen (Vonage), sorted
     # Bits of the fields above whose value only a registration gave (rules.REGISTERED).
     sa.Column("registered", sa.SmallInteger, nullable=False, server_default="0"),
     sa.Column("seq", sa.BigInteger, nullable=False),

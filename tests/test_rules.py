@@ -55,6 +55,7 @@ def observations(draw: st.DrawFn) -> list[Report]:
             price_amount=draw(st.sampled_from([None, Decimal("0.01"), Decimal("0.02")])),
             price_currency=draw(st.sampled_from(["EUR", "USD", None])),
             mcc_mnc=draw(maybe | st.just("22801")),
+            part_ids=draw(st.sampled_from([None, "a1", "a2", "a1 a3", "b"])),  # Vonage's parts
             **described,
         ))
     return out

@@ -1,7 +1,10 @@
 """POST /webhooks/{source}: verify the raw body, keep it, merge its reports, then answer.
 
 Verification follows the source's `[sources.webhook]` table: HTTP Basic, a static header
-token, or Standard Webhooks signatures (HMAC-SHA256 over "id.timestamp.body").
+token, Standard Webhooks signatures (HMAC-SHA256 over "id.timestamp.body"), or a provider's
+own signature (Twilio's X-Twilio-Signature, Vonage's `sig`), whose check lives with its
+provider. A kind whose reports may come as a GET query (Vonage) is also received by GET:
+the query string is then the body kept and decoded.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Mapping
 from typing import Annotated
 
 import msgspec
-from litestar import Request, post
+from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 
@@ -35,7 +38,7 @@ from service.errors import (
     challenge,
 )
 from service.ingest import Ingestor, decode, decoder_for
-from service.providers import MAX_REJECTIONS_LISTED
+from service.providers import MAX_REJECTIONS_LISTED, registry, twilio, vonage
 from service.schemas import doc
 
 log = logging.getLogger(__name__)
@@ -85,11 +88,25 @@ class Gate:
                 raise Unauthorized("missing or wrong webhook token", self.challenge)
         elif hook.standard_webhooks:
             self._signed_at(headers, hook.standard_webhooks.tolerance_s)
+        elif hook.twilio_signature and not headers.get(twilio.SIGNATURE_HEADER):
+            raise Unauthorized("missing X-Twilio-Signature", self.challenge)
 
-    def check_body(self, headers: Mapping[str, str], body: bytes) -> None:
-        """A signed source's signature over the body (after check_headers)."""
+    def check_body(self, headers: Mapping[str, str], body: bytes, query: str = "") -> None:
+        """A signed source's signature over the body and the query string (after
+        check_headers)."""
         if self.hook.standard_webhooks:
             self._check_signature(headers, body)
+        elif self.hook.twilio_signature and not twilio.signature_valid(
+                self.hook.twilio_signature, query, body, headers.get(twilio.SIGNATURE_HEADER, ""),
+                headers.get("content-type")):
+            raise Unauthorized("wrong X-Twilio-Signature", self.challenge)
+        elif self.hook.vonage_signature:
+            try:
+                params = vonage.receipt_params(body, headers.get("content-type"))
+            except BadRequest:
+                params = {}
+            if not vonage.signature_valid(self.hook.vonage_signature, params):
+                raise Unauthorized("missing, wrong or stale Vonage sig", self.challenge)
 
     def _allowed(self, client_ip: str | None) -> bool:
         try:
@@ -146,6 +163,10 @@ def _challenge(name: str, hook: WebhookConfig) -> str:
     if hook.standard_webhooks:
         return challenge("StandardWebhooks", realm=realm,
                          headers="webhook-id webhook-timestamp webhook-signature")
+    if hook.twilio_signature:
+        return challenge("TwilioSignature", realm=realm, header="X-Twilio-Signature")
+    if hook.vonage_signature:
+        return challenge("VonageSignature", realm=realm, parameter="sig")
     return ""  # unauthenticated: it never answers 401
 
 
@@ -159,7 +180,7 @@ def build_gates(sources: Mapping[str, Source]) -> dict[str, Gate]:
         if reason := hook.disabled_reason:
             log.warning("webhook disabled", extra={"source": name, "reason": reason})
             continue
-        if not (hook.basic or hook.token or hook.standard_webhooks or hook.unauthenticated):
+        if not (hook.schemes or hook.unauthenticated):
             continue
         if hook.unauthenticated:
             log.warning("webhook accepts unauthenticated pushes", extra={"source": name})
@@ -200,9 +221,34 @@ async def receive_reports(source: FromPath[str], request: Request[None, None, St
     # Nothing unauthenticated is read: an attacker's body stays in the socket.
     gate.check_headers(request.headers, request.client.host if request.client else None)
     body = await request.body()
-    gate.check_body(request.headers, body)
+    gate.check_body(request.headers, body, request.url.query)
+    return await _receive(source, request, body, request.headers.get("content-type"))
+
+
+QUERY_BODY = "application/x-www-form-urlencoded"  # how a report given as a GET query is kept
+
+
+@get("/webhooks/{source:str}", status_code=200, tags=["webhooks"],
+     operation_id="receiveReportQuery", security=WEBHOOK_SECURITY,
+     responses=errors(400, 401, 403, 404, 500, s400="Not a delivery receipt; kept",
+                      s404="No such source, or none that takes receipts by GET"),
+     summary="Receive a delivery receipt given as a query string (Vonage)")
+async def receive_report_query(source: FromPath[str],
+                               request: Request[None, None, State]) -> Accepted:
+    gate: Gate | None = request.app.state.gates.get(source)
+    settings = request.app.state.settings.sources.get(source)
+    if gate is None or settings is None or not registry.provider(settings).push_by_get:
+        raise NotFound(f"no webhook for source {source!r} that takes GET")
+    gate.check_headers(request.headers, request.client.host if request.client else None)
+    body = request.url.query.encode()
+    gate.check_body({**request.headers, "content-type": QUERY_BODY}, body)
+    return await _receive(source, request, body, QUERY_BODY)
+
+
+async def _receive(source: str, request: Request[None, None, State], body: bytes,
+                   content_type: str | None) -> Accepted:
+    """Decode, keep and merge an authenticated body, then answer."""
     settings = request.app.state.settings.sources[source]
-    content_type = request.headers.get("content-type")
     decoded = decode(source, "push", body, content_type, decoder_for(settings, None, content_type))
     ingestor: Ingestor = request.app.state.ingestor
     # As committed: a report the merge failed on (a bug) is a rejection, and its body kept

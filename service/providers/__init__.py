@@ -83,6 +83,9 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     entity_id: str | None = None  # the sender's platform entity and application (Infobip)
     application_id: str | None = None
     campaign_reference_id: str | None = None
+    # The message's parts seen, by their own ids, sorted and space-separated: a set, so that
+    # one receipt per part (Vonage) merges into one message of that many parts.
+    part_ids: str | None = None
     registered: int = 0  # bits of the fields a registration supplied (rules.REGISTERED)
 
 
@@ -110,6 +113,7 @@ TEXT_LIMITS = {
     "error_name": MAX_NAME, "price_currency": 3, "mcc_mnc": MAX_NAME, "operator": MAX_NAME,
     "text": MAX_TEXT, "status_action": MAX_DESCRIPTION, "error_description": MAX_DESCRIPTION,
     "entity_id": MAX_ID, "application_id": MAX_ID, "campaign_reference_id": MAX_ID,
+    "part_ids": MAX_PARTS * (MAX_ID + 1),
 }
 INT_LIMITS = {"status_id": (-(2**31), 2**31 - 1), "error_group_id": (-(2**31), 2**31 - 1),
               "error_id": (-(2**31), 2**31 - 1), "sms_count": (0, MAX_PARTS)}

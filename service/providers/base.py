@@ -3,14 +3,14 @@ and `Provider`, the one object through which the rest of the service uses a kind
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
-from service import rules
+from service import metrics, rules
 from service.providers import Rejection, Report
 
 if TYPE_CHECKING:
@@ -41,10 +41,29 @@ class StandardWebhooksAuth(Strict, frozen=True):
     tolerance_s: int = 300
 
 
+class TwilioSignatureAuth(Strict, frozen=True):
+    """X-Twilio-Signature: HMAC-SHA1 of the URL Twilio called and the sorted form parameters,
+    keyed by the account's Auth Token (two while it is rotated)."""
+
+    auth_tokens: list[str]
+    public_url: str  # this webhook's URL exactly as given to Twilio (behind a proxy we cannot know it)
+
+
+class VonageSignatureAuth(Strict, frozen=True):
+    """Vonage's signed webhooks: `sig` among the parameters, over the sorted parameters and
+    `timestamp`, with the account's signature secret and method."""
+
+    secret: str
+    method: str = "sha256"  # md5hash, md5, sha1, sha256 or sha512, as set in the dashboard
+    tolerance_s: int = 300
+
+
 class WebhookConfig(Strict, frozen=True):
     basic: BasicAuth | None = None
     token: TokenAuth | None = None
     standard_webhooks: StandardWebhooksAuth | None = None
+    twilio_signature: TwilioSignatureAuth | None = None
+    vonage_signature: VonageSignatureAuth | None = None
     unauthenticated: bool = False
     allow_ips: list[str] = []
 
@@ -57,7 +76,17 @@ class WebhookConfig(Strict, frozen=True):
             return "token is empty"
         if self.standard_webhooks and not all(self.standard_webhooks.secrets or [""]):
             return "a standard_webhooks secret is empty"
+        if self.twilio_signature and not all(self.twilio_signature.auth_tokens or [""]):
+            return "a twilio_signature auth token is empty"
+        if self.vonage_signature and not self.vonage_signature.secret:
+            return "the vonage_signature secret is empty"
         return None
+
+    @property
+    def schemes(self) -> list[object]:
+        """The credentials given (a valid table has exactly one, or unauthenticated)."""
+        return [s for s in (self.basic, self.token, self.standard_webhooks,
+                            self.twilio_signature, self.vonage_signature) if s is not None]
 
 
 class SourceBase(Strict, frozen=True):
@@ -91,6 +120,35 @@ class SourceBase(Strict, frozen=True):
         return None
 
 
+class StatusTable:
+    """A kind's documented status table, overridden per source by its `status_map`: raw
+    status (case-insensitive) to one of STATUS_GROUPS. A status it cannot map is kept raw by
+    the caller, treated as PENDING, and counted here (dlr_unmapped_statuses_total)."""
+
+    def __init__(self, source: str, defaults: Mapping[str, str],
+                 overrides: Mapping[str, str]) -> None:
+        self.source = source
+        self.table = {k.lower(): v for k, v in defaults.items()} | {
+            k.lower(): v.upper() for k, v in overrides.items()}
+        self.unmapped: dict[str, int] = {}
+
+    def group(self, raw: str) -> str:
+        found = self.table.get(raw.lower())
+        if found is not None:
+            return found
+        self.unmapped[raw] = self.unmapped.get(raw, 0) + 1
+        metrics.count_unmapped(self.source, raw, 1)
+        return rules.PENDING
+
+
+def status_map_problem(status_map: Mapping[str, str]) -> tuple[str, str] | None:
+    """A `status_map` entry whose group is not one of the five, as a (key, problem)."""
+    for raw, group in status_map.items():
+        if group.upper() not in STATUS_GROUPS:  # a typo would leave messages never final
+            return f"status_map.{raw}", f"{group!r} is not one of {', '.join(STATUS_GROUPS)}"
+    return None
+
+
 @dataclass(frozen=True)
 class Provider:
     """Everything the service asks of one provider kind.
@@ -106,3 +164,4 @@ class Provider:
     decoder: Callable[[Any, str | None, str | None], Decoder]
     pull: Callable[[Pages, Any], Awaitable[None]]
     takes_pushes: bool = False
+    push_by_get: bool = False  # its pushes may come as GET, the report in the query string

@@ -1,0 +1,267 @@
+"""Sinch SMS REST API (XMS): delivery report callbacks (pushed) and delivery reports (pulled).
+
+A message is one recipient of one batch: its id is `batch_id:recipient` (the recipient in
+E.164), its bulk id the batch id. Pushed `recipient_delivery_report_sms` callbacks carry one
+recipient's status; a batch report (`delivery_report_sms`, pushed or pulled with
+`type=full`) lists the recipients per status code when full and is read as one report per
+recipient; a summary one lists counts only and is kept raw with no report. A pulled page of
+the batches list says each recipient was sent to, when and from whom: a PENDING report each,
+which every delivery report outranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated
+from urllib.parse import quote, unquote, urlsplit
+
+import httpx
+import msgspec
+
+from service import metrics, rules
+from service.errors import BadRequest
+from service.providers import (
+    MAX_ID,
+    AwareTime,
+    Int32,
+    Known,
+    NumberText,
+    Parts,
+    Rejection,
+    Report,
+    http,
+    judge_all,
+    moment,
+)
+from service.providers.base import Decoder, Interval, SourceBase, StatusTable, status_map_problem
+
+# Sinch's delivery report statuses ("Delivery report statuses"), by group.
+DEFAULT_STATUS_MAP = {
+    "Queued": "PENDING",  # intermediate: queued within the REST API
+    "Dispatched": "PENDING",  # intermediate: accepted for delivery by the SMSC
+    "Unknown": "PENDING",
+    "Delivered": "DELIVERED",
+    "Expired": "EXPIRED",
+    "Failed": "UNDELIVERABLE",  # the SMSC could not deliver it
+    "Rejected": "REJECTED",  # rejected by the SMSC
+    "Aborted": "REJECTED",  # aborted before reaching the SMSC
+    "Cancelled": "REJECTED",  # cancelled by the sender before reaching the SMSC
+    "Deleted": "REJECTED",  # deleted by a remote SMSC (invalid or opted-out number)
+}
+MAX_RECIPIENTS = 100_000  # a full batch report lists each recipient once
+
+
+class SinchSource(SourceBase, frozen=True, tag="sinch", tag_field="kind"):
+    service_plan_id: str | None = None  # pulls: /xms/v1/{service_plan_id}/…
+    api_token: str | None = None  # pulls send "Authorization: Bearer <api_token>"
+    lookback_s: Interval = 86400.0  # each pass looks at the batches created this recently
+    pull_interval_s: Interval = 300.0
+    status_map: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def pullable(self) -> bool:
+        return bool(self.service_plan_id and self.api_token)
+
+    def problem(self) -> tuple[str, str] | None:
+        return status_map_problem(self.status_map)
+
+
+class _Wire(msgspec.Struct, forbid_unknown_fields=True):
+    """Every field Sinch documents is named, so that a new one is counted (Known)."""
+
+
+BatchId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
+
+
+class RecipientReport(_Wire):
+    """A recipient delivery report: the callback, or GET …/delivery_report/{recipient}."""
+
+    batch_id: BatchId
+    recipient: NumberText
+    status: str
+    code: Int32
+    at: AwareTime
+    type: str = "recipient_delivery_report_sms"
+    operator_status_at: AwareTime | None = None
+    client_reference: str | None = None
+    number_of_message_parts: Parts | None = None
+    applied_originator: str | None = None
+    encoding: str | None = None
+    operator: str | None = None
+
+
+class StatusCount(_Wire):
+    code: Int32
+    count: int
+    status: str
+    recipients: list[NumberText] | None = None  # a full report only
+
+
+class BatchReport(_Wire):
+    """A batch delivery report: the callback, or GET …/delivery_report?type=full."""
+
+    batch_id: BatchId
+    statuses: list[StatusCount]
+    type: str = "delivery_report_sms"
+    client_reference: str | None = None
+    total_message_count: int | None = None
+
+
+class _Kind(msgspec.Struct):
+    type: str | None = None
+    batch_id: object = None
+
+
+class BatchSummary(msgspec.Struct):
+    """What is read of a batch in the batches list (its body and options are not kept)."""
+
+    id: BatchId
+    to: list[NumberText] = []
+    created_at: AwareTime | None = None
+    client_reference: str | None = None
+    from_: str | None = msgspec.field(default=None, name="from")
+
+
+class BatchesPage(msgspec.Struct):
+    batches: list[BatchSummary] = []
+    count: int = 0
+    page: int = 0
+    page_size: int = 0
+
+
+WIRE_NAMES = {"message_id": "batch_id/recipient", "to": "recipient", "bulk_id": "batch_id",
+              "status_name": "status", "status_id": "code", "done_at": "operator_status_at/at",
+              "callback_data": "client_reference", "sms_count": "number_of_message_parts",
+              "sender": "applied_originator", "operator": "operator"}
+RECIPIENT_TYPES = ("recipient_delivery_report_sms", "recipient_delivery_report_mms")
+BATCH_TYPES = ("delivery_report_sms", "delivery_report_mms")
+
+_kind = msgspec.json.Decoder(_Kind)
+_recipient = Known(RecipientReport)
+_batch = Known(BatchReport)
+_batches = msgspec.json.Decoder(BatchesPage)
+
+
+def decoder(source: SinchSource, url: str | None, content_type: str | None) -> Decoder:
+    """Callbacks and pulled reports alike are read by their `type`; the batches list has none
+    and yields no report."""
+    if url is not None and urlsplit(url).path.rstrip("/").endswith("/batches"):
+        return lambda body: decode_batches(source, body)
+    return lambda body: decode_report(source, body)
+
+
+def decode_batches(source: SinchSource, body: bytes) -> tuple[list[Report], list[Rejection]]:
+    """A page of the batches list: each recipient of each batch sent, PENDING."""
+    try:
+        page = _batches.decode(body)
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        raise BadRequest(f"not a Sinch batches page: {exc}") from None
+    listed = [(batch, number) for batch in page.batches for number in batch.to]
+    if len(listed) > MAX_RECIPIENTS:
+        raise BadRequest(f"{len(listed)} recipients in one page; at most {MAX_RECIPIENTS}")
+    return judge_all(listed, lambda item: [sent_report(source.name, *item)],
+                     "$.batches[*].to[{}]", lambda item: item[1], WIRE_NAMES)
+
+
+def sent_report(source: str, batch: BatchSummary, recipient: str) -> Report:
+    number = rules.recipient(recipient)
+    return rules.observation(
+        source=source, message_id=message_id(batch.id, number.to), status=rules.PENDING,
+        to=number.to, bulk_id=batch.id, sent_at=moment("created_at", batch.created_at),
+        callback_data=batch.client_reference or None, sender=batch.from_ or None,
+        operator=number.carrier)
+
+
+def message_id(batch_id: str, to: str) -> str:
+    return f"{batch_id}:{to}"
+
+
+def decode_report(source: SinchSource, body: bytes) -> tuple[list[Report], list[Rejection]]:
+    try:
+        kind = _kind.decode(body)
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        raise BadRequest(f"not a Sinch delivery report: {exc}") from None
+    statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
+
+    def unknown(name: str) -> None:
+        metrics.count_unknown_field(source.name, name)
+
+    if kind.type in RECIPIENT_TYPES:
+        return judge_all([body], lambda raw: [recipient_report(
+            source.name, statuses, _recipient.decode(raw, unknown))], "$",
+            lambda _: kind.batch_id, WIRE_NAMES)
+    if kind.type in BATCH_TYPES:
+        try:
+            batch = _batch.decode(body, unknown)
+        except msgspec.ValidationError as exc:
+            raise BadRequest(f"not a Sinch batch delivery report: {exc}") from None
+        listed = [(status, number) for status in batch.statuses
+                  for number in status.recipients or []]
+        if len(listed) > MAX_RECIPIENTS:
+            raise BadRequest(f"{len(listed)} recipients in one report; at most "
+                             f"{MAX_RECIPIENTS}")
+        return judge_all(listed, lambda item: [batch_recipient_report(
+            source.name, statuses, batch, *item)], "$.statuses[*].recipients[{}]",
+            lambda item: item[1], WIRE_NAMES)
+    raise BadRequest(f"not a Sinch delivery report: type {str(kind.type)[:60]!r}")
+
+
+def recipient_report(source: str, statuses: StatusTable, wire: RecipientReport) -> Report:
+    number = rules.recipient(wire.recipient)
+    return rules.observation(
+        source=source,
+        message_id=message_id(wire.batch_id, number.to),
+        status=statuses.group(wire.status),
+        status_id=wire.code,
+        status_name=wire.status,
+        done_at=moment("operator_status_at", wire.operator_status_at) or moment("at", wire.at),
+        to=number.to,
+        bulk_id=wire.batch_id,
+        callback_data=wire.client_reference or None,
+        sms_count=wire.number_of_message_parts,
+        sender=wire.applied_originator or None,
+        operator=wire.operator or number.carrier,
+    )
+
+
+def batch_recipient_report(source: str, statuses: StatusTable, batch: BatchReport,
+                           status: StatusCount, recipient: str) -> Report:
+    number = rules.recipient(recipient)
+    return rules.observation(
+        source=source,
+        message_id=message_id(batch.batch_id, number.to),
+        status=statuses.group(status.status),
+        status_id=status.code,
+        status_name=status.status,
+        to=number.to,
+        bulk_id=batch.batch_id,
+        callback_data=batch.client_reference or None,
+        operator=number.carrier,
+    )
+
+
+def batches_of(body: bytes) -> BatchesPage:
+    return _batches.decode(body)
+
+
+def headers(source: SinchSource) -> dict[str, str]:
+    return {"Authorization": f"Bearer {source.api_token}", "Accept": "application/json"}
+
+
+def plan_path(source: SinchSource, tail: str) -> str:
+    return f"/xms/v1/{quote(source.service_plan_id or '', safe='')}/{tail}"
+
+
+async def fetch(client: httpx.AsyncClient, source: SinchSource, path: str,
+                params: Mapping[str, str | int] | None = None,
+                retry: http.Retry = http.DEFAULT_RETRY) -> httpx.Response:
+    """GET with the Bearer token; a 404 (no such batch or report yet) is an answer."""
+    return await http.get(client, source.base_url, path, headers(source), params, retry,
+                          accept=(200, 404))
+
+
+def recipient_of(message: str) -> tuple[str, str] | None:
+    """The batch id and recipient digits a message id names, or None."""
+    batch_id, _, to = unquote(message).rpartition(":")
+    digits = to.removeprefix("+")
+    return (batch_id, digits) if batch_id and digits.isdigit() else None

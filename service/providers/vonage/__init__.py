@@ -1,0 +1,354 @@
+"""Vonage SMS API: delivery receipts (pushed, GET or POST) and Reports API records (pulled).
+
+A long message is sent as parts, each with its own message id and price, and Vonage sends
+one receipt per part (and one record per part in the Reports API). The parts of a message
+sent with a `client-ref` share it: such a message is identified by `client-ref@to` (its
+recipient in E.164) and each receipt adds its part's id to the message's part set
+(`part_ids`, a union), so the message's parts are the distinct parts seen and its charge
+is the price per part times that. A message sent without a `client-ref` gives its parts
+nothing in common: each part is then a message of its own, identified by its message id
+(the money and the parts billed add up the same, only the message count differs).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
+
+import httpx
+import msgspec
+
+from service import metrics, rules
+from service.errors import BadRequest
+from service.providers import (
+    MAX_ID,
+    AwareTime,
+    Known,
+    NumberText,
+    OutOfBounds,
+    Rejection,
+    Report,
+    currency,
+    http,
+    judge_all,
+    moment,
+    price,
+)
+from service.providers.base import (
+    Decoder,
+    Interval,
+    SourceBase,
+    StatusTable,
+    VonageSignatureAuth,
+    status_map_problem,
+)
+
+# Vonage's delivery receipt statuses (and the Reports API's `deleted`), by group.
+DEFAULT_STATUS_MAP = {
+    "accepted": "PENDING",  # accepted by the carrier, not delivered yet
+    "buffered": "PENDING",  # held by the carrier, to be delivered later
+    "unknown": "PENDING",  # the carrier said nothing usable (yet)
+    "delivered": "DELIVERED",
+    "expired": "EXPIRED",  # the carrier gave up within the validity period
+    "failed": "UNDELIVERABLE",  # the carrier could not deliver it
+    "rejected": "REJECTED",  # refused by Vonage or the carrier
+    "deleted": "REJECTED",  # removed before delivery (Reports API)
+}
+MAX_CLIENT_REF = 100  # Vonage's limit on client-ref
+MAX_RECORDS = 1000  # a synchronous Reports page holds at most this many
+
+
+class VonageSource(SourceBase, frozen=True, tag="vonage", tag_field="kind"):
+    api_key: str | None = None  # pulls: HTTP Basic api_key:api_secret, account_id = api_key
+    api_secret: str | None = None
+    currency: str = "EUR"  # the account's currency: receipts give prices without one
+    lookback_s: Interval = 86400.0  # each pass reads the records of messages this recent
+    pull_interval_s: Interval = 300.0
+    status_map: dict[str, str] = msgspec.field(default_factory=dict)
+
+    @property
+    def pullable(self) -> bool:
+        return bool(self.api_key and self.api_secret)
+
+    def problem(self) -> tuple[str, str] | None:
+        if not (len(self.currency) == 3 and self.currency.isalpha()):
+            return "currency", f"{self.currency!r} is not a three-letter currency code"
+        return status_map_problem(self.status_map)
+
+
+class _Wire(msgspec.Struct, forbid_unknown_fields=True):
+    """Every field Vonage documents is named, so that a new one is counted (Known)."""
+
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
+ClientRef = Annotated[str, msgspec.Meta(max_length=MAX_CLIENT_REF)]
+
+
+class Receipt(_Wire):
+    """A delivery receipt's parameters (query, form or JSON; all text)."""
+
+    messageId: Id
+    status: str
+    msisdn: NumberText | None = None  # the recipient
+    to: str | None = None  # the sender id the message was sent from
+    network_code: str | None = msgspec.field(default=None, name="network-code")
+    price: str | None = None  # this part's price, in the account's currency
+    scts: str | None = None  # YYMMDDHHMM: when the carrier's receipt came, to the minute
+    err_code: str | None = msgspec.field(default=None, name="err-code")
+    client_ref: ClientRef | None = msgspec.field(default=None, name="client-ref")
+    api_key: str | None = msgspec.field(default=None, name="api-key")
+    message_timestamp: str | None = msgspec.field(default=None, name="message-timestamp")
+    timestamp: str | None = None  # these three only when signatures are on
+    nonce: str | None = None
+    sig: str | None = None
+
+
+class Record(_Wire):
+    """An outbound SMS record of the synchronous Reports API (one per part)."""
+
+    message_id: Id
+    status: str
+    account_id: str | None = None
+    client_ref: ClientRef | None = None
+    direction: str | None = None
+    from_: str | None = msgspec.field(default=None, name="from")
+    to: NumberText | None = None
+    network: str | None = None
+    network_name: str | None = None
+    country: str | None = None
+    country_name: str | None = None
+    date_received: AwareTime | None = None
+    date_finalized: AwareTime | None = None
+    latency: int | None = None
+    error_code: str | None = None
+    error_code_description: str | None = None
+    currency: str | None = None
+    total_price: Decimal | None = None
+    message_body: str | None = None
+
+
+class _Link(msgspec.Struct):
+    href: str | None = None
+
+
+class _Links(msgspec.Struct):
+    next: _Link | None = None
+
+
+class RecordsPage(msgspec.Struct):
+    records: list[msgspec.Raw] = []
+    request_status: str | None = None
+    links: _Links | None = msgspec.field(default=None, name="_links")
+
+
+WIRE_NAMES = {
+    "message_id": "messageId/client-ref", "to": "msisdn/to", "sender": "to/from",
+    "mcc_mnc": "network-code/network", "price_amount": "price/total_price",
+    "price_currency": "currency", "done_at": "scts/date_finalized", "sent_at": "date_received",
+    "error_id": "err-code/error_code", "callback_data": "client-ref", "text": "message_body",
+    "status_name": "status", "part_ids": "messageId",
+}
+
+_receipt = Known(Receipt)
+_record = Known(Record)
+_page = msgspec.json.Decoder(RecordsPage)
+_object = msgspec.json.Decoder(dict[str, Any])
+
+
+def decoder(source: VonageSource, url: str | None, content_type: str | None) -> Decoder:
+    """A push is one receipt (a query string, a form or a JSON object); a pulled page is a
+    Reports API records page."""
+    if url is None:
+        return lambda body: decode_receipt(source, body, content_type)
+    return lambda body: decode_records(source, body)
+
+
+def _unknown(source: str) -> Any:
+    return lambda name: metrics.count_unknown_field(source, name)
+
+
+def receipt_params(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """A receipt's parameters from a JSON object or a query string / form."""
+    try:
+        if "json" in (content_type or "").lower() or body.lstrip()[:1] == b"{":
+            return _object.decode(body)
+        return dict(parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=100))
+    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"not a Vonage delivery receipt: {str(exc)[:200]}") from None
+
+
+def decode_receipt(source: VonageSource, body: bytes, content_type: str | None,
+                   ) -> tuple[list[Report], list[Rejection]]:
+    item = receipt_params(body, content_type)
+    if "messageId" not in item:
+        raise BadRequest("not a Vonage delivery receipt: no messageId")
+    statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
+    return judge_all([item], lambda it: [receipt_report(
+        source, statuses, _receipt.convert(it, _unknown(source.name)))], "$",
+        lambda it: it.get("messageId"), WIRE_NAMES)
+
+
+def decode_records(source: VonageSource, body: bytes) -> tuple[list[Report], list[Rejection]]:
+    try:
+        page = _page.decode(body)
+    except (msgspec.MsgspecError, RecursionError) as exc:
+        raise BadRequest(f"not a Vonage Reports page: {exc}") from None
+    if len(page.records) > MAX_RECORDS:
+        raise BadRequest(f"{len(page.records)} records in one page; Vonage sends at most "
+                         f"{MAX_RECORDS}")
+    statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
+    unknown = _unknown(source.name)
+
+    def build(raw: msgspec.Raw) -> list[Report]:
+        record = _record.decode(raw, unknown)
+        if record.direction == "inbound":
+            return []
+        return [record_report(source, statuses, record)]
+
+    return judge_all(page.records, build, "$.records[{}]", wire_names=WIRE_NAMES)
+
+
+def message_id(part_id: str, client_ref: str | None, to: str | None) -> str:
+    """The message a part belongs to: `client-ref@to` when it has a client-ref, else the part."""
+    if not client_ref:
+        return part_id
+    return f"{client_ref}@{to}" if to else client_ref
+
+
+def _error(code: str | None) -> int | None:
+    if code is None or code.strip() in ("", "0"):
+        return None
+    if not code.strip().isdigit() or len(code.strip()) > 9:
+        raise OutOfBounds("error_id", f"{code[:20]!r} is not an error code")
+    return int(code)
+
+
+def scts_time(text: str | None) -> datetime | None:
+    """scts, YYMMDDHHMM, read as UTC (Vonage gives no time zone)."""
+    if not text:
+        return None
+    try:
+        return datetime.strptime(text, "%y%m%d%H%M").replace(tzinfo=UTC)
+    except ValueError:
+        raise OutOfBounds("done_at", f"{text[:20]!r} is not YYMMDDHHMM") from None
+
+
+def _price(text: str | None) -> Decimal | None:
+    if text is None or text == "":
+        return None
+    try:
+        return Decimal(text)
+    except ArithmeticError:
+        raise OutOfBounds("price_amount", f"{text[:20]!r} is not a number") from None
+
+
+def receipt_report(source: VonageSource, statuses: StatusTable, wire: Receipt) -> Report:
+    number = rules.recipient(wire.msisdn) if wire.msisdn else None
+    to = number.to if number else None
+    amount = price("price", _price(wire.price))
+    return rules.observation(
+        source=source.name,
+        message_id=message_id(wire.messageId, wire.client_ref, to),
+        part_ids=wire.messageId,
+        sms_count=1,
+        status=statuses.group(wire.status),
+        status_name=wire.status,
+        done_at=moment("scts", scts_time(wire.scts)),
+        error_id=_error(wire.err_code),
+        to=to,
+        sender=wire.to or None,
+        callback_data=wire.client_ref or None,
+        mcc_mnc=wire.network_code or None,
+        operator=rules.operator(wire.network_code, number.carrier if number else None),
+        price_amount=amount,
+        price_currency=source.currency if amount is not None else None,
+    )
+
+
+def record_report(source: VonageSource, statuses: StatusTable, record: Record) -> Report:
+    number = rules.recipient(record.to) if record.to else None
+    to = number.to if number else None
+    return rules.observation(
+        source=source.name,
+        message_id=message_id(record.message_id, record.client_ref, to),
+        part_ids=record.message_id,
+        sms_count=1,
+        status=statuses.group(record.status),
+        status_name=record.status,
+        done_at=moment("date_finalized", record.date_finalized),
+        error_id=_error(record.error_code),
+        error_description=(record.error_code_description or None)
+        if _error(record.error_code) else None,
+        to=to,
+        sender=record.from_ or None,
+        callback_data=record.client_ref or None,
+        sent_at=moment("date_received", record.date_received),
+        mcc_mnc=record.network or None,
+        operator=rules.operator(record.network, number.carrier if number else None),
+        price_amount=price("total_price", record.total_price),
+        price_currency=currency("currency", record.currency or source.currency)
+        if record.total_price is not None else None,
+        text=record.message_body or None,
+    )
+
+
+# Signed webhooks: `sig` over the other parameters, sorted, as "&name=value" with '&' and
+# '=' in values made '_', with the signature secret: appended then MD5 ("md5hash", the
+# dashboard's default) or as the key of an HMAC (md5, sha1, sha256, sha512). Hex digest.
+HASHES = {"md5": hashlib.md5, "sha1": hashlib.sha1, "sha256": hashlib.sha256,
+          "sha512": hashlib.sha512}
+
+
+def sign(secret: str, method: str, params: Mapping[str, Any]) -> str:
+    """The `sig` Vonage puts on these parameters (they must hold `timestamp`)."""
+    signed = "".join(f"&{name}=" + str(params[name]).replace("&", "_").replace("=", "_")
+                     for name in sorted(params) if name != "sig")
+    if method == "md5hash":
+        return hashlib.md5((signed + secret).encode(), usedforsecurity=False).hexdigest()
+    return hmac.new(secret.encode(), signed.encode(), HASHES[method]).hexdigest()
+
+
+def signature_valid(auth: VonageSignatureAuth, params: Mapping[str, Any],
+                    now: float | None = None) -> bool:
+    """Whether `params` carry a valid `sig` and a `timestamp` within the tolerance."""
+    sig, stamp = params.get("sig"), params.get("timestamp")
+    if not isinstance(sig, str) or not isinstance(stamp, str | int):
+        return False
+    try:
+        age = abs((now if now is not None else time.time()) - int(stamp))
+    except ValueError:
+        return False
+    expected = sign(auth.secret, auth.method, params).encode()
+    return hmac.compare_digest(sig.lower().encode(), expected) and age <= auth.tolerance_s
+
+
+def reports_time(value: datetime) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def fetch(client: httpx.AsyncClient, source: VonageSource, path_or_url: str,
+                params: Mapping[str, str | int] | None = None,
+                retry: http.Retry = http.DEFAULT_RETRY) -> httpx.Response:
+    """GET from the Reports API with HTTP Basic (API key and secret)."""
+    basic = base64.b64encode(f"{source.api_key}:{source.api_secret}".encode()).decode()
+    return await http.get(client, source.base_url, path_or_url,
+                          {"Authorization": f"Basic {basic}", "Accept": "application/json"},
+                          params, retry)
+
+
+def next_href(body: bytes) -> str | None:
+    """A TRUNCATED page's `_links.next.href`, or None on the last page."""
+    try:
+        page = _page.decode(body)
+    except (msgspec.MsgspecError, RecursionError):
+        return None
+    if page.request_status != "TRUNCATED" or not (page.links and page.links.next):
+        return None
+    return page.links.next.href or None
