@@ -35,6 +35,7 @@ Client = AsyncTestClient  # type: ignore[type-arg]
 Document = dict[str, Any]
 OPERATIONS = {  # (method, path): (operationId, bearer scope or None)
     ("post", "/webhooks/{source}"): ("receiveReports", None),
+    ("get", "/webhooks/{source}"): ("receiveReportQuery", None),
     ("get", "/v1/messages/{source}/{message_id}"): ("getMessage", "read"),
     ("get", "/v1/messages"): ("listMessages", "read"),
     ("get", "/v1/bulks/{source}/{bulk_id}"): ("getBulk", "read"),
@@ -80,7 +81,8 @@ def test_every_operation_has_a_short_id_and_its_security(document: Document) -> 
     assert found == OPERATIONS
     webhook = document["paths"]["/webhooks/{source}"]["post"]
     assert webhook["security"] == [{"webhookBasic": []}, {"webhookToken": []},
-                                   {"standardWebhooks": []}, {}]
+                                   {"standardWebhooks": []}, {"twilioSignature": []},
+                                   {"vonageSignature": []}, {}]
     schemes = document["components"]["securitySchemes"]
     assert (schemes["bearer"]["type"], schemes["bearer"]["scheme"]) == ("http", "bearer")
     assert (schemes["webhookBasic"]["type"], schemes["webhookBasic"]["scheme"]) == ("http", "basic")

@@ -147,6 +147,14 @@ SECURITY_SCHEMES = {
                     '"{webhook-id}.{webhook-timestamp}.{body}" with the secret, sent with '
                     "the `webhook-id` and `webhook-timestamp` (seconds since 1970, within "
                     "`tolerance_s`) headers"),
+    "twilioSignature": SecurityScheme(
+        type="apiKey", security_scheme_in="header", name="X-Twilio-Signature",
+        description="A Twilio source (`twilio_signature`): base64 HMAC-SHA1, with the auth "
+                    "token, of its `public_url` followed by the sorted form parameters"),
+    "vonageSignature": SecurityScheme(
+        type="apiKey", security_scheme_in="query", name="sig",
+        description="A Vonage source (`vonage_signature`): the signed-webhook `sig` over "
+                    "the receipt's parameters with the signature secret, by its `method`"),
 }
 
 
@@ -156,7 +164,8 @@ def bearer(scope: str) -> list[SecurityRequirement]:
 
 # One of a source's credentials; none for a source with `unauthenticated = true`.
 WEBHOOK_SECURITY: list[SecurityRequirement] = [
-    {"webhookBasic": []}, {"webhookToken": []}, {"standardWebhooks": []}, {}]
+    {"webhookBasic": []}, {"webhookToken": []}, {"standardWebhooks": []},
+    {"twilioSignature": []}, {"vonageSignature": []}, {}]
 
 
 # --- bodies no handler signature names -----------------------------------------------------

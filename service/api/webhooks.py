@@ -26,7 +26,7 @@ from litestar.datastructures import State
 from litestar.params import FromPath
 
 from service import metrics
-from service.api.openapi import WEBHOOK_SECURITY, ReceiveReports, errors
+from service.api.openapi import WEBHOOK_SECURITY, Documented, ReceiveReports, errors
 from service.config import Source, WebhookConfig
 from service.errors import (
     BadRequest,
@@ -229,7 +229,7 @@ QUERY_BODY = "application/x-www-form-urlencoded"  # how a report given as a GET 
 
 
 @get("/webhooks/{source:str}", status_code=200, tags=["webhooks"],
-     operation_id="receiveReportQuery", security=WEBHOOK_SECURITY,
+     operation_id="receiveReportQuery", security=WEBHOOK_SECURITY, operation_class=Documented,
      responses=errors(400, 401, 403, 404, 500, s400="Not a delivery receipt; kept",
                       s404="No such source, or none that takes receipts by GET"),
      summary="Receive a delivery receipt given as a query string (Vonage)")
