@@ -128,8 +128,9 @@ class Pages:
             if response.status_code != 304:
                 return page
             row = await store.kept_body(conn, kept.inbox_id)
-        if row is None:  # pruned since: fetch it whole next time
-            return None
+            if row is None:  # pruned since: forgotten, so that the next fetch is whole
+                await store.forget_kept(conn, page.source, page.url)
+                return spool.Page(page.source, page.url, None, b"")
         return spool.Page(page.source, page.url, row.content_type, row.body)
 
     async def take_held(self) -> None:

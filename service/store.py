@@ -390,6 +390,11 @@ async def remember_kept(conn: AsyncConnection, source: str, url: str, body: Kept
         set_=values | {"kept_at": sa.func.now()}))
 
 
+async def forget_kept(conn: AsyncConnection, source: str, url: str) -> None:
+    await conn.execute(sa.delete(pull_bodies).where(pull_bodies.c.source == source,
+                                                    pull_bodies.c.url_hash == sha256(url)))
+
+
 async def seen_again(conn: AsyncConnection, source: str, inbox_id: int, run_id: int | None,
                      not_modified: bool) -> None:
     await conn.execute(sa.insert(inbox_sightings).values(

@@ -131,3 +131,16 @@ async def test_one_time_reports_keep_every_page_even_the_same_bytes(engine: Asyn
             await pull(engine, source)
     pages = [url for url, body in await kept(engine) if "/sms/3/reports" in url and b"same" in body]
     assert len(pages) == 2
+
+
+async def test_a_304_for_a_body_pruned_since_is_fetched_whole_next(engine: AsyncEngine) -> None:
+    with FakeDiceSms(page_size=10) as fake:
+        fake.etags = True
+        fake.messages = account()
+        source = DiceSmsSource("dice", fake.url, token=fake.token, batch_ids_interval_s=1e-3)
+        await pull(engine, source)
+        async with engine.begin() as conn:  # as a prune of its month would
+            await conn.execute(sa.delete(inbox).where(inbox.c.url.like("%/api/batch-ids")))
+        await pull(engine, source)  # answered 304: nothing to read, the record forgotten
+        await pull(engine, source)  # fetched whole, kept again
+    assert [url for url, _ in await kept(engine) if url.endswith("/api/batch-ids")]
