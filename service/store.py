@@ -69,10 +69,15 @@ def _upsert_messages() -> Any:
     # pg_current_xact_id() is only STABLE: inlined, a column nobody reads is never computed.
     guard = (sa.select(sa.func.pg_current_xact_id().label("xid")).cte("feed_guard")
              .prefix_with("MATERIALIZED"))
+    # One seq per observation, read twice (seq, and final_seq when it is final): a subquery
+    # with a volatile column is evaluated once per row, never inlined into its reader.
+    numbered = (sa.select(*[src.c[n] for n in REPORT_FIELDS],
+                          messages_seq.next_value().label("seq"))
+                .select_from(src.join(guard, sa.true())).subquery("numbered"))
     stmt = pg.insert(messages).from_select(
-        [*REPORT_FIELDS, "seq"],
-        sa.select(*[src.c[n] for n in REPORT_FIELDS], messages_seq.next_value())
-        .select_from(src.join(guard, sa.true())))
+        [*REPORT_FIELDS, "seq", "final_seq"],
+        sa.select(*[numbered.c[n] for n in REPORT_FIELDS], numbered.c.seq,
+                  sa.case((numbered.c.final, numbered.c.seq), else_=sa.null())))
     new, old = stmt.excluded, messages.c
 
     def order_key(row: Any) -> Any:  # rules.order_key
@@ -102,14 +107,22 @@ def _upsert_messages() -> Any:
         for f, bit in rules.REGISTERED.items()]
     values["registered"] = functools.reduce(lambda a, b: a.op("|")(b), bits)
     values |= {f: sa.case((price_wins, new[f]), else_=old[f]) for f in rules.PRICE_FIELDS}
-    values |= {"seq": messages_seq.next_value(), "updated_at": sa.func.now()}
+    # The observation's own seq (taken above), so that final_seq can name this change:
+    # set from the locked row, it is this seq exactly when this write makes the row final.
+    values |= {"seq": new.seq, "updated_at": sa.func.now(),
+               "final_seq": sa.case((old.final, old.final_seq), (wins, new.final_seq),
+                                    else_=sa.null())}
     # The guard: a row is touched (and takes a new seq) only when the merge changes it.
     changes = sa.or_(wins, price_wins, *ranked_wins.values(),
                      *[old[f].is_distinct_from(sa.func.greatest(old[f], new[f]))
                        for f in rules.FILLED_FIELDS])
+    # One row per message changed; the columns the outcome metrics need where this write
+    # made it final, nulls otherwise.
+    made_final = old.final_seq == old.seq
     return stmt.on_conflict_do_update(
         index_elements=[old.source, old.message_id], set_=values, where=changes,
-    ).returning(old.seq)
+    ).returning(*[sa.case((made_final, old[name]), else_=sa.null()).label(name)
+                  for name in ("source", "message_id", "status", "sent_at", "done_at")])
 
 
 _INBOX_FIELDS = tuple(InboxRow.__struct_fields__)
@@ -139,9 +152,30 @@ class _Observed(msgspec.Struct, frozen=True):
     done_at: Any
 
 
+class Finished(msgspec.Struct, frozen=True):
+    """A message that a write made final: it was not final before, whoever wrote it."""
+
+    source: str
+    message_id: str
+    status: str
+    sent_at: datetime | None
+    done_at: datetime | None
+
+
+class Written(msgspec.Struct, frozen=True):
+    """What one write did: merged rows changed, and the messages among them it made final
+    (to be counted once their transaction has committed)."""
+
+    changed: int = 0
+    finished: tuple[Finished, ...] = ()
+
+    def __add__(self, other: Written) -> Written:
+        return Written(self.changed + other.changed, self.finished + other.finished)
+
+
 async def write(conn: AsyncConnection, bodies: Sequence[InboxRow],
-                observed: Sequence[tuple[Report, str]]) -> int:
-    """Keep the raw bodies, record each observation, merge them; return merged rows changed."""
+                observed: Sequence[tuple[Report, str]]) -> Written:
+    """Keep the raw bodies, record each observation, merge them; return what changed."""
     merged = rules.merge_all(report for report, _ in observed)
     now = datetime.now(UTC)
     history = sorted({(r.source, r.message_id, r.obs_hash, channel): _Observed(
@@ -150,8 +184,8 @@ async def write(conn: AsyncConnection, bodies: Sequence[InboxRow],
     params = (_columns(bodies, _INBOX_FIELDS, "i")
               | _columns([h for _, h in history], _HISTORY_FIELDS, "h")
               | _columns(merged, REPORT_FIELDS, "m"))
-    result = await conn.execute(_WRITE, params)
-    return len(result.all())
+    rows = (await conn.execute(_WRITE, params)).all()
+    return Written(len(rows), tuple(Finished(*row) for row in rows if row.source is not None))
 
 
 def matched_by(m: Any) -> Any:
