@@ -122,11 +122,18 @@ def _migrate(settings: Settings) -> int:
 
 def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool,
            workers: int | None, *, reconciler: bool) -> int:
+    # Bound here, before anything starts, and handed to uvicorn: a taken address is said
+    # at once (exit 7), and nobody can take it between a check and uvicorn's own bind.
+    with _listen(host or settings.host, port or settings.port) as listener:
+        return _serve_on(listener, settings, host, port, migrate, workers, reconciler=reconciler)
+
+
+def _serve_on(listener: socket.socket, settings: Settings, host: str | None, port: int | None,
+              migrate: bool, workers: int | None, *, reconciler: bool) -> int:
     import uvicorn
 
     from service.app import create_app
 
-    _check_address(host or settings.host, port or settings.port)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app reloads its configuration on it
     url = _ready_database(settings, migrate)
     _keep_partitions(settings, url)
@@ -152,8 +159,11 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
     log.info("serving on %s://%s:%s (%d worker%s)", scheme, options["host"], options["port"],
              workers, "" if workers == 1 else "s")
     if workers == 1:
-        uvicorn.run(create_app(settings, url, reconciler=reconciler, reload=load_settings),
-                    **options)
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(settings, url, reconciler=reconciler, reload=load_settings), **options))
+        server.run(sockets=[listener])
+        if not server.started:  # the app did not start (logged)
+            return 1
     else:  # each worker builds its own app, on the database this process chose
         os.environ["DLR_DATABASE_URL"] = url
         os.environ["DLR_RECONCILER"] = "1" if reconciler else "0"
@@ -161,7 +171,7 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared  # /metrics adds up every worker
             config = uvicorn.Config("service.app:create_app_from_env", factory=True,
                                     workers=workers, **options)
-            _Supervisor(config, sockets=[config.bind_socket()]).run()  # as uvicorn.run does
+            _Supervisor(config, sockets=[listener]).run()  # as uvicorn.run does
     return 0
 
 
@@ -185,18 +195,24 @@ class NotMigrated(Exception):
 
 
 class AddressInUse(Exception):
-    """serve's address is taken (another process listens there) or not this machine's."""
+    """The address to listen on is taken (another process listens there) or not this
+    machine's."""
 
 
-def _check_address(host: str, port: int) -> None:
-    """Fail before starting anything if `host:port` cannot be listened on."""
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on `host:port`, bound as uvicorn binds (inheritable, for
+    `--workers`); AddressInUse if it cannot be."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise AddressInUse(f"{host}:{port}: {exc.strerror}") from None
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)  # uvicorn's backlog; a socket bound but not listening elsewhere
+    except OSError as exc:
+        listener.close()
+        raise AddressInUse(f"{host}:{port}: {exc.strerror}") from None
+    listener.set_inheritable(True)
+    return listener
 
 
 def _ready_database(settings: Settings, migrate: bool) -> str:
@@ -324,22 +340,37 @@ def _port(url: str) -> int:
 
 
 def _worker(settings: Settings) -> int:
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # probes and metrics (none on port 0)
+    listener = _listen(settings.host, settings.worker_port) if settings.worker_port else None
+    with listener or contextlib.nullcontext():
+        return _work(settings, listener)
+
+
+def _work(settings: Settings, listener: socket.socket | None) -> int:
     from service import worker
     from service.providers import http
 
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     url = _ready_database(settings, migrate=False)
     _keep_partitions(settings, url)
 
     async def forever() -> None:
+        import uvicorn
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP ignored: the reconciler "
                                 "reads DLR_CONFIG when it starts; restart it to change sources")
-        # sources are pulled side by side, each holding at most one connection at a time
-        engine = db.create_engine(url, settings.db_timeout_s, pool_size=len(settings.sources) + 2)
+        # sources are pulled side by side, each holding at most one connection at a time,
+        # and a probe takes one more
+        engine = db.create_engine(url, settings.db_timeout_s, pool_size=len(settings.sources) + 3)
+        ops = worker.OpsServer(uvicorn.Config(
+            worker.ops_app(settings, engine), log_config=None, log_level="warning",
+            server_header=False, timeout_graceful_shutdown=5))
+        serving = asyncio.create_task(ops.serve(sockets=[listener]) if listener else stop.wait())
         try:
             async with http.new_client() as client:
                 pulling = asyncio.create_task(worker.run_forever(
@@ -347,9 +378,13 @@ def _worker(settings: Settings) -> int:
                     spool_dir=settings.data_dir))
                 await worker.stop_within(pulling, stop, settings.shutdown_timeout_s)
         finally:
+            ops.should_exit = True  # metrics stay up until the reconciler has stopped
+            stop.set()
+            await serving
             await engine.dispose()
 
-    log.info("reconciler running")
+    log.info("reconciler running" + (f"; probes and metrics on http://{settings.host}:"
+                                     f"{settings.worker_port}" if listener else ""))
     asyncio.run(forever())
     return 0
 

@@ -478,6 +478,27 @@ async def register_outbound(conn: AsyncConnection, rows: Sequence[Registration])
 
 
 GapKey = tuple[datetime, int, str]  # sent_at, registration id, matched message id or ''
+_matched = messages.alias("m")
+_matched_id = sa.func.coalesce(_matched.c.message_id, "")
+_GAP_KEY = (outbound.c.sent_at, outbound.c.id, _matched_id)
+
+
+def _gap_rows(*columns: Any, source: str | None, sent_before: datetime,
+              sent_after: datetime | None) -> Any:
+    """Registrations (with the message each matched, if any) sent in the window whose
+    message is not final: one row per matched message."""
+    m = _matched
+    matched = sa.and_(m.c.source == outbound.c.source, sa.or_(
+        m.c.message_id == outbound.c.message_id,
+        sa.and_(outbound.c.message_id.is_(None),
+                same_callback_data(m.c.callback_data, outbound.c.callback_data))))
+    query = (sa.select(*columns).select_from(outbound.outerjoin(m, matched))
+             .where(outbound.c.sent_at < sent_before, sa.func.coalesce(m.c.final, False).is_(False)))
+    if source is not None:
+        query = query.where(outbound.c.source == source)
+    if sent_after is not None:
+        query = query.where(outbound.c.sent_at >= sent_after)
+    return query
 
 
 async def gaps(conn: AsyncConnection, *, source: str | None, sent_before: datetime,
@@ -486,29 +507,37 @@ async def gaps(conn: AsyncConnection, *, source: str | None, sent_before: dateti
     """Registered messages without a final status, oldest first, after a keyset position
     (a row's is its sent_at, registration_id, matched_id). A registration by callback data
     may match several messages, one row each: hence the matched message's id in the key."""
-    m = messages.alias("m")
-    matched = sa.and_(m.c.source == outbound.c.source, sa.or_(
-        m.c.message_id == outbound.c.message_id,
-        sa.and_(outbound.c.message_id.is_(None),
-                same_callback_data(m.c.callback_data, outbound.c.callback_data))))
-    matched_id = sa.func.coalesce(m.c.message_id, "")
-    key = (outbound.c.sent_at, outbound.c.id, matched_id)
-    query = (sa.select(outbound.c.source, sa.func.coalesce(outbound.c.message_id, m.c.message_id)
-                       .label("message_id"), outbound.c.callback_data, outbound.c.bulk_id,
-                       outbound.c.to, outbound.c.sent_at, m.c.status,
-                       outbound.c.id.label("registration_id"), matched_id.label("matched_id"))
-             .select_from(outbound.outerjoin(m, matched))
-             .where(outbound.c.sent_at < sent_before, sa.func.coalesce(m.c.final, False).is_(False))
-             .order_by(*key).limit(limit))
+    m = _matched
+    query = _gap_rows(outbound.c.source, sa.func.coalesce(outbound.c.message_id, m.c.message_id)
+                      .label("message_id"), outbound.c.callback_data, outbound.c.bulk_id,
+                      outbound.c.to, outbound.c.sent_at, m.c.status,
+                      outbound.c.id.label("registration_id"), _matched_id.label("matched_id"),
+                      source=source, sent_before=sent_before, sent_after=sent_after,
+                      ).order_by(*_GAP_KEY).limit(limit)
     if after is not None:
-        query = query.where(sa.tuple_(*key) > sa.tuple_(*after))
-    if source is not None:
-        query = query.where(outbound.c.source == source)
-    if sent_after is not None:
-        query = query.where(outbound.c.sent_at >= sent_after)
+        query = query.where(sa.tuple_(*_GAP_KEY) > sa.tuple_(*after))
     if with_message_id:
         query = query.where(outbound.c.message_id.is_not(None))
     return (await conn.execute(query)).all()
+
+
+async def count_gaps(conn: AsyncConnection, source: str, sent_before: datetime,
+                     sent_after: datetime) -> int:
+    """How many items `gaps` would list for `source` in the window, all pages together."""
+    query = _gap_rows(sa.func.count(), source=source, sent_before=sent_before,
+                      sent_after=sent_after)
+    return int(await conn.scalar(query) or 0)
+
+
+async def last_success(conn: AsyncConnection, source: str) -> datetime | None:
+    """When the newest pass over `source` without error finished (of the passes kept):
+    read backwards along ix_runs_source_started_at to the first such pass."""
+    query = (sa.select(runs.c.finished_at)
+             .where(runs.c.source == source, runs.c.error.is_(None),
+                    runs.c.finished_at.is_not(None))
+             .order_by(runs.c.started_at.desc()).limit(1))
+    value = await conn.scalar(query)
+    return value if isinstance(value, datetime) else None
 
 
 async def sent_per_day(conn: AsyncConnection, source: str, days: Sequence[str],
