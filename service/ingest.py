@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 import msgspec
@@ -282,28 +282,30 @@ class ReplayResult(msgspec.Struct):
 
 async def replay(engine: AsyncEngine, sources: Mapping[str, Source], *, only_unaccepted: bool,
                  since: datetime | None = None, until: datetime | None = None,
-                 page: int = 200) -> ReplayResult:
+                 source: str | None = None, page: int = 200,
+                 progress: Callable[[ReplayResult], None] | None = None) -> ReplayResult:
     """Decode and merge kept bodies again (after a decoder fix, say); safe to repeat.
 
     Bodies of sources no longer configured are skipped; a body that cannot be merged is
     logged and counted, and the replay goes on. The database being unavailable stops it.
+    With `source`, only that source's bodies; `progress` is shown the counts after each body.
     """
     result = ReplayResult()
     after = 0
     while True:
         async with db.transaction(engine) as conn:
             rows = await store.inbox_page(conn, after, page, only_unaccepted=only_unaccepted,
-                                          since=since, until=until)
+                                          since=since, until=until, source=source)
         if not rows:
             return result
         after = rows[-1].id
         for row in rows:
-            source = sources.get(row.source)
-            if source is None:
+            configured = sources.get(row.source)
+            if configured is None:
                 result.skipped += 1
                 continue
             try:
-                changed, envelope = await merge_body(engine, row.id, source, row.channel,
+                changed, envelope = await merge_body(engine, row.id, configured, row.channel,
                                                      row.body, row.content_type, row.url)
             except DatabaseUnavailable:
                 raise
@@ -316,3 +318,5 @@ async def replay(engine: AsyncEngine, sources: Mapping[str, Source], *, only_una
             result.bodies += 1
             result.reports += len(envelope.reports)
             result.rejected += len(envelope.rejections) + (envelope.error is not None)
+            if progress is not None:
+                progress(result)

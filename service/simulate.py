@@ -144,12 +144,16 @@ def hook_headers(hook: WebhookConfig | None) -> HeadersFor:
     return signed
 
 
-async def push(client: httpx.AsyncClient, scenario: Scenario, headers_for: HeadersFor) -> None:
-    """Deliver the scenario's surviving pushes to the service's webhook."""
-    for payload in scenario.push_bodies():
+async def push(client: httpx.AsyncClient, scenario: Scenario, headers_for: HeadersFor,
+               progress: Callable[[int], None] | None = None) -> None:
+    """Deliver the scenario's surviving pushes to the service's webhook; `progress` is told
+    how many bodies went so far."""
+    for sent, payload in enumerate(scenario.push_bodies(), 1):
         response = await client.post(f"/webhooks/{scenario.ib_source}", content=payload,
                                      headers=headers_for(payload))
         response.raise_for_status()
+        if progress is not None:
+            progress(sent)
 
 
 async def fetch_all(client: httpx.AsyncClient, token: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -169,11 +173,16 @@ async def fetch_all(client: httpx.AsyncClient, token: str) -> dict[tuple[str, st
 
 
 async def wait_until_matching(client: httpx.AsyncClient, scenario: Scenario, token: str,
-                              timeout_s: float) -> list[str]:
-    """Poll the service until it matches the truth; return what still differs at the end."""
+                              timeout_s: float,
+                              progress: Callable[[int], None] | None = None) -> list[str]:
+    """Poll the service until it matches the truth; return what still differs at the end.
+    `progress` is told after each poll how many messages match."""
     deadline = time.monotonic() + timeout_s
     while True:
         differences = scenario.differences(await fetch_all(client, token))
+        if progress is not None:
+            differing = {line.split(": ", 1)[0] for line in differences}
+            progress(len(scenario.truth) - len(differing))
         if not differences or time.monotonic() > deadline:
             return differences
         await asyncio.sleep(1)

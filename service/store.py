@@ -325,7 +325,8 @@ async def list_runs(conn: AsyncConnection, source: str | None, limit: int,
 
 
 async def inbox_page(conn: AsyncConnection, after_id: int, limit: int, *, only_unaccepted: bool,
-                     since: datetime | None, until: datetime | None) -> Sequence[Any]:
+                     since: datetime | None, until: datetime | None,
+                     source: str | None = None) -> Sequence[Any]:
     """Kept bodies in id order after `after_id`, for replay."""
     query = (sa.select(inbox.c.id, inbox.c.source, inbox.c.channel, inbox.c.content_type,
                        inbox.c.body, inbox.c.url)
@@ -336,6 +337,8 @@ async def inbox_page(conn: AsyncConnection, after_id: int, limit: int, *, only_u
         query = query.where(inbox.c.received_at >= since)
     if until is not None:
         query = query.where(inbox.c.received_at < until)
+    if source is not None:
+        query = query.where(inbox.c.source == source)
     return (await conn.execute(query)).all()
 
 
