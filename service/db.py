@@ -16,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from service import metrics
 from service.config import Settings
 from service.errors import ConfigError, DatabaseUnavailable
 
@@ -151,6 +152,7 @@ async def _translated() -> AsyncIterator[None]:
         raise
     except Exception as exc:
         if is_unavailable(exc):
+            metrics.DB_UNAVAILABLE.inc()
             raise DatabaseUnavailable("database unavailable", detail=_why(exc)) from exc
         raise
 

@@ -73,6 +73,9 @@ OPEN_GAPS = Gauge("dlr_open_gaps",
                   "Registered messages sent 48 hours to 7 days ago still without a final "
                   "status, counted by each reconciler pass of the source",
                   ["source"], multiprocess_mode="mostrecent")
+DB_UNAVAILABLE = Counter("dlr_database_unavailable_total",
+                         "Database operations that found the database unavailable (no "
+                         "connection, a timeout, out of resources, shutting down)")
 PULL_INTERVAL = Gauge("dlr_reconciler_pull_interval_seconds",
                       "A pulled source's configured pull_interval_s", ["source"],
                       multiprocess_mode="max")

@@ -151,8 +151,8 @@ async def _show_sources(engine: AsyncEngine, sources: list[Source]) -> None:
         log.warning("last successful passes unknown: database unavailable")
         return
     for name, at in finished.items():
-        if at is not None:
-            metrics.LAST_SUCCESS.labels(name).set(at.timestamp())
+        # never: 0, so that the lag of a source never pulled successfully is plain to see
+        metrics.LAST_SUCCESS.labels(name).set(at.timestamp() if at is not None else 0)
 
 
 def ops_app(settings: Settings, engine: AsyncEngine) -> Litestar:
