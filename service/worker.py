@@ -74,6 +74,9 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
     stop = stop or asyncio.Event()
     async with db.statement(engine) as conn:
         if not await store.acquire_lease(conn, source.name, holder, LEASE_TTL_S):
+            # another process pulls it: a standby still reports the pull lag it sees
+            if (finished := await store.last_success(conn, source.name)) is not None:
+                metrics.LAST_SUCCESS.labels(source.name).set(finished.timestamp())
             return None
         run_id = await store.start_run(conn, source.name)
     page = Pages(engine, client, source, holder, _stoppable(retry, stop), stop, spool_dir)

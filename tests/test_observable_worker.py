@@ -19,10 +19,10 @@ from litestar import Litestar
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import db, worker
-from service.config import Settings
+from service import db, store, worker
+from service.config import InfobipSource, Settings
 from service.providers.infobip.fake import FakeInfobip
-from service.tables import outbound
+from service.tables import outbound, runs
 from tests.conftest import free_port
 from tests.databases import scratch_database
 from tests.services import metric_value
@@ -144,3 +144,16 @@ async def test_open_gaps_count_registrations_overdue_in_the_window(engine: Async
             for age in (1, 47, 49, 100, 24 * 8)])  # in the window: 49 and 100 hours old
     await worker._show_open_gaps(engine, "ib")
     assert REGISTRY.get_sample_value("dlr_open_gaps", {"source": "ib"}) == 2
+
+
+async def test_a_standby_reports_the_lag_of_the_process_that_pulls(engine: AsyncEngine) -> None:
+    finished = datetime(2026, 11, 30, 6, 0, tzinfo=UTC)
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(sa.insert(runs).values(source="held", started_at=finished,
+                                                  finished_at=finished))
+        assert await store.acquire_lease(conn, "held", "the-active-one", 60)
+    async with httpx.AsyncClient() as client:
+        source = InfobipSource("held", "http://127.0.0.1:9", api_key="k")
+        assert await worker.pull(engine, client, source, "a-standby") is None
+    assert REGISTRY.get_sample_value(LAG, {"source": "held"}) == finished.timestamp()
