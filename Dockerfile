@@ -14,16 +14,22 @@ COPY migrations ./migrations
 RUN /opt/dlr/bin/pip install --no-deps .
 
 FROM ${BASE}
-RUN useradd --system --uid 10001 --home-dir /var/lib/dlr --create-home dlr
+RUN groupadd --system --gid 10001 dlr \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/dlr --create-home dlr
 COPY --from=build /opt/dlr /opt/dlr
-ENV PATH=/opt/dlr/bin:$PATH PYTHONUNBUFFERED=1 DLR_HOST=0.0.0.0 DLR_PORT=8080 \
-    DLR_DATA_DIR=/var/lib/dlr
-USER dlr
+# No embedded PostgreSQL here (the `embedded` extra is not in the lock): set DLR_DATABASE_URL.
+# The root filesystem may be read-only: only DLR_DATA_DIR (the worker's spool) and /tmp are
+# written to.
+ENV PATH=/opt/dlr/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 DLR_HOST=0.0.0.0 \
+    DLR_PORT=8080 DLR_WORKER_PORT=9090 DLR_DATA_DIR=/var/lib/dlr
+USER 10001:10001
 WORKDIR /var/lib/dlr
-EXPOSE 8080
+# serve on 8080; worker's probes and metrics on 9090
+EXPOSE 8080 9090
 # uvicorn drains requests in flight on SIGTERM before exiting
 STOPSIGNAL SIGTERM
+# Live if whichever of serve (DLR_PORT) and worker (DLR_WORKER_PORT) runs here answers.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"DLR_PORT\"]}/health/live', timeout=2)"]
+    CMD ["python", "-c", "import os, sys, urllib.request\nfor port in (os.environ['DLR_PORT'], os.environ['DLR_WORKER_PORT']):\n    try:\n        urllib.request.urlopen(f'http://127.0.0.1:{port}/health/live', timeout=1); sys.exit(0)\n    except OSError: pass\nsys.exit(1)"]
 ENTRYPOINT ["dlr-reconciler"]
 CMD ["serve"]

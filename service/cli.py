@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import enum
 import functools
 import logging
+import math
 import os
 import signal
 import socket
 import sys
 import tempfile
+import textwrap
+import time
 from datetime import UTC, datetime
+from importlib import metadata
 from types import FrameType
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from uvicorn.supervisors import Multiprocess
@@ -28,22 +33,134 @@ from service.schemas import query_time
 log = logging.getLogger("service")
 
 
+class Exit(enum.IntEnum):
+    """The exit codes, one per kind of outcome, the same for every command."""
+
+    OK = 0
+    FAILED = 1  # anything else: logged with its traceback (a bug, or a failed pass or body)
+    CONFIG = 2  # a bad file, variable or argument
+    DATABASE_UNAVAILABLE = 3
+    NOT_MIGRATED = 4
+    BUSY = 5  # pull: another process is pulling that source now
+    DATABASE_REFUSED = 6  # the URL's role, password or database name
+    ADDRESS_IN_USE = 7
+    DIFFERENCES = 8  # simulate: the service does not match the fakes' truth
+    UNREACHABLE = 9  # simulate: the service cannot be reached, or answered with an error
+    INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+
+
+_MEANING = {
+    Exit.OK: "done",
+    Exit.FAILED: "failed otherwise (the error is logged)",
+    Exit.CONFIG: "configuration error: a bad DLR_CONFIG file, DLR_* variable or argument",
+    Exit.DATABASE_UNAVAILABLE: "the database is unavailable",
+    Exit.NOT_MIGRATED: "the database schema is not the current one (run migrate)",
+    Exit.BUSY: "another process is pulling this source now",
+    Exit.DATABASE_REFUSED: "the database refused DLR_DATABASE_URL's role, password or "
+                           "database name",
+    Exit.ADDRESS_IN_USE: "the address to listen on is in use (or not this machine's)",
+    Exit.DIFFERENCES: "differences found: the service does not match the fakes' truth",
+    Exit.UNREACHABLE: "cannot reach the service (or it answered a request with an error)",
+}
+_ON_DATABASE = (Exit.DATABASE_UNAVAILABLE, Exit.NOT_MIGRATED, Exit.DATABASE_REFUSED)
+
+
+class Command(NamedTuple):
+    summary: str  # a line of the command list
+    description: str
+    codes: tuple[Exit, ...]  # what it can end with besides 0, 2 and 130
+    failed: str = _MEANING[Exit.FAILED]  # what 1 means for it
+
+
+COMMANDS = {
+    "serve": Command(
+        "HTTP API, webhooks and the reconciler",
+        "Serve the HTTP API and the webhooks, and run the reconciler (unless --no-reconciler), "
+        "until SIGTERM or Ctrl-C.", (Exit.FAILED, *_ON_DATABASE, Exit.ADDRESS_IN_USE)),
+    "worker": Command(
+        "the reconciler alone, with probes and metrics",
+        "Run the reconciler alone: pull every source with credentials on its pull_interval_s, "
+        "and answer /health/live, /health/ready and /metrics on DLR_HOST:DLR_WORKER_PORT "
+        "(default 9090; 0: none), until SIGTERM or Ctrl-C.",
+        (Exit.FAILED, *_ON_DATABASE, Exit.ADDRESS_IN_USE)),
+    "migrate": Command(
+        "upgrade the database schema",
+        "Upgrade the database schema to the newest revision and make the coming months' "
+        "partitions; safe from several replicas at once (they queue on an advisory lock).",
+        (Exit.FAILED, Exit.DATABASE_UNAVAILABLE, Exit.DATABASE_REFUSED)),
+    "pull": Command(
+        "one reconcile pass over one source",
+        "One reconcile pass over one source, then exit.",
+        (Exit.FAILED, *_ON_DATABASE, Exit.BUSY),
+        "the pass recorded an error, or failed otherwise (logged)"),
+    "replay": Command(
+        "decode and merge kept bodies again",
+        "Decode and merge kept bodies again (after a decoder fix, say); repeating it changes "
+        "nothing. A body it cannot merge is logged and counted, and it goes on. Counts and a "
+        "rate on stderr while it runs, when stderr is a terminal.",
+        (Exit.FAILED, *_ON_DATABASE),
+        "a body could not be merged (logged), or the replay failed"),
+    "simulate": Command(
+        "fake providers feeding a running service",
+        "Run fake Infobip and DiceSMS providers feeding a running service (their ports are "
+        "those of the sources' base_url), and wait until the service matches their truth. "
+        "Counts and a rate on stderr while it runs, when stderr is a terminal.",
+        (Exit.FAILED, Exit.ADDRESS_IN_USE, Exit.DIFFERENCES, Exit.UNREACHABLE)),
+    "prune": Command(
+        "drop raw bodies and history past the retention",
+        "Drop inbox and history months, and reconciler passes, older than "
+        "DLR_RETENTION_MONTHS (merged messages are kept). Counts and a rate on stderr while "
+        "it runs, when stderr is a terminal.", (Exit.FAILED, *_ON_DATABASE)),
+    "rebuild-billing": Command(
+        "make the billing rollup again from the messages",
+        "Make the billing rollup again from the merged messages (writes wait meanwhile). "
+        "Every merge keeps it, so this is for when it is in doubt.",
+        (Exit.FAILED, *_ON_DATABASE)),
+}
+
+
+def _exit_codes(codes: tuple[Exit, ...], failed: str = _MEANING[Exit.FAILED]) -> str:
+    shown = sorted({Exit.OK, Exit.CONFIG, *codes, Exit.INTERRUPTED})
+    meaning = _MEANING | {Exit.FAILED: failed, Exit.INTERRUPTED: "interrupted (Ctrl-C)"}
+    return "exit codes:\n" + "\n".join(f"  {code:>3}  {meaning[code]}" for code in shown)
+
+
+def version() -> str:
+    try:
+        return metadata.version("dlr-reconciler")
+    except metadata.PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dlr-reconciler", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="HTTP API and webhooks")
+    parser = argparse.ArgumentParser(
+        prog="dlr-reconciler", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="SMS delivery reports, pushed and pulled, merged into one exact state.",
+        epilog=_exit_codes(tuple(Exit)[1:-1]) + "\n\n`dlr-reconciler COMMAND --help` says which "
+        "a command can end with.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str) -> argparse.ArgumentParser:
+        about = COMMANDS[name]
+        return commands.add_parser(name, help=about.summary,
+                                   description=textwrap.fill(about.description, 79,
+                                                               break_on_hyphens=False),
+                                   epilog=_exit_codes(about.codes, about.failed),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    serve = command("serve")
     serve.add_argument("--host", help="listen address (DLR_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (DLR_PORT, default 8080)")
     serve.add_argument("--migrate", action="store_true", help="migrate the database first")
     serve.add_argument("--workers", type=int, help="worker processes (DLR_WORKERS, default 1)")
     serve.add_argument("--no-reconciler", action="store_true",
                        help="serve HTTP only; leave pulling to `worker` processes")
-    commands.add_parser("worker", help="run only the reconciler (pulls every source on its interval)")
-    commands.add_parser("migrate", help="upgrade the database schema to the newest revision")
-    pull = commands.add_parser("pull", help="one reconcile pass of one source, then exit")
-    pull.add_argument("source")
-    sim = commands.add_parser("simulate", help="fake providers feeding a running service; "
-                              "exits 0 once it matches their truth")
+    command("worker")
+    command("migrate")
+    pull = command("pull")
+    pull.add_argument("source", help="a source name from DLR_CONFIG")
+    sim = command("simulate")
     sim.add_argument("--url", default=None, help="the service (default http://DLR_HOST:DLR_PORT)")
     sim.add_argument("--infobip", default="ib", help="the infobip source to fake")
     sim.add_argument("--dicesms", default="dice", help="the dicesms source to fake")
@@ -56,17 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--api-version", type=int, choices=(3, 1), default=3,
                      help="the shape of the Infobip pushes: v3 (sender, messageCount) or v1")
     sim.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for convergence")
-    replay = commands.add_parser("replay", help="decode and merge kept bodies again")
+    replay = command("replay")
     replay.add_argument("--rejected", action="store_true",
                         help="only bodies not fully accepted (rejected, partial, failed, received)")
+    replay.add_argument("--source", help="only the bodies of this source (a name from DLR_CONFIG)")
     replay.add_argument("--since", help="received at or after (ISO 8601 with an offset)")
     replay.add_argument("--until", help="received before (ISO 8601 with an offset)")
-    prune = commands.add_parser("prune", help="drop inbox and history months older than "
-                                "DLR_RETENTION_MONTHS (merged messages are kept)")
+    prune = command("prune")
     prune.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
-    commands.add_parser("rebuild-billing", help="make the billing rollup again from the merged "
-                        "messages (writes wait meanwhile); it is kept by every merge, so this "
-                        "is for when it is in doubt")
+    command("rebuild-billing")
     return parser
 
 
@@ -75,48 +190,92 @@ def main(argv: list[str] | None = None) -> int:
 
     logs.configure()
     try:
-        settings = load_settings()
-        if args.command == "migrate":
-            return _migrate(settings)
-        if args.command == "pull":
-            return _pull(settings, args.source)
-        if args.command == "worker":
-            return _worker(settings)
-        if args.command == "simulate":
-            return _simulate(settings, args)
-        if args.command == "prune":
-            return _prune(settings, args.dry_run)
-        if args.command == "rebuild-billing":
-            return _rebuild_billing(settings)
-        if args.command == "replay":
-            since = query_time("--since", args.since) if args.since else None
-            until = query_time("--until", args.until) if args.until else None
-            return _replay(settings, args.rejected, since, until)
-        return _serve(settings, args.host, args.port, args.migrate, args.workers,
-                      reconciler=not args.no_reconciler)
+        return _run(args)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(Exit.CONFIG, f"config error: {exc}")
     except BadRequest as exc:
-        print(exc.message, file=sys.stderr)
-        return 2
+        return _fail(Exit.CONFIG, exc.message)
     except DatabaseUnavailable as exc:
-        print(f"database unavailable: {exc.detail or exc}", file=sys.stderr)
-        return 3
+        return _fail(Exit.DATABASE_UNAVAILABLE, f"database unavailable: {exc.detail or exc}")
     except NotMigrated as exc:
-        print(f"cannot start: {exc}", file=sys.stderr)
-        return 4
+        return _fail(Exit.NOT_MIGRATED, f"cannot start: {exc}")
     except AddressInUse as exc:
-        print(f"cannot listen: {exc}", file=sys.stderr)
-        return 7
+        return _fail(Exit.ADDRESS_IN_USE, f"cannot listen: {exc}")
+    except Unreachable as exc:
+        return _fail(Exit.UNREACHABLE, str(exc))
+    except KeyboardInterrupt:
+        return _fail(Exit.INTERRUPTED, "interrupted")
     except Exception as exc:
         if refused := db.refusal(exc):  # a wrong role, password or database name
-            print(f"database refused the connection: {refused} (check DLR_DATABASE_URL)",
-                  file=sys.stderr)
-            return 6
+            return _fail(Exit.DATABASE_REFUSED, f"database refused the connection: {refused} "
+                         "(check DLR_DATABASE_URL)")
         # through the logger, masked like every other line, not as a raw traceback
         log.exception("%s failed", args.command)
-        return 1
+        return Exit.FAILED
+
+
+def _fail(code: Exit, line: str) -> int:
+    """One line on stderr (starting a new line if progress was being shown), and the code."""
+    print(f"{Progress.pending_newline()}{line}", file=sys.stderr)
+    return code
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if args.command == "migrate":
+        return _migrate(settings)
+    if args.command == "pull":
+        return _pull(settings, args.source)
+    if args.command == "worker":
+        return _worker(settings)
+    if args.command == "simulate":
+        return _simulate(settings, args)
+    if args.command == "prune":
+        return _prune(settings, args.dry_run)
+    if args.command == "rebuild-billing":
+        return _rebuild_billing(settings)
+    if args.command == "replay":
+        since = query_time("--since", args.since) if args.since else None
+        until = query_time("--until", args.until) if args.until else None
+        return _replay(settings, args.rejected, since, until, args.source)
+    return _serve(settings, args.host, args.port, args.migrate, args.workers,
+                  reconciler=not args.no_reconciler)
+
+
+class Progress:
+    """Counts and a rate on one line of stderr, redrawn at most every `every_s` seconds,
+    only when stderr is a terminal: a log file or a pipe gets the final summary alone."""
+
+    _open = False  # a progress line is on screen without its newline yet
+
+    def __init__(self, label: str, rate_of: str, every_s: float = 0.5) -> None:
+        self.label, self.rate_of, self.every_s = label, rate_of, every_s
+        self.on = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.shown = -math.inf  # the first counts show at once
+
+    def __call__(self, **counts: int) -> None:
+        now = time.monotonic()
+        if not self.on or now - self.shown < self.every_s:
+            return
+        self.shown = now
+        rate = counts[self.rate_of] / max(now - self.started, 1e-6)
+        shown = ", ".join(f"{value:,} {name}" for name, value in counts.items())
+        sys.stderr.write(f"\r\x1b[K{self.label}: {shown} ({rate:,.0f} {self.rate_of}/s)")
+        sys.stderr.flush()
+        Progress._open = True
+
+    @staticmethod
+    def pending_newline() -> str:
+        """The newline that ends a progress line still on screen, once."""
+        if not Progress._open:
+            return ""
+        Progress._open = False
+        return "\n"
+
+    def done(self) -> None:
+        """End the progress line, so what follows starts on a line of its own."""
+        sys.stderr.write(Progress.pending_newline())
 
 
 def _migrate(settings: Settings) -> int:
@@ -127,16 +286,23 @@ def _migrate(settings: Settings) -> int:
         raise DatabaseUnavailable(str(exc), detail=str(exc)) from exc
     _keep_partitions(settings, url)
     print(f"database at revision {db.head_revision()}")
-    return 0
+    return Exit.OK
 
 
 def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool,
            workers: int | None, *, reconciler: bool) -> int:
+    # Bound here, before anything starts, and handed to uvicorn: a taken address is said
+    # at once (exit 7), and nobody can take it between a check and uvicorn's own bind.
+    with _listen(host or settings.host, port or settings.port) as listener:
+        return _serve_on(listener, settings, host, port, migrate, workers, reconciler=reconciler)
+
+
+def _serve_on(listener: socket.socket, settings: Settings, host: str | None, port: int | None,
+              migrate: bool, workers: int | None, *, reconciler: bool) -> int:
     import uvicorn
 
     from service.app import create_app
 
-    _check_address(host or settings.host, port or settings.port)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app reloads its configuration on it
     url = _ready_database(settings, migrate)
     _keep_partitions(settings, url)
@@ -162,8 +328,11 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
     log.info("serving on %s://%s:%s (%d worker%s)", scheme, options["host"], options["port"],
              workers, "" if workers == 1 else "s")
     if workers == 1:
-        uvicorn.run(create_app(settings, url, reconciler=reconciler, reload=load_settings),
-                    **options)
+        server = uvicorn.Server(uvicorn.Config(
+            create_app(settings, url, reconciler=reconciler, reload=load_settings), **options))
+        server.run(sockets=[listener])
+        if not server.started:  # the app did not start (logged)
+            return Exit.FAILED
     else:  # each worker builds its own app, on the database this process chose
         os.environ["DLR_DATABASE_URL"] = url
         os.environ["DLR_RECONCILER"] = "1" if reconciler else "0"
@@ -171,8 +340,8 @@ def _serve(settings: Settings, host: str | None, port: int | None, migrate: bool
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = shared  # /metrics adds up every worker
             config = uvicorn.Config("service.app:create_app_from_env", factory=True,
                                     workers=workers, **options)
-            _Supervisor(config, sockets=[config.bind_socket()]).run()  # as uvicorn.run does
-    return 0
+            _Supervisor(config, sockets=[listener]).run()  # as uvicorn.run does
+    return Exit.OK
 
 
 class _Supervisor(Multiprocess):
@@ -194,19 +363,29 @@ class NotMigrated(Exception):
     pass
 
 
+class Unreachable(Exception):
+    """simulate: the service cannot be reached, or answered a request with an error."""
+
+
 class AddressInUse(Exception):
-    """serve's address is taken (another process listens there) or not this machine's."""
+    """The address to listen on is taken (another process listens there) or not this
+    machine's."""
 
 
-def _check_address(host: str, port: int) -> None:
-    """Fail before starting anything if `host:port` cannot be listened on."""
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket listening on `host:port`, bound as uvicorn binds (inheritable, for
+    `--workers`); AddressInUse if it cannot be."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise AddressInUse(f"{host}:{port}: {exc.strerror}") from None
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+        listener.listen(2048)  # uvicorn's backlog; a socket bound but not listening elsewhere
+    except OSError as exc:
+        listener.close()
+        raise AddressInUse(f"{host}:{port}: {exc.strerror}") from None
+    listener.set_inheritable(True)
+    return listener
 
 
 def _ready_database(settings: Settings, migrate: bool) -> str:
@@ -231,14 +410,17 @@ def _keep_partitions(settings: Settings, url: str) -> None:
 
 def _prune(settings: Settings, dry_run: bool) -> int:
     url = _ready_database(settings, migrate=False)
+    progress = Progress("prune", "dropped")
     pruned = asyncio.run(db.once(url, settings.db_timeout_s, lambda conn: retention.prune(
-        conn, datetime.now(UTC), settings.retention_months, dry_run)))
+        conn, datetime.now(UTC), settings.retention_months, dry_run,
+        progress=lambda done, total: progress(dropped=done, partitions=total))))
+    progress.done()
     verb = "would drop" if dry_run else "dropped"
     print(f"keeping {settings.retention_months} months before this one (from {pruned.cutoff:%Y-%m-%d});"
           f" {verb} {len(pruned.dropped)} partitions, {pruned.default_rows} older rows and"
           f" {pruned.runs} reconciler passes, {pruned.sightings} sightings of pulled bodies"
           + "".join(f"\n  {name}" for name in pruned.dropped))
-    return 0
+    return Exit.OK
 
 
 def _rebuild_billing(settings: Settings) -> int:
@@ -255,7 +437,7 @@ def _rebuild_billing(settings: Settings) -> int:
 
     rows = asyncio.run(rebuild())
     print(f"billing rollup rebuilt from the merged messages: {rows} rows")
-    return 0
+    return Exit.OK
 
 
 def _pull(settings: Settings, name: str) -> int:
@@ -264,8 +446,7 @@ def _pull(settings: Settings, name: str) -> int:
 
     source = settings.sources.get(name)
     if source is None:
-        print(f"no source named {name!r} in the configuration", file=sys.stderr)
-        return 2
+        raise ConfigError(f"no source named {name!r} in the configuration")
     url = _ready_database(settings, migrate=False)
 
     async def once() -> worker.RunResult | None:
@@ -280,31 +461,37 @@ def _pull(settings: Settings, name: str) -> int:
     result = asyncio.run(once())
     if result is None:
         print(f"{name}: another process is pulling this source now", file=sys.stderr)
-        return 5
+        return Exit.BUSY
     print(f"{name}: {result.pages} pages, {result.reports} reports, {result.changed} changed, "
           f"{result.rejected} rejected" + (f"; error: {result.error}" if result.error else ""))
-    return 1 if result.error else 0
+    return Exit.FAILED if result.error else Exit.OK
 
 
 def _replay(settings: Settings, only_unaccepted: bool, since: datetime | None,
-            until: datetime | None) -> int:
+            until: datetime | None, source: str | None) -> int:
     from service import ingest
 
+    if source is not None and source not in settings.sources:
+        raise ConfigError(f"--source: no source named {source!r} in the configuration")
     url = _ready_database(settings, migrate=False)
+    progress = Progress("replay", "reports")
 
     async def run() -> ingest.ReplayResult:
         engine = db.create_engine(url, settings.db_timeout_s, pool_size=2)
         try:
-            return await ingest.replay(engine, settings.sources, only_unaccepted=only_unaccepted,
-                                       since=since, until=until)
+            return await ingest.replay(
+                engine, settings.sources, only_unaccepted=only_unaccepted, since=since,
+                until=until, source=source, progress=lambda done: progress(
+                    bodies=done.bodies, reports=done.reports, changed=done.changed))
         finally:
             await engine.dispose()
 
     result = asyncio.run(run())
+    progress.done()
     print(f"replayed {result.bodies} bodies: {result.reports} reports, {result.changed} rows "
           f"changed, {result.rejected} rejected, {result.skipped} skipped (unknown source), "
           f"{result.failed} failed (see the log)")
-    return 1 if result.failed else 0
+    return Exit.FAILED if result.failed else Exit.OK
 
 
 def _simulate(settings: Settings, args: argparse.Namespace) -> int:
@@ -321,33 +508,57 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
                             args.messages, args.timeout)
     ib, dice = settings.sources.get(args.infobip), settings.sources.get(args.dicesms)
     if not isinstance(ib, InfobipSource) or not isinstance(dice, DiceSmsSource):
-        print(f"simulate needs an infobip source {args.infobip!r} and a dicesms source "
-              f"{args.dicesms!r} in DLR_CONFIG", file=sys.stderr)
-        return 2
+        raise ConfigError(f"simulate needs an infobip source {args.infobip!r} and a dicesms "
+                          f"source {args.dicesms!r} in DLR_CONFIG")
     token = next((t.token for t in settings.api_tokens if "read" in t.scopes), None)
     if token is None:
-        print("simulate needs an API token with the read scope in DLR_CONFIG", file=sys.stderr)
-        return 2
+        raise ConfigError("simulate needs an API token with the read scope in DLR_CONFIG")
     base = args.url or f"http://{settings.host}:{settings.port}"
     scenario = simulate.Scenario(args.messages, ib_source=ib.name, dice_source=dice.name,
                                  api_version=args.api_version)
-    with FakeInfobip(ib.api_key or "", port=_port(ib.base_url)) as fake_ib, \
-            FakeDiceSms(dice.token or "", page_size=50, port=_port(dice.base_url)) as fake_dice:
+    with _fake(FakeInfobip, ib.api_key or "", port=_port(ib.base_url)) as fake_ib, \
+            _fake(FakeDiceSms, dice.token or "", page_size=50,
+                  port=_port(dice.base_url)) as fake_dice:
         scenario.load(fake_ib, fake_dice)
         print(f"fake Infobip on {fake_ib.url}, fake DiceSMS on {fake_dice.url}; "
               f"{len(scenario.pushes)} pushes ({len(scenario.lost_finals)} final reports lost "
               f"in transit, left for the pull) to {base}")
+        pushing = Progress("simulate", "pushes")
+        waiting = Progress("simulate", "matching")
 
         async def run() -> list[str]:
             async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-                await simulate.push(client, scenario, simulate.hook_headers(ib.webhook))
-                return await simulate.wait_until_matching(client, scenario, token, args.timeout)
+                await simulate.push(client, scenario, simulate.hook_headers(ib.webhook),
+                                    progress=lambda sent: pushing(pushes=sent))
+                pushing.done()
+                return await simulate.wait_until_matching(
+                    client, scenario, token, args.timeout,
+                    progress=lambda matching: waiting(matching=matching,
+                                                      messages=len(scenario.truth)))
 
-        differences = asyncio.run(run())
+        try:
+            differences = asyncio.run(run())
+        except httpx.TransportError as exc:
+            raise Unreachable(f"cannot reach the service at {base}: "
+                              f"{exc or type(exc).__name__}") from None
+        except httpx.HTTPStatusError as exc:
+            request = exc.request
+            raise Unreachable(f"the service at {base} answered {request.method} "
+                              f"{request.url.path} with {exc.response.status_code}: "
+                              f"{exc.response.text[:200]}") from None
+        waiting.done()
     for line in differences[:20]:
         print(line)
     print(f"{len(scenario.truth)} messages, {len(differences)} differences")
-    return 1 if differences else 0
+    return Exit.DIFFERENCES if differences else Exit.OK
+
+
+def _fake(kind: Any, credential: str, *, port: int, **options: Any) -> Any:
+    """A fake provider on 127.0.0.1:`port`; AddressInUse if something else listens there."""
+    try:
+        return kind(credential, port=port, **options)
+    except OSError as exc:
+        raise AddressInUse(f"a fake provider on 127.0.0.1:{port}: {exc.strerror}") from None
 
 
 def _port(url: str) -> int:
@@ -355,22 +566,37 @@ def _port(url: str) -> int:
 
 
 def _worker(settings: Settings) -> int:
+
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    # probes and metrics (none on port 0)
+    listener = _listen(settings.host, settings.worker_port) if settings.worker_port else None
+    with listener or contextlib.nullcontext():
+        return _work(settings, listener)
+
+
+def _work(settings: Settings, listener: socket.socket | None) -> int:
     from service import worker
     from service.providers import http
 
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     url = _ready_database(settings, migrate=False)
     _keep_partitions(settings, url)
 
     async def forever() -> None:
+        import uvicorn
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP ignored: the reconciler "
                                 "reads DLR_CONFIG when it starts; restart it to change sources")
-        # sources are pulled side by side, each holding at most one connection at a time
-        engine = db.create_engine(url, settings.db_timeout_s, pool_size=len(settings.sources) + 2)
+        # sources are pulled side by side, each holding at most one connection at a time,
+        # and a probe takes one more
+        engine = db.create_engine(url, settings.db_timeout_s, pool_size=len(settings.sources) + 3)
+        ops = worker.OpsServer(uvicorn.Config(
+            worker.ops_app(settings, engine), log_config=None, log_level="warning",
+            server_header=False, timeout_graceful_shutdown=5))
+        serving = asyncio.create_task(ops.serve(sockets=[listener]) if listener else stop.wait())
         try:
             async with http.new_client() as client:
                 pulling = asyncio.create_task(worker.run_forever(
@@ -378,11 +604,15 @@ def _worker(settings: Settings) -> int:
                     spool_dir=settings.data_dir))
                 await worker.stop_within(pulling, stop, settings.shutdown_timeout_s)
         finally:
+            ops.should_exit = True  # metrics stay up until the reconciler has stopped
+            stop.set()
+            await serving
             await engine.dispose()
 
-    log.info("reconciler running")
+    log.info("reconciler running" + (f"; probes and metrics on http://{settings.host}:"
+                                     f"{settings.worker_port}" if listener else ""))
     asyncio.run(forever())
-    return 0
+    return Exit.OK
 
 
 def _exit_normally(signum: int, frame: FrameType | None) -> None:

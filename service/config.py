@@ -39,6 +39,7 @@ DEFAULT_REQUEST_TIMEOUT_S = 30
 DEFAULT_MAX_CONNECTIONS = 512
 WEBHOOK_SCHEMES = "basic, token, standard_webhooks, twilio_signature, vonage_signature"
 VONAGE_METHODS = ("md5hash", "md5", "sha1", "sha256", "sha512")  # the dashboard's choices
+DEFAULT_WORKER_PORT = 9090
 WEBHOOK_KEY_MIN_BYTES = 24  # shorter HMAC keys are weak; the Standard Webhooks examples use 24
 
 
@@ -61,6 +62,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: Path = Path(".dlr")
     host: str = "127.0.0.1"
     port: int = 8080
+    worker_port: int = DEFAULT_WORKER_PORT  # `worker`'s probes and metrics; 0: none
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -87,6 +89,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         data_dir=Path(env.get("DLR_DATA_DIR") or ".dlr"),
         host=env.get("DLR_HOST") or "127.0.0.1",
         port=_int(env, "DLR_PORT", 8080, 1, 65535),
+        worker_port=_int(env, "DLR_WORKER_PORT", DEFAULT_WORKER_PORT, 0, 65535),
         max_body_bytes=_int(env, "DLR_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 1 << 30),
         max_header_bytes=_int(env, "DLR_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES, 1024, 1 << 20),
         max_connections=_int(env, "DLR_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, 1, 100_000),

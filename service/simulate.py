@@ -366,12 +366,15 @@ def hook_headers(hook: WebhookConfig | None) -> HeadersFor:
     return signed
 
 
-async def push(client: httpx.AsyncClient, scenario: AnyScenario,
-               headers_for: HeadersFor) -> None:
-    """Deliver the scenario's surviving pushes to the service's webhook."""
-    for method, url, payload, headers in scenario.requests(headers_for):
+async def push(client: httpx.AsyncClient, scenario: AnyScenario, headers_for: HeadersFor,
+               progress: Callable[[int], None] | None = None) -> None:
+    """Deliver the scenario's surviving pushes to the service's webhook; `progress` is told
+    how many requests went so far."""
+    for sent, (method, url, payload, headers) in enumerate(scenario.requests(headers_for), 1):
         response = await client.request(method, url, content=payload or None, headers=headers)
         response.raise_for_status()
+        if progress is not None:
+            progress(sent)
 
 
 async def fetch_all(client: httpx.AsyncClient, token: str) -> dict[tuple[str, str], dict[str, Any]]:
@@ -390,13 +393,17 @@ async def fetch_all(client: httpx.AsyncClient, token: str) -> dict[tuple[str, st
             return merged
 
 
-async def wait_until_matching(client: httpx.AsyncClient, scenario: AnyScenario,
-                              token: str,
-                              timeout_s: float) -> list[str]:
-    """Poll the service until it matches the truth; return what still differs at the end."""
+async def wait_until_matching(client: httpx.AsyncClient, scenario: AnyScenario, token: str,
+                              timeout_s: float,
+                              progress: Callable[[int], None] | None = None) -> list[str]:
+    """Poll the service until it matches the truth; return what still differs at the end.
+    `progress` is told after each poll how many messages match."""
     deadline = time.monotonic() + timeout_s
     while True:
         differences = scenario.differences(await fetch_all(client, token))
+        if progress is not None:
+            differing = {line.split(": ", 1)[0] for line in differences}
+            progress(len(scenario.truth) - len(differing))
         if not differences or time.monotonic() > deadline:
             return differences
         await asyncio.sleep(1)

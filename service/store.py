@@ -73,10 +73,15 @@ def _upsert_messages() -> Any:
     # pg_current_xact_id() is only STABLE: inlined, a column nobody reads is never computed.
     guard = (sa.select(sa.func.pg_current_xact_id().label("xid")).cte("feed_guard")
              .prefix_with("MATERIALIZED"))
+    # One seq per observation, read twice (seq, and final_seq when it is final): a subquery
+    # with a volatile column is evaluated once per row, never inlined into its reader.
+    numbered = (sa.select(*[src.c[n] for n in REPORT_FIELDS],
+                          messages_seq.next_value().label("seq"))
+                .select_from(src.join(guard, sa.true())).subquery("numbered"))
     stmt = pg.insert(messages).from_select(
-        [*REPORT_FIELDS, "seq"],
-        sa.select(*[src.c[n] for n in REPORT_FIELDS], messages_seq.next_value())
-        .select_from(src.join(guard, sa.true())))
+        [*REPORT_FIELDS, "seq", "final_seq"],
+        sa.select(*[numbered.c[n] for n in REPORT_FIELDS], numbered.c.seq,
+                  sa.case((numbered.c.final, numbered.c.seq), else_=sa.null())))
     new, old = stmt.excluded, messages.c
 
     def order_key(row: Any) -> Any:  # rules.order_key
@@ -119,16 +124,24 @@ def _upsert_messages() -> Any:
         for f, bit in rules.REGISTERED.items()]
     values["registered"] = functools.reduce(lambda a, b: a.op("|")(b), bits)
     values |= {f: sa.case((price_wins, new[f]), else_=old[f]) for f in rules.PRICE_FIELDS}
-    values |= {"seq": messages_seq.next_value(), "updated_at": sa.func.now()}
+    # The observation's own seq (taken above), so that final_seq can name this change:
+    # set from the locked row, it is this seq exactly when this write makes the row final.
+    values |= {"seq": new.seq, "updated_at": sa.func.now(),
+               "final_seq": sa.case((old.final, old.final_seq), (wins, new.final_seq),
+                                    else_=sa.null())}
     # The guard: a row is touched (and takes a new seq) only when the merge changes it.
     changes = sa.or_(wins, price_wins, *ranked_wins.values(),
                      old.part_ids.is_distinct_from(parts),
                      old.sms_count.is_distinct_from(values["sms_count"]),
                      *[old[f].is_distinct_from(sa.func.greatest(old[f], new[f]))
                        for f in rules.FILLED_FIELDS])
+    # One row per message changed; the columns the outcome metrics need where this write
+    # made it final, nulls otherwise.
+    made_final = old.final_seq == old.seq
     return stmt.on_conflict_do_update(
         index_elements=[old.source, old.message_id], set_=values, where=changes,
-    ).returning(old.seq)
+    ).returning(*[sa.case((made_final, old[name]), else_=sa.null()).label(name)
+                  for name in ("source", "message_id", "status", "sent_at", "done_at")])
 
 
 _INBOX_FIELDS = tuple(InboxRow.__struct_fields__)
@@ -158,9 +171,30 @@ class _Observed(msgspec.Struct, frozen=True):
     done_at: Any
 
 
+class Finished(msgspec.Struct, frozen=True):
+    """A message that a write made final: it was not final before, whoever wrote it."""
+
+    source: str
+    message_id: str
+    status: str
+    sent_at: datetime | None
+    done_at: datetime | None
+
+
+class Written(msgspec.Struct, frozen=True):
+    """What one write did: merged rows changed, and the messages among them it made final
+    (to be counted once their transaction has committed)."""
+
+    changed: int = 0
+    finished: tuple[Finished, ...] = ()
+
+    def __add__(self, other: Written) -> Written:
+        return Written(self.changed + other.changed, self.finished + other.finished)
+
+
 async def write(conn: AsyncConnection, bodies: Sequence[InboxRow],
-                observed: Sequence[tuple[Report, str]]) -> int:
-    """Keep the raw bodies, record each observation, merge them; return merged rows changed."""
+                observed: Sequence[tuple[Report, str]]) -> Written:
+    """Keep the raw bodies, record each observation, merge them; return what changed."""
     merged = rules.merge_all(report for report, _ in observed)
     now = datetime.now(UTC)
     history = sorted({(r.source, r.message_id, r.obs_hash, channel): _Observed(
@@ -169,8 +203,8 @@ async def write(conn: AsyncConnection, bodies: Sequence[InboxRow],
     params = (_columns(bodies, _INBOX_FIELDS, "i")
               | _columns([h for _, h in history], _HISTORY_FIELDS, "h")
               | _columns(merged, REPORT_FIELDS, "m"))
-    result = await conn.execute(_WRITE, params)
-    return len(result.all())
+    rows = (await conn.execute(_WRITE, params)).all()
+    return Written(len(rows), tuple(Finished(*row) for row in rows if row.source is not None))
 
 
 def matched_by(m: Any) -> Any:
@@ -309,7 +343,8 @@ async def list_runs(conn: AsyncConnection, source: str | None, limit: int,
 
 
 async def inbox_page(conn: AsyncConnection, after_id: int, limit: int, *, only_unaccepted: bool,
-                     since: datetime | None, until: datetime | None) -> Sequence[Any]:
+                     since: datetime | None, until: datetime | None,
+                     source: str | None = None) -> Sequence[Any]:
     """Kept bodies in id order after `after_id`, for replay."""
     query = (sa.select(inbox.c.id, inbox.c.source, inbox.c.channel, inbox.c.content_type,
                        inbox.c.body, inbox.c.url)
@@ -320,6 +355,8 @@ async def inbox_page(conn: AsyncConnection, after_id: int, limit: int, *, only_u
         query = query.where(inbox.c.received_at >= since)
     if until is not None:
         query = query.where(inbox.c.received_at < until)
+    if source is not None:
+        query = query.where(inbox.c.source == source)
     return (await conn.execute(query)).all()
 
 
@@ -512,6 +549,29 @@ async def register_outbound(conn: AsyncConnection, rows: Sequence[Registration])
 
 
 GapKey = tuple[datetime, int, str]  # sent_at, registration id, matched message id or ''
+def _gap_branches(source: str | None, sent_before: datetime, sent_after: datetime | None,
+                  with_message_id: bool = False) -> list[tuple[Any, Any]]:
+    """Registrations sent in the window whose message is not final, one query per way of
+    matching (by message id; by callback data), each joined to the message on its own index
+    (an OR of the two in one join condition leaves PostgreSQL no index to use), with the
+    matched message. One row per matched message."""
+    o, m = outbound.c, messages.alias("m")
+    ways = [(o.message_id.is_not(None), m.c.message_id == o.message_id)]
+    if not with_message_id:
+        ways.append((o.message_id.is_(None), same_callback_data(m.c.callback_data,
+                                                                 o.callback_data)))
+    branches = []
+    for registered, matched in ways:
+        query = (sa.select().select_from(outbound.outerjoin(m, sa.and_(
+                    registered, m.c.source == o.source, matched)))
+                 .where(registered, o.sent_at < sent_before,
+                        sa.func.coalesce(m.c.final, False).is_(False)))
+        if source is not None:
+            query = query.where(o.source == source)
+        if sent_after is not None:
+            query = query.where(o.sent_at >= sent_after)
+        branches.append((query, m))
+    return branches
 
 
 async def gaps(conn: AsyncConnection, *, source: str | None, sent_before: datetime,
@@ -520,34 +580,41 @@ async def gaps(conn: AsyncConnection, *, source: str | None, sent_before: dateti
     """Registered messages without a final status, oldest first, after a keyset position
     (a row's is its sent_at, registration_id, matched_id). A registration by callback data
     may match several messages, one row each: hence the matched message's id in the key."""
-    o, m = outbound.c, messages.alias("m")
-    by_id = sa.and_(o.message_id.is_not(None), m.c.source == o.source,
-                    m.c.message_id == o.message_id)
-    by_callback = sa.and_(o.message_id.is_(None), m.c.source == o.source,
-                          same_callback_data(m.c.callback_data, o.callback_data))
-    # One branch per way of matching, each joined on its own index (an OR of the two in
-    # one join condition leaves PostgreSQL no index to use), merged in key order.
-    branches = []
-    for matched in ((by_id,) if with_message_id else (by_id, by_callback)):
+    o = outbound.c
+    branches = []  # each in key order, then merged
+    for query, m in _gap_branches(source, sent_before, sent_after, with_message_id):
         matched_id = sa.func.coalesce(m.c.message_id, "")
-        branch = (sa.select(o.source, sa.func.coalesce(o.message_id, m.c.message_id)
-                            .label("message_id"), o.callback_data, o.bulk_id, o.to, o.sent_at,
-                            m.c.status, o.id.label("registration_id"),
-                            matched_id.label("matched_id"))
-                  .select_from(outbound.outerjoin(m, matched))
-                  .where(matched.clauses[0], o.sent_at < sent_before,
-                         sa.func.coalesce(m.c.final, False).is_(False)))
+        branch = query.add_columns(
+            o.source, sa.func.coalesce(o.message_id, m.c.message_id).label("message_id"),
+            o.callback_data, o.bulk_id, o.to, o.sent_at, m.c.status,
+            o.id.label("registration_id"), matched_id.label("matched_id"))
         if after is not None:
             branch = branch.where(sa.tuple_(o.sent_at, o.id, matched_id) > sa.tuple_(*after))
-        if source is not None:
-            branch = branch.where(o.source == source)
-        if sent_after is not None:
-            branch = branch.where(o.sent_at >= sent_after)
         branches.append(branch.order_by(o.sent_at, o.id, matched_id).limit(limit))
     found = sa.union_all(*branches).subquery("found")
     query = (sa.select(found).order_by(found.c.sent_at, found.c.registration_id,
                                        found.c.matched_id).limit(limit))
     return (await conn.execute(query)).all()
+
+
+async def count_gaps(conn: AsyncConnection, source: str, sent_before: datetime,
+                     sent_after: datetime) -> int:
+    """How many items `gaps` would list for `source` in the window, all pages together."""
+    total = 0
+    for query, _ in _gap_branches(source, sent_before, sent_after):
+        total += int(await conn.scalar(query.add_columns(sa.func.count())) or 0)
+    return total
+
+
+async def last_success(conn: AsyncConnection, source: str) -> datetime | None:
+    """When the newest pass over `source` without error finished (of the passes kept):
+    read backwards along ix_runs_source_started_at to the first such pass."""
+    query = (sa.select(runs.c.finished_at)
+             .where(runs.c.source == source, runs.c.error.is_(None),
+                    runs.c.finished_at.is_not(None))
+             .order_by(runs.c.started_at.desc()).limit(1))
+    value = await conn.scalar(query)
+    return value if isinstance(value, datetime) else None
 
 
 async def sent_per_day(conn: AsyncConnection, source: str, days: Sequence[str],

@@ -103,6 +103,10 @@ messages = sa.Table(
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),
+    # The seq of the change that made the message final (null: not final, or made final
+    # before this column existed). The merge writes it from the row it locked, so a write
+    # can tell exactly which messages it made final, however many writers race.
+    sa.Column("final_seq", sa.BigInteger),
 )
 sa.Index("ix_messages_seq", messages.c.seq)
 sa.Index("ix_messages_to", messages.c.to)

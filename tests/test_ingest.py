@@ -19,7 +19,7 @@ async def test_a_failing_body_does_not_take_its_batch_down(
     real_write = store.write
     batch_sizes: list[int] = []
 
-    async def write(conn: Any, bodies: Any, observed: Any) -> int:
+    async def write(conn: Any, bodies: Any, observed: Any) -> store.Written:
         batch_sizes.append(len(bodies))
         if any(report.message_id == "poison" for report, _ in observed):
             raise RuntimeError("bug in the merge")
@@ -47,7 +47,7 @@ async def test_a_failing_body_does_not_take_its_batch_down(
 
 async def test_a_body_that_cannot_even_be_kept_is_reported_as_not_stored(
         engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    async def write(conn: Any, bodies: Any, observed: Any) -> int:
+    async def write(conn: Any, bodies: Any, observed: Any) -> store.Written:
         raise RuntimeError("bug in every write")
 
     monkeypatch.setattr(store, "write", write)

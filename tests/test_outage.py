@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import cli
@@ -266,7 +267,9 @@ def test_commands_tell_an_unavailable_database_in_words(monkeypatch: pytest.Monk
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("DLR_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/none")
     monkeypatch.delenv("DLR_CONFIG", raising=False)
+    before = REGISTRY.get_sample_value("dlr_database_unavailable_total") or 0.0
     assert cli.main(["replay"]) == 3
+    assert REGISTRY.get_sample_value("dlr_database_unavailable_total") == before + 1
     said = capsys.readouterr().err.strip().splitlines()[-1]
     assert said.startswith("database unavailable: ")
     assert not PYTHON_NAMES.search(said), said

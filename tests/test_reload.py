@@ -156,7 +156,8 @@ def test_no_request_fails_during_reloads(served: Served, dlr_toml: Path, workers
 def test_worker_survives_sighup(database: str, tmp_path: Path) -> None:
     dlr_toml = tmp_path / "dlr.toml"
     dlr_toml.write_text(config(["token-a"], "old-password"))
-    env = os.environ | {"DLR_DATABASE_URL": database, "DLR_CONFIG": str(dlr_toml)}
+    env = os.environ | {"DLR_DATABASE_URL": database, "DLR_CONFIG": str(dlr_toml),
+                        "DLR_WORKER_PORT": str(free_port())}
     log = tmp_path / "worker.log"
     with log.open("wb") as sink:
         process = subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env,

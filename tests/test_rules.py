@@ -263,7 +263,7 @@ def test_upsert_takes_a_new_seq_only_on_change(runner: tuple[asyncio.Runner, obj
 
     async def apply(*reports: Report) -> tuple[int, int]:
         async with db.transaction(engine) as conn:  # type: ignore[arg-type]
-            changed = await store.write(conn, [], [(r, "pull") for r in reports])
+            changed = (await store.write(conn, [], [(r, "pull") for r in reports])).changed
             seq = await conn.scalar(sa.select(messages.c.seq).where(
                 messages.c.message_id == "seq-test"))
         return changed, int(seq or 0)

@@ -110,7 +110,8 @@ def _run_worker_until_it_runs(env: dict[str, str]) -> tuple[int, str]:
     log = Path(tempfile.mkstemp(suffix=".log")[1])
     try:
         with log.open("wb") as sink:
-            process = subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env,
+            process = subprocess.Popen([sys.executable, "-m", "service", "worker"],
+                                       env=env | {"DLR_WORKER_PORT": str(free_port())},
                                        stdout=sink, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
         while process.poll() is None and "reconciler running" not in log.read_text():

@@ -227,7 +227,7 @@ async def test_merge_bug_keeps_the_body_for_replay(client: Client, engine: Async
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     real_write = store.write
 
-    async def broken(conn: object, bodies: object, observed: list[object]) -> int:
+    async def broken(conn: object, bodies: object, observed: list[object]) -> store.Written:
         if observed:
             raise RuntimeError("bug in the merge")
         return await real_write(conn, bodies, observed)  # type: ignore[arg-type]
@@ -363,7 +363,7 @@ async def test_a_merge_bug_rejects_that_report_not_its_namesake(
     fails on is rejected; the other is merged and counted."""
     real_write = store.write
 
-    async def broken(conn: object, bodies: object, observed: list[Any]) -> int:
+    async def broken(conn: object, bodies: object, observed: list[Any]) -> store.Written:
         if any(report.status == "DELIVERED" for report, _ in observed):
             raise RuntimeError("bug in the merge")
         return await real_write(conn, bodies, observed)  # type: ignore[arg-type]

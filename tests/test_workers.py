@@ -35,7 +35,8 @@ def test_processes_share_a_source_without_overlap(engine: AsyncEngine, database_
         env = os.environ | {"DLR_DATABASE_URL": database_url, "DLR_CONFIG": str(config)}
         commands = ([["worker"]] * 2 if role == "worker"
                     else [["serve", "--port", str(free_port())] for _ in range(3)])
-        workers = [subprocess.Popen([sys.executable, "-m", "service", *command], env=env,
+        workers = [subprocess.Popen([sys.executable, "-m", "service", *command],
+                                    env=env | {"DLR_WORKER_PORT": str(free_port())},
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                    for command in commands]
         try:
@@ -79,7 +80,8 @@ def test_sigterm_ends_a_drain_after_the_page_in_hand(engine: AsyncEngine, databa
         config = tmp_path / "dlr.toml"
         config.write_text(f'[[sources]]\nname = "ib"\nkind = "infobip"\nbase_url = "{fake.url}"\n'
                           f'api_key = "{fake.api_key}"\n')
-        env = os.environ | {"DLR_DATABASE_URL": database_url, "DLR_CONFIG": str(config)}
+        env = os.environ | {"DLR_DATABASE_URL": database_url, "DLR_CONFIG": str(config),
+                            "DLR_WORKER_PORT": str(free_port())}
         worker = subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         while len(fake.queued) > 27_000:
@@ -119,7 +121,7 @@ def test_a_stuck_provider_does_not_hold_shutdown_past_its_limit(database_url: st
         config.write_text(f'[[sources]]\nname = "ib"\nkind = "infobip"\nbase_url = "{fake.url}"\n'
                           f'api_key = "{fake.api_key}"\n')
         env = os.environ | {"DLR_DATABASE_URL": database_url, "DLR_CONFIG": str(config),
-                            "DLR_SHUTDOWN_TIMEOUT_S": "1"}
+                            "DLR_SHUTDOWN_TIMEOUT_S": "1", "DLR_WORKER_PORT": str(free_port())}
         worker = subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
