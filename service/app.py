@@ -51,6 +51,16 @@ def _problem(status: int, detail: str, extensions: Mapping[str, Any] | None = No
                                           if k not in ("type", "title", "status", "detail")})
 
 
+def problem_details() -> ProblemDetailsPlugin:
+    """Every error answer an RFC 9457 problem: Litestar's plugin, fed by these converters."""
+    return ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map={
+        ServiceError: _service_error,
+        HTTPException: _http_error,
+        IngestFailed: _ingest_failed,
+        Exception: _unexpected,
+    }))
+
+
 def _service_error(exc: ServiceError) -> ProblemDetailsException:
     return _problem(exc.status_code, exc.explanation, exc.extra, exc.headers)
 
@@ -170,13 +180,6 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
             await engine.dispose()
             metrics.process_exiting()
 
-    # Every error answer is an RFC 9457 problem: Litestar's plugin, fed by these converters
-    problems = ProblemDetailsPlugin(ProblemDetailsConfig(exception_to_problem_detail_map={
-        ServiceError: _service_error,
-        HTTPException: _http_error,
-        IngestFailed: _ingest_failed,
-        Exception: _unexpected,
-    }))
     swagger = SwaggerRenderPlugin(
         js_url=f"{ASSETS_PATH}/swagger-ui-bundle.js", css_url=f"{ASSETS_PATH}/swagger-ui.css",
         standalone_preset_js_url=f"{ASSETS_PATH}/swagger-ui-standalone-preset.js",
@@ -192,7 +195,7 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
         lifespan=[lifespan],
         state=State({"settings": settings, "gates": gates, "tokens": TokenBook(settings.api_tokens),
                      "head_revision": db.head_revision(), "horizon": changes.Horizon()}),
-        plugins=[problems],
+        plugins=[problem_details()],
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
             title="dlr-reconciler", version="0.1.0", path="/schema", description=DESCRIPTION,

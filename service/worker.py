@@ -168,10 +168,12 @@ def ops_app(settings: Settings, engine: AsyncEngine) -> Litestar:
     """`worker`'s own HTTP: /health/live, /health/ready (the database reachable, migrated
     and taking writes) and /metrics, as `serve` answers them."""
     from service.api import ops
+    from service.app import problem_details
 
     return Litestar(route_handlers=[ops.live, ops.ready, ops.metrics],
                     state=State({"settings": settings, "engine": engine,
                                  "head_revision": db.head_revision()}),
+                    plugins=[problem_details()],
                     openapi_config=None, logging_config=None, debug=False)
 
 
