@@ -69,13 +69,16 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=200_000)
     parser.add_argument("--batches", type=int, default=10_000)
     parser.add_argument("--passes", type=int, default=3)
+    parser.add_argument("--batch-ids-every-pass", action="store_true",
+                        help="re-read the batch-id list each pass (batch_ids_interval_s 1 s)")
     args = parser.parse_args()
 
     with bench_database() as url, FakeDiceSms(page_size=100) as fake:
         fake.messages = account(args.messages, args.batches)
         config = Path(tempfile.mkdtemp()) / "bench.toml"
         config.write_text(f'[[sources]]\nname = "dice"\nkind = "dicesms"\nbase_url = "{fake.url}"\n'
-                          f'token = "{fake.token}"\n')
+                          f'token = "{fake.token}"\n'
+                          + ("batch_ids_interval_s = 1\n" if args.batch_ids_every_pass else ""))
         env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config)}
         first_seconds = first_bytes = 0.0
         for n in range(1 + args.passes):
