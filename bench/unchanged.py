@@ -2,6 +2,7 @@
 what each later one does, in one run.
 
     .venv/bin/python -m bench.unchanged [--messages 200000] [--batches 10000] [--passes 3]
+        [--batch-ids-every-pass]
 
 A fake DiceSMS on loopback holds `--messages` final messages in `--batches` batches;
 `dlr-reconciler pull dice` runs once, then `--passes` more times with nothing changed.
