@@ -22,6 +22,7 @@ from service.providers import Report
 from service.retention import month_start
 from service.tables import (
     BILLING_BUCKET,
+    CText,
     billing_rollup,
     inbox,
     inbox_sightings,
@@ -85,14 +86,17 @@ def _upsert_messages() -> Any:
                          sa.func.coalesce(row.status_id, -1), row.obs_hash)
 
     wins = order_key(new) > order_key(old)
-    price_wins = sa.and_(
-        new.price_amount.is_not(None),
-        sa.or_(old.price_amount.is_(None),
-               sa.tuple_(new.price_amount, sa.func.coalesce(new.price_currency, ""))
-               > sa.tuple_(old.price_amount, sa.func.coalesce(old.price_currency, ""))))
-    # Per field a registration can supply: the greatest by (not null, from a provider, value).
+    def price_key(row: Any) -> Any:  # rules.price_key
+        return sa.tuple_(row.price_estimate == 0, row.price_estimate, row.price_amount,
+                         sa.func.coalesce(row.price_currency, ""),
+                         sa.func.coalesce(row.price_rate, ""))
+
+    price_wins = sa.and_(new.price_amount.is_not(None),
+                         sa.or_(old.price_amount.is_(None), price_key(new) > price_key(old)))
+    # Per field a registration can supply, and parts counted from the text: the greatest by
+    # (not null, from a provider, value).
     ranked_wins = {}
-    for f, bit in rules.REGISTERED.items():
+    for f, bit in rules.UNREPORTED.items():
         old_bit, new_bit = old.registered.op("&")(bit), new.registered.op("&")(bit)
         ranked_wins[f] = sa.and_(new[f].is_not(None), sa.or_(
             old[f].is_(None),
@@ -100,10 +104,10 @@ def _upsert_messages() -> Any:
     values: dict[str, Any] = {f: sa.case((wins, new[f]), else_=old[f])
                               for f in rules.STATE_FIELDS}
     values |= {f: sa.func.greatest(old[f], new[f]) for f in rules.FILLED_FIELDS}
-    values |= {f: sa.case((ranked_wins[f], new[f]), else_=old[f]) for f in rules.REGISTERED}
+    values |= {f: sa.case((ranked_wins[f], new[f]), else_=old[f]) for f in rules.UNREPORTED}
     bits: list[Any] = [
         sa.case((ranked_wins[f], new.registered.op("&")(bit)), else_=old.registered.op("&")(bit))
-        for f, bit in rules.REGISTERED.items()]
+        for f, bit in rules.UNREPORTED.items()]
     values["registered"] = functools.reduce(lambda a, b: a.op("|")(b), bits)
     values |= {f: sa.case((price_wins, new[f]), else_=old[f]) for f in rules.PRICE_FIELDS}
     values |= {"seq": messages_seq.next_value(), "updated_at": sa.func.now()}
@@ -539,7 +543,19 @@ async def sent_per_day(conn: AsyncConnection, source: str, days: Sequence[str],
     return {row[0]: row[1] for row in await conn.execute(query)}
 
 
-BILLING_KEYS = ("day", "source", "currency", "operator", "status")
+BILLING_KEYS = ("day", "source", "currency", "operator", "status", "origin")
+ORIGINS = ("reported", "rate_card")
+
+
+def price_origin(m: Any) -> Any:
+    """Where a message's price came from: 'reported', 'rate_card', or null (no price)."""
+    return sa.case((m.price_amount.is_(None), sa.null()),
+                   (m.price_estimate > 0, sa.literal("rate_card", CText)),
+                   else_=sa.literal("reported", CText))
+
+
+def _unpriced(m: Any) -> Any:
+    return sa.case((m.price_amount.is_(None), 1), else_=0)
 
 
 BUCKET = timedelta(minutes=15)  # tables.BILLING_BUCKET
@@ -572,19 +588,22 @@ async def billing(conn: AsyncConnection, since: datetime, until: datetime, keys:
     parts = sa.func.coalesce(m.sms_count, 1)
     edges = (sa.select(_day(tz, m.sent_at).label("day"), m.source,
                        m.price_currency.label("currency"), m.operator, m.status,
+                       price_origin(m).label("origin"),
                        sa.literal(1).label("messages"), parts.label("parts"),
-                       sa.func.coalesce(m.price_amount * parts, 0).label("amount"))
+                       sa.func.coalesce(m.price_amount * parts, 0).label("amount"),
+                       _unpriced(m).label("unpriced"))
              .where(sa.or_(sa.and_(m.sent_at >= since, m.sent_at < first),
                            sa.and_(m.sent_at >= last, m.sent_at < until))))
     rolled = (sa.select(_day(tz, r.bucket).label("day"), r.source, r.currency, r.operator,
-                        r.status, r.messages, r.parts, r.amount)
+                        r.status, r.origin, r.messages, r.parts, r.amount, r.unpriced)
               .where(r.bucket >= first, r.bucket < last))
     both = sa.union_all(edges, rolled).subquery("counted")
     grouped = [both.c[k] for k in keys]
     total = sa.cast(sa.func.sum(both.c.messages), sa.BigInteger)
     query = (sa.select(*grouped, total.label("messages"),
                        sa.cast(sa.func.sum(both.c.parts), sa.BigInteger).label("parts"),
-                       sa.func.sum(both.c.amount).label("amount"))
+                       sa.func.sum(both.c.amount).label("amount"),
+                       sa.cast(sa.func.sum(both.c.unpriced), sa.BigInteger).label("unpriced"))
              .group_by(*grouped).having(total > 0).order_by(*grouped))
     return (await conn.execute(query)).all()
 
@@ -595,11 +614,12 @@ async def billing_from_messages(conn: AsyncConnection, since: datetime, until: d
     m = messages.c
     parts = sa.func.coalesce(m.sms_count, 1)
     columns = {"day": _day(tz, m.sent_at), "source": m.source, "currency": m.price_currency,
-               "operator": m.operator, "status": m.status}
+               "operator": m.operator, "status": m.status, "origin": price_origin(m)}
     grouped = [columns[k].label(k) for k in keys]
     query = (sa.select(*grouped, sa.func.count().label("messages"),
                        sa.func.sum(parts).label("parts"),
-                       sa.func.coalesce(sa.func.sum(m.price_amount * parts), 0).label("amount"))
+                       sa.func.coalesce(sa.func.sum(m.price_amount * parts), 0).label("amount"),
+                       sa.func.count().filter(m.price_amount.is_(None)).label("unpriced"))
              .where(m.sent_at >= since, m.sent_at < until)
              .group_by(*grouped).order_by(*grouped))
     return (await conn.execute(query)).all()
@@ -613,13 +633,14 @@ async def rebuild_billing(conn: AsyncConnection) -> int:
     parts = sa.func.coalesce(m.sms_count, 1)
     bucket = sa.func.date_bin(sa.text(f"interval '{BILLING_BUCKET}'"), m.sent_at,
                               sa.text("timestamptz 'epoch'"))
-    keys = [bucket, m.source, m.price_currency, m.operator, m.status]
+    keys = [bucket, m.source, m.price_currency, m.operator, m.status, price_origin(m)]
     select = (sa.select(*keys, sa.literal(0), sa.func.count(), sa.func.sum(parts),
-                        sa.func.coalesce(sa.func.sum(m.price_amount * parts), 0))
+                        sa.func.coalesce(sa.func.sum(m.price_amount * parts), 0),
+                        sa.func.count().filter(m.price_amount.is_(None)))
               .where(m.sent_at.is_not(None)).group_by(*keys))
     insert = sa.insert(billing_rollup).from_select(
-        ["bucket", "source", "currency", "operator", "status", "slot", "messages", "parts",
-         "amount"], select)
+        ["bucket", "source", "currency", "operator", "status", "origin", "slot", "messages",
+         "parts", "amount", "unpriced"], select)
     return int((await conn.execute(insert)).rowcount)
 
 
@@ -670,3 +691,74 @@ async def changes(conn: AsyncConnection, after: int, horizon: int, limit: int) -
     query = (sa.select(messages).where(m.seq > after, m.seq <= horizon).order_by(m.seq)
              .limit(limit))
     return (await conn.execute(_with_matched_by(query, "seq"))).all()
+
+
+# --- estimates made again (reprice) ---------------------------------------------------------
+
+# What an estimate is made from, and what it sets: read together, and written only where
+# they are still what was read (a report merged meanwhile wins; the next reprice sees it).
+ESTIMATE_INPUTS = ("to", "mcc_mnc", "operator", "sent_at")
+ESTIMATED = ("sms_count", "registered", *rules.PRICE_FIELDS)
+
+
+async def estimated_page(conn: AsyncConnection, source: str, since: datetime | None,
+                         after: tuple[datetime, str] | None, limit: int) -> Sequence[Any]:
+    """Messages of `source` sent at or after `since` whose price or parts may be estimates
+    (no price reported; parts counted or countable), in (sent_at, message_id) order after a
+    keyset position; `text` only where the parts are to be counted."""
+    m = messages.c
+    counted = m.registered.op("&")(rules.COUNTED) != 0
+    countable = sa.or_(m.sms_count.is_(None), counted)
+    query = (sa.select(m.message_id, *[m[n] for n in (*ESTIMATE_INPUTS, *ESTIMATED)],
+                       sa.case((countable, m.text), else_=sa.null()).label("text"))
+             .where(m.source == source, m.sent_at.is_not(None),
+                    sa.or_(m.price_amount.is_(None), m.price_estimate > 0, counted,
+                           sa.and_(m.sms_count.is_(None), m.text.is_not(None))))
+             .order_by(m.sent_at, m.message_id).limit(limit))
+    if since is not None:
+        query = query.where(m.sent_at >= since)
+    if after is not None:
+        query = query.where(sa.tuple_(m.sent_at, m.message_id) > sa.tuple_(*after))
+    return (await conn.execute(query)).all()
+
+
+def _set_estimates() -> Any:
+    columns = [("message_id", "message_id"),
+               *[(f"was_{n}", n) for n in (*ESTIMATE_INPUTS, *ESTIMATED)],
+               *[(f"new_{n}", n) for n in ESTIMATED]]
+    arrays = [sa.bindparam(label, type_=pg.ARRAY(messages.c[name].type))
+              for label, name in columns]
+    given = sa.func.unnest(*arrays).table_valued(*[label for label, _ in columns]) \
+        .render_derived()
+    m = messages.c
+    return (sa.update(messages)
+            .values({n: given.c[f"new_{n}"] for n in ESTIMATED}
+                    | {"seq": messages_seq.next_value(), "updated_at": sa.func.now()})
+            .where(m.source == sa.bindparam("source"), m.message_id == given.c.message_id,
+                   *[m[n].is_not_distinct_from(given.c[f"was_{n}"])
+                     for n in (*ESTIMATE_INPUTS, *ESTIMATED)]))
+
+
+_SET_ESTIMATES = _set_estimates()
+
+
+async def set_estimates(conn: AsyncConnection, source: str,
+                        changed: Sequence[tuple[Any, dict[str, Any]]]) -> int:
+    """Write new estimates (`changed`: each row as `estimated_page` read it, and its new
+    values of ESTIMATED) where the row is still as read; return rows changed, each with a
+    new seq."""
+    if not changed:
+        return 0
+    changed = sorted(changed, key=lambda c: c[0].message_id)
+    ids = [row.message_id for row, _ in changed]
+    # Row locks in key order, as the merge takes them (no deadlock with one); this also
+    # gives the transaction its id before its first nextval(), as the change feed needs.
+    await conn.execute(sa.select(sa.literal(1)).select_from(messages).where(
+        messages.c.source == source, messages.c.message_id.in_(ids))
+        .order_by(messages.c.message_id).with_for_update())
+    params: dict[str, Any] = {"source": source, "message_id": ids}
+    for n in (*ESTIMATE_INPUTS, *ESTIMATED):
+        params[f"was_{n}"] = [getattr(row, n) for row, _ in changed]
+    for n in ESTIMATED:
+        params[f"new_{n}"] = [new[n] for _, new in changed]
+    return int((await conn.execute(_SET_ESTIMATES, params)).rowcount)

@@ -226,7 +226,7 @@ def test_upsert_matches_pure_merge_in_any_order(
     run.run(billing_agrees(engine))
 
 
-BILLING_KEYS = ["day", "source", "currency", "operator", "status"]
+BILLING_KEYS = ["day", "source", "currency", "operator", "status", "origin"]
 
 
 async def billing_agrees(engine: Any) -> None:
