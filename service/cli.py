@@ -1,4 +1,5 @@
-"""Command line: serve | worker | migrate | pull SOURCE | replay | simulate | prune | rebuild-billing."""
+"""Command line: serve | worker | migrate | pull SOURCE | replay | simulate | prune | rebuild-billing
+| reprice."""
 
 from __future__ import annotations
 
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("rebuild-billing", help="make the billing rollup again from the merged "
                         "messages (writes wait meanwhile); it is kept by every merge, so this "
                         "is for when it is in doubt")
+    reprice = commands.add_parser("reprice", help="make the rate-card estimates again by the "
+                                  "cards as configured now (after a correction, say)")
+    reprice.add_argument("--source", action="append", help="only this source (repeatable)")
+    reprice.add_argument("--since", help="messages sent at or after (ISO 8601 with an offset)")
     return parser
 
 
@@ -83,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             return _prune(settings, args.dry_run)
         if args.command == "rebuild-billing":
             return _rebuild_billing(settings)
+        if args.command == "reprice":
+            since = query_time("--since", args.since) if args.since else None
+            return _reprice(settings, args.source, since)
         if args.command == "replay":
             since = query_time("--since", args.since) if args.since else None
             until = query_time("--until", args.until) if args.until else None
@@ -250,6 +258,29 @@ def _rebuild_billing(settings: Settings) -> int:
 
     rows = asyncio.run(rebuild())
     print(f"billing rollup rebuilt from the merged messages: {rows} rows")
+    return 0
+
+
+def _reprice(settings: Settings, names: list[str] | None, since: datetime | None) -> int:
+    from service import ingest
+
+    unknown = [n for n in names or () if n not in settings.sources]
+    if unknown:
+        print(f"no source named {unknown[0]!r} in the configuration", file=sys.stderr)
+        return 2
+    sources = [settings.sources[n] for n in (names or settings.sources)]
+    url = _ready_database(settings, migrate=False)
+
+    async def run() -> ingest.RepriceResult:
+        engine = db.create_engine(url, settings.db_timeout_s, pool_size=2)
+        try:
+            return await ingest.reprice(engine, sources, since=since)
+        finally:
+            await engine.dispose()
+
+    result = asyncio.run(run())
+    print(f"repriced {result.examined} messages: {result.changed} changed, {result.skipped} "
+          "changed meanwhile by a report (left as merged; run again to see them)")
     return 0
 
 

@@ -66,7 +66,8 @@ class Scenario:
             self.truth[(ib_source, message_id)] = {
                 "status": GROUPS[group], "done_at": rules.utc(done.replace(
                     microsecond=done.microsecond // 1000 * 1000)),
-                "price": {"amount": format(rules.money(price), "f"), "currency": "EUR"},
+                "price": {"amount": format(rules.money(price), "f"), "currency": "EUR",
+                          "origin": "reported", "rate": None},
                 "sms_count": parts, "callback_data": f"order-{i}", "bulk_id": f"bulk-{i % 7}",
                 "sender": f"Shop{i % 3}"}
             pending, final = shape(pending), shape(final)
@@ -92,7 +93,7 @@ class Scenario:
                 text=f"hello {i}"))
             self.truth[(dice_source, dicesms.message_id(f"+977{phone}", sent_at))] = {
                 "status": dicesms.StatusTable({}).group(word, delivered),
-                "done_at": delivered_at, "price": None, "sms_count": None,
+                "done_at": delivered_at, "price": None, "sms_count": 1,  # counted from the text
                 "callback_data": None, "bulk_id": f"batch-{i % 5}", "sender": None}
 
     def push_bodies(self, per_body: int = 20) -> list[bytes]:

@@ -203,7 +203,7 @@ async def receive_reports(source: FromPath[str], request: Request[None, None, St
     gate.check_body(request.headers, body)
     settings = request.app.state.settings.sources[source]
     content_type = request.headers.get("content-type")
-    decoded = decode(source, "push", body, content_type, decoder_for(settings, None, content_type))
+    decoded = decode(settings, "push", body, content_type, decoder_for(settings, None, content_type))
     ingestor: Ingestor = request.app.state.ingestor
     # As committed: a report the merge failed on (a bug) is a rejection, and its body kept
     # for replay, so the provider need not send it again.
