@@ -723,7 +723,7 @@ async def estimated_page(conn: AsyncConnection, source: str, since: datetime | N
 
 
 def _set_estimates() -> Any:
-    columns = [("message_id", "message_id"),
+    columns = [("e_message_id", "message_id"),
                *[(f"was_{n}", n) for n in (*ESTIMATE_INPUTS, *ESTIMATED)],
                *[(f"new_{n}", n) for n in ESTIMATED]]
     arrays = [sa.bindparam(label, type_=pg.ARRAY(messages.c[name].type))
@@ -734,7 +734,7 @@ def _set_estimates() -> Any:
     return (sa.update(messages)
             .values({n: given.c[f"new_{n}"] for n in ESTIMATED}
                     | {"seq": messages_seq.next_value(), "updated_at": sa.func.now()})
-            .where(m.source == sa.bindparam("source"), m.message_id == given.c.message_id,
+            .where(m.source == sa.bindparam("e_source"), m.message_id == given.c.e_message_id,
                    *[m[n].is_not_distinct_from(given.c[f"was_{n}"])
                      for n in (*ESTIMATE_INPUTS, *ESTIMATED)]))
 
@@ -756,7 +756,7 @@ async def set_estimates(conn: AsyncConnection, source: str,
     await conn.execute(sa.select(sa.literal(1)).select_from(messages).where(
         messages.c.source == source, messages.c.message_id.in_(ids))
         .order_by(messages.c.message_id).with_for_update())
-    params: dict[str, Any] = {"source": source, "message_id": ids}
+    params: dict[str, Any] = {"e_source": source, "e_message_id": ids}
     for n in (*ESTIMATE_INPUTS, *ESTIMATED):
         params[f"was_{n}"] = [getattr(row, n) for row, _ in changed]
     for n in ESTIMATED:
