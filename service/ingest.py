@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -329,24 +330,39 @@ async def reprice(engine: AsyncEngine, sources: Sequence[Source], *,
     """Make the stored estimates again by each source's rate card as configured now (after
     a card is corrected, say) and recount parts from the text: only messages without a
     reported price or part count, sent at or after `since`. Idempotent: a row whose
-    estimate stands is not written, so the change feed moves only for those that change."""
+    estimate stands is not written, so the change feed moves only for those that change.
+
+    Each page is read in a transaction of its own and written in another, while the next
+    page is read and estimated (two connections: the database writes as Python computes)."""
     result = RepriceResult()
+
+    async def write(source: str, changed: Sequence[tuple[str, int, Sequence[Any]]]) -> None:
+        async with db.transaction(engine) as conn:
+            written = await store.set_estimates(conn, source, changed)
+        result.changed += written
+        result.skipped += len(changed) - written
+
     for source in sources:
         card = pricing.card_of(source.rates) if source.rates else None
-        after: tuple[datetime, str] | None = None
-        while True:
-            async with db.transaction(engine) as conn:
-                rows = await store.estimated_page(conn, source.name, since, after, page)
-            if not rows:
-                break
-            after = (rows[-1].sent_at, rows[-1].message_id)
-            changed = [(row, new) for row in rows
-                       if (new := pricing.reestimate(row, card)) is not None]
-            async with db.transaction(engine) as conn:
-                written = await store.set_estimates(conn, source.name, changed)
-            result.examined += len(rows)
-            result.changed += written
-            result.skipped += len(changed) - written
-            log.debug("reprice: page done", extra={"source": source.name, "rows": len(rows),
-                                                  "changed": written})
+        after: str | None = None
+        writing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                async with db.transaction(engine) as conn:
+                    rows = await store.estimated_page(conn, source.name, since, after, page)
+                if not rows:
+                    break
+                after = rows[-1].message_id
+                result.examined += len(rows)
+                changed = [(row.message_id, row.seq, new) for row in rows
+                           if (new := pricing.reestimate(row, card)) is not None]
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(write(source.name, changed)) if changed else None
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
     return result

@@ -232,29 +232,50 @@ class Card:
         """The most specific rate in force at `sent_at` for a message to `to` over that
         network, or None when the card has none for it."""
         by = self._by
-        candidates: list[list[_Entry] | None] = []
-        if mcc_mnc and by["mcc_mnc"]:
-            candidates.append(by["mcc_mnc"].get(mcc_mnc.replace("-", "").strip()))
-        if operator and by["operator"]:
-            candidates.append(by["operator"].get(operator.strip().casefold()))
-        digits = to[1:] if to and to.startswith("+") else None
-        if digits and self._prefix_lengths:
-            candidates += [by["prefix"].get(digits[:n]) for n in self._prefix_lengths
-                           if n <= len(digits)]
-        if digits and self._countries:
-            candidates.append(by["country"].get(country_of(to)))
-        candidates.append(by["everything"].get(None))
-        for entries in candidates:
-            for entry in entries or ():
-                if entry.start <= sent_at:
-                    return entry.applied
+        if mcc_mnc and by["mcc_mnc"] and (found := _in_force(
+                by["mcc_mnc"].get(mcc_mnc.replace("-", "").strip()), sent_at)):
+            return found
+        if operator and by["operator"] and (found := _in_force(
+                by["operator"].get(operator.strip().casefold()), sent_at)):
+            return found
+        if to and to.startswith("+") and to[1:].isdigit():
+            prefixes = by["prefix"]
+            for length in self._prefix_lengths:
+                if length < len(to) and (found := _in_force(prefixes.get(to[1:1 + length]),
+                                                            sent_at)):
+                    return found
+            if self._countries and (found := _in_force(by["country"].get(country_of(to)),
+                                                       sent_at)):
+                return found
+        return _in_force(by["everything"].get(None), sent_at)
+
+
+def _in_force(entries: list[_Entry] | None, sent_at: datetime) -> Applied | None:
+    """The newest of `entries` (newest first) in force at `sent_at`."""
+    for entry in entries or ():
+        if entry.start <= sent_at:
+            return entry.applied
+    return None
+
+
+def country_of(number: str) -> str | None:
+    """The region (ISO 3166) of an E.164 number (`+` and digits), from its country code
+    and, where several regions share one (+1, +7, +44...), its range."""
+    if not number[1:].isdigit():
         return None
+    for length in (1, 2, 3):  # calling codes are prefix-free
+        regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(int(number[1:1 + length]))
+        if regions:
+            return str(regions[0]) if len(regions) == 1 and regions[0] != NON_GEOGRAPHIC \
+                else _shared_country_of(number)
+    return None
+
+
+NON_GEOGRAPHIC = "001"  # phonenumbers' region of +800, +808, +870...
 
 
 @functools.lru_cache(maxsize=rules.NUMBER_CACHE_SIZE)
-def country_of(number: str) -> str | None:
-    """The region (ISO 3166) of an E.164 number, from its country code and, where several
-    regions share one (+1, +7, +44...), its range."""
+def _shared_country_of(number: str) -> str | None:
     try:
         parsed = phonenumbers.parse(number)
     except phonenumbers.NumberParseException:
@@ -262,7 +283,7 @@ def country_of(number: str) -> str | None:
     region = phonenumbers.region_code_for_number(parsed)
     if (region is None or region == phonenumbers.UNKNOWN_REGION) and parsed.country_code:
         region = phonenumbers.region_code_for_country_code(parsed.country_code)
-    return None if region == phonenumbers.UNKNOWN_REGION else str(region)
+    return None if region in (None, phonenumbers.UNKNOWN_REGION, NON_GEOGRAPHIC) else str(region)
 
 
 def read_csv(text: str) -> list[tuple[int, Rate]]:
@@ -337,23 +358,21 @@ def estimate_all(reports: Iterable[Report], card: Card | None) -> list[Report]:
     return [estimate(r, card) for r in reports]
 
 
-def reestimate(row: Any, card: Card | None) -> dict[str, Any] | None:
-    """A stored message's estimated fields (sms_count, registered, price_*) as the text and
-    `card` give them now, or None when they stand. `row` holds what the merge stored: a
-    reported price or part count is never touched; `text` only where parts are counted."""
-    was = {"sms_count": row.sms_count, "registered": row.registered,
-           "price_amount": row.price_amount, "price_currency": row.price_currency,
-           "price_estimate": row.price_estimate, "price_rate": row.price_rate}
-    now = dict(was)
-    if row.text is not None and (row.sms_count is None or row.registered & rules.COUNTED):
-        now["sms_count"] = parts(row.text)
-        now["registered"] = row.registered | rules.COUNTED
-    if row.price_amount is None or row.price_estimate > 0:
+def reestimate(row: Any, card: Card | None) -> tuple[Any, ...] | None:
+    """A stored message's estimated fields (store.ESTIMATED: sms_count, registered and the
+    price) as its text and `card` give them now, or None when they stand. `row` holds what
+    the merge stored: a reported price or part count is never touched; `text` is given only
+    where parts are counted."""
+    was = (row.sms_count, row.registered, row.price_amount, row.price_currency,
+           row.price_estimate, row.price_rate)
+    sms_count, registered = was[0], was[1]
+    if row.text is not None and (sms_count is None or registered & rules.COUNTED):
+        sms_count, registered = parts(row.text), registered | rules.COUNTED
+    price = was[2:]
+    if price[0] is None or price[2] > 0:
         applied = card.rate(row.sent_at, row.to, row.mcc_mnc, row.operator) \
             if card and row.sent_at is not None else None
-        now |= ({"price_amount": applied.amount, "price_currency": applied.currency,
-                 "price_estimate": applied.specificity, "price_rate": applied.rate}
-                if applied is not None else
-                {"price_amount": None, "price_currency": None, "price_estimate": 0,
-                 "price_rate": None})
+        price = (applied.amount, applied.currency, applied.specificity, applied.rate) \
+            if applied is not None else (None, None, 0, None)
+    now = (sms_count, registered, *price)
     return now if now != was else None

@@ -695,70 +695,69 @@ async def changes(conn: AsyncConnection, after: int, horizon: int, limit: int) -
 
 # --- estimates made again (reprice) ---------------------------------------------------------
 
-# What an estimate is made from, and what it sets: read together, and written only where
-# they are still what was read (a report merged meanwhile wins; the next reprice sees it).
+# What an estimate is made from, and what it sets.
 ESTIMATE_INPUTS = ("to", "mcc_mnc", "operator", "sent_at")
 ESTIMATED = ("sms_count", "registered", *rules.PRICE_FIELDS)
 
 
 async def estimated_page(conn: AsyncConnection, source: str, since: datetime | None,
-                         after: tuple[datetime, str] | None, limit: int) -> Sequence[Any]:
+                         after: str | None, limit: int) -> Sequence[Any]:
     """Messages of `source` sent at or after `since` whose price or parts may be estimates
-    (no price reported; parts counted or countable), in (sent_at, message_id) order after a
-    keyset position; `text` only where the parts are to be counted."""
+    (no price reported; parts counted or countable), in message_id order (the primary
+    key's) after a keyset position, with their seq; `text` only where the parts are to be
+    counted."""
     m = messages.c
     counted = m.registered.op("&")(rules.COUNTED) != 0
     countable = sa.or_(m.sms_count.is_(None), counted)
-    query = (sa.select(m.message_id, *[m[n] for n in (*ESTIMATE_INPUTS, *ESTIMATED)],
+    query = (sa.select(m.message_id, m.seq, *[m[n] for n in (*ESTIMATE_INPUTS, *ESTIMATED)],
                        sa.case((countable, m.text), else_=sa.null()).label("text"))
              .where(m.source == source, m.sent_at.is_not(None),
                     sa.or_(m.price_amount.is_(None), m.price_estimate > 0, counted,
                            sa.and_(m.sms_count.is_(None), m.text.is_not(None))))
-             .order_by(m.sent_at, m.message_id).limit(limit))
+             .order_by(m.message_id).limit(limit))
     if since is not None:
         query = query.where(m.sent_at >= since)
     if after is not None:
-        query = query.where(sa.tuple_(m.sent_at, m.message_id) > sa.tuple_(*after))
+        query = query.where(m.message_id > after)
     return (await conn.execute(query)).all()
 
 
 def _set_estimates() -> Any:
-    columns = [("e_message_id", "message_id"),
-               *[(f"was_{n}", n) for n in (*ESTIMATE_INPUTS, *ESTIMATED)],
-               *[(f"new_{n}", n) for n in ESTIMATED]]
+    columns = [("e_message_id", "message_id"), ("e_seq", "seq"),
+               *[(f"e_{n}", n) for n in ESTIMATED]]
     arrays = [sa.bindparam(label, type_=pg.ARRAY(messages.c[name].type))
               for label, name in columns]
     given = sa.func.unnest(*arrays).table_valued(*[label for label, _ in columns]) \
         .render_derived()
     m = messages.c
+    # Written only where the row is as read (its seq unchanged: a merge since moved it,
+    # and the next reprice sees it).
     return (sa.update(messages)
-            .values({n: given.c[f"new_{n}"] for n in ESTIMATED}
+            .values({n: given.c[f"e_{n}"] for n in ESTIMATED}
                     | {"seq": messages_seq.next_value(), "updated_at": sa.func.now()})
             .where(m.source == sa.bindparam("e_source"), m.message_id == given.c.e_message_id,
-                   *[m[n].is_not_distinct_from(given.c[f"was_{n}"])
-                     for n in (*ESTIMATE_INPUTS, *ESTIMATED)]))
+                   m.seq == given.c.e_seq))
 
 
 _SET_ESTIMATES = _set_estimates()
+# The rows are looked up by key, one after the other in key order (the order of the arrays),
+# so their locks are taken in the merge's order: no deadlock with one.
+_BY_KEY_IN_ORDER = ("set_config('enable_hashjoin', 'off', true), "
+                    "set_config('enable_mergejoin', 'off', true)")
 
 
 async def set_estimates(conn: AsyncConnection, source: str,
-                        changed: Sequence[tuple[Any, dict[str, Any]]]) -> int:
-    """Write new estimates (`changed`: each row as `estimated_page` read it, and its new
-    values of ESTIMATED) where the row is still as read; return rows changed, each with a
+                        changed: Sequence[tuple[str, int, Sequence[Any]]]) -> int:
+    """Write new estimates (`changed`: message id, its seq as read, and its new values of
+    ESTIMATED) where the row's seq is still the one read; return rows changed, each with a
     new seq."""
     if not changed:
         return 0
-    changed = sorted(changed, key=lambda c: c[0].message_id)
-    ids = [row.message_id for row, _ in changed]
-    # Row locks in key order, as the merge takes them (no deadlock with one); this also
-    # gives the transaction its id before its first nextval(), as the change feed needs.
-    await conn.execute(sa.select(sa.literal(1)).select_from(messages).where(
-        messages.c.source == source, messages.c.message_id.in_(ids))
-        .order_by(messages.c.message_id).with_for_update())
-    params: dict[str, Any] = {"e_source": source, "e_message_id": ids}
-    for n in (*ESTIMATE_INPUTS, *ESTIMATED):
-        params[f"was_{n}"] = [getattr(row, n) for row, _ in changed]
-    for n in ESTIMATED:
-        params[f"new_{n}"] = [new[n] for _, new in changed]
+    changed = sorted(changed, key=lambda c: c[0])
+    # The transaction's id before its first nextval(), as the change feed needs.
+    await conn.execute(sa.text(f"SELECT pg_current_xact_id(), {_BY_KEY_IN_ORDER}"))
+    ids, seqs, values = zip(*changed, strict=True)
+    params: dict[str, Any] = {"e_source": source, "e_message_id": list(ids), "e_seq": list(seqs)}
+    for name, column in zip(ESTIMATED, zip(*values, strict=True), strict=True):
+        params[f"e_{name}"] = list(column)
     return int((await conn.execute(_SET_ESTIMATES, params)).rowcount)

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import db, ingest, pricing
+from service import db, ingest, pricing, store
 from service.providers import dicesms
 from service.providers.infobip import InfobipSource
 from service.tables import messages
@@ -242,3 +242,17 @@ country = "NP"
         unknown = reprice("--source", "nope")
         assert (unknown.returncode, unknown.stderr) == (2, "no source named 'nope' in the "
                                                            "configuration\n")
+
+
+async def test_reprice_leaves_a_row_a_report_changed_since_it_was_read(
+        engine: AsyncEngine) -> None:
+    """Written only where the row's seq is still the one read: a merge in between wins."""
+    await ingest.write(engine, [pushed("ibc", body(CARDED_REPORTS[0]))])  # no card: unpriced
+    async with db.transaction(engine) as conn:
+        [row] = await store.estimated_page(conn, "ibc", None, None, 10)
+    new = pricing.reestimate(row, pricing.card_of(CARD))
+    assert new is not None
+    await ingest.write(engine, [pushed(CARDED, body(unpriced("n1", NCELL, EARLY, 3, status={
+        "groupId": 3, "groupName": "DELIVERED", "id": 5})))])
+    async with db.transaction(engine) as conn:
+        assert await store.set_estimates(conn, "ibc", [(row.message_id, row.seq, new)]) == 0
