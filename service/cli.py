@@ -1,4 +1,5 @@
-"""Command line: serve | worker | migrate | pull SOURCE | replay | simulate | prune | rebuild-billing."""
+"""Command line: serve | worker | migrate | pull SOURCE | replay | simulate | prune | rebuild-billing
+| reprice."""
 
 from __future__ import annotations
 
@@ -116,6 +117,12 @@ COMMANDS = {
         "Make the billing rollup again from the merged messages (writes wait meanwhile). "
         "Every merge keeps it, so this is for when it is in doubt.",
         (Exit.FAILED, *_ON_DATABASE)),
+    "reprice": Command(
+        "make the rate-card estimates again",
+        "Make the rate-card estimates (prices, and parts counted from the text) again by the "
+        "cards as configured now, after a correction say: only messages without a reported "
+        "price or part count; a row whose estimate stands is not written.",
+        (Exit.FAILED, *_ON_DATABASE)),
 }
 
 
@@ -182,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune = command("prune")
     prune.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
     command("rebuild-billing")
+    reprice = command("reprice")
+    reprice.add_argument("--source", action="append", help="only this source (repeatable)")
+    reprice.add_argument("--since", help="messages sent at or after (ISO 8601 with an offset)")
     return parser
 
 
@@ -234,6 +244,9 @@ def _run(args: argparse.Namespace) -> int:
         return _prune(settings, args.dry_run)
     if args.command == "rebuild-billing":
         return _rebuild_billing(settings)
+    if args.command == "reprice":
+        return _reprice(settings, args.source,
+                        query_time("--since", args.since) if args.since else None)
     if args.command == "replay":
         since = query_time("--since", args.since) if args.since else None
         until = query_time("--until", args.until) if args.until else None
@@ -437,6 +450,28 @@ def _rebuild_billing(settings: Settings) -> int:
 
     rows = asyncio.run(rebuild())
     print(f"billing rollup rebuilt from the merged messages: {rows} rows")
+    return Exit.OK
+
+
+def _reprice(settings: Settings, names: list[str] | None, since: datetime | None) -> int:
+    from service import ingest
+
+    unknown = [n for n in names or () if n not in settings.sources]
+    if unknown:
+        return _fail(Exit.CONFIG, f"no source named {unknown[0]!r} in the configuration")
+    sources = [settings.sources[n] for n in (names or settings.sources)]
+    url = _ready_database(settings, migrate=False)
+
+    async def run() -> ingest.RepriceResult:
+        engine = db.create_engine(url, settings.db_timeout_s, pool_size=2)
+        try:
+            return await ingest.reprice(engine, sources, since=since)
+        finally:
+            await engine.dispose()
+
+    result = asyncio.run(run())
+    print(f"repriced {result.examined} messages: {result.changed} changed, {result.skipped} "
+          "changed meanwhile by a report (left as merged; run again to see them)")
     return Exit.OK
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from service import pricing
 from service.errors import ConfigError
 
 # The source settings live with their kinds; named here too, where settings are looked for.
@@ -82,8 +83,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read DLR_* variables and the DLR_CONFIG file; raise ConfigError on the first problem."""
     env = os.environ if environ is None else environ
     file_config = FileConfig()
+    config_dir = Path()
     if path := env.get("DLR_CONFIG"):
         file_config = _load_file(Path(path), env)
+        config_dir = Path(path).parent
     return Settings(
         database_url=env.get("DLR_DATABASE_URL") or None,
         data_dir=Path(env.get("DLR_DATA_DIR") or ".dlr"),
@@ -101,7 +104,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         **_tls(env),
         trusted_proxies=_networks(env, "DLR_TRUSTED_PROXIES"),
         api_tokens=tuple(file_config.api.tokens),
-        sources=_check_sources(file_config.sources),
+        sources=_check_sources(file_config.sources, config_dir),
     )
 
 
@@ -174,7 +177,7 @@ def _resolve_env(value: Any, env: Mapping[str, str], where: str) -> Any:
     return value
 
 
-def _check_sources(sources: list[Source]) -> dict[str, Source]:
+def _check_sources(sources: list[Source], config_dir: Path = Path()) -> dict[str, Source]:
     by_name: dict[str, Source] = {}
     for i, source in enumerate(sources):
         where = f"sources[{i}]"
@@ -194,8 +197,47 @@ def _check_sources(sources: list[Source]) -> dict[str, Source]:
         if problem := source.problem():
             key, what = problem
             raise ConfigError(f"{where}.{key}: {what}")
+        if source.rates_file is not None or source.rates:
+            source = msgspec.structs.replace(source, rates=_rate_card(source, where, config_dir))
         by_name[source.name] = source
     return by_name
+
+
+def _rate_card(source: Source, where: str, config_dir: Path) -> list[pricing.Rate]:
+    """The source's rates: its `rates` tables, then the rows of its `rates_file` (a path
+    relative to the TOML file's folder), each checked; ConfigError names the first bad one."""
+    rates = list(source.rates)
+    lines: list[int] = []
+    if source.rates_file is not None:
+        path = config_dir / source.rates_file
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except OSError as exc:
+            raise ConfigError(f"{where}.rates_file: cannot read {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{where}.rates_file: {path} is not UTF-8 text") from None
+        try:
+            read = pricing.read_csv(text)
+        except pricing.RateProblem as exc:
+            raise ConfigError(f"{where}.rates_file: {path}: {exc}") from None
+        lines = [line for line, _ in read]
+        rates += [rate for _, rate in read]
+    def name(index: int) -> str:
+        if index < len(source.rates):
+            return f"{where}.rates[{index}]"
+        return f"{where}.rates_file: {source.rates_file} line {lines[index - len(source.rates)]}"
+
+    try:
+        pricing.card_of(rates)
+    except pricing.RateProblem as exc:
+        index = exc.index or 0
+        key = (f".{exc.key}" if index < len(source.rates) else f": {exc.key}") if exc.key else ""
+        problem = exc.problem
+        if exc.same_as is not None:
+            problem = (f"applies to what {name(exc.same_as).removeprefix(where + '.')} applies "
+                       "to, from the same date; keep one")
+        raise ConfigError(f"{name(index)}{key}: {problem}") from None
+    return rates
 
 
 def _check_webhook(hook: WebhookConfig, where: str) -> None:

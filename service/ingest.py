@@ -11,11 +11,12 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from service import db, metrics, store
+from service import db, metrics, pricing, store
 from service.errors import BadRequest, DatabaseUnavailable
 from service.providers import MAX_REJECTIONS_LISTED, Rejection, Report, registry
 from service.providers.base import Decoder
@@ -66,19 +67,25 @@ class Envelope(msgspec.Struct, frozen=True):
                 for r in failed)])
 
 
-def decode(source: str, channel: str, body: bytes, content_type: str | None, decoder: Decoder,
-           url: str | None = None) -> Envelope:
-    """Decode in memory; whatever goes wrong, the envelope keeps the body and the reason."""
+def decode(source: Source, channel: str, body: bytes, content_type: str | None,
+           decoder: Decoder, url: str | None = None) -> Envelope:
+    """Decode in memory; whatever goes wrong, the envelope keeps the body and the reason.
+
+    Every report of every kind is estimated here, in one place: what its provider did not
+    say, parts and price, filled in from the text and the source's rate card."""
+    name = source.name
     try:
         reports, rejections = decoder(body)
     except BadRequest as exc:
-        return Envelope(source, channel, body, content_type, error=exc.message,
+        return Envelope(name, channel, body, content_type, error=exc.message,
                         error_status=exc.status_code, url=url)
     except Exception:  # a decoder bug must not lose the body
-        log.exception("decoder failed", extra={"source": source})
-        return Envelope(source, channel, body, content_type, url=url,
+        log.exception("decoder failed", extra={"source": name})
+        return Envelope(name, channel, body, content_type, url=url,
                         error="the body could not be decoded (kept for replay after a fix)")
-    return Envelope(source, channel, body, content_type, reports, rejections, url=url)
+    card = pricing.card_of(source.rates) if source.rates else None
+    return Envelope(name, channel, body, content_type, pricing.estimate_all(reports, card),
+                    rejections, url=url)
 
 
 def decoder_for(source: Source, url: str | None, content_type: str | None) -> Decoder:
@@ -110,7 +117,7 @@ async def merge_body(engine: AsyncEngine, inbox_id: int, source: Source, channel
     """Decode and merge a body already kept as inbox row `inbox_id` (a pulled page, or any
     body replayed), with `decoder` or else the one its source's kind reads it with; return
     rows changed and the envelope as recorded."""
-    envelope = decode(source.name, channel, body, content_type,
+    envelope = decode(source, channel, body, content_type,
                       decoder or decoder_for(source, url, content_type), url)
     return await merge_kept(engine, inbox_id, envelope)
 
@@ -320,3 +327,52 @@ async def replay(engine: AsyncEngine, sources: Mapping[str, Source], *, only_una
             result.rejected += len(envelope.rejections) + (envelope.error is not None)
             if progress is not None:
                 progress(result)
+
+
+class RepriceResult(msgspec.Struct):
+    examined: int = 0  # messages whose price or parts may be estimates
+    changed: int = 0  # of which the estimate changed (each with a new seq)
+    skipped: int = 0  # changed by a merge meanwhile: left as merged (the next run sees them)
+
+
+async def reprice(engine: AsyncEngine, sources: Sequence[Source], *,
+                  since: datetime | None = None, page: int = 10_000) -> RepriceResult:
+    """Make the stored estimates again by each source's rate card as configured now (after
+    a card is corrected, say) and recount parts from the text: only messages without a
+    reported price or part count, sent at or after `since`. Idempotent: a row whose
+    estimate stands is not written, so the change feed moves only for those that change.
+
+    Each page is read in a transaction of its own and written in another, while the next
+    page is read and estimated (two connections: the database writes as Python computes)."""
+    result = RepriceResult()
+
+    async def write(source: str, changed: Sequence[tuple[str, int, Sequence[Any]]]) -> None:
+        async with db.transaction(engine) as conn:
+            written = await store.set_estimates(conn, source, changed)
+        result.changed += written
+        result.skipped += len(changed) - written
+
+    for source in sources:
+        card = pricing.card_of(source.rates) if source.rates else None
+        after: str | None = None
+        writing: asyncio.Task[None] | None = None
+        try:
+            while True:
+                async with db.transaction(engine) as conn:
+                    rows = await store.estimated_page(conn, source.name, since, after, page)
+                if not rows:
+                    break
+                after = rows[-1].message_id
+                result.examined += len(rows)
+                changed = [(row.message_id, row.seq, new) for row in rows
+                           if (new := pricing.reestimate(row, card)) is not None]
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(write(source.name, changed)) if changed else None
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
+    return result

@@ -96,7 +96,7 @@ class Pages:
             self.result.resighted += 1
             envelope = ingest.Envelope(self.source.name, "pull", b"", page.content_type)
             if read_unchanged:
-                envelope = ingest.decode(self.source.name, "pull", unchanged.body,
+                envelope = ingest.decode(self.source, "pull", unchanged.body,
                                          unchanged.content_type,
                                          decoder or ingest.decoder_for(self.source, url,
                                                                        unchanged.content_type),

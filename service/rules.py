@@ -13,7 +13,11 @@ depend on arrival order or on duplicates (commutative, associative, idempotent):
   lowest hash, so it loses every tie with a provider's PENDING report, and the fields it
   supplies are marked in `Report.registered`, so that for each of them the greatest value
   by (not null, from a provider, value) wins: a registration only fills in what no
-  provider said.
+  provider said. Parts counted from the text (service.pricing) are marked the same way
+  (`COUNTED`), below any part count a provider reported;
+* the price is the greatest by (not null, reported, specificity of the rate, amount,
+  currency, rate): a price a provider reported outranks every estimate from a rate card,
+  and among estimates the one by the most specific rate stands.
 
 `store.upsert_messages` mirrors these rules in SQL; tests hold the two to each other.
 """
@@ -48,10 +52,13 @@ DESCRIPTIVE_FIELDS = (
     "to", "bulk_id", "sender", "callback_data", "sent_at", "sms_count", "mcc_mnc",
     "operator", "text", "entity_id", "application_id", "campaign_reference_id",
 )
-PRICE_FIELDS = ("price_amount", "price_currency")
+PRICE_FIELDS = ("price_amount", "price_currency", "price_estimate", "price_rate")
 # The descriptive fields a registration can supply, by their bit in Report.registered.
 REGISTERED = {"to": 1, "bulk_id": 2, "callback_data": 4, "sent_at": 8}
-FILLED_FIELDS = tuple(f for f in DESCRIPTIVE_FIELDS if f not in REGISTERED and f != "sms_count")
+COUNTED = 16  # sms_count was counted from the text, not reported
+# Fields ranked by (not null, from a provider, value), by their bit in Report.registered.
+UNREPORTED = {**REGISTERED, "sms_count": COUNTED}
+FILLED_FIELDS = tuple(f for f in DESCRIPTIVE_FIELDS if f not in UNREPORTED)
 # A registration's state hash: the lowest there is (see order_key).
 REGISTRATION_HASH = bytes(16)
 # What an observation's hash covers: its message and its state (see state_hash).
@@ -176,7 +183,8 @@ def observation(**fields: Any) -> Report:
         fields["sms_count"] = max(fields.get("sms_count") or 0, len(fields["part_ids"].split()))
     fields["price_amount"] = money(fields.get("price_amount"))
     if fields["price_amount"] is None:  # a currency alone prices nothing
-        fields["price_currency"] = None
+        fields["price_currency"] = fields["price_rate"] = None
+        fields["price_estimate"] = 0
     fields["obs_hash"] = b""
     draft = Report(**fields)
     check(draft)
@@ -235,27 +243,39 @@ def merge(current: Report | None, incoming: Report) -> Report:
     winner = incoming if order_key(incoming) > order_key(current) else current
     fill = {f: _greatest(getattr(current, f), getattr(incoming, f)) for f in FILLED_FIELDS}
     mask = 0
-    for f, bit in REGISTERED.items():
+    for f, bit in UNREPORTED.items():
         old, new = getattr(current, f), getattr(incoming, f)
         old_bit, new_bit = current.registered & bit, incoming.registered & bit
         # by (not null, from a provider, value); store._upsert_messages says it the same way
         wins = new is not None and (old is None or (not new_bit, new) > (not old_bit, old))
         fill[f], flag = (new, new_bit) if wins else (old, old_bit)
         mask |= flag
-    fill["registered"] = mask
-    # Parts: the most any report said, or the number of distinct parts seen, whichever is more.
+    # Parts: the distinct parts seen (one receipt per part) count as a reported part count,
+    # ranked with the others, so that the count stays a join of what was seen.
     parts = fill["part_ids"] = union_parts(current.part_ids, incoming.part_ids)
-    counts = [n for n in (current.sms_count, incoming.sms_count,
-                          len(parts.split()) if parts else None) if n is not None]
-    fill["sms_count"] = max(counts) if counts else None
-    prices = [(r.price_amount, r.price_currency or "") for r in (current, incoming)
-              if r.price_amount is not None]
+    if parts:
+        seen, counted = len(parts.split()), mask & COUNTED
+        if fill["sms_count"] is None or (True, seen) > (not counted, fill["sms_count"]):
+            fill["sms_count"] = seen
+            mask &= ~COUNTED
+    fill["registered"] = mask
+    prices = [price_key(r) for r in (current, incoming) if r.price_amount is not None]
     if prices:
-        amount, currency = max(prices)
-        fill["price_amount"], fill["price_currency"] = amount, currency or None
+        _, estimate, amount, currency, rate = max(prices)
+        fill |= {"price_amount": amount, "price_currency": currency or None,
+                 "price_estimate": estimate, "price_rate": rate or None}
     else:
-        fill["price_amount"] = fill["price_currency"] = None
+        fill |= {"price_amount": None, "price_currency": None, "price_estimate": 0,
+                 "price_rate": None}
     return msgspec.structs.replace(winner, **fill)
+
+
+def price_key(report: Report) -> tuple[bool, int, Decimal, str, str]:
+    """The order of prices (store._upsert_messages says it the same way): reported above
+    estimated, then the more specific rate, then the value."""
+    assert report.price_amount is not None
+    return (report.price_estimate == 0, report.price_estimate, report.price_amount,
+            report.price_currency or "", report.price_rate or "")
 
 
 def merge_all(reports: Iterable[Report]) -> list[Report]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -27,9 +27,26 @@ def doc(description: str, *examples: object) -> msgspec.Meta:
 
 
 
+class RateApplied(msgspec.Struct, omit_defaults=True):
+    """A rate of the source's rate card, as written there: what it applies to (one of
+    these, or none: everything) and the UTC date it is in force from."""
+
+    mcc_mnc: str | None = None
+    operator: str | None = None
+    prefix: str | None = None
+    country: str | None = None
+    from_: Annotated[date | None, doc("In force from this UTC date", "2026-01-01")] = \
+        msgspec.field(default=None, name="from")
+
+
 class Price(msgspec.Struct):
     amount: Annotated[str, doc("Price per SMS part, exact decimal", "0.01")]
     currency: Annotated[str | None, doc("ISO 4217", "EUR")]
+    origin: Annotated[Literal["reported", "rate_card"], doc(
+        "`reported` by the provider, or `rate_card`: estimated by the source's rate card "
+        "(a price the provider reports later replaces it)", "reported")]
+    rate: Annotated[RateApplied | None, doc(
+        "For an estimate, the rate that applied: the most specific in force at `sent_at`")] = None
 
 
 class ProviderStatus(msgspec.Struct):
@@ -67,8 +84,10 @@ class Message(msgspec.Struct):
     error: ErrorInfo | None
     sent_at: Annotated[datetime | None, doc("UTC", "2019-11-09T16:00:00Z")]
     done_at: Annotated[datetime | None, doc("UTC", "2019-11-09T16:00:00Z")]
-    sms_count: Annotated[int | None, doc("SMS parts", 1)]
-    price: Price | None
+    sms_count: Annotated[int | None, doc("SMS parts: as the provider reports them, else "
+                                         "counted from the text (GSM 03.38 or UCS-2)", 1)]
+    price: Annotated[Price | None, doc("Per part; null when neither the provider nor the "
+                                       "source's rate card gives one (unpriced)")]
     mcc_mnc: Annotated[str | None, doc("Mobile country and network code", "22801")]
     operator: Annotated[str | None, doc("Network", "Swisscom")]
     text: str | None
@@ -138,6 +157,9 @@ def decode_cursor(cursor: str, key: type[Key]) -> Key:
         raise BadRequest("cursor is not one this API returned") from None
 
 
+_rate = msgspec.json.Decoder(RateApplied)
+
+
 def message_from_row(row: Any) -> Message:
     """Message JSON from a `messages` row with its `matched_by` (see store.matched_by)."""
     error = None
@@ -146,7 +168,10 @@ def message_from_row(row: Any) -> Message:
                           row.error_permanent, row.error_description)
     price = None
     if row.price_amount is not None:
-        price = Price(format(row.price_amount, "f"), row.price_currency)
+        price = Price(format(row.price_amount, "f"), row.price_currency, "reported")
+        if row.price_estimate > 0:
+            price = Price(price.amount, price.currency, "rate_card",
+                          _rate.decode(row.price_rate) if row.price_rate else RateApplied())
     return Message(
         source=row.source, message_id=row.message_id, bulk_id=row.bulk_id, to=row.to,
         sender=row.sender, callback_data=row.callback_data, matched_by=row.matched_by,

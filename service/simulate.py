@@ -79,7 +79,8 @@ class Scenario:
             self.truth[(ib_source, message_id)] = {
                 "status": GROUPS[group], "done_at": rules.utc(done.replace(
                     microsecond=done.microsecond // 1000 * 1000)),
-                "price": {"amount": format(rules.money(price), "f"), "currency": "EUR"},
+                "price": {"amount": format(rules.money(price), "f"), "currency": "EUR",
+                          "origin": "reported", "rate": None},
                 "sms_count": parts, "callback_data": f"order-{i}", "bulk_id": f"bulk-{i % 7}",
                 "sender": f"Shop{i % 3}"}
             pending, final = shape(pending), shape(final)
@@ -105,7 +106,7 @@ class Scenario:
                 text=f"hello {i}"))
             self.truth[(dice_source, dicesms.message_id(f"+977{phone}", sent_at))] = {
                 "status": dicesms.StatusTable({}).group(word, delivered),
-                "done_at": delivered_at, "price": None, "sms_count": None,
+                "done_at": delivered_at, "price": None, "sms_count": 1,  # counted from the text
                 "callback_data": None, "bulk_id": f"batch-{i % 5}", "sender": None}
 
     def push_bodies(self, per_body: int = 20) -> list[bytes]:
@@ -192,7 +193,8 @@ class TwilioScenario:
             self.truth[(source, sid)] = {
                 "status": TWILIO_FINALS[final], "done_at": done if final_kept and dlr else None,
                 "price": None if price is None else {
-                    "amount": format(rules.money(price), "f"), "currency": "USD"},
+                    "amount": format(rules.money(price), "f"), "currency": "USD",
+                    "origin": "reported", "rate": None},
                 "sms_count": segments, "sender": f"+1501712{i % 3:04d}",
                 "to": f"+1415555{i:04d}"}
         rnd.shuffle(self.pushes)
@@ -250,7 +252,8 @@ class VonageScenario:
             self.truth[(source, f"{ref}@+{to}")] = {
                 "status": VONAGE_FINALS[final], "done_at": done + timedelta(seconds=parts - 1),
                 "price": None if price is None else {
-                    "amount": format(rules.money(price), "f"), "currency": "EUR"},
+                    "amount": format(rules.money(price), "f"), "currency": "EUR",
+                    "origin": "reported", "rate": None},
                 "sms_count": parts, "sender": "AcmeInc", "to": f"+{to}", "callback_data": ref}
         rnd.shuffle(self.pushes)
 

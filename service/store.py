@@ -22,6 +22,7 @@ from service.providers import MAX_PARTS, Report
 from service.retention import month_start
 from service.tables import (
     BILLING_BUCKET,
+    CText,
     billing_rollup,
     inbox,
     inbox_sightings,
@@ -90,14 +91,18 @@ def _upsert_messages() -> Any:
                          sa.func.coalesce(row.status_id, -1), row.obs_hash)
 
     wins = order_key(new) > order_key(old)
-    price_wins = sa.and_(
-        new.price_amount.is_not(None),
-        sa.or_(old.price_amount.is_(None),
-               sa.tuple_(new.price_amount, sa.func.coalesce(new.price_currency, ""))
-               > sa.tuple_(old.price_amount, sa.func.coalesce(old.price_currency, ""))))
-    # Per field a registration can supply: the greatest by (not null, from a provider, value).
+
+    def price_key(row: Any) -> Any:  # rules.price_key
+        return sa.tuple_(row.price_estimate == 0, row.price_estimate, row.price_amount,
+                         sa.func.coalesce(row.price_currency, ""),
+                         sa.func.coalesce(row.price_rate, ""))
+
+    price_wins = sa.and_(new.price_amount.is_not(None),
+                         sa.or_(old.price_amount.is_(None), price_key(new) > price_key(old)))
+    # Per field a registration can supply, and parts counted from the text: the greatest by
+    # (not null, from a provider, value).
     ranked_wins = {}
-    for f, bit in rules.REGISTERED.items():
+    for f, bit in rules.UNREPORTED.items():
         old_bit, new_bit = old.registered.op("&")(bit), new.registered.op("&")(bit)
         ranked_wins[f] = sa.and_(new[f].is_not(None), sa.or_(
             old[f].is_(None),
@@ -105,7 +110,7 @@ def _upsert_messages() -> Any:
     values: dict[str, Any] = {f: sa.case((wins, new[f]), else_=old[f])
                               for f in rules.STATE_FIELDS}
     values |= {f: sa.func.greatest(old[f], new[f]) for f in rules.FILLED_FIELDS}
-    # rules.union_parts, and parts = the most said or the number of parts seen
+    # rules.union_parts
     parts = sa.case((old.part_ids.is_(None), new.part_ids), (new.part_ids.is_(None), old.part_ids),
                     else_=sa.func.array_to_string(sa.func.array(
                         sa.select(sa.literal_column('p COLLATE "C"').label("q")).select_from(
@@ -115,14 +120,18 @@ def _upsert_messages() -> Any:
                         .distinct().order_by(sa.literal_column("q"))
                         .limit(MAX_PARTS).scalar_subquery()), " "))
     values["part_ids"] = parts
-    values["sms_count"] = sa.func.greatest(
-        old.sms_count, new.sms_count,
-        sa.func.cardinality(sa.func.string_to_array(parts, " ")))
-    values |= {f: sa.case((ranked_wins[f], new[f]), else_=old[f]) for f in rules.REGISTERED}
-    bits: list[Any] = [
-        sa.case((ranked_wins[f], new.registered.op("&")(bit)), else_=old.registered.op("&")(bit))
-        for f, bit in rules.REGISTERED.items()]
-    values["registered"] = functools.reduce(lambda a, b: a.op("|")(b), bits)
+    values |= {f: sa.case((ranked_wins[f], new[f]), else_=old[f]) for f in rules.UNREPORTED}
+    bits: dict[str, Any] = {
+        f: sa.case((ranked_wins[f], new.registered.op("&")(bit)), else_=old.registered.op("&")(bit))
+        for f, bit in rules.UNREPORTED.items()}
+    # rules.merge: the parts seen count as a reported part count, ranked with the others
+    seen = sa.func.cardinality(sa.func.string_to_array(parts, " "))
+    ranked = values["sms_count"]
+    parts_win = sa.and_(seen.is_not(None), sa.or_(
+        ranked.is_(None), bits["sms_count"] != 0, seen > ranked))
+    values["sms_count"] = sa.case((parts_win, seen), else_=ranked)
+    bits["sms_count"] = sa.case((parts_win, 0), else_=bits["sms_count"])
+    values["registered"] = functools.reduce(lambda a, b: a.op("|")(b), bits.values())
     values |= {f: sa.case((price_wins, new[f]), else_=old[f]) for f in rules.PRICE_FIELDS}
     # The observation's own seq (taken above), so that final_seq can name this change:
     # set from the locked row, it is this seq exactly when this write makes the row final.
@@ -626,7 +635,19 @@ async def sent_per_day(conn: AsyncConnection, source: str, days: Sequence[str],
     return {row[0]: row[1] for row in await conn.execute(query)}
 
 
-BILLING_KEYS = ("day", "source", "currency", "operator", "status")
+BILLING_KEYS = ("day", "source", "currency", "operator", "status", "origin")
+ORIGINS = ("reported", "rate_card")
+
+
+def price_origin(m: Any) -> Any:
+    """Where a message's price came from: 'reported', 'rate_card', or null (no price)."""
+    return sa.case((m.price_amount.is_(None), sa.null()),
+                   (m.price_estimate > 0, sa.literal("rate_card", CText)),
+                   else_=sa.literal("reported", CText))
+
+
+def _unpriced(m: Any) -> Any:
+    return sa.case((m.price_amount.is_(None), 1), else_=0)
 
 
 BUCKET = timedelta(minutes=15)  # tables.BILLING_BUCKET
@@ -659,19 +680,22 @@ async def billing(conn: AsyncConnection, since: datetime, until: datetime, keys:
     parts = sa.func.coalesce(m.sms_count, 1)
     edges = (sa.select(_day(tz, m.sent_at).label("day"), m.source,
                        m.price_currency.label("currency"), m.operator, m.status,
+                       price_origin(m).label("origin"),
                        sa.literal(1).label("messages"), parts.label("parts"),
-                       sa.func.coalesce(m.price_amount * parts, 0).label("amount"))
+                       sa.func.coalesce(m.price_amount * parts, 0).label("amount"),
+                       _unpriced(m).label("unpriced"))
              .where(sa.or_(sa.and_(m.sent_at >= since, m.sent_at < first),
                            sa.and_(m.sent_at >= last, m.sent_at < until))))
     rolled = (sa.select(_day(tz, r.bucket).label("day"), r.source, r.currency, r.operator,
-                        r.status, r.messages, r.parts, r.amount)
+                        r.status, r.origin, r.messages, r.parts, r.amount, r.unpriced)
               .where(r.bucket >= first, r.bucket < last))
     both = sa.union_all(edges, rolled).subquery("counted")
     grouped = [both.c[k] for k in keys]
     total = sa.cast(sa.func.sum(both.c.messages), sa.BigInteger)
     query = (sa.select(*grouped, total.label("messages"),
                        sa.cast(sa.func.sum(both.c.parts), sa.BigInteger).label("parts"),
-                       sa.func.sum(both.c.amount).label("amount"))
+                       sa.func.sum(both.c.amount).label("amount"),
+                       sa.cast(sa.func.sum(both.c.unpriced), sa.BigInteger).label("unpriced"))
              .group_by(*grouped).having(total > 0).order_by(*grouped))
     return (await conn.execute(query)).all()
 
@@ -682,11 +706,12 @@ async def billing_from_messages(conn: AsyncConnection, since: datetime, until: d
     m = messages.c
     parts = sa.func.coalesce(m.sms_count, 1)
     columns = {"day": _day(tz, m.sent_at), "source": m.source, "currency": m.price_currency,
-               "operator": m.operator, "status": m.status}
+               "operator": m.operator, "status": m.status, "origin": price_origin(m)}
     grouped = [columns[k].label(k) for k in keys]
     query = (sa.select(*grouped, sa.func.count().label("messages"),
                        sa.func.sum(parts).label("parts"),
-                       sa.func.coalesce(sa.func.sum(m.price_amount * parts), 0).label("amount"))
+                       sa.func.coalesce(sa.func.sum(m.price_amount * parts), 0).label("amount"),
+                       sa.func.count().filter(m.price_amount.is_(None)).label("unpriced"))
              .where(m.sent_at >= since, m.sent_at < until)
              .group_by(*grouped).order_by(*grouped))
     return (await conn.execute(query)).all()
@@ -700,13 +725,14 @@ async def rebuild_billing(conn: AsyncConnection) -> int:
     parts = sa.func.coalesce(m.sms_count, 1)
     bucket = sa.func.date_bin(sa.text(f"interval '{BILLING_BUCKET}'"), m.sent_at,
                               sa.text("timestamptz 'epoch'"))
-    keys = [bucket, m.source, m.price_currency, m.operator, m.status]
+    keys = [bucket, m.source, m.price_currency, m.operator, m.status, price_origin(m)]
     select = (sa.select(*keys, sa.literal(0), sa.func.count(), sa.func.sum(parts),
-                        sa.func.coalesce(sa.func.sum(m.price_amount * parts), 0))
+                        sa.func.coalesce(sa.func.sum(m.price_amount * parts), 0),
+                        sa.func.count().filter(m.price_amount.is_(None)))
               .where(m.sent_at.is_not(None)).group_by(*keys))
     insert = sa.insert(billing_rollup).from_select(
-        ["bucket", "source", "currency", "operator", "status", "slot", "messages", "parts",
-         "amount"], select)
+        ["bucket", "source", "currency", "operator", "status", "origin", "slot", "messages",
+         "parts", "amount", "unpriced"], select)
     return int((await conn.execute(insert)).rowcount)
 
 
@@ -757,3 +783,73 @@ async def changes(conn: AsyncConnection, after: int, horizon: int, limit: int) -
     query = (sa.select(messages).where(m.seq > after, m.seq <= horizon).order_by(m.seq)
              .limit(limit))
     return (await conn.execute(_with_matched_by(query, "seq"))).all()
+
+
+# --- estimates made again (reprice) ---------------------------------------------------------
+
+# What an estimate is made from, and what it sets.
+ESTIMATE_INPUTS = ("to", "mcc_mnc", "operator", "sent_at")
+ESTIMATED = ("sms_count", "registered", *rules.PRICE_FIELDS)
+
+
+async def estimated_page(conn: AsyncConnection, source: str, since: datetime | None,
+                         after: str | None, limit: int) -> Sequence[Any]:
+    """Messages of `source` sent at or after `since` whose price or parts may be estimates
+    (no price reported; parts counted or countable), in message_id order (the primary
+    key's) after a keyset position, with their seq; `text` only where the parts are to be
+    counted."""
+    m = messages.c
+    counted = m.registered.op("&")(rules.COUNTED) != 0
+    countable = sa.or_(m.sms_count.is_(None), counted)
+    query = (sa.select(m.message_id, m.seq, *[m[n] for n in (*ESTIMATE_INPUTS, *ESTIMATED)],
+                       sa.case((countable, m.text), else_=sa.null()).label("text"))
+             .where(m.source == source, m.sent_at.is_not(None),
+                    sa.or_(m.price_amount.is_(None), m.price_estimate > 0, counted,
+                           sa.and_(m.sms_count.is_(None), m.text.is_not(None))))
+             .order_by(m.message_id).limit(limit))
+    if since is not None:
+        query = query.where(m.sent_at >= since)
+    if after is not None:
+        query = query.where(m.message_id > after)
+    return (await conn.execute(query)).all()
+
+
+def _set_estimates() -> Any:
+    columns = [("e_message_id", "message_id"), ("e_seq", "seq"),
+               *[(f"e_{n}", n) for n in ESTIMATED]]
+    arrays = [sa.bindparam(label, type_=pg.ARRAY(messages.c[name].type))
+              for label, name in columns]
+    given = sa.func.unnest(*arrays).table_valued(*[label for label, _ in columns]) \
+        .render_derived()
+    m = messages.c
+    # Written only where the row is as read (its seq unchanged: a merge since moved it,
+    # and the next reprice sees it).
+    return (sa.update(messages)
+            .values({n: given.c[f"e_{n}"] for n in ESTIMATED}
+                    | {"seq": messages_seq.next_value(), "updated_at": sa.func.now()})
+            .where(m.source == sa.bindparam("e_source"), m.message_id == given.c.e_message_id,
+                   m.seq == given.c.e_seq))
+
+
+_SET_ESTIMATES = _set_estimates()
+# The rows are looked up by key, one after the other in key order (the order of the arrays),
+# so their locks are taken in the merge's order: no deadlock with one.
+_BY_KEY_IN_ORDER = ("set_config('enable_hashjoin', 'off', true), "
+                    "set_config('enable_mergejoin', 'off', true)")
+
+
+async def set_estimates(conn: AsyncConnection, source: str,
+                        changed: Sequence[tuple[str, int, Sequence[Any]]]) -> int:
+    """Write new estimates (`changed`: message id, its seq as read, and its new values of
+    ESTIMATED) where the row's seq is still the one read; return rows changed, each with a
+    new seq."""
+    if not changed:
+        return 0
+    changed = sorted(changed, key=lambda c: c[0])
+    # The transaction's id before its first nextval(), as the change feed needs.
+    await conn.execute(sa.text(f"SELECT pg_current_xact_id(), {_BY_KEY_IN_ORDER}"))
+    ids, seqs, values = zip(*changed, strict=True)
+    params: dict[str, Any] = {"e_source": source, "e_message_id": list(ids), "e_seq": list(seqs)}
+    for name, column in zip(ESTIMATED, zip(*values, strict=True), strict=True):
+        params[f"e_{name}"] = list(column)
+    return int((await conn.execute(_SET_ESTIMATES, params)).rowcount)

@@ -98,8 +98,13 @@ messages = sa.Table(
     sa.Column("application_id", CText),
     sa.Column("campaign_reference_id", CText),
     sa.Column("part_ids", CText),  # rules.union_parts: the parts seen (Vonage), sorted
-    # Bits of the fields above whose value only a registration gave (rules.REGISTERED).
+    # Bits of the fields above whose value no provider reported (rules.UNREPORTED): only a
+    # registration gave it, or (sms_count) it was counted from the text.
     sa.Column("registered", sa.SmallInteger, nullable=False, server_default="0"),
+    # A price a rate card estimated: how specific its rate was (service.pricing), and the
+    # rate as JSON; 0 and null for a price the provider reported (or none).
+    sa.Column("price_estimate", sa.SmallInteger, nullable=False, server_default="0"),
+    sa.Column("price_rate", CText),
     sa.Column("seq", sa.BigInteger, nullable=False),
     sa.Column("created_at", Timestamp, nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", Timestamp, nullable=False, server_default=sa.func.now()),
@@ -120,10 +125,12 @@ sa.Index("ix_messages_callback_data_md5", sa.func.md5(messages.c.callback_data))
 sa.Index("ix_messages_sent_at", messages.c.sent_at)
 
 # What billing sums, kept per quarter hour of sent_at (every time zone's days are whole
-# quarter hours) by the triggers of migration 0008, from each change's old and new rows:
-# the same statement that merges a message moves its count, parts and amount. `slot`
-# spreads concurrent writers over rows of their own (the backend's pid), so they do not
-# queue on one hot row; a summary adds the slots up.
+# quarter hours) by the triggers of migration 0008 (functions replaced by the rate cards'
+# migration), from each change's old and new rows: the same statement that merges a message
+# moves its count, parts, amount and whether it is unpriced. `origin` is where the price
+# came from ('reported', 'rate_card', null: none). `slot` spreads concurrent writers over
+# rows of their own (the backend's pid), so they do not queue on one hot row; a summary
+# adds the slots up.
 BILLING_BUCKET = "15 minutes"
 billing_rollup = sa.Table(
     "billing_rollup",
@@ -137,10 +144,13 @@ billing_rollup = sa.Table(
     sa.Column("messages", sa.BigInteger, nullable=False),
     sa.Column("parts", sa.BigInteger, nullable=False),
     sa.Column("amount", sa.Numeric, nullable=False),
+    sa.Column("origin", CText),
+    sa.Column("unpriced", sa.BigInteger, nullable=False, server_default="0"),
 )
 sa.Index("uq_billing_rollup_key", billing_rollup.c.bucket, billing_rollup.c.source,
          billing_rollup.c.currency, billing_rollup.c.operator, billing_rollup.c.status,
-         billing_rollup.c.slot, unique=True, postgresql_nulls_not_distinct=True)
+         billing_rollup.c.origin, billing_rollup.c.slot, unique=True,
+         postgresql_nulls_not_distinct=True)
 
 # Every distinct observation of a message, once per channel it arrived through. Partitioned
 # by the month the message was sent (else done, else received), taken from the report

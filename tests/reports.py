@@ -35,7 +35,10 @@ def body(*reports: dict[str, Any]) -> bytes:
     return json.dumps({"results": list(reports)}).encode()
 
 
-def pushed(source: str, raw: bytes) -> Envelope:
-    """`raw` decoded as a push to an Infobip source named `source`."""
+def pushed(source: str | infobip.InfobipSource, raw: bytes) -> Envelope:
+    """`raw` decoded as a push to an Infobip source (or one named `source`, without rates)."""
+    if isinstance(source, str):
+        source = infobip.InfobipSource(source, "http://127.0.0.1:1")
+    name = source.name
     return ingest.decode(source, "push", raw, "application/json",
-                         lambda b: infobip.decode_reports(source, b))
+                         lambda b: infobip.decode_reports(name, b))

@@ -67,8 +67,8 @@ async def summary(client: Client, **params: str) -> list[dict[str, Any]]:
 
 
 EXPECTED_BY_CURRENCY = [
-    {"currency": "EUR", "messages": 3, "parts": 6, "amount": "0.8"},    # 0.1 + 0.3 + 0.4
-    {"currency": "USD", "messages": 2, "parts": 3, "amount": "0.0375"},  # 0.0125 + 0.025
+    {"currency": "EUR", "messages": 3, "parts": 6, "amount": "0.8", "unpriced": 0},  # .1+.3+.4
+    {"currency": "USD", "messages": 2, "parts": 3, "amount": "0.0375", "unpriced": 0}, # .0125+.025
 ]
 
 
@@ -111,8 +111,8 @@ async def test_csv(client: Client) -> None:
     response = await client.get("/v1/billing/summary", params=NOVEMBER | {"group_by": "source"},
                                 headers=READ | {"Accept": "text/csv"})
     assert response.headers["content-type"].startswith("text/csv")
-    assert response.text.splitlines() == ["source,currency,messages,parts,amount",
-                                          "ib,EUR,3,6,0.8", "ib,USD,2,3,0.0375"]
+    assert response.text.splitlines() == ["source,currency,messages,parts,amount,unpriced",
+                                          "ib,EUR,3,6,0.8,0", "ib,USD,2,3,0.0375,0"]
 
 
 @pytest.mark.parametrize(("params", "message"), [
@@ -184,13 +184,15 @@ async def test_csv_cells_cannot_become_formulas(client: Client, engine: AsyncEng
     response = await client.get("/v1/billing/summary", params=params,
                                 headers=READ | {"Accept": "text/csv"})
     header, *lines = csv.reader(io.StringIO(response.text, newline=""))
-    assert header == ["source", "operator", "status", "currency", "messages", "parts", "amount"]
+    assert header == ["source", "operator", "status", "currency", "messages", "parts", "amount",
+                      "unpriced"]
     assert len(lines) == len(expected)
     for line, row in zip(lines, expected, strict=True):
         keys, numbers = line[:4], line[4:]
         assert not any(cell.startswith(FORMULA_STARTS) for cell in keys), line
         assert [read_cell(cell) for cell in keys] == [row[k] or "" for k in header[:4]]
-        assert numbers == [str(row["messages"]), str(row["parts"]), row["amount"]]
+        assert numbers == [str(row["messages"]), str(row["parts"]), row["amount"],
+                           str(row["unpriced"])]
 
 
 async def test_every_key_asked_for_is_in_every_row_null_included(client: Client) -> None:
@@ -201,7 +203,7 @@ async def test_every_key_asked_for_is_in_every_row_null_included(client: Client)
                               headers=BASIC)).status_code == 200
     rows = await summary(client, group_by="operator,source")
     assert rows == [{"operator": None, "source": "ib", "currency": None, "messages": 1,
-                     "parts": 1, "amount": "0"}]
+                     "parts": 1, "amount": "0", "unpriced": 1}]
     assert "day" not in rows[0]  # not asked for
 
 
@@ -231,7 +233,7 @@ def test_rebuild_billing_makes_the_rollup_again(server_url: str) -> None:
             try:
                 async with db.transaction(engine) as conn:
                     since, until = datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
-                    keys = ["day", "source", "currency", "operator", "status"]
+                    keys = ["day", "source", "currency", "operator", "status", "origin"]
                     assert [tuple(r) for r in await store.billing(conn, since, until, keys, "UTC")] \
                         == [tuple(r) for r in await store.billing_from_messages(
                             conn, since, until, keys, "UTC")]

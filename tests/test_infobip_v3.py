@@ -95,7 +95,8 @@ async def test_sdk_built_v3_pushes_bill_every_part_and_keep_every_field(client: 
     message = (await client.get("/v1/messages/ib/MSG-3", headers=READ)).json()
     assert message["sender"] == "InfoSMS"
     assert message["sms_count"] == 2
-    assert message["price"] == {"amount": "0.0055", "currency": "EUR"}
+    assert message["price"] == {"amount": "0.0055", "currency": "EUR", "origin": "reported",
+                                "rate": None}
     assert message["entity_id"] == "promotional-traffic"
     assert message["application_id"] == "marketing"
     assert message["campaign_reference_id"] == "summersale"
@@ -109,7 +110,7 @@ async def test_sdk_built_v3_pushes_bill_every_part_and_keep_every_field(client: 
         "from": "2026-11-01T00:00:00Z", "to": "2026-11-02T00:00:00Z",
         "group_by": "source"})).json()["rows"]
     assert billed == [{"source": "ib", "currency": "EUR", "messages": 12, "parts": 24,
-                       "amount": "0.132"}]
+                       "amount": "0.132", "unpriced": 0}]
 
 
 # One report, in each shape Infobip sends it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from decimal import Decimal
 
 import asyncpg
 from alembic import command
@@ -64,3 +65,38 @@ def test_a_new_database_looks_messages_up_by_their_key(server_url: str) -> None:
     with scratch_database(server_url) as url:
         explained = asyncio.run(plan(url))
     assert "pk_messages" in explained and "Filter" not in explained, explained
+
+
+def test_rate_cards_upgrade_and_downgrade_with_rows_in_place(server_url: str) -> None:
+    """0011 keeps what was merged as reported and rebuilds the rollup by origin; going back
+    drops the estimates (never left to pass as reported prices) and rebuilds it again."""
+    async def run(url: str, sql: str) -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    columns = "source, message_id, status, final, obs_hash, seq, sent_at, sms_count"
+    values = "'ib', '{}', 'DELIVERED', true, 'h', {}, '2026-11-01T10:00:00Z', 2"
+    with scratch_database(server_url, migrated=False) as url:
+        config = Config()
+        config.set_main_option("script_location", str(db.migrations_dir()))
+        config.attributes["database_url"] = db.asyncpg_url(url)
+        command.upgrade(config, "0010")
+        asyncio.run(run(url, f"INSERT INTO messages ({columns}, price_amount, price_currency) "
+                             f"VALUES ({values.format('r', 1)}, 0.5, 'EUR')"))
+        command.upgrade(config, "0011")
+        assert asyncio.run(run(url, "SELECT origin, messages, amount, unpriced FROM "
+                                    "billing_rollup")) == [("reported", 1, Decimal("1.0"), 0)]
+        asyncio.run(run(url, f"INSERT INTO messages ({columns}, price_amount, price_currency, "
+                             f"price_estimate, price_rate) VALUES ({values.format('e', 2)}, "
+                             """0.25, 'NPR', 2, '{"country":"NP"}')"""))
+        command.downgrade(config, "0010")
+        assert asyncio.run(run(url, "SELECT message_id, price_amount FROM messages ORDER BY 1")) \
+            == [("e", None), ("r", Decimal("0.5"))]
+        assert asyncio.run(run(url, "SELECT currency, messages, amount FROM billing_rollup "
+                                    "ORDER BY currency")) == [
+            ("EUR", 1, Decimal("1.0")), (None, 1, Decimal("0"))]
+        command.upgrade(config, "head")
+        command.check(config)

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from service import db, rules, store
+from service import db, pricing, rules, store
 from service.providers import MAX_TO, Report
 from service.schemas import message_from_row
 from service.tables import messages
@@ -43,7 +43,7 @@ def observations(draw: st.DrawFn) -> list[Report]:
         if draw(st.integers(0, 3)) == 0:
             out.append(rules.registration(source="ib", message_id="m", **described))
             continue
-        out.append(rules.observation(
+        report = rules.observation(
             source="ib",
             message_id="m",
             status=draw(st.sampled_from(GROUPS)),
@@ -57,8 +57,26 @@ def observations(draw: st.DrawFn) -> list[Report]:
             mcc_mnc=draw(maybe | st.just("22801")),
             part_ids=draw(st.sampled_from([None, "a1", "a2", "a1 a3", "b"])),  # Vonage's parts
             **described,
-        ))
+        )
+        if report.sms_count is None and draw(st.booleans()):  # counted from the text
+            report = msgspec.structs.replace(report, sms_count=draw(st.integers(1, 3)),
+                                             registered=rules.COUNTED)
+        if report.price_amount is None and draw(st.booleans()):  # a rate card's estimate
+            amount, currency, specificity, rate = draw(st.sampled_from(ESTIMATES))
+            report = msgspec.structs.replace(report, price_amount=amount, price_currency=currency,
+                                             price_estimate=specificity, price_rate=rate)
+        out.append(report)
     return out
+
+
+# Estimates as a rate card gives them: clashing specificities and values on purpose.
+ESTIMATES = [
+    (Decimal("0.02"), "EUR", pricing.OPERATOR, '{"operator":"Swisscom"}'),
+    (Decimal("0.01"), "EUR", pricing.OPERATOR, '{"from":"2026-01-01","operator":"Swisscom"}'),
+    (Decimal("0.03"), "EUR", pricing.PREFIX + 4, '{"prefix":"+4179"}'),
+    (Decimal("0.05"), "CHF", pricing.COUNTRY, '{"country":"CH"}'),
+    (Decimal("0.01"), "EUR", pricing.EVERYTHING, "{}"),
+]
 
 
 @st.composite
@@ -122,6 +140,35 @@ def test_a_provider_report_outranks_a_registration(reports: list[Report]) -> Non
         assert state is not None
         assert [getattr(merged, f) for f in rules.STATE_FIELDS] == \
             [getattr(state, f) for f in rules.STATE_FIELDS]
+
+
+@given(observations())
+def test_a_reported_price_outranks_every_estimate(reports: list[Report]) -> None:
+    """The price is the greatest reported one (by amount, then currency) when a provider
+    reported any; else the estimate by the most specific rate (then the greatest). Parts a
+    provider reported (and the distinct parts seen) outrank parts counted from the text."""
+    merged = fold(reports)
+    assert merged is not None
+    priced = [r for r in reports if r.price_amount is not None]
+    reported = [r for r in priced if r.price_estimate == 0]
+    price = (merged.price_amount, merged.price_currency or "", merged.price_estimate,
+             merged.price_rate)
+    if reported:
+        assert price == max((r.price_amount, r.price_currency or "", 0, None) for r in reported)
+    elif priced:
+        best = max(priced, key=lambda r: (r.price_estimate, r.price_amount, r.price_currency,
+                                          r.price_rate))
+        assert price == (best.price_amount, best.price_currency, best.price_estimate,
+                         best.price_rate)
+    else:
+        assert price == (None, "", 0, None)
+    seen = {part for r in reports for part in (r.part_ids or "").split()}  # reported parts
+    told = [r.sms_count for r in reports
+            if r.sms_count is not None and not r.registered & rules.COUNTED] + \
+        ([len(sorted(seen)[:rules.MAX_PARTS])] if seen else [])
+    counted = [r.sms_count for r in reports if r.registered & rules.COUNTED]
+    assert (merged.sms_count, bool(merged.registered & rules.COUNTED)) == (
+        (max(told), False) if told else (max(counted), True) if counted else (None, False))
 
 
 @pytest.mark.parametrize("reported", ["cb-WRONG", "cb-1"])  # sorting after, and before
@@ -190,7 +237,8 @@ def _comparable(row: object) -> dict[str, object]:
     data = msgspec.to_builtins(message_from_row(row))
     for volatile in ("message_id", "seq", "updated_at"):
         data.pop(volatile)
-    return data | {"registered": row.registered}  # type: ignore[attr-defined]
+    return data | {"registered": row.registered,  # type: ignore[attr-defined]
+                   "price_estimate": row.price_estimate}  # type: ignore[attr-defined]
 
 
 def _as_row(report: Report) -> object:
@@ -227,7 +275,7 @@ def test_upsert_matches_pure_merge_in_any_order(
     run.run(billing_agrees(engine))
 
 
-BILLING_KEYS = ["day", "source", "currency", "operator", "status"]
+BILLING_KEYS = ["day", "source", "currency", "operator", "status", "origin"]
 
 
 async def billing_agrees(engine: Any) -> None:

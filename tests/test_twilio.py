@@ -211,7 +211,8 @@ async def test_pull_reads_every_page_and_bills_per_segment(engine: AsyncEngine,
     assert result.error is None, result.error
     assert result.pages == 2 and result.reports == 1501
     got = (await client.get(f"/v1/messages/tw/{sid(3)}", headers=READ)).json()
-    assert got["price"] == {"amount": "0.0079", "currency": "USD"} and got["sms_count"] == 2
+    assert got["price"] == {"amount": "0.0079", "currency": "USD", "origin": "reported",
+                            "rate": None} and got["sms_count"] == 2
     assert got["sent_at"] == (now - timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M:%SZ")
     failed = (await client.get(f"/v1/messages/tw/{sid(5002)}", headers=READ)).json()
     assert failed["status"] == "REJECTED" and failed["error"]["id"] == 30007
@@ -222,7 +223,7 @@ async def test_pull_reads_every_page_and_bills_per_segment(engine: AsyncEngine,
         "from": (now - timedelta(days=3)).isoformat(), "to": (now + timedelta(days=1)).isoformat(),
         "group_by": "source"})).json()["rows"]
     assert {"source": "tw", "currency": "USD", "messages": 1500, "parts": 3000,
-            "amount": "23.7"} in billed  # 1500 x 2 segments x 0.0079; the failed one is free
+            "amount": "23.7", "unpriced": 0} in billed  # 1500 x 2 x 0.0079; the failed one is free
 
 
 async def test_pull_with_an_api_key_and_a_wrong_token(engine: AsyncEngine) -> None:

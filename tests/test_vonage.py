@@ -107,7 +107,8 @@ async def test_a_signed_receipt_by_get_post_form_and_json_reads_back(client: Tes
     assert got["callback_data"] == "order-7"
     assert got["mcc_mnc"] == "23410"
     assert got["sms_count"] == 2  # two parts seen
-    assert got["price"] == {"amount": "0.0333", "currency": "EUR"}
+    assert got["price"] == {"amount": "0.0333", "currency": "EUR", "origin": "reported",
+                            "rate": None}
     assert got["done_at"] == "2026-11-01T10:00:00Z"  # scts, to the minute
     assert got["error"] is None
 
@@ -192,13 +193,14 @@ async def test_pull_reads_truncated_pages_and_merges_parts(engine: AsyncEngine,
         assert any("cursor=" in r and "iv=" in r for r in fake.requests)
     got = (await client.get("/v1/messages/vg/m-5@+447700900001", headers=READ)).json()
     assert got["sms_count"] == 2 and got["status"] == "DELIVERED"
-    assert got["price"] == {"amount": "0.0333", "currency": "EUR"}
+    assert got["price"] == {"amount": "0.0333", "currency": "EUR", "origin": "reported",
+                            "rate": None}
     assert got["text"] == "hello"
     billed = (await client.get("/v1/billing/summary", headers=READ, params={
         "from": (now - timedelta(days=1)).isoformat(), "to": (now + timedelta(hours=1)).isoformat(),
         "group_by": "source"})).json()["rows"]
     assert billed == [{"source": "vg", "currency": "EUR", "messages": 1200, "parts": 2400,
-                       "amount": "79.92"}]
+                       "amount": "79.92", "unpriced": 0}]
 
 
 async def test_a_next_link_off_origin_is_refused_and_wrong_credentials_end_the_run(

@@ -52,7 +52,8 @@ async def test_seed_example_accepted_verbatim_and_read_back(client: Client) -> N
     message = got.json()
     assert message["status"] == "DELIVERED"
     assert message["final"] is True
-    assert message["price"] == {"amount": "0.01", "currency": "EUR"}
+    assert message["price"] == {"amount": "0.01", "currency": "EUR", "origin": "reported",
+                                "rate": None}
     assert message["done_at"] == "2019-11-09T16:00:00Z"
     assert message["sent_at"] == "2019-11-09T16:00:00Z"
     assert message["to"] == "+41793026727"
@@ -93,7 +94,7 @@ async def test_money_is_exact(client: Client) -> None:
     m1 = (await client.get("/v1/messages/ib/m1", headers=READ)).json()
     m2 = (await client.get("/v1/messages/ib/m2", headers=READ)).json()
     assert m1["price"]["amount"] == "999999.9999999999"
-    assert m2["price"] == {"amount": "0.007", "currency": "USD"}
+    assert m2["price"] == {"amount": "0.007", "currency": "USD", "origin": "reported", "rate": None}
 
 
 async def test_duplicates_change_neither_seq_nor_message(client: Client) -> None:

@@ -53,9 +53,16 @@ class BillingRow(msgspec.Struct, kw_only=True):
                                         "EUR")] = None
     operator: str | None = None
     status: str | None = None
+    origin: Annotated[str | None, doc(
+        "Where the prices came from: `reported` by the provider, `rate_card` (estimated by "
+        "the source's rate card), or null: unpriced", "reported")] = None
     messages: int
     parts: int
-    amount: Annotated[str, doc("Exact decimal, in the row's currency", "0.02")]
+    amount: Annotated[str, doc("Exact decimal, in the row's currency; unpriced messages "
+                               "add nothing to it", "0.02")]
+    unpriced: Annotated[int, doc("Messages of the row with no price (neither reported nor "
+                                 "estimated): counted in `messages` and `parts`, not in "
+                                 "`amount`", 0)]
 
 
 class BillingSummary(msgspec.Struct):
@@ -75,9 +82,10 @@ class BillingOperation(Documented):
                 "application/json": OpenAPIMediaType(schema=inline_schema(BillingSummary)),
                 "text/csv": OpenAPIMediaType(
                     schema=Schema(type=OpenAPIType.STRING, description=(
-                        "A header row (the group keys, messages, parts, amount), then one "
-                        "row per group")),
-                    example="day,currency,messages,parts,amount\n2026-11-01,EUR,2,2,0.02\n")}
+                        "A header row (the group keys, messages, parts, amount, unpriced), "
+                        "then one row per group")),
+                    example="day,currency,messages,parts,amount,unpriced\n"
+                            "2026-11-01,EUR,2,2,0.02,0\n")}
 
 
 @get("/v1/billing/summary", guards=[require_scope], opt={"scope": "read"},
@@ -86,7 +94,10 @@ class BillingOperation(Documented):
      summary="Messages, parts and amount per group, for messages sent in [from, to)",
      description="amount = sum of price per part x parts (a message without a part count "
                  "counts as one part). Days are calendar days in `tz`. Every row is in one "
-                 "currency: currency is always a group key. `Accept: text/csv` for CSV.")
+                 "currency: currency is always a group key. Prices are the provider's or, "
+                 "where it reports none, the source's rate card's (group by `origin` to tell "
+                 "them apart); `unpriced` counts the messages with neither, which add nothing "
+                 "to `amount`. `Accept: text/csv` for CSV.")
 async def billing_summary(
     request: Request[Any, Any, State],
     state: State,
@@ -106,13 +117,13 @@ async def billing_summary(
     # Every key asked for is in every row, null included: a missing key would read as "not
     # grouped by", not as "no value" (no operator known, a provider that reports no price).
     rows = [{**{k: getattr(r, k) for k in keys}, "messages": r.messages, "parts": r.parts,
-             "amount": amount_text(r.amount)} for r in found]
+             "amount": amount_text(r.amount), "unpriced": r.unpriced} for r in found]
     if "text/csv" in request.headers.get("accept", ""):
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow([*keys, "messages", "parts", "amount"])
+        writer.writerow([*keys, "messages", "parts", "amount", "unpriced"])
         for row in rows:
             writer.writerow([*(_cell(row[k]) for k in keys), row["messages"], row["parts"],
-                             row["amount"]])
+                             row["amount"], row["unpriced"]])
         return Response(out.getvalue(), media_type="text/csv")
     return Response({"rows": rows})

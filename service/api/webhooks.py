@@ -249,7 +249,7 @@ async def _receive(source: str, request: Request[None, None, State], body: bytes
                    content_type: str | None) -> Accepted:
     """Decode, keep and merge an authenticated body, then answer."""
     settings = request.app.state.settings.sources[source]
-    decoded = decode(source, "push", body, content_type, decoder_for(settings, None, content_type))
+    decoded = decode(settings, "push", body, content_type, decoder_for(settings, None, content_type))
     ingestor: Ingestor = request.app.state.ingestor
     # As committed: a report the merge failed on (a bug) is a rejection, and its body kept
     # for replay, so the provider need not send it again.

@@ -86,7 +86,11 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     # The message's parts seen, by their own ids, sorted and space-separated: a set, so that
     # one receipt per part (Vonage) merges into one message of that many parts.
     part_ids: str | None = None
-    registered: int = 0  # bits of the fields a registration supplied (rules.REGISTERED)
+    registered: int = 0  # bits of the fields no provider reported (rules.UNREPORTED)
+    # How specific the rate card's rate that estimated the price was (service.pricing);
+    # 0: the provider reported it (or there is none). `price_rate`: that rate, as JSON.
+    price_estimate: int = 0
+    price_rate: str | None = None
 
 
 class Rejection(msgspec.Struct, frozen=True):

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 
 from service import metrics, rules
+from service.pricing import Rate
 from service.providers import Rejection, Report
 
 if TYPE_CHECKING:
@@ -97,6 +98,10 @@ class SourceBase(Strict, frozen=True):
     base_url: str
     pull_interval_s: Interval = 60.0
     webhook: WebhookConfig | None = None
+    # The rate card that prices messages the provider reports no price for (service.pricing):
+    # `[[sources.rates]]` tables, and those of a CSV file (read at load, added to `rates`).
+    rates: list[Rate] = msgspec.field(default_factory=list)
+    rates_file: str | None = None
 
     @property
     def pullable(self) -> bool:
