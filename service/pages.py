@@ -62,13 +62,15 @@ class Pages:
         self.holder, self.retry, self.stop = holder, retry, stop
         self.result = RunResult(source.name)
         self.spool_dir, self.run_id = spool_dir, run_id
+        # what conditions() read for a URL, for the take() of its answer to use again
+        self._last_kept: dict[str, store.KeptBody | None] = {}
 
     async def conditions(self, path_or_url: str) -> dict[str, str]:
         """Headers that make a GET of a non-consuming URL conditional on the body last kept
         for it (If-None-Match, If-Modified-Since), where the provider gave validators."""
+        url = urljoin(self.source.base_url, path_or_url)
         async with db.transaction(self.engine) as conn:
-            kept = await store.last_kept(conn, self.source.name,
-                                         urljoin(self.source.base_url, path_or_url))
+            kept = self._last_kept[url] = await store.last_kept(conn, self.source.name, url)
         if kept is None:
             return {}
         return ({"If-None-Match": kept.etag} if kept.etag else {}) | (
@@ -119,7 +121,10 @@ class Pages:
     async def _seen_again(self, response: httpx.Response, page: spool.Page) -> spool.Page | None:
         """The page as last kept, when this one is the same (or a 304); recorded as seen."""
         async with db.transaction(self.engine) as conn:
-            kept = await store.last_kept(conn, page.source, page.url)
+            if page.url in self._last_kept:
+                kept = self._last_kept.pop(page.url)
+            else:
+                kept = await store.last_kept(conn, page.source, page.url)
             if kept is None or (response.status_code != 304 and
                                 store.sha256(page.body) != kept.body_hash):
                 return None

@@ -366,3 +366,13 @@ async def test_registrations_without_message_id_are_looked_up_by_bulk_id(
     assert "/sms/3/logs?bulkId=BULK-9&limit=1000&useCursor=true" in fake.requests
     assert (await client.get("/v1/messages/ib/in-bulk", headers=READ)).status_code == 200
     assert (await client.get("/v1/messages/ib/elsewhere", headers=READ)).status_code == 404
+
+
+async def test_an_xml_body_past_the_report_limit_is_refused_and_kept(client: Client) -> None:
+    one = _xml("results", as_v1(sdk_json(sdk_report(1))))
+    body = f"<SMSReportResponse>{one * (infobip.MAX_REPORTS + 1)}</SMSReportResponse>".encode()
+    answer = await push(client, body, "application/xml")
+    assert answer.status_code == 413, answer.text
+    inbox = (await client.get("/v1/inbox", headers={
+        "Authorization": f"Bearer {ADMIN_TOKEN}"}, params={"state": "rejected"})).json()
+    assert inbox["items"]

@@ -437,3 +437,21 @@ def test_a_recipient_stays_within_its_bound(text: str, region: str | None) -> No
     number = rules.recipient.__wrapped__(text, region)
     assert len(number.to) <= MAX_TO
     assert number.to == text.strip() or (number.to.startswith("+") and number.to[1:].isdigit())
+
+
+def test_a_report_kept_before_the_v3_state_fields_keeps_its_hash() -> None:
+    """A body kept before status.action and error.description were read replays to the
+    same observation (so to no new history row): those fields are hashed only when given."""
+    import hashlib
+
+    report = rules.observation(source="ib", message_id="m", status="DELIVERED", status_id=5,
+                               status_name="DELIVERED_TO_HANDSET", done_at=T0, error_id=27)
+    first_fields = ("status", "final", "status_id", "status_name", "status_description",
+                    "done_at", "error_group_id", "error_group_name", "error_id", "error_name",
+                    "error_permanent")
+    before = msgspec.msgpack.encode(["ib", "m", *[getattr(report, f) for f in first_fields]])
+    assert report.obs_hash == hashlib.sha256(before).digest()[:16]
+    advised = rules.observation(source="ib", message_id="m", status="DELIVERED", status_id=5,
+                                status_name="DELIVERED_TO_HANDSET", done_at=T0, error_id=27,
+                                status_action="none")
+    assert advised.obs_hash != report.obs_hash

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
 
+from service import metrics
+
 log = logging.getLogger(__name__)
 
 # Bounds, from the providers' own limits. No stored value can break an index entry (about
@@ -193,19 +195,24 @@ def check(report: Report) -> None:
 Item = TypeVar("Item")
 Out = TypeVar("Out")
 Wire = TypeVar("Wire", bound=msgspec.Struct)
-Unknown = Callable[[str], None]
 _generic = msgspec.json.Decoder(float_hook=Decimal)  # numbers exactly as written
 _exact = msgspec.json.Encoder(decimal_format="number")
 
 
+class WireStruct(msgspec.Struct, forbid_unknown_fields=True):
+    """A provider's wire struct: every field it documents is named, so that a new one is
+    counted (Known) instead of dropped unseen."""
+
+
 class Known(Generic[Wire]):
-    """Decodes a provider's item into `kind`, a Struct whose nested Structs all forbid
-    unknown fields, and names every field it does not know.
+    """Decodes a provider's item into `kind`, a WireStruct whose nested Structs all forbid
+    unknown fields, and counts every field it does not know.
 
     An item of known fields only takes the one strict decode. Otherwise the item is read
-    generically, each field the structs do not know is handed to `unknown` (by its dotted
-    path, e.g. `status.reason`) and dropped, and the rest decoded strictly. A provider may
-    add fields at any time: this way none is dropped without being counted.
+    generically, each field the structs do not know is counted for the source (by its
+    dotted path, e.g. `status.reason`: metrics.count_unknown_field) and dropped, and the
+    rest decoded strictly. A provider may add fields at any time: this way none is dropped
+    without being counted.
     """
 
     def __init__(self, kind: type[Wire]) -> None:
@@ -215,19 +222,19 @@ class Known(Generic[Wire]):
         assert fields is not None, "a Struct"
         self.fields = fields
 
-    def decode(self, raw: bytes, unknown: Unknown) -> Wire:
+    def decode(self, raw: bytes, source: str) -> Wire:
         try:
             return self._strict.decode(raw)
         except msgspec.ValidationError as exc:
             if "unknown field" not in str(exc):
                 raise
         generic = _generic.decode(raw)
-        _drop_unknown(generic, self.fields, "", unknown)
+        _drop_unknown(generic, self.fields, "", source)
         return self._strict.decode(_exact.encode(generic))
 
-    def convert(self, item: dict[str, Any], unknown: Unknown) -> Wire:
-        """The same for an item already read (from XML: every value text)."""
-        _drop_unknown(item, self.fields, "", unknown)
+    def convert(self, item: dict[str, Any], source: str) -> Wire:
+        """The same for an item already read (from XML or a form: every value text)."""
+        _drop_unknown(item, self.fields, "", source)
         return msgspec.convert(item, self.kind, strict=False)
 
 
@@ -246,19 +253,19 @@ def _field_tree(info: msgspec.inspect.Type) -> FieldTree | None:
     return None
 
 
-def _drop_unknown(value: Any, known: FieldTree, path: str, unknown: Unknown) -> None:
+def _drop_unknown(value: Any, known: FieldTree, path: str, source: str) -> None:
     if isinstance(value, list):
         for item in value:
-            _drop_unknown(item, known, path, unknown)
+            _drop_unknown(item, known, path, source)
         return
     if not isinstance(value, dict):
         return
     for name in list(value):
         if name not in known:
-            unknown(f"{path}{name}")
+            metrics.count_unknown_field(source, f"{path}{name}")
             del value[name]
         elif (inner := known[name]) is not None:
-            _drop_unknown(value[name], inner, f"{path}{name}.", unknown)
+            _drop_unknown(value[name], inner, f"{path}{name}.", source)
 
 
 def judge_all(items: Sequence[Item], build: Callable[[Item], list[Out]], path: str,

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import phonenumbers
 
-from service import metrics, rules
+from service import rules
 from service.errors import BadRequest
 from service.providers import (
     AwareTime,
@@ -31,11 +31,13 @@ from service.providers import (
     OutOfBounds,
     Rejection,
     Report,
+    WireStruct,
+    base,
     http,
     judge_all,
     moment,
 )
-from service.providers.base import STATUS_GROUPS, Decoder, Interval, SourceBase
+from service.providers.base import Decoder, Interval, SourceBase
 
 # Documented defaults; a source's `status_map` overrides or extends them.
 DEFAULT_STATUS_MAP = {
@@ -87,10 +89,7 @@ class DiceSmsSource(SourceBase, frozen=True, tag="dicesms", tag_field="kind"):
         if self.default_region not in phonenumbers.SUPPORTED_REGIONS:
             return "default_region", (f"{self.default_region!r} is not a region code "
                                       "(ISO 3166, e.g. NP)")
-        for raw, group in self.status_map.items():
-            if group.upper() not in STATUS_GROUPS:  # a typo would leave messages never final
-                return f"status_map.{raw}", f"{group!r} is not one of {', '.join(STATUS_GROUPS)}"
-        return None
+        return base.status_map_problem(self.status_map)
 
 
 PhoneDigits = Annotated[int, msgspec.Meta(ge=0, lt=10**18)]  # an int64; MAX_TO bounds strings
@@ -100,12 +99,12 @@ MAX_URL = 2048  # a `next` link, kept as the walk's cursor
 MAX_RECIPIENTS = 1000
 
 
-class Recipient(msgspec.Struct, forbid_unknown_fields=True):
+class Recipient(WireStruct):
     client_phone: PhoneDigits | NumberText
     client_name: str | None = None
 
 
-class SmsReport(msgspec.Struct, forbid_unknown_fields=True):
+class SmsReport(WireStruct):
     recipients: Annotated[list[Recipient], msgspec.Meta(max_length=MAX_RECIPIENTS)]
     sent_at: AwareTime
     status: RawStatus | None = None
@@ -113,7 +112,7 @@ class SmsReport(msgspec.Struct, forbid_unknown_fields=True):
     message: MessageText | None = None
 
 
-class BatchRow(msgspec.Struct, forbid_unknown_fields=True):
+class BatchRow(WireStruct):
     sent_at: AwareTime
     batch_id: IdText
     status: RawStatus | None = None
@@ -137,20 +136,15 @@ _page = msgspec.json.Decoder(ReportPage)
 _batch_row = Known(BatchRow)
 
 
-class StatusTable:
-    """Maps DiceSMS status words and digits to status groups; counts what it cannot map."""
+class StatusTable(base.StatusTable):
+    """DiceSMS status words and digits to status groups (the documented defaults, then the
+    source's `status_map`); anything with `delivered_at` is DELIVERED."""
 
-    def __init__(self, overrides: Mapping[str, str]) -> None:
-        self.table = DEFAULT_STATUS_MAP | {k.upper(): v.upper() for k, v in overrides.items()}
-        self.unmapped: dict[str, int] = {}
+    def __init__(self, overrides: Mapping[str, str], source: str = "") -> None:
+        super().__init__(source, DEFAULT_STATUS_MAP, overrides)
 
-    def group(self, raw: str, delivered: bool) -> str:
-        if delivered:
-            return "DELIVERED"
-        if raw.upper() in self.table:
-            return self.table[raw.upper()]
-        self.unmapped[raw] = self.unmapped.get(raw, 0) + 1
-        return rules.PENDING
+    def group(self, raw: str, delivered: bool = False) -> str:
+        return "DELIVERED" if delivered else super().group(raw)
 
     def is_final(self, raw: str | int | None, delivered: bool) -> bool:
         return rules.is_final(self.group(str(raw or ""), delivered))
@@ -191,11 +185,8 @@ def to_reports(source: DiceSmsSource, statuses: StatusTable, item: SmsReport,
 def _decode_items(source: DiceSmsSource, statuses: StatusTable, items: list[msgspec.Raw],
                   batch_of: Mapping[datetime, str], batch_id: str | None, path: str,
                   ) -> tuple[list[Report], list[Rejection]]:
-    def unknown(name: str) -> None:
-        metrics.count_unknown_field(source.name, name)
-
     def build(raw: msgspec.Raw) -> list[Report]:
-        item = _report.decode(raw, unknown)
+        item = _report.decode(raw, source.name)
         return to_reports(source, statuses, item, batch_id or batch_of.get(item.sent_at))
 
     return judge_all(items, build, path, wire_names=WIRE_NAMES)
@@ -235,7 +226,7 @@ def decode_batch_ids(source: str, body: bytes) -> tuple[list[BatchRow], list[Rej
         raise BadRequest(f"not a DiceSMS batch-id list: {exc}") from None
 
     def build(raw: msgspec.Raw) -> list[BatchRow]:
-        row = _batch_row.decode(raw, lambda name: metrics.count_unknown_field(source, name))
+        row = _batch_row.decode(raw, source)
         moment("sent_at", row.sent_at)
         moment("delivered_at", row.delivered_at)
         return [row]
@@ -245,7 +236,7 @@ def decode_batch_ids(source: str, body: bytes) -> tuple[list[BatchRow], list[Rej
 
 def decoder(source: DiceSmsSource, url: str | None, content_type: str | None) -> Decoder:
     """How to read a body of `source` by where it was fetched from."""
-    statuses = StatusTable(source.status_map)
+    statuses = StatusTable(source.status_map, source.name)
     path = urlsplit(url or "").path.rstrip("/")
     if path.endswith("/api/batch-ids"):
         return lambda raw: no_reports(source.name, raw)

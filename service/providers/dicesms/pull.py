@@ -12,7 +12,7 @@ from urllib.parse import quote, urljoin
 
 import msgspec
 
-from service import db, metrics, store
+from service import db, store
 from service.providers import Rejection, Report, dicesms, http
 from service.providers.dicesms import DiceSmsSource
 
@@ -31,7 +31,7 @@ async def pull(pages: Pages, source: DiceSmsSource) -> None:
     A page fetched again unchanged is not kept again (Pages.take), so an unchanging
     account costs a page or two a pass, and keeps nothing but the record of a sighting.
     """
-    statuses = dicesms.StatusTable(source.status_map)
+    statuses = dicesms.StatusTable(source.status_map, source.name)
     response = await dicesms.fetch(pages.client, source, LISTING, pages.retry)
     newest = await pages.take(response, functools.partial(dicesms.decode_report_page, source,
                                                           statuses))
@@ -44,10 +44,8 @@ async def pull(pages: Pages, source: DiceSmsSource) -> None:
     after_newest = dicesms.next_url(response.content) if response.status_code == 200 else None
     await _walk(pages, source, statuses, batch_of, after_newest, not newest.resighted)
     await _compare_counts(pages, source)
-    if statuses.unmapped:
+    if statuses.unmapped:  # counted in the metric as they were read
         pages.result.detail = (pages.result.detail or {}) | {"unmapped_statuses": statuses.unmapped}
-        for raw, count in statuses.unmapped.items():
-            metrics.count_unmapped(source.name, raw, count)
 
 
 LISTING = "/api/sms-report/"

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 from defusedxml import DefusedXmlException
 
-from service import metrics, rules
+from service import rules
 from service.errors import BadRequest, TooManyReports
 from service.providers import (
     MAX_ID,
@@ -29,6 +29,7 @@ from service.providers import (
     Parts,
     Rejection,
     Report,
+    WireStruct,
     currency,
     http,
     judge_all,
@@ -54,13 +55,9 @@ NO_ERROR_ID = 0
 MAX_REPORTS = 2500
 
 
-class _Wire(msgspec.Struct, forbid_unknown_fields=True):
-    """Every field Infobip documents is named, so that a new one is counted (Known)."""
-
-
 # Text lengths are checked on the report built from these (rules.observation), under
 # the names below; only `to` is bounded here, before it reaches the number cache.
-class Status(_Wire):
+class Status(WireStruct):
     groupId: Int32 | None = None
     groupName: str | None = None
     id: Int32 | None = None
@@ -69,7 +66,7 @@ class Status(_Wire):
     action: str | None = None
 
 
-class Error(_Wire):
+class Error(WireStruct):
     groupId: Int32 | None = None
     groupName: str | None = None
     id: Int32 | None = None
@@ -78,21 +75,21 @@ class Error(_Wire):
     permanent: bool | None = None
 
 
-class Price(_Wire):
+class Price(WireStruct):
     pricePerMessage: Decimal | None = None
     currency: str | None = None
 
 
-class Platform(_Wire):
+class Platform(WireStruct):
     entityId: str | None = None
     applicationId: str | None = None
 
 
-class Language(_Wire):
+class Language(WireStruct):
     languageCode: str | None = None
 
 
-class Content(_Wire):
+class Content(WireStruct):
     """A log's content: text, or a binary message (read, not stored)."""
 
     text: str | None = None
@@ -103,7 +100,7 @@ class Content(_Wire):
     esmClass: Int32 | None = None
 
 
-class SmsReport(_Wire):
+class SmsReport(WireStruct):
     """A delivery report (v3 and v1 push, /sms/3/reports, /sms/1/reports) or a log entry
     (/sms/3/logs, /sms/1/logs): v3 names and their v1 spellings side by side."""
 
@@ -167,13 +164,10 @@ def decode_reports(source: str, body: bytes, content_type: str | None = None,
                    ) -> tuple[list[Report], list[Rejection]]:
     """Decode a body of reports, JSON or XML; a bad report is rejected alone, a bad body
     raises BadRequest (TooManyReports past MAX_REPORTS)."""
-    def unknown(name: str) -> None:
-        metrics.count_unknown_field(source, name)
-
     if _is_xml(body, content_type):
         items = _xml_reports(body)
         _check_count(len(items))
-        return judge_all(items, lambda item: [to_report(source, _report.convert(item, unknown))],
+        return judge_all(items, lambda item: [to_report(source, _report.convert(item, source))],
                          "results[{}]", lambda item: item.get("messageId"), WIRE_NAMES)
     try:
         envelope = _envelope.decode(body)
@@ -183,7 +177,7 @@ def decode_reports(source: str, body: bytes, content_type: str | None = None,
         raise BadRequest(f"invalid JSON: {exc}") from None
     _check_count(len(envelope.results))
     return judge_all(envelope.results,
-                     lambda raw: [to_report(source, _report.decode(raw, unknown))],
+                     lambda raw: [to_report(source, _report.decode(raw, source))],
                      "$.results[{}]", lambda raw: _maybe_id.decode(raw).messageId, WIRE_NAMES)
 
 

@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 import msgspec
 
-from service import metrics, rules
+from service import rules
 from service.errors import BadRequest
 from service.providers import (
     MAX_ID,
@@ -29,6 +29,7 @@ from service.providers import (
     Parts,
     Rejection,
     Report,
+    WireStruct,
     http,
     judge_all,
     moment,
@@ -66,14 +67,10 @@ class SinchSource(SourceBase, frozen=True, tag="sinch", tag_field="kind"):
         return status_map_problem(self.status_map)
 
 
-class _Wire(msgspec.Struct, forbid_unknown_fields=True):
-    """Every field Sinch documents is named, so that a new one is counted (Known)."""
-
-
 BatchId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
 
 
-class RecipientReport(_Wire):
+class RecipientReport(WireStruct):
     """A recipient delivery report: the callback, or GET …/delivery_report/{recipient}."""
 
     batch_id: BatchId
@@ -90,14 +87,14 @@ class RecipientReport(_Wire):
     operator: str | None = None
 
 
-class StatusCount(_Wire):
+class StatusCount(WireStruct):
     code: Int32
     count: int
     status: str
     recipients: list[NumberText] | None = None  # a full report only
 
 
-class BatchReport(_Wire):
+class BatchReport(WireStruct):
     """A batch delivery report: the callback, or GET …/delivery_report?type=full."""
 
     batch_id: BatchId
@@ -183,16 +180,13 @@ def decode_report(source: SinchSource, body: bytes) -> tuple[list[Report], list[
         raise BadRequest(f"not a Sinch delivery report: {exc}") from None
     statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
 
-    def unknown(name: str) -> None:
-        metrics.count_unknown_field(source.name, name)
-
     if kind.type in RECIPIENT_TYPES:
         return judge_all([body], lambda raw: [recipient_report(
-            source.name, statuses, _recipient.decode(raw, unknown))], "$",
+            source.name, statuses, _recipient.decode(raw, source.name))], "$",
             lambda _: kind.batch_id, WIRE_NAMES)
     if kind.type in BATCH_TYPES:
         try:
-            batch = _batch.decode(body, unknown)
+            batch = _batch.decode(body, source.name)
         except msgspec.ValidationError as exc:
             raise BadRequest(f"not a Sinch batch delivery report: {exc}") from None
         listed = [(status, number) for status in batch.statuses

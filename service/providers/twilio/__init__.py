@@ -21,13 +21,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
-from typing import Annotated, Any
+from typing import Annotated
 from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 
 import httpx
 import msgspec
 
-from service import metrics, rules
+from service import rules
 from service.errors import BadRequest
 from service.providers import (
     MAX_ID,
@@ -37,6 +37,7 @@ from service.providers import (
     OutOfBounds,
     Rejection,
     Report,
+    WireStruct,
     currency,
     http,
     judge_all,
@@ -97,14 +98,10 @@ class TwilioSource(SourceBase, frozen=True, tag="twilio", tag_field="kind"):
         return status_map_problem(self.status_map)
 
 
-class _Wire(msgspec.Struct, forbid_unknown_fields=True):
-    """Every field Twilio documents is named, so that a new one is counted (Known)."""
-
-
 Sid = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
 
 
-class StatusCallback(_Wire):
+class StatusCallback(WireStruct):
     """A status callback's form parameters (all text; Twilio adds some without notice)."""
 
     MessageSid: Sid
@@ -130,7 +127,7 @@ class StatusCallback(_Wire):
     StructuredMessage: str | None = None
 
 
-class Message(_Wire):
+class Message(WireStruct):
     """A Message resource as the Messages list returns it."""
 
     sid: Sid
@@ -182,9 +179,6 @@ def decoder(source: TwilioSource, url: str | None, content_type: str | None) -> 
     return lambda body: decode_page(source, body)
 
 
-def _unknown(source: str) -> Any:
-    return lambda name: metrics.count_unknown_field(source, name)
-
 
 def decode_callback(source: TwilioSource, body: bytes) -> tuple[list[Report], list[Rejection]]:
     """One status callback: `application/x-www-form-urlencoded`, one message."""
@@ -198,7 +192,7 @@ def decode_callback(source: TwilioSource, body: bytes) -> tuple[list[Report], li
     item = {name: values[0] for name, values in fields.items()}
     statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
     return judge_all([item], lambda it: [callback_report(
-        source.name, statuses, _callback.convert(it, _unknown(source.name)))], "$",
+        source.name, statuses, _callback.convert(it, source.name))], "$",
         lambda it: it.get("MessageSid"), WIRE_NAMES)
 
 
@@ -212,10 +206,9 @@ def decode_page(source: TwilioSource, body: bytes) -> tuple[list[Report], list[R
         raise BadRequest(f"{len(page.messages)} messages in one page; Twilio sends at most "
                          f"{MAX_REPORTS}")
     statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
-    unknown = _unknown(source.name)
 
     def build(raw: msgspec.Raw) -> list[Report]:
-        wire = _message.decode(raw, unknown)
+        wire = _message.decode(raw, source.name)
         if (wire.direction or "outbound").startswith("inbound"):
             return []
         return [message_report(source.name, statuses, wire)]

@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl
 import httpx
 import msgspec
 
-from service import metrics, rules
+from service import rules
 from service.errors import BadRequest
 from service.providers import (
     MAX_ID,
@@ -35,6 +35,7 @@ from service.providers import (
     OutOfBounds,
     Rejection,
     Report,
+    WireStruct,
     currency,
     http,
     judge_all,
@@ -83,15 +84,11 @@ class VonageSource(SourceBase, frozen=True, tag="vonage", tag_field="kind"):
         return status_map_problem(self.status_map)
 
 
-class _Wire(msgspec.Struct, forbid_unknown_fields=True):
-    """Every field Vonage documents is named, so that a new one is counted (Known)."""
-
-
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
 ClientRef = Annotated[str, msgspec.Meta(max_length=MAX_CLIENT_REF)]
 
 
-class Receipt(_Wire):
+class Receipt(WireStruct):
     """A delivery receipt's parameters (query, form or JSON; all text)."""
 
     messageId: Id
@@ -110,7 +107,7 @@ class Receipt(_Wire):
     sig: str | None = None
 
 
-class Record(_Wire):
+class Record(WireStruct):
     """An outbound SMS record of the synchronous Reports API (one per part)."""
 
     message_id: Id
@@ -170,9 +167,6 @@ def decoder(source: VonageSource, url: str | None, content_type: str | None) -> 
     return lambda body: decode_records(source, body)
 
 
-def _unknown(source: str) -> Any:
-    return lambda name: metrics.count_unknown_field(source, name)
-
 
 def receipt_params(body: bytes, content_type: str | None) -> dict[str, Any]:
     """A receipt's parameters from a JSON object or a query string / form."""
@@ -191,7 +185,7 @@ def decode_receipt(source: VonageSource, body: bytes, content_type: str | None,
         raise BadRequest("not a Vonage delivery receipt: no messageId")
     statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
     return judge_all([item], lambda it: [receipt_report(
-        source, statuses, _receipt.convert(it, _unknown(source.name)))], "$",
+        source, statuses, _receipt.convert(it, source.name))], "$",
         lambda it: it.get("messageId"), WIRE_NAMES)
 
 
@@ -204,10 +198,9 @@ def decode_records(source: VonageSource, body: bytes) -> tuple[list[Report], lis
         raise BadRequest(f"{len(page.records)} records in one page; Vonage sends at most "
                          f"{MAX_RECORDS}")
     statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
-    unknown = _unknown(source.name)
 
     def build(raw: msgspec.Raw) -> list[Report]:
-        record = _record.decode(raw, unknown)
+        record = _record.decode(raw, source.name)
         if record.direction == "inbound":
             return []
         return [record_report(source, statuses, record)]
