@@ -28,7 +28,7 @@ from uvicorn.supervisors import Multiprocess
 from service import db, logs, retention, store
 from service.config import Settings, load_settings
 from service.errors import BadRequest, ConfigError, DatabaseUnavailable
-from service.http_limits import LimitedHttp
+from service.http_limits import LimitedHttp, trusted_networks
 from service.schemas import query_time
 
 log = logging.getLogger("service")
@@ -322,9 +322,7 @@ def _serve_on(listener: socket.socket, settings: Settings, host: str | None, por
     # uvicorn re-raises SIGTERM after its graceful shutdown; exiting normally instead lets
     # the embedded database stop with us (atexit).
     signal.signal(signal.SIGTERM, _exit_normally)
-    http = functools.partial(LimitedHttp, request_timeout_s=settings.request_timeout_s,
-                             max_header_bytes=settings.max_header_bytes,
-                             max_connections=settings.max_connections)
+    http = _limited_http(settings)
     options: dict[str, Any] = {"host": host or settings.host, "port": port or settings.port,
                                # our handlers (JSON, masked) for uvicorn's loggers too
                                "log_config": None, "log_level": "warning",
@@ -630,7 +628,7 @@ def _work(settings: Settings, listener: socket.socket | None) -> int:
         engine = db.create_engine(url, settings.db_timeout_s, pool_size=len(settings.sources) + 3)
         ops = worker.OpsServer(uvicorn.Config(
             worker.ops_app(settings, engine), log_config=None, log_level="warning",
-            server_header=False, timeout_graceful_shutdown=5))
+            server_header=False, timeout_graceful_shutdown=5, http=_limited_http(settings)))
         serving = asyncio.create_task(ops.serve(sockets=[listener]) if listener else stop.wait())
         try:
             async with http.new_client() as client:
@@ -648,6 +646,16 @@ def _work(settings: Settings, listener: socket.socket | None) -> int:
                                      f"{settings.worker_port}" if listener else ""))
     asyncio.run(forever())
     return Exit.OK
+
+
+def _limited_http(settings: Settings) -> Any:
+    """uvicorn's HTTP protocol with the service's limits (service.http_limits)."""
+    return functools.partial(
+        LimitedHttp, request_timeout_s=settings.request_timeout_s,
+        first_byte_timeout_s=settings.first_byte_timeout_s,
+        max_header_bytes=settings.max_header_bytes, max_connections=settings.max_connections,
+        max_per_client=settings.max_connections_per_client,
+        trusted=trusted_networks(settings.trusted_proxies))
 
 
 def _exit_normally(signum: int, frame: FrameType | None) -> None:

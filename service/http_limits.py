@@ -1,18 +1,26 @@
-"""uvicorn's HTTP/1.1 protocol with the three limits it lacks.
+"""uvicorn's HTTP/1.1 protocol with the limits it lacks.
 
-- A request must arrive whole (request line, headers and body) within `request_timeout_s`
-  of its first byte, and a new connection must deliver its first request within that time:
-  else 408 and the connection is closed. uvicorn's keep-alive timer restarts on every byte
-  and is not armed before a first request, so without this a client sending nothing, or a
-  byte at a time, holds its connection (and a half-read body) for ever.
+- A new connection must send its first byte within `first_byte_timeout_s` (a few seconds),
+  and a request must arrive whole (request line, headers and body) within
+  `request_timeout_s` of its first byte: else 408 and the connection is closed. uvicorn's
+  keep-alive timer restarts on every byte and is not armed before a first request, so
+  without this a client sending nothing, or a byte at a time, holds its connection (and a
+  half-read body) for ever; with it, an idle socket holds a slot for seconds, not minutes.
 - The request line and headers must fit in `max_header_bytes`: else 431.
 - At most `max_connections` connections at once (so at most that many requests in flight,
-  HTTP/1.1 answering one request of a connection at a time): past it, a new connection is
-  answered 503 with Retry-After and closed, without its request being parsed. uvicorn's
-  own `limit_concurrency` answers without Retry-After and logs a warning per refusal.
+  HTTP/1.1 answering one request of a connection at a time), and at most
+  `max_per_client` of them from one client address (trusted proxies excepted: every
+  client behind them shares their address), so that one address cannot take them all.
+  Past either, a connection may still ask for a health probe or the metrics in a small
+  reserve (PROBE_RESERVE, two per address), so the kubelet's probes and the scrapes answer
+  while the service is full; anything else is answered 503 with Retry-After and closed, without its request
+  being parsed. uvicorn's own `limit_concurrency` answers without Retry-After and logs a
+  warning per refusal.
 
 Each of these answers, and uvicorn's 400 for a request it cannot parse, is an RFC 9457
-problem like every other error of the service, with an X-Request-ID.
+problem like every other error of the service, with an X-Request-ID; each is counted in
+`dlr_connections_refused_total{reason}` and logged at most once per LOG_EVERY_S per reason,
+with how many there were.
 
 The application's own time is not limited here: once a request has arrived, its handler's
 database calls are bounded by DLR_DB_TIMEOUT_S.
@@ -21,56 +29,132 @@ database calls are bounded by DLR_DB_TIMEOUT_S.
 from __future__ import annotations
 
 import asyncio
+import collections
+import ipaddress
+import logging
+import time
+from collections.abc import Iterable
 from http import HTTPStatus
 from typing import Any
 
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service import metrics
 from service.errors import PROBLEM_JSON, problem
 from service.logs import REFUSED_WITH, REQUEST_ID_KEY, request_id
 
+log = logging.getLogger(__name__)
 RETRY_AFTER_S = 1  # past the connection cap: connections free up as fast as requests end
+PROBE_RESERVE = 16  # connections past the caps that may ask only for a probe
+PROBE_RESERVE_PER_CLIENT = 2
+PROBE_PATHS = frozenset({b"/health/live", b"/health/ready", b"/metrics"})
+LOG_EVERY_S = 10.0
+LINGER_S = 2.0  # after an answer given before its body arrived: the rest is drained this long
+REASONS = ("capacity", "client_share", "first_byte_timeout", "request_timeout",
+           "headers_too_large", "bad_request")
 
 
 class _HeadersTooLarge(Exception):
     pass
 
 
+class _NotAProbe(Exception):
+    pass
+
+
+class _Books:
+    """The connections one server holds: admitted ones, per client address, and those in
+    the probe reserve."""
+
+    def __init__(self) -> None:
+        self.admitted = 0
+        self.per_client: collections.Counter[str] = collections.Counter()
+        self.reserve = 0
+        self.reserve_per_client: collections.Counter[str] = collections.Counter()
+
+
+class _RefusalLog:
+    """One warning per reason per LOG_EVERY_S, saying how many were refused since the last:
+    a flood of refusals must not become a flood of log lines."""
+
+    def __init__(self) -> None:
+        self.pending: collections.Counter[str] = collections.Counter()
+        self.last: dict[str, float] = {}
+
+    def refused(self, reason: str) -> None:
+        metrics.CONNECTIONS_REFUSED.labels(reason).inc()
+        self.pending[reason] += 1
+        now = time.monotonic()
+        if now - self.last.get(reason, -LOG_EVERY_S) >= LOG_EVERY_S:
+            log.warning("refused %d connection(s) or request(s): %s", self.pending[reason],
+                        reason, extra={"reason": reason, "refused": self.pending[reason]})
+            self.pending[reason] = 0
+            self.last[reason] = now
+
+
+_refusals = _RefusalLog()
+
+
+def trusted_networks(entries: Iterable[str]) -> tuple[Any, ...]:
+    return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+
 class LimitedHttp(HttpToolsProtocol):
     def __init__(self, *args: Any, request_timeout_s: float, max_header_bytes: int,
-                 max_connections: int, **kwargs: Any) -> None:
+                 max_connections: int, first_byte_timeout_s: float = 5.0,
+                 max_per_client: int | None = None, trusted: tuple[Any, ...] = (),
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.request_timeout_s = request_timeout_s
+        self.first_byte_timeout_s = min(first_byte_timeout_s, request_timeout_s)
         self.max_header_bytes = max_header_bytes
         self.max_connections = max_connections
-        self._busy = False
+        self.max_per_client = max_per_client or max_connections
+        self.trusted = trusted
+        self._slot: str | None = None  # "full", "probe", or None: refused
+        self._refusal = "capacity"
+        self._host = ""
+        self._began = False  # a byte of the current request has arrived
+        self._arrived = False  # the current request has arrived whole
         self._header_bytes = 0
         self._deadline: asyncio.TimerHandle | None = None
         self._headers_too_large = False
+        self._not_a_probe = False
+        self._books: _Books | None = None
+        self._counted = False  # its refusal is counted already
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._busy = len(self.connections) > self.max_connections
-        self._arm()
+        self._admit()
+        self._arm(self.first_byte_timeout_s)
 
     def data_received(self, data: bytes) -> None:
-        if self._busy:
-            self._refuse(503)
+        if self._slot is None:
+            self._refuse(503, self._refusal)
             return
+        if not self._began:  # the first byte: the whole request is due request_timeout_s on
+            self._began = True
+            self._disarm()
+            self._arm(self.request_timeout_s)
         super().data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._release()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._header_bytes = 0
+        self._arrived = False
         if self._deadline is None:
-            self._arm()
+            self._arm(self.request_timeout_s)
 
     def on_url(self, url: bytes) -> None:
+        if self._slot == "probe" and url.partition(b"?")[0] not in PROBE_PATHS:
+            self._not_a_probe = True
+            raise _NotAProbe  # the parser stops; uvicorn calls send_400_response
         self._count(len(url))
         super().on_url(url)
 
@@ -80,14 +164,84 @@ class LimitedHttp(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._began = False
+        self._arrived = True
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._arrived or self.transport.is_closing():
+            return
+        # Answered before its body arrived (a refusal, which reads no further): no request
+        # can follow on this connection. The client is told (end of stream after the answer),
+        # what it still sends is discarded for LINGER_S, then the connection closes. Closing
+        # at once would reset it, and the client might lose the answer.
+        self._disarm()
+        self._arm(LINGER_S)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parse error; a callback raising counts as one."""
-        if self._headers_too_large:
-            self._refuse(431)
+        if self._not_a_probe:
+            self._refuse(503, self._refusal)
+        elif self._headers_too_large:
+            self._refuse(431, "headers_too_large")
         else:
-            self._refuse(400, "not an HTTP/1.1 request this server can read")
+            self._refuse(400, "bad_request", "not an HTTP/1.1 request this server can read")
+
+    def _admit(self) -> None:
+        """Take a slot: a whole one if the caps allow, else one in the probe reserve, else
+        none (the connection is answered 503 when it speaks)."""
+        books: _Books | None = getattr(self.server_state, "dlr_books", None)
+        if books is None:
+            books = _Books()
+            self.server_state.dlr_books = books  # type: ignore[attr-defined]
+        self._books = books
+        self._host = self.client[0] if self.client else ""
+        if books.admitted >= self.max_connections:
+            self._refusal = "capacity"
+        elif books.per_client[self._host] >= self.max_per_client and not self._trusted():
+            self._refusal = "client_share"
+        else:
+            self._slot = "full"
+            books.admitted += 1
+            books.per_client[self._host] += 1
+            return
+        if (books.reserve < PROBE_RESERVE
+                and books.reserve_per_client[self._host] < PROBE_RESERVE_PER_CLIENT):
+            self._slot = "probe"
+            books.reserve += 1
+            books.reserve_per_client[self._host] += 1
+        else:  # counted now: it may never speak
+            _refusals.refused(self._refusal)
+            self._counted = True
+
+    def _release(self) -> None:
+        books, host = self._books, self._host
+        if books is None:
+            return
+        if self._slot == "full":
+            books.admitted -= 1
+            counts = books.per_client
+        elif self._slot == "probe":
+            books.reserve -= 1
+            counts = books.reserve_per_client
+        else:
+            return
+        self._slot = None
+        counts[host] -= 1
+        if counts[host] <= 0:
+            del counts[host]
+
+    def _trusted(self) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            address = ipaddress.ip_address(self._host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted)
 
     def _count(self, size: int) -> None:
         self._header_bytes += size
@@ -95,8 +249,8 @@ class LimitedHttp(HttpToolsProtocol):
             self._headers_too_large = True
             raise _HeadersTooLarge  # the parser stops; uvicorn calls send_400_response
 
-    def _arm(self) -> None:
-        self._deadline = self.loop.call_later(self.request_timeout_s, self._expired)
+    def _arm(self, seconds: float) -> None:
+        self._deadline = self.loop.call_later(seconds, self._expired)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -112,16 +266,27 @@ class LimitedHttp(HttpToolsProtocol):
             # the application is reading this body: it logs and counts 408, not its own
             # answer to the disconnect (which never reaches the client)
             self.cycle.scope[REFUSED_WITH] = 408  # type: ignore[literal-required]
-        self._refuse(408)
+        if self._slot is None:  # refused, and it never spoke: nothing to answer
+            self.transport.close()
+            return
+        self._refuse(408, "request_timeout" if self._began else "first_byte_timeout")
 
-    def _refuse(self, status: int, detail: str | None = None) -> None:
+    def _refuse(self, status: int, reason: str, detail: str | None = None) -> None:
         if self.transport.is_closing():
             return
+        if not self._counted:
+            _refusals.refused(reason)
         extensions: dict[str, Any] = {}
-        if status == 408:
+        if reason == "first_byte_timeout":
+            detail = f"no request began within {self.first_byte_timeout_s:g} s"
+        elif status == 408:
             detail = f"the request did not arrive whole within {self.request_timeout_s:g} s"
         elif status == 431:
             detail = f"the request line and headers exceed {self.max_header_bytes} bytes"
+        elif reason == "client_share":
+            detail = (f"this client address holds its {self.max_per_client} connections; "
+                      "retry later")
+            extensions["retry_after"] = RETRY_AFTER_S
         elif status == 503:
             detail = f"the server holds its {self.max_connections} connections; retry later"
             extensions["retry_after"] = RETRY_AFTER_S

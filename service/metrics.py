@@ -82,6 +82,22 @@ DB_UNAVAILABLE = Counter("dlr_database_unavailable_total",
 PULL_INTERVAL = Gauge("dlr_reconciler_pull_interval_seconds",
                       "A pulled source's configured pull_interval_s", ["source"],
                       multiprocess_mode="max")
+# What the HTTP layer and the webhooks refuse before a sender is known good: `reason` is
+# one of a closed set (service.http_limits.REASONS), `source` a configured source name.
+CONNECTIONS_REFUSED = Counter("dlr_connections_refused_total",
+                              "Connections and requests the HTTP layer answered itself "
+                              "(capacity, client_share, first_byte_timeout, request_timeout, "
+                              "headers_too_large, bad_request)", ["reason"])
+UNVERIFIED_REFUSED = Counter("dlr_webhook_unverified_refused_total",
+                             "Webhook bodies refused while their sender was not yet known "
+                             "good: over the kind's size limit, or past the process's budget "
+                             "for unverified bytes", ["source", "reason"])
+UNVERIFIED_BYTES = Gauge("dlr_webhook_unverified_bytes",
+                         "Bytes of webhook bodies held whose signature is not yet checked",
+                         multiprocess_mode="livesum")
+REPLAYS = Counter("dlr_webhook_replays_total",
+                  "Signed pushes recognised as replays of one already kept (answered 200, "
+                  "not kept again)", ["source"])
 
 
 UNMAPPED_PER_SOURCE = 20  # distinct raw statuses labelled per source; the rest are "other"

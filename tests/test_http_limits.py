@@ -5,16 +5,20 @@ problem, as is the answer to bytes that are no HTTP request."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from service.api.webhooks import sign
 from service.config import load_settings
 from tests.conftest import PAYLOADS, free_port
 from tests.databases import scratch_database
@@ -77,7 +81,7 @@ def accepted_requests(served: Served) -> int:
 def test_a_connection_that_sends_nothing_is_closed(served: Served) -> None:
     with connect(served) as conn:
         _, document = problem(answer(conn), 408)
-    assert document["detail"] == "the request did not arrive whole within 1 s"
+    assert document["detail"] == "no request began within 1 s"
 
 
 def test_bytes_that_are_no_http_request_get_a_400_problem(served: Served) -> None:
@@ -186,22 +190,102 @@ def test_unauthenticated_bodies_do_not_grow_memory(served: Served) -> None:
     assert peak[0] - start < 100, f"RSS went from {start:.0f} MB to {peak[0]:.0f} MB"
 
 
-def test_connections_past_the_limit_get_503_with_retry_after(server_url: str, tmp_path: Path,
-                                                             ) -> None:
+def test_connections_past_the_limit_get_503_with_retry_after_but_probes_answer(
+        server_url: str, tmp_path: Path) -> None:
     config = hooked_config(tmp_path, "cap-hook")
     with scratch_database(server_url) as url:
         env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
-                            "DLR_PORT": str(free_port()), "DLR_MAX_CONNECTIONS": "3"}
-        with serving(env, "--no-reconciler") as served:
-            held = [connect(served) for _ in range(3)]
-            time.sleep(0.2)  # let the server take them
+                            "DLR_PORT": str(free_port()), "DLR_MAX_CONNECTIONS": "3",
+                            "DLR_MAX_CONNECTIONS_PER_CLIENT": "3"}
+        with serving(env, "--no-reconciler") as served, contextlib.ExitStack() as held:
+            for _ in range(3):
+                held.enter_context(connect(served))
+            wait_until(lambda: open_slots(served) == 0)
             with connect(served) as extra:
-                extra.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
-                refused = answer(extra)
-            headers, document = problem(refused, 503)
+                extra.sendall(request(SEED).replace(b"limits-hook", b"cap-hook"))
+                headers, document = problem(answer(extra), 503)
             assert headers["retry-after"] == "1" and document["retry_after"] == 1
-            for conn in held:
-                conn.close()
-            time.sleep(0.2)
+            # the kubelet's probes still answer, from the reserve
+            for path in ("/health/live", "/health/ready"):
+                with connect(served) as probe:
+                    probe.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n"
+                                  "Connection: close\r\n\r\n".encode())
+                    assert answer(probe).startswith(b"HTTP/1.1 200 "), path
+            assert refused(served, "capacity") >= 2
+            held.close()
             with served.client() as client:
-                assert client.get("/health/live").status_code == 200
+                wait_until(lambda: client.post("/webhooks/ib", headers={"X-Hook": "cap-hook"},
+                                               content=SEED).status_code == 200)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 20) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def refused(served: Served, reason: str) -> float:
+    with connect(served) as conn:  # a probe: answered even when every slot is taken
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        reply = answer(conn)
+    if not reply.startswith(b"HTTP/1.1 200 "):
+        return -1.0
+    text = reply.partition(b"\r\n\r\n")[2].decode()
+    return metric_value(text, f'dlr_connections_refused_total{{reason="{reason}"}}')
+
+
+def open_slots(served: Served) -> int:
+    """0 when a request from here is refused for capacity, else 1."""
+    with connect(served) as conn:
+        conn.sendall(b"GET /health/nothing HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        return 0 if answer(conn).startswith(b"HTTP/1.1 503 ") else 1
+
+
+SW_KEY = base64.b64encode(b"k" * 32).decode()
+
+
+def signed_config(directory: Path) -> Path:
+    path = directory / "dlr.toml"
+    path.write_text('[[sources]]\nname = "ib"\nkind = "infobip"\nbase_url = "http://127.0.0.1:9"\n'
+                    '[sources.webhook]\n'
+                    f'standard_webhooks = {{ secrets = ["whsec_{SW_KEY}"] }}\n')
+    return path
+
+
+def signed_push(served: Served, body: bytes, msg_id: str) -> httpx.Response:
+    stamp = int(time.time())
+    headers = {"webhook-id": msg_id, "webhook-timestamp": str(stamp),
+               "webhook-signature": sign(f"whsec_{SW_KEY}", msg_id, stamp, body),
+               "Content-Type": "application/json"}
+    with served.client(timeout=5) as client:
+        return client.post("/webhooks/ib", content=body, headers=headers)
+
+
+def test_idle_sockets_from_one_address_leave_probes_and_signed_pushes_answering(
+        server_url: str, tmp_path: Path) -> None:
+    """513 sockets from one address that send nothing: that address gets its share of the
+    512 connections, the rest is refused, and a probe and a signed push from elsewhere are
+    answered at once."""
+    with scratch_database(server_url) as url:
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(signed_config(tmp_path)),
+                            "DLR_PORT": str(free_port()), "DLR_FIRST_BYTE_TIMEOUT_S": "30"}
+        with serving(env, "--no-reconciler") as served:
+            port = int(served.base.rsplit(":", 1)[1])
+            idle = []
+            try:
+                for _ in range(513):
+                    conn = socket.socket()
+                    conn.bind(("127.0.0.2", 0))  # another client address than the tests'
+                    conn.connect(("127.0.0.1", port))
+                    idle.append(conn)
+                wait_until(lambda: refused(served, "client_share") >= 513 - 128 - 2 - 1)
+                started = time.monotonic()
+                with served.client(timeout=5) as client:
+                    assert client.get("/health/live").status_code == 200
+                    assert client.get("/health/ready").status_code == 200
+                assert signed_push(served, SEED, "msg_idle_1").status_code == 200
+                assert time.monotonic() - started < 5  # at once, not after the idle ones go
+            finally:
+                for conn in idle:
+                    conn.close()
