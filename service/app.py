@@ -194,6 +194,7 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
                                                    include_in_schema=False)],
         lifespan=[lifespan],
         state=State({"settings": settings, "gates": gates, "tokens": TokenBook(settings.api_tokens),
+                     "unverified": webhooks.Unverified(settings.unverified_body_bytes),
                      "head_revision": db.head_revision(), "horizon": changes.Horizon()}),
         plugins=[problem_details()],
         request_max_body_size=settings.max_body_bytes,

@@ -38,6 +38,10 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 30
 DEFAULT_MAX_CONNECTIONS = 512
+DEFAULT_FIRST_BYTE_TIMEOUT_S = 5  # an idle new connection holds a slot this long at most
+# Bytes of webhook bodies whose sender is not yet known good (a signature not yet checked,
+# or a source that takes pushes unauthenticated), held at once across the process.
+DEFAULT_UNVERIFIED_BODY_BYTES = 16 * 1024 * 1024
 WEBHOOK_SCHEMES = "basic, token, standard_webhooks, twilio_signature, vonage_signature"
 VONAGE_METHODS = ("md5hash", "md5", "sha1", "sha256", "sha512")  # the dashboard's choices
 DEFAULT_WORKER_PORT = 9090
@@ -67,6 +71,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_client: int = DEFAULT_MAX_CONNECTIONS // 4  # one client address's share
+    first_byte_timeout_s: int = DEFAULT_FIRST_BYTE_TIMEOUT_S  # for a new connection to speak
+    unverified_body_bytes: int = DEFAULT_UNVERIFIED_BODY_BYTES
     request_timeout_s: int = DEFAULT_REQUEST_TIMEOUT_S  # for a whole request to arrive
     shutdown_timeout_s: int = 30  # after SIGTERM: for requests in flight, then the reconciler
     db_timeout_s: float = 5.0
@@ -95,7 +102,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         worker_port=_int(env, "DLR_WORKER_PORT", DEFAULT_WORKER_PORT, 0, 65535),
         max_body_bytes=_int(env, "DLR_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, 1024, 1 << 30),
         max_header_bytes=_int(env, "DLR_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES, 1024, 1 << 20),
-        max_connections=_int(env, "DLR_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, 1, 100_000),
+        max_connections=(cap := _int(env, "DLR_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, 1,
+                                     100_000)),
+        max_connections_per_client=_int(env, "DLR_MAX_CONNECTIONS_PER_CLIENT",
+                                        max(1, cap // 4), 1, cap),
+        first_byte_timeout_s=_int(env, "DLR_FIRST_BYTE_TIMEOUT_S", DEFAULT_FIRST_BYTE_TIMEOUT_S,
+                                  1, 300),
+        unverified_body_bytes=_int(env, "DLR_UNVERIFIED_BODY_BYTES",
+                                   DEFAULT_UNVERIFIED_BODY_BYTES, 64 * 1024, 1 << 32),
         request_timeout_s=_int(env, "DLR_REQUEST_TIMEOUT_S", DEFAULT_REQUEST_TIMEOUT_S, 1, 3600),
         shutdown_timeout_s=_int(env, "DLR_SHUTDOWN_TIMEOUT_S", 30, 1, 3600),
         db_timeout_s=_int(env, "DLR_DB_TIMEOUT_S", 5, 1, 300),

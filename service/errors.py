@@ -7,7 +7,9 @@ document that every error answer of the service is.
     ├── Unauthorized          401  missing or wrong credentials (with a WWW-Authenticate challenge)
     ├── Forbidden             403  valid credentials without the right (scope, source address)
     ├── NotFound              404  no such source, message or endpoint
-    └── DatabaseUnavailable   503  the database cannot be reached now; retry later
+    ├── TooLarge              413  a body larger than its kind of push can be
+    ├── DatabaseUnavailable   503  the database cannot be reached now; retry later
+    └── Busy                  503  the process holds all the unverified bytes it will; retry
 
 ConfigError is not an HTTP error: it stops a command before it starts.
 Anything else that escapes a handler is a bug and becomes a 500.
@@ -81,12 +83,25 @@ class TooManyReports(BadRequest):
     status_code = 413
 
 
+class TooLarge(ServiceError):
+    status_code = 413
+
+
 class DatabaseUnavailable(ServiceError):
     status_code = 503
     retry_after_s = 5
 
     def __init__(self, message: str, detail: str | None = None) -> None:
         super().__init__(message, detail, extra={"retry_after": self.retry_after_s},
+                         headers={"Retry-After": str(self.retry_after_s)})
+
+
+class Busy(ServiceError):
+    status_code = 503
+    retry_after_s = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, extra={"retry_after": self.retry_after_s},
                          headers={"Retry-After": str(self.retry_after_s)})
 
 

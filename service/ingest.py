@@ -41,6 +41,7 @@ class Envelope(msgspec.Struct, frozen=True):
     error: str | None = None  # the whole body was unusable
     error_status: int = 400  # the HTTP status that answers such a body
     url: str | None = None  # where a pulled body was fetched from
+    replay: tuple[bytes, datetime] | None = None  # a signed push's replay key and its window
 
     def inbox_row(self, failure: str | None = None) -> store.InboxRow:
         if failure is not None:
@@ -52,8 +53,10 @@ class Envelope(msgspec.Struct, frozen=True):
             reason = msgspec.json.encode(self.rejections[:MAX_REJECTIONS_LISTED]).decode()
         else:
             state, reason = "accepted", None
+        key, until = self.replay or (None, None)
         return store.InboxRow(self.source, self.channel, self.content_type, self.body, state,
-                              len(self.reports), len(self.rejections), reason, self.url)
+                              len(self.reports), len(self.rejections), reason, self.url,
+                              key, until)
 
     def without(self, failed: Sequence[Report]) -> Envelope:
         """This envelope less the reports that could not be merged, now rejections."""

@@ -265,3 +265,17 @@ sa.Index("uq_outbound_source_message_id", outbound.c.source, outbound.c.message_
 sa.Index("uq_outbound_source_callback_hash", outbound.c.source, outbound.c.callback_hash,
          unique=True, postgresql_where=outbound.c.message_id.is_(None))
 sa.Index("ix_outbound_sent_at", outbound.c.sent_at)
+
+
+# Signed pushes already kept, by a key their scheme makes unique (a Standard Webhooks
+# `webhook-id`, a Vonage `nonce`, a Twilio signature and body hash), until their window
+# ends: a replay within it is answered 200 and not kept again. Written in the statement
+# that keeps the body, so a key never outlives a body that was not kept.
+push_replays = sa.Table(
+    "push_replays",
+    metadata,
+    sa.Column("source", CText, primary_key=True),
+    sa.Column("key", sa.LargeBinary, primary_key=True),  # SHA-256 of the scheme's key
+    sa.Column("expires_at", Timestamp, nullable=False),
+)
+sa.Index("ix_push_replays_expires_at", push_replays.c.expires_at)

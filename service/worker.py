@@ -209,12 +209,14 @@ async def _pull_every(engine: AsyncEngine, client: httpx.AsyncClient, source: So
 
 async def _keep_partitions_hourly(engine: AsyncEngine, keep_months: int,
                                   stop: asyncio.Event) -> None:
-    """Start-up made this month's partitions; later months' come from here. A failure is
-    logged and the upkeep tried again an interval later: until then DEFAULT takes the rows."""
+    """Start-up made this month's partitions; later months' come from here, and replay keys
+    whose window has ended go from here. A failure is logged and the upkeep tried again an
+    interval later: until then DEFAULT takes the rows."""
     while not await _stopped_within(stop, UPKEEP_INTERVAL_S):
         try:
             async with db.transaction(engine) as conn:
                 made = await retention.ensure_partitions(conn, datetime.now(UTC), keep_months)
+                await store.forget_replays(conn)
         except DatabaseUnavailable:
             log.warning("partition upkeep skipped: database unavailable")
             continue

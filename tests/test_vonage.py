@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -61,7 +62,7 @@ async def client(engine: AsyncEngine, database_url: str) -> AsyncIterator[TestCl
 def signed(params: dict[str, str], method: str = "sha256", secret: str = SECRET) -> dict[str, str]:
     """The receipt as Vonage sends it with signatures on: timestamp, nonce and sig, the sig
     computed by Vonage's own SDK."""
-    out = params | {"timestamp": str(int(time.time())), "nonce": "ec11dd3e-1e7f-4db5"}
+    out = params | {"timestamp": str(int(time.time())), "nonce": str(uuid.uuid4())}
     auth = Auth(api_key=KEY, signature_secret=secret, signature_method=method)
     out["sig"] = auth.sign_params(dict(out))
     return out

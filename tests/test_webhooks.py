@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -269,8 +270,10 @@ async def test_token_auth(client: Client, engine: AsyncEngine) -> None:
 
 
 def signed_headers(payload: bytes, secret: str = SW_SECRET, *, age_s: int = 0,
-                   msg_id: str = "msg_1") -> dict[str, str]:
+                   msg_id: str | None = None) -> dict[str, str]:
+    """Standard Webhooks headers for one delivery (its own webhook-id unless given)."""
     stamp = int(time.time()) - age_s
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
     return {"webhook-id": msg_id, "webhook-timestamp": str(stamp),
             "webhook-signature": sign(secret, msg_id, stamp, payload)}
 

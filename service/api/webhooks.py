@@ -5,6 +5,13 @@ token, Standard Webhooks signatures (HMAC-SHA256 over "id.timestamp.body"), or a
 own signature (Twilio's X-Twilio-Signature, Vonage's `sig`), whose check lives with its
 provider. A kind whose reports may come as a GET query (Vonage) is also received by GET:
 the query string is then the body kept and decoded.
+
+Before a sender is known good it costs little: credentials in headers are checked before
+the body is read; where a signature needs the body, the body is read against its kind's
+size limit and a process-wide budget of unverified bytes (503 with Retry-After past it),
+and hashed as it arrives, so that nothing scaling with the body runs before the last byte.
+A signed push whose key (Standard Webhooks `webhook-id`, Vonage `nonce`, Twilio signature
+and body) was kept within its window is a replay: answered 200, not kept again.
 """
 
 from __future__ import annotations
@@ -17,22 +24,26 @@ import ipaddress
 import logging
 import re
 import time
-from collections.abc import Mapping
-from typing import Annotated
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Protocol
 
 import msgspec
 from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 
-from service import metrics
+from service import db, metrics, store
 from service.api.openapi import WEBHOOK_SECURITY, Documented, ReceiveReports, errors
 from service.config import Source, WebhookConfig
 from service.errors import (
     BadRequest,
+    Busy,
     ConfigError,
     Forbidden,
     NotFound,
+    TooLarge,
     TooManyReports,
     Unauthorized,
     challenge,
@@ -43,6 +54,10 @@ from service.schemas import doc
 
 log = logging.getLogger(__name__)
 TIMESTAMP = re.compile(r"^\d{1,12}$")  # seconds since 1970; 12 digits reach the year 33658
+# Twilio signs no time: a callback captured once could be replayed for ever. Its signature
+# and body are remembered this long; a replay later than that is kept again (and merges to
+# the same state).
+TWILIO_REPLAY_WINDOW_S = 86400
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 
 
@@ -61,6 +76,122 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
+class Unverified:
+    """Bytes of webhook bodies held, across the process, whose sender is not yet known good.
+
+    A signed push's body is needed to check its signature; an unauthenticated source's
+    body is anyone's. Each such body takes its bytes from here as they arrive and gives
+    them back once checked (or refused): past `limit`, a request gets 503 with Retry-After.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    @contextmanager
+    def hold(self, source: str) -> Iterator[Callable[[int], None]]:
+        """A `take(n)` for one body; all it took is given back on leaving."""
+        taken = 0
+
+        def take(n: int) -> None:
+            nonlocal taken
+            if self.held + n > self.limit:
+                metrics.UNVERIFIED_REFUSED.labels(source, "budget").inc()
+                raise Busy("the service holds as many unverified webhook bytes as it will; "
+                           "retry later")
+            self.held += n
+            taken += n
+            metrics.UNVERIFIED_BYTES.set(self.held)
+
+        try:
+            yield take
+        finally:
+            self.held -= taken
+            metrics.UNVERIFIED_BYTES.set(self.held)
+
+
+class BodyCheck(Protocol):
+    """One request's signature check: fed the body as it arrives, then asked once."""
+
+    def update(self, chunk: bytes) -> None: ...
+
+    def verify(self, body: bytes) -> None:
+        """Raise Unauthorized (or BadRequest for a body no sender could sign) unless good."""
+
+    def replay_key(self, body: bytes) -> tuple[bytes, datetime] | None:
+        """A key no other push of this source has, and until when a replay is refused."""
+
+
+class _StandardWebhooks:
+    def __init__(self, gate: Gate, headers: Mapping[str, str], timestamp: int) -> None:
+        self.gate, self.timestamp = gate, timestamp
+        self.msg_id, self.signatures = headers["webhook-id"], headers["webhook-signature"]
+        prefix = f"{self.msg_id}.{timestamp}.".encode()
+        self.macs = [hmac.new(key, prefix, hashlib.sha256) for key in gate.keys]
+
+    def update(self, chunk: bytes) -> None:
+        for mac in self.macs:
+            mac.update(chunk)
+
+    def verify(self, body: bytes) -> None:
+        expected = [base64.b64encode(mac.digest()) for mac in self.macs]
+        for candidate in self.signatures.split():
+            version, _, value = candidate.partition(",")
+            if version == "v1" and any(hmac.compare_digest(value.encode(), e) for e in expected):
+                return
+        raise Unauthorized("no valid webhook signature", self.gate.challenge)
+
+    def replay_key(self, body: bytes) -> tuple[bytes, datetime] | None:
+        assert self.gate.hook.standard_webhooks is not None
+        until = self.timestamp + self.gate.hook.standard_webhooks.tolerance_s
+        return (store.sha256(b"webhook-id\0" + self.msg_id.encode()),
+                datetime.fromtimestamp(until, UTC))
+
+
+class _Twilio:
+    def __init__(self, gate: Gate, headers: Mapping[str, str], query: str) -> None:
+        self.gate, self.headers, self.query = gate, headers, query
+        self.signature = headers.get(twilio.SIGNATURE_HEADER, "")
+
+    def update(self, chunk: bytes) -> None:
+        pass  # a callback is a few hundred bytes (its kind's limit): checked whole
+
+    def verify(self, body: bytes) -> None:
+        assert self.gate.hook.twilio_signature is not None
+        if not twilio.signature_valid(self.gate.hook.twilio_signature, self.query, body,
+                                      self.signature, self.headers.get("content-type")):
+            raise Unauthorized("wrong X-Twilio-Signature", self.gate.challenge)
+
+    def replay_key(self, body: bytes) -> tuple[bytes, datetime] | None:
+        # What was signed: the signature, the query and the body
+        key = store.sha256(b"\0".join([self.signature.encode(), self.query.encode(), body]))
+        return key, datetime.now(UTC) + timedelta(seconds=TWILIO_REPLAY_WINDOW_S)
+
+
+class _Vonage:
+    def __init__(self, gate: Gate, headers: Mapping[str, str]) -> None:
+        self.gate, self.content_type = gate, headers.get("content-type")
+        self.params: dict[str, str] = {}
+
+    def update(self, chunk: bytes) -> None:
+        pass  # a receipt is a few hundred bytes (its kind's limit): checked whole
+
+    def verify(self, body: bytes) -> None:
+        auth = self.gate.hook.vonage_signature
+        assert auth is not None
+        self.params = vonage.signed_params(body, self.content_type)  # 400 unless flat and short
+        if not vonage.signature_valid(auth, self.params):
+            raise Unauthorized("missing, wrong or stale Vonage sig", self.gate.challenge)
+
+    def replay_key(self, body: bytes) -> tuple[bytes, datetime] | None:
+        auth = self.gate.hook.vonage_signature
+        nonce, stamp = self.params.get("nonce"), self.params.get("timestamp", "")
+        if auth is None or not nonce or not TIMESTAMP.match(stamp):
+            return None
+        return (store.sha256(b"nonce\0" + nonce.encode()),
+                datetime.fromtimestamp(int(stamp) + auth.tolerance_s, UTC))
+
+
 class Gate:
     """Decides whether one request may deliver reports for one source."""
 
@@ -73,6 +204,13 @@ class Gate:
         if hook.standard_webhooks:
             self.keys = [_secret_key(s) for s in hook.standard_webhooks.secrets if s]
         self.challenge = _challenge(name, hook)
+
+    @property
+    def needs_body(self) -> bool:
+        """Whether the sender is known good only once the body is read (a signature over
+        it, or no credentials at all)."""
+        hook = self.hook
+        return not (hook.basic or hook.token)
 
     def check_headers(self, headers: Mapping[str, str], client_ip: str | None) -> None:
         """Everything that can be checked before the body is read: the source address, the
@@ -91,22 +229,18 @@ class Gate:
         elif hook.twilio_signature and not headers.get(twilio.SIGNATURE_HEADER):
             raise Unauthorized("missing X-Twilio-Signature", self.challenge)
 
-    def check_body(self, headers: Mapping[str, str], body: bytes, query: str = "") -> None:
-        """A signed source's signature over the body and the query string (after
-        check_headers)."""
-        if self.hook.standard_webhooks:
-            self._check_signature(headers, body)
-        elif self.hook.twilio_signature and not twilio.signature_valid(
-                self.hook.twilio_signature, query, body, headers.get(twilio.SIGNATURE_HEADER, ""),
-                headers.get("content-type")):
-            raise Unauthorized("wrong X-Twilio-Signature", self.challenge)
-        elif self.hook.vonage_signature:
-            try:
-                params = vonage.receipt_params(body, headers.get("content-type"))
-            except BadRequest:
-                params = {}
-            if not vonage.signature_valid(self.hook.vonage_signature, params):
-                raise Unauthorized("missing, wrong or stale Vonage sig", self.challenge)
+    def body_check(self, headers: Mapping[str, str], query: str = "") -> BodyCheck | None:
+        """The signature check of this request's body (after check_headers); None when the
+        headers were the whole check."""
+        hook = self.hook
+        if hook.standard_webhooks:
+            return _StandardWebhooks(self, headers,
+                                     self._signed_at(headers, hook.standard_webhooks.tolerance_s))
+        if hook.twilio_signature:
+            return _Twilio(self, headers, query)
+        if hook.vonage_signature:
+            return _Vonage(self, headers)
+        return None
 
     def _allowed(self, client_ip: str | None) -> bool:
         try:
@@ -135,19 +269,6 @@ class Gate:
         if abs(time.time() - timestamp) > tolerance_s:
             raise Unauthorized("webhook-timestamp outside the accepted window", self.challenge)
         return timestamp
-
-    def _check_signature(self, headers: Mapping[str, str], body: bytes) -> None:
-        assert self.hook.standard_webhooks is not None
-        timestamp = self._signed_at(headers, self.hook.standard_webhooks.tolerance_s)
-        msg_id, signatures = headers["webhook-id"], headers["webhook-signature"]
-        signed = f"{msg_id}.{timestamp}.".encode() + body
-        expected = [base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest())
-                    for key in self.keys]
-        for candidate in signatures.split():
-            version, _, value = candidate.partition(",")
-            if version == "v1" and any(hmac.compare_digest(value.encode(), e) for e in expected):
-                return
-        raise Unauthorized("no valid webhook signature", self.challenge)
 
 
 def _challenge(name: str, hook: WebhookConfig) -> str:
@@ -195,20 +316,25 @@ class RejectedReport(msgspec.Struct):
     reason: Annotated[str, doc("Names the field", "$.results[3].sentAt: not a time")]
 
 
-class Accepted(msgspec.Struct):
+class Accepted(msgspec.Struct, omit_defaults=True):
     accepted: Annotated[int, doc("Reports merged, committed before this answer")]
     rejected: Annotated[list[RejectedReport], doc("The first 100 reports refused")]
     rejected_count: int
+    replayed: Annotated[bool, doc("True: a replay of a signed push already kept within its "
+                                  "window; nothing was kept again")] = False
 
 
 @post("/webhooks/{source:str}", status_code=200, tags=["webhooks"], operation_id="receiveReports",
       security=WEBHOOK_SECURITY, operation_class=ReceiveReports,
-      responses=errors(400, 401, 403, 404, 413, 500, s400=(
+      responses=errors(400, 401, 403, 404, 413, 500, 503, s400=(
           "Invalid JSON or XML, not a report body, or no usable report (`rejected` lists "
           "why); the body is kept"),
           s403="The source address is not in the webhook's allow_ips",
           s404="No such source, or no webhook configured for it",
-          s413="Body larger than DLR_MAX_BODY_BYTES, or more than 2500 reports (then kept)",
+          s413="Body larger than DLR_MAX_BODY_BYTES or than the kind's pushes can be, or "
+               "more reports than one body may hold (then kept)",
+          s503="The database is unavailable, or the process holds as many unverified bodies "
+               "as it will (DLR_UNVERIFIED_BODY_BYTES); retry after Retry-After",
           s500="A bug while merging; `detail` says whether the body was kept for replay"),
       summary="Receive an Infobip-compatible delivery report push",
       description="Answers 200 only once the body and its merged reports are committed. "
@@ -220,9 +346,57 @@ async def receive_reports(source: FromPath[str], request: Request[None, None, St
         raise NotFound(f"no webhook for source {source!r}")
     # Nothing unauthenticated is read: an attacker's body stays in the socket.
     gate.check_headers(request.headers, request.client.host if request.client else None)
-    body = await request.body()
-    gate.check_body(request.headers, body, request.url.query)
-    return await _receive(source, request, body, request.headers.get("content-type"))
+    check = gate.body_check(request.headers, request.url.query)
+    content_type = request.headers.get("content-type")
+    state = request.app.state
+    limit = (state.settings.max_body_bytes, "DLR_MAX_BODY_BYTES")
+    kind_limit = registry.provider(state.settings.sources[source]).max_push_bytes
+    if kind_limit and kind_limit < limit[0]:
+        limit = (kind_limit, "what a push of this kind can be")
+    if not gate.needs_body:  # the headers were the whole check
+        body = await _read(request, source, limit, None, None)
+        return await _receive(source, request, body, content_type, None)
+    unverified: Unverified = state.unverified
+    with unverified.hold(source) as take:
+        body = await _read(request, source, limit, take, check)
+        if gate.hook.unauthenticated:  # anyone's body: held to the end of the request
+            return await _receive(source, request, body, content_type, None)
+    return await _receive(source, request, body, content_type, check)
+
+
+async def _read(request: Request[None, None, State], source: str, limit: tuple[int, str],
+                take: Callable[[int], None] | None, check: BodyCheck | None) -> bytes:
+    """The body, read against `limit` (bytes, and what they are); while its sender is not known good,
+    against the process's budget of unverified bytes too (`take`), and hashed as it arrives.
+    A signature is checked here: past this, the sender is known good."""
+    declared = request.content_length
+    if declared is not None and declared > limit[0]:
+        raise _too_large(source, limit)
+    held = declared or 0  # a declared length is taken whole before a byte is read
+    if take is not None:
+        take(held)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit[0]:
+            raise _too_large(source, limit)
+        if take is not None and size > held:
+            take(size - held)
+            held = size
+        if check is not None:
+            check.update(chunk)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    del chunks
+    if check is not None:
+        check.verify(body)
+    return body
+
+
+def _too_large(source: str, limit: tuple[int, str]) -> TooLarge:
+    metrics.UNVERIFIED_REFUSED.labels(source, "too_large").inc()
+    return TooLarge(f"the body is larger than {limit[1]} ({limit[0]} bytes)")
 
 
 QUERY_BODY = "application/x-www-form-urlencoded"  # how a report given as a GET query is kept
@@ -240,16 +414,25 @@ async def receive_report_query(source: FromPath[str],
     if gate is None or settings is None or not registry.provider(settings).push_by_get:
         raise NotFound(f"no webhook for source {source!r} that takes GET")
     gate.check_headers(request.headers, request.client.host if request.client else None)
-    body = request.url.query.encode()
-    gate.check_body({**request.headers, "content-type": QUERY_BODY}, body)
-    return await _receive(source, request, body, QUERY_BODY)
+    body = request.url.query.encode()  # bounded by DLR_MAX_HEADER_BYTES
+    check = gate.body_check({**request.headers, "content-type": QUERY_BODY})
+    if check is not None:
+        check.verify(body)
+    return await _receive(source, request, body, QUERY_BODY, check)
 
 
 async def _receive(source: str, request: Request[None, None, State], body: bytes,
-                   content_type: str | None) -> Accepted:
-    """Decode, keep and merge an authenticated body, then answer."""
+                   content_type: str | None, check: BodyCheck | None) -> Accepted:
+    """Decode, keep and merge an authenticated body, then answer; a replay of a signed push
+    already kept is answered as accepted and not kept again."""
+    replay = check.replay_key(body) if check is not None else None
+    if replay is not None and await _seen(request, source, replay[0]):
+        metrics.REPLAYS.labels(source).inc()
+        return Accepted(0, [], 0, replayed=True)
     settings = request.app.state.settings.sources[source]
     decoded = decode(settings, "push", body, content_type, decoder_for(settings, None, content_type))
+    if replay is not None:
+        decoded = msgspec.structs.replace(decoded, replay=replay)
     ingestor: Ingestor = request.app.state.ingestor
     # As committed: a report the merge failed on (a bug) is a rejection, and its body kept
     # for replay, so the provider need not send it again.
@@ -265,4 +448,9 @@ async def _receive(source: str, request: Request[None, None, State], body: bytes
         raise BadRequest("no usable report in the body",
                          extra={"rejected": rejected, "rejected_count": len(envelope.rejections)})
     return Accepted(len(envelope.reports), rejected, len(envelope.rejections))
+
+
+async def _seen(request: Request[None, None, State], source: str, key: bytes) -> bool:
+    async with db.transaction(request.app.state.engine) as conn:
+        return await store.seen_replay(conn, source, key)
 

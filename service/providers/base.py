@@ -170,3 +170,7 @@ class Provider:
     pull: Callable[[Pages, Any], Awaitable[None]]
     takes_pushes: bool = False
     push_by_get: bool = False  # its pushes may come as GET, the report in the query string
+    # The largest body a push of this kind can be, checked as it is read (and before, by its
+    # Content-Length); None: DLR_MAX_BODY_BYTES. Whatever the credentials: no provider
+    # sends more, and a signed kind's body is read before its sender is known.
+    max_push_bytes: int | None = None

@@ -15,10 +15,12 @@ PROVIDERS = (
     Provider("infobip", infobip.InfobipSource, infobip.decoder, infobip_pull.pull,
              takes_pushes=True),
     Provider("dicesms", dicesms.DiceSmsSource, dicesms.decoder, dicesms_pull.pull),
-    Provider("twilio", twilio.TwilioSource, twilio.decoder, twilio_pull.pull, takes_pushes=True),
+    Provider("twilio", twilio.TwilioSource, twilio.decoder, twilio_pull.pull, takes_pushes=True,
+             max_push_bytes=twilio.MAX_CALLBACK_BYTES),
     Provider("vonage", vonage.VonageSource, vonage.decoder, vonage_pull.pull, takes_pushes=True,
-             push_by_get=True),
-    Provider("sinch", sinch.SinchSource, sinch.decoder, sinch_pull.pull, takes_pushes=True),
+             push_by_get=True, max_push_bytes=vonage.MAX_RECEIPT_BYTES),
+    Provider("sinch", sinch.SinchSource, sinch.decoder, sinch_pull.pull, takes_pushes=True,
+             max_push_bytes=sinch.MAX_CALLBACK_BYTES),
 )
 # every config of PROVIDERS
 Source = infobip.InfobipSource | dicesms.DiceSmsSource | twilio.TwilioSource | \

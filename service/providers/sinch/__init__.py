@@ -50,6 +50,9 @@ DEFAULT_STATUS_MAP = {
     "Deleted": "REJECTED",  # deleted by a remote SMSC (invalid or opted-out number)
 }
 MAX_RECIPIENTS = 100_000  # a full batch report lists each recipient once
+# A recipient report is a few hundred bytes; a full batch report lists its recipients' numbers
+# (about 20 bytes each) under their status codes: the report cap's worth fits well in this.
+MAX_CALLBACK_BYTES = 1024 * 1024
 
 
 class SinchSource(SourceBase, frozen=True, tag="sinch", tag_field="kind"):

@@ -69,6 +69,9 @@ DEFAULT_STATUS_MAP = {
     "canceled": "REJECTED",  # a scheduled message canceled before sending
 }
 MAX_REPORTS = 1000  # a list page holds at most PageSize=1000 messages
+# A status callback is about twenty form parameters of a few to a few hundred characters
+# (Twilio's "Outbound Message Status Callback" parameters): well under 4 KB.
+MAX_CALLBACK_BYTES = 64 * 1024
 _QUANTUM = Decimal(1).scaleb(-PRICE_DECIMALS)
 
 

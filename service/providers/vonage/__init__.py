@@ -64,6 +64,11 @@ DEFAULT_STATUS_MAP = {
 }
 MAX_CLIENT_REF = 100  # Vonage's limit on client-ref
 MAX_RECORDS = 1000  # a synchronous Reports page holds at most this many
+# A delivery receipt is about fifteen short parameters (Vonage's "Delivery Receipt" webhook
+# reference): a few hundred bytes. A signed receipt is checked only once it is flat (each
+# parameter a scalar) and short, so no HMAC ever runs over a hostile structure.
+MAX_RECEIPT_BYTES = 16 * 1024
+MAX_RECEIPT_PARAMS = 100
 
 
 class VonageSource(SourceBase, frozen=True, tag="vonage", tag_field="kind"):
@@ -176,6 +181,30 @@ def receipt_params(body: bytes, content_type: str | None) -> dict[str, Any]:
         return dict(parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=100))
     except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"not a Vonage delivery receipt: {str(exc)[:200]}") from None
+
+
+_flat = msgspec.json.Decoder(dict[str, str | int | float | bool | None])
+
+
+def signed_params(body: bytes, content_type: str | None) -> dict[str, str]:
+    """A receipt's parameters as their signature covers them (each as text); BadRequest
+    unless the body is a flat object (or query) of at most MAX_RECEIPT_PARAMS scalars."""
+    if len(body) > MAX_RECEIPT_BYTES:
+        raise BadRequest(f"a Vonage receipt is at most {MAX_RECEIPT_BYTES} bytes")
+    try:
+        if "json" in (content_type or "").lower() or body.lstrip()[:1] == b"{":
+            params = _flat.decode(body)
+        else:
+            params = dict(parse_qsl(body.decode(), keep_blank_values=True,
+                                    max_num_fields=MAX_RECEIPT_PARAMS))
+    except (msgspec.MsgspecError, UnicodeDecodeError, ValueError):
+        raise BadRequest("not a Vonage delivery receipt: a flat object or query of at most "
+                         f"{MAX_RECEIPT_PARAMS} text, number or boolean parameters") from None
+    if len(params) > MAX_RECEIPT_PARAMS:
+        raise BadRequest(f"not a Vonage delivery receipt: more than {MAX_RECEIPT_PARAMS} "
+                         "parameters")
+    # each as text, as the signing code wrote it into the signed string
+    return {name: str(value) for name, value in params.items()}
 
 
 def decode_receipt(source: VonageSource, body: bytes, content_type: str | None,

@@ -1,0 +1,128 @@
+"""A signed push replayed within its window is recognised: answered 200, not kept again,
+counted. Standard Webhooks by `webhook-id`, Vonage by `nonce`, Twilio (which signs no
+time) by its signature and body; the key is kept in the statement that keeps the body."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import sqlalchemy as sa
+from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service import store
+from service.app import create_app
+from service.providers.vonage.fake import receipt
+from service.tables import inbox, push_replays
+from tests import test_twilio, test_vonage
+from tests.conftest import make_settings
+from tests.reports import body, report
+from tests.test_webhooks import signed_headers
+
+TestClient = AsyncTestClient  # type: ignore[type-arg]
+Push = Callable[[TestClient], Awaitable[Any]]
+
+
+@pytest.fixture
+async def client(engine: AsyncEngine, database_url: str) -> AsyncIterator[TestClient]:
+    settings = make_settings()
+    sources = dict(settings.sources) | {"tw": test_twilio.source(), "vg": test_vonage.source()}
+    app = create_app(make_settings(sources=sources), database_url)
+    async with AsyncTestClient(app=app) as test_client:
+        yield test_client
+
+
+def standard_webhooks() -> Push:
+    payload = body(report("m-sw"))
+    headers = signed_headers(payload) | {"Content-Type": "application/json"}
+    return lambda client: client.post("/webhooks/ib-signed", content=payload, headers=headers)
+
+
+def twilio() -> Push:
+    params = test_twilio.callback(test_twilio.resource(1), "delivered")
+    return lambda client: test_twilio.post(client, params)
+
+
+def vonage() -> Push:
+    params = test_vonage.signed(receipt(test_vonage.part(1)))
+    return lambda client: client.get(f"/webhooks/vg?{urlencode(params)}")
+
+
+def vonage_posted() -> Push:
+    params = test_vonage.signed(receipt(test_vonage.part(2)))
+    content = urlencode(params).encode()
+    return lambda client: client.post("/webhooks/vg", content=content, headers={
+        "Content-Type": "application/x-www-form-urlencoded"})
+
+
+def replays(source: str) -> float:
+    return REGISTRY.get_sample_value("dlr_webhook_replays_total", {"source": source}) or 0.0
+
+
+async def count(engine: AsyncEngine, table: sa.Table) -> int:
+    async with engine.connect() as conn:
+        return int(await conn.scalar(sa.select(sa.func.count()).select_from(table)) or 0)
+
+
+@pytest.mark.parametrize(("source", "make"), [("ib-signed", standard_webhooks), ("tw", twilio),
+                                              ("vg", vonage), ("vg", vonage_posted)])
+async def test_a_hundred_replays_keep_one_body(client: TestClient, engine: AsyncEngine,
+                                               source: str, make: Callable[[], Push]) -> None:
+    push = make()
+    before = replays(source)
+    first = await push(client)
+    assert first.status_code == 200, first.text
+    assert first.json()["accepted"] == 1 and "replayed" not in first.json()
+    for _ in range(99):
+        again = await push(client)
+        assert again.status_code == 200, again.text
+        assert again.json() == {"accepted": 0, "rejected": [], "rejected_count": 0,
+                                "replayed": True}
+    assert await count(engine, inbox) == 1
+    assert await count(engine, push_replays) == 1
+    assert replays(source) - before == 99
+
+
+async def test_distinct_signed_pushes_are_each_kept(client: TestClient,
+                                                    engine: AsyncEngine) -> None:
+    for make in (standard_webhooks, standard_webhooks, vonage, vonage):  # new ids, nonces
+        assert (await make()(client)).status_code == 200
+    assert await count(engine, inbox) == 4
+
+
+async def test_a_replay_after_its_window_is_kept_again(client: TestClient,
+                                                       engine: AsyncEngine) -> None:
+    push = twilio()
+    assert (await push(client)).status_code == 200
+    async with engine.begin() as conn:  # as if a day had passed
+        await conn.execute(sa.update(push_replays).values(
+            expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert "replayed" not in (await push(client)).json()
+    assert await count(engine, inbox) == 2
+
+
+async def test_keys_whose_window_ended_are_forgotten(client: TestClient,
+                                                     engine: AsyncEngine) -> None:
+    for make in (standard_webhooks, twilio):
+        assert (await make()(client)).status_code == 200
+    async with engine.begin() as conn:
+        await conn.execute(sa.update(push_replays).where(push_replays.c.source == "tw").values(
+            expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+        assert await store.forget_replays(conn) == 1
+    assert await count(engine, push_replays) == 1
+
+
+async def test_unsigned_pushes_are_never_taken_for_replays(client: TestClient,
+                                                           engine: AsyncEngine) -> None:
+    """Basic and token sources carry no key: the same body twice is kept twice (and merges
+    to the same state), as before."""
+    payload = body(report("m-basic"))
+    for _ in range(2):
+        answer = await client.post("/webhooks/ib", content=payload, auth=("hook", "hook-password"))
+        assert answer.status_code == 200 and "replayed" not in answer.json()
+    assert (await count(engine, inbox), await count(engine, push_replays)) == (2, 0)
