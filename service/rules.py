@@ -4,7 +4,8 @@ The merge is a join over a total order of observations, so the merged row does n
 depend on arrival order or on duplicates (commutative, associative, idempotent):
 
 * the state (status, done_at, error, provider status) comes from the greatest
-  observation by `order_key`: final above pending, then the later `done_at`, then the
+  observation by `order_key`: final above intermediate (a group past PENDING that its
+  provider says may still change) above pending, then the later `done_at`, then the
   status id, then the hash of its state;
 * each descriptive field (recipient, bulk, sender, parts, price, ...) is the greatest
   non-null value seen, so it fills in, is never blanked by a null, and resolves a
@@ -177,7 +178,8 @@ def amount_text(value: Decimal) -> str:
 def observation(**fields: Any) -> Report:
     """A Report with its final flag, canonical price and state hash filled in; raises
     OutOfBounds naming the first field outside its bound."""
-    fields["final"] = is_final(fields["status"])
+    # A final group, unless the provider's table says this status is intermediate
+    fields["final"] = is_final(fields["status"]) and fields.get("final", True)
     if parts := fields.get("part_ids"):  # a set, and at least as many parts as it holds
         fields["part_ids"] = union_parts(parts, "")
         fields["sms_count"] = max(fields.get("sms_count") or 0, len(fields["part_ids"].split()))
@@ -214,11 +216,13 @@ def state_hash(report: Report) -> bytes:
     return hashlib.sha256(content).digest()[:16]
 
 
-def order_key(report: Report) -> tuple[bool, datetime, int, bytes]:
-    """The total order of observations; the greatest one carries the merged state."""
+def order_key(report: Report) -> tuple[bool, bool, datetime, int, bytes]:
+    """The total order of observations; the greatest one carries the merged state: final
+    above an intermediate status past PENDING (Infobip's DELIVERED_TO_OPERATOR) above
+    PENDING, then the later done_at, the status id, the hash."""
     done = report.done_at if report.done_at is not None else _NEVER
     status_id = report.status_id if report.status_id is not None else -1
-    return (report.final, done, status_id, report.obs_hash)
+    return (report.final, report.status != PENDING, done, status_id, report.obs_hash)
 
 
 def _greatest(a: Any, b: Any) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -91,7 +91,8 @@ def _upsert_messages() -> Any:
 
     def order_key(row: Any) -> Any:  # rules.order_key
         never: Any = sa.literal_column("'-infinity'::timestamptz")
-        return sa.tuple_(row.final, sa.func.coalesce(row.done_at, never),
+        return sa.tuple_(row.final, row.status != rules.PENDING,
+                         sa.func.coalesce(row.done_at, never),
                          sa.func.coalesce(row.status_id, -1), row.obs_hash)
 
     wins = order_key(new) > order_key(old)
@@ -318,6 +319,24 @@ async def mark_inbox(conn: AsyncConnection, inbox_id: int, row: InboxRow) -> Non
 
 
 # --- leases: one puller per source across all replicas ------------------------------------
+
+async def intermediate_due(conn: AsyncConnection, source: str, closing: Mapping[str, float],
+                           now: datetime, limit: int = 1000) -> Sequence[Any]:
+    """Messages of `source` left at an intermediate status past PENDING that `closing` names
+    (lower-cased raw status: seconds) for longer than its window, counted from when they
+    were sent (else reported); at most `limit`."""
+    m = messages.c
+    since = sa.func.coalesce(m.sent_at, m.done_at, m.updated_at)
+    due = [sa.and_(sa.func.lower(m.status_name) == raw, since < now - timedelta(seconds=after))
+           for raw, after in closing.items()]
+    query = (sa.select(*[m[f] for f in (
+        "message_id", "status", "status_id", "status_name", "done_at", "error_group_id",
+        "error_group_name", "error_id", "error_name", "error_permanent", "status_action",
+        "error_description", "sent_at")])
+        .where(m.source == source, ~m.final, m.status != rules.PENDING, sa.or_(*due))
+        .order_by(m.message_id).limit(limit))
+    return (await conn.execute(query)).all()
+
 
 async def seen_replay(conn: AsyncConnection, source: str, key: bytes) -> bool:
     """Whether a push with this replay key was kept and its window has not ended."""

@@ -123,6 +123,10 @@ sa.Index("ix_messages_bulk_id_source", messages.c.bulk_id, messages.c.source)
 # (store.same_callback_data looks it up).
 sa.Index("ix_messages_callback_data_md5", sa.func.md5(messages.c.callback_data))
 sa.Index("ix_messages_sent_at", messages.c.sent_at)
+# Messages at an intermediate status past PENDING (Infobip's DELIVERED_TO_OPERATOR): few,
+# and looked for by the reconciler to close those whose window has passed
+sa.Index("ix_messages_intermediate", messages.c.source,
+         postgresql_where=sa.and_(~messages.c.final, messages.c.status != "PENDING"))
 
 # What billing sums, kept per quarter hour of sent_at (every time zone's days are whole
 # quarter hours) by the triggers of migration 0008 (functions replaced by the rate cards'

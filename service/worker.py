@@ -22,12 +22,12 @@ from litestar import Litestar
 from litestar.datastructures import State
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import db, metrics, retention, store
+from service import db, metrics, retention, rules, store
 from service.config import Settings
 from service.errors import DatabaseUnavailable
 from service.pages import LEASE_TTL_S, Pages, Stopping
 from service.pages import RunResult as RunResult
-from service.providers import http, registry
+from service.providers import Report, http, registry
 from service.providers.registry import Source
 
 log = logging.getLogger(__name__)
@@ -124,15 +124,73 @@ async def run_forever(engine: AsyncEngine, client: httpx.AsyncClient,
                       retry: http.Retry = http.DEFAULT_RETRY, keep_months: int = 13,
                       spool_dir: Path | None = None) -> None:
     """Until `stop` is set: pull each pullable source on its own interval (with jitter),
-    side by side, so a slow provider delays no other; and keep the monthly partitions.
+    side by side, so a slow provider delays no other; keep the monthly partitions; close
+    the messages of every source left at an intermediate status past its window.
     One-time pages wait under `spool_dir` until the inbox has them."""
     holder = holder_id()
     if not pullable(sources):
         log.info("reconciler has no source to pull")
     await _show_sources(engine, pullable(sources))
     await asyncio.gather(_keep_partitions_hourly(engine, keep_months, stop),
+                         _close_every(engine, list(sources.values()), stop),
                          *[_pull_every(engine, client, source, holder, retry, stop, spool_dir)
                            for source in pullable(sources)])
+
+
+async def close_intermediate(engine: AsyncEngine, source: Source,
+                             now: datetime | None = None, page: int = 1000) -> int:
+    """Make final the messages of `source` whose intermediate status (one its table says
+    may be followed by nothing, such as Infobip's DELIVERED_TO_OPERATOR) has outlived its
+    window: each gets an observation of the same state, final, written to its history
+    through channel `closed`. A later report still merges over it as any report does.
+    Returns how many were closed."""
+    closing = registry.provider(source).closing(source)
+    closed = 0
+    while closing:
+        async with db.transaction(engine) as conn:
+            rows = await store.intermediate_due(conn, source.name, closing,
+                                                now or datetime.now(UTC), page)
+            reports = [_closed(source.name, row, closing[row.status_name.lower()])
+                       for row in rows]
+            written = await store.write(conn, [], [(r, CLOSED) for r in reports])
+        metrics.MERGED_CHANGES.labels(CLOSED).inc(written.changed)
+        metrics.count_finished(written.finished)
+        closed += written.changed
+        if len(rows) < page or not written.changed:
+            break
+    if closed:
+        log.info("closed %d messages past their intermediate status's window", closed,
+                 extra={"source": source.name})
+    return closed
+
+
+CLOSED = "closed"  # the history channel of an observation the reconciler made final
+CLOSE_INTERVAL_S = 600.0
+
+
+def _closed(source: str, row: Any, after_s: float) -> Report:
+    return rules.observation(
+        source=source, message_id=row.message_id, status=row.status, status_id=row.status_id,
+        status_name=row.status_name, done_at=row.done_at, error_group_id=row.error_group_id,
+        error_group_name=row.error_group_name, error_id=row.error_id, error_name=row.error_name,
+        error_permanent=row.error_permanent, status_action=row.status_action,
+        error_description=row.error_description,
+        status_description=f"no further report within {after_s / 3600:g} h of sending: "
+                           "made final by the reconciler")
+
+
+async def _close_every(engine: AsyncEngine, sources: list[Source], stop: asyncio.Event) -> None:
+    while True:
+        for source in sources:
+            try:
+                await close_intermediate(engine, source)
+            except DatabaseUnavailable:
+                log.warning("closing intermediate statuses skipped: database unavailable")
+            except Exception:
+                log.exception("closing intermediate statuses failed",
+                              extra={"source": source.name})
+        if await _stopped_within(stop, CLOSE_INTERVAL_S):
+            return
 
 
 async def _show_open_gaps(engine: AsyncEngine, source: str) -> None:

@@ -47,6 +47,9 @@ def observations(draw: st.DrawFn) -> list[Report]:
             source="ib",
             message_id="m",
             status=draw(st.sampled_from(GROUPS)),
+            # intermediate now and then: a group past PENDING its provider says may still
+            # change (Infobip's DELIVERED_TO_OPERATOR), or the same state made final later
+            final=draw(st.sampled_from([True, True, False])),
             status_id=draw(st.none() | st.integers(1, 9)),
             status_name=draw(st.sampled_from([None, "A", "B"])),
             done_at=draw(st.none() | st.integers(0, 3).map(lambda s: T0 + timedelta(seconds=s))),
@@ -112,6 +115,14 @@ def test_final_is_never_replaced_by_pending(reports: list[Report]) -> None:
     assert merged.final == any(r.final for r in reports)
     if any(r.final for r in reports):
         assert merged.status != "PENDING"
+
+
+@given(observations())
+def test_intermediate_is_above_pending_and_below_final(reports: list[Report]) -> None:
+    merged = fold(reports)
+    assert merged is not None
+    if not any(r.final for r in reports) and any(r.status != "PENDING" for r in reports):
+        assert merged.status != "PENDING" and not merged.final
 
 
 def _registered(report: Report) -> bool:

@@ -174,7 +174,7 @@ async def test_pull_reads_open_batches_and_skips_complete_ones(engine: AsyncEngi
 @given(st.permutations(list(range(4))), st.lists(st.integers(0, 3), max_size=3))
 def test_callbacks_and_batch_reports_merge_the_same_in_any_order(
         order: list[int], again: list[int]) -> None:
-    table = StatusTable("sn", sinch.DEFAULT_STATUS_MAP, {})
+    table = StatusTable("sn", sinch.STATUSES, {})
     batch = Batch("B9", AT, [Recipient("447700900001", "Dispatched", 401, AT, None, 2)])
     reports = [sinch.recipient_report("sn", table, sinch._recipient.decode(
         json.dumps(recipient_report(batch, batch.recipients[0])).encode(), lambda n: None))]

@@ -159,7 +159,7 @@ async def test_a_bad_callback_is_400_and_kept(client: TestClient) -> None:
 
 
 def test_status_map_overrides_the_defaults() -> None:
-    table = StatusTable("tw", twilio.DEFAULT_STATUS_MAP, {"sent": "DELIVERED"})
+    table = StatusTable("tw", twilio.STATUSES, {"sent": "DELIVERED"})
     assert table.group("SENT") == "DELIVERED"
     assert table.group("failed") == "REJECTED"
     bad = TwilioSource("tw", "http://x", status_map={"sent": "DONE"})
@@ -262,7 +262,7 @@ def test_price_per_part() -> None:
 def twilio_observations(draw: st.DrawFn) -> list[Any]:
     """What one message may yield: callbacks for some statuses, and list pages at any time."""
     statuses = TwilioSource("tw", "http://x")
-    table = StatusTable("tw", twilio.DEFAULT_STATUS_MAP, statuses.status_map)
+    table = StatusTable("tw", twilio.STATUSES, statuses.status_map)
     final = draw(st.sampled_from(["delivered", "undelivered", "failed", "read"]))
     res = resource(1, final, error_code=30003 if final == "undelivered" else None)
     out = []

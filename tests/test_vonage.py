@@ -221,7 +221,7 @@ async def test_a_next_link_off_origin_is_refused_and_wrong_credentials_end_the_r
 def test_part_receipts_and_records_merge_the_same_in_any_order(order: list[int],
                                                                again: list[int]) -> None:
     vg = source()
-    table = StatusTable("vg", vonage.DEFAULT_STATUS_MAP, {})
+    table = StatusTable("vg", vonage.STATUSES, {})
     parts = [part(i, client_ref="p-1") for i in range(3)]
     reports = [vonage.receipt_report(vg, table, vonage.Receipt(**{
         k.replace("-", "_"): v for k, v in receipt(p).items() if k != "api-key"}))

@@ -1,5 +1,7 @@
 """push_replays: signed pushes already kept, by their scheme's unique key, until their
-window ends, so a replay is recognised and not kept again (service/api/webhooks.py)
+window ends, so a replay is recognised and not kept again (service/api/webhooks.py); and
+an index of the messages left at an intermediate status, which the reconciler closes once
+their window has passed
 
 Revision ID: 0012
 Revises: 0011
@@ -26,8 +28,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('source', 'key', name=op.f('pk_push_replays')),
     )
     op.create_index(op.f('ix_push_replays_expires_at'), 'push_replays', ['expires_at'])
+    op.create_index('ix_messages_intermediate', 'messages', ['source'],
+                    postgresql_where=sa.text("NOT final AND status <> 'PENDING'"))
 
 
 def downgrade() -> None:
+    op.drop_index('ix_messages_intermediate', table_name='messages')
     op.drop_index(op.f('ix_push_replays_expires_at'), table_name='push_replays')
     op.drop_table('push_replays')

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import msgspec
 
@@ -125,25 +125,61 @@ class SourceBase(Strict, frozen=True):
         return None
 
 
+class Status(NamedTuple):
+    """One row of a kind's status table: what a raw status means here, and where that
+    comes from."""
+
+    group: str  # one of STATUS_GROUPS
+    final: bool  # the provider says no further report follows
+    source: str  # the provider's page (or SDK file) this row follows
+    # An intermediate status that may be followed by nothing: the reconciler makes it final
+    # once this long has passed since it was reported (and records that in the history).
+    closes_after_s: float | None = None
+
+
+def status(group: str, source: str, *, final: bool | None = None,
+           closes_after_s: float | None = None) -> Status:
+    """A table row; final unless its group is PENDING, or `final` says otherwise."""
+    return Status(group, rules.is_final(group) if final is None else final, source,
+                  closes_after_s)
+
+
+UNMAPPED = Status(rules.PENDING, False, "not in the table: kept raw, counted")
+
+
 class StatusTable:
     """A kind's documented status table, overridden per source by its `status_map`: raw
-    status (case-insensitive) to one of STATUS_GROUPS. A status it cannot map is kept raw by
-    the caller, treated as PENDING, and counted here (dlr_unmapped_statuses_total)."""
+    status (case-insensitive) to a `Status`. A status it cannot map is kept raw by the
+    caller, treated as PENDING, and counted here (dlr_unmapped_statuses_total)."""
 
-    def __init__(self, source: str, defaults: Mapping[str, str],
+    def __init__(self, source: str, defaults: Mapping[str, Status],
                  overrides: Mapping[str, str]) -> None:
         self.source = source
         self.table = {k.lower(): v for k, v in defaults.items()} | {
-            k.lower(): v.upper() for k, v in overrides.items()}
+            k.lower(): status(v.upper(), f"status_map of source {source}")
+            for k, v in overrides.items()}
         self.unmapped: dict[str, int] = {}
 
-    def group(self, raw: str) -> str:
+    def row(self, raw: str) -> Status:
         found = self.table.get(raw.lower())
         if found is not None:
             return found
         self.unmapped[raw] = self.unmapped.get(raw, 0) + 1
         metrics.count_unmapped(self.source, raw, 1)
-        return rules.PENDING
+        return UNMAPPED
+
+    def group(self, raw: str) -> str:
+        return self.row(raw).group
+
+    def state(self, raw: str) -> dict[str, Any]:
+        """The observation fields a raw status gives: its group and whether it is final."""
+        found = self.row(raw)
+        return {"status": found.group, "final": found.final}
+
+    def closing(self) -> dict[str, float]:
+        """Raw statuses that close after a while (lower case), and after how long."""
+        return {raw: row.closes_after_s for raw, row in self.table.items()
+                if row.closes_after_s is not None and not row.final}
 
 
 def status_map_problem(status_map: Mapping[str, str]) -> tuple[str, str] | None:
@@ -174,3 +210,11 @@ class Provider:
     # Content-Length); None: DLR_MAX_BODY_BYTES. Whatever the credentials: no provider
     # sends more, and a signed kind's body is read before its sender is known.
     max_push_bytes: int | None = None
+    # The source's status table (its kind's rows and its `status_map`), by lower-cased raw
+    # status: what the reconciler closes when an intermediate status outlives its window.
+    statuses: Callable[[Any], Mapping[str, Status]] = lambda source: {}
+
+    def closing(self, source: Any) -> dict[str, float]:
+        """The source's intermediate statuses that close after a while, and after how long."""
+        return {raw: row.closes_after_s for raw, row in self.statuses(source).items()
+                if row.closes_after_s is not None and not row.final}

@@ -38,18 +38,7 @@ from service.providers import (
     moment,
 )
 from service.providers.base import Decoder, Interval, SourceBase
-
-# Documented defaults; a source's `status_map` overrides or extends them.
-DEFAULT_STATUS_MAP = {
-    "SENT": "PENDING",
-    "PENDING": "PENDING",
-    "DELIVERED": "DELIVERED",
-    "UNDELIVERABLE": "UNDELIVERABLE",
-    "EXPIRED": "EXPIRED",
-    "REJECTED": "REJECTED",
-    "1": "DELIVERED",
-    "4": "UNDELIVERABLE",
-}
+from service.providers.dicesms.status import STATUSES
 
 
 class DiceSmsSource(SourceBase, frozen=True, tag="dicesms", tag_field="kind"):
@@ -137,14 +126,18 @@ _batch_row = Known(BatchRow)
 
 
 class StatusTable(base.StatusTable):
-    """DiceSMS status words and digits to status groups (the documented defaults, then the
-    source's `status_map`); anything with `delivered_at` is DELIVERED."""
+    """DiceSMS status words and digits to status groups (the documented table, then the
+    source's `status_map`); a status that is not a failure, with `delivered_at`, is
+    DELIVERED."""
 
     def __init__(self, overrides: Mapping[str, str], source: str = "") -> None:
-        super().__init__(source, DEFAULT_STATUS_MAP, overrides)
+        super().__init__(source, STATUSES, overrides)
 
     def group(self, raw: str, delivered: bool = False) -> str:
-        return "DELIVERED" if delivered else super().group(raw)
+        if delivered:  # an explicit failure stands, whatever its timestamps say
+            found = self.table.get(raw.lower())
+            return found.group if found is not None and found.final else "DELIVERED"
+        return super().group(raw)
 
     def is_final(self, raw: str | int | None, delivered: bool) -> bool:
         return rules.is_final(self.group(str(raw or ""), delivered))

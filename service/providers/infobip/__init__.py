@@ -37,6 +37,7 @@ from service.providers import (
     price,
 )
 from service.providers.base import Decoder, Interval, SourceBase
+from service.providers.infobip import status as statuses
 
 
 class InfobipSource(SourceBase, frozen=True, tag="infobip", tag_field="kind"):
@@ -230,10 +231,12 @@ def to_report(source: str, wire: SmsReport) -> Report:
     number = rules.recipient(given) if given else None
     parts = wire.messageCount if wire.messageCount is not None else wire.smsCount
     text = wire.content.text if wire.content else wire.text
+    group = rules.status_group(status.groupName, status.groupId)
     return rules.observation(
         source=source,
         message_id=wire.messageId,
-        status=rules.status_group(status.groupName, status.groupId),
+        status=group,
+        final=statuses.final(group, status.name),
         status_id=status.id,
         status_name=status.name,
         status_description=status.description,

@@ -35,20 +35,8 @@ from service.providers import (
     moment,
 )
 from service.providers.base import Decoder, Interval, SourceBase, StatusTable, status_map_problem
+from service.providers.sinch.status import STATUSES as STATUSES
 
-# Sinch's delivery report statuses ("Delivery report statuses"), by group.
-DEFAULT_STATUS_MAP = {
-    "Queued": "PENDING",  # intermediate: queued within the REST API
-    "Dispatched": "PENDING",  # intermediate: accepted for delivery by the SMSC
-    "Unknown": "PENDING",
-    "Delivered": "DELIVERED",
-    "Expired": "EXPIRED",
-    "Failed": "UNDELIVERABLE",  # the SMSC could not deliver it
-    "Rejected": "REJECTED",  # rejected by the SMSC
-    "Aborted": "REJECTED",  # aborted before reaching the SMSC
-    "Cancelled": "REJECTED",  # cancelled by the sender before reaching the SMSC
-    "Deleted": "REJECTED",  # deleted by a remote SMSC (invalid or opted-out number)
-}
 MAX_RECIPIENTS = 100_000  # a full batch report lists each recipient once
 # A recipient report is a few hundred bytes; a full batch report lists its recipients' numbers
 # (about 20 bytes each) under their status codes: the report cap's worth fits well in this.
@@ -181,7 +169,7 @@ def decode_report(source: SinchSource, body: bytes) -> tuple[list[Report], list[
         kind = _kind.decode(body)
     except (msgspec.MsgspecError, RecursionError) as exc:
         raise BadRequest(f"not a Sinch delivery report: {exc}") from None
-    statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
+    statuses = StatusTable(source.name, STATUSES, source.status_map)
 
     if kind.type in RECIPIENT_TYPES:
         return judge_all([body], lambda raw: [recipient_report(
@@ -208,7 +196,7 @@ def recipient_report(source: str, statuses: StatusTable, wire: RecipientReport) 
     return rules.observation(
         source=source,
         message_id=message_id(wire.batch_id, number.to),
-        status=statuses.group(wire.status),
+        **statuses.state(wire.status),
         status_id=wire.code,
         status_name=wire.status,
         done_at=moment("operator_status_at", wire.operator_status_at) or moment("at", wire.at),
@@ -227,7 +215,7 @@ def batch_recipient_report(source: str, statuses: StatusTable, batch: BatchRepor
     return rules.observation(
         source=source,
         message_id=message_id(batch.batch_id, number.to),
-        status=statuses.group(status.status),
+        **statuses.state(status.status),
         status_id=status.code,
         status_name=status.status,
         to=number.to,

@@ -52,22 +52,9 @@ from service.providers.base import (
     TwilioSignatureAuth,
     status_map_problem,
 )
+from service.providers.twilio.status import STATUSES as STATUSES
 
 API_VERSION = "2010-04-01"
-# Twilio's message statuses (Message resource, "Message status values"), by group.
-DEFAULT_STATUS_MAP = {
-    "accepted": "PENDING",  # a Messaging Service took it, no sender chosen yet
-    "scheduled": "PENDING",
-    "queued": "PENDING",
-    "sending": "PENDING",
-    "sent": "PENDING",  # handed to the carrier; no delivery receipt yet
-    "delivered": "DELIVERED",
-    "read": "DELIVERED",  # delivered, and read (channels with read receipts)
-    "partially_delivered": "DELIVERED",  # some parts reached the handset: billed as sent
-    "undelivered": "UNDELIVERABLE",  # the carrier could not deliver it
-    "failed": "REJECTED",  # never left Twilio (no charge)
-    "canceled": "REJECTED",  # a scheduled message canceled before sending
-}
 MAX_REPORTS = 1000  # a list page holds at most PageSize=1000 messages
 # A status callback is about twenty form parameters of a few to a few hundred characters
 # (Twilio's "Outbound Message Status Callback" parameters): well under 4 KB.
@@ -193,7 +180,7 @@ def decode_callback(source: TwilioSource, body: bytes) -> tuple[list[Report], li
     if "MessageSid" not in fields:
         raise BadRequest("not a Twilio status callback: no MessageSid")
     item = {name: values[0] for name, values in fields.items()}
-    statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
+    statuses = StatusTable(source.name, STATUSES, source.status_map)
     return judge_all([item], lambda it: [callback_report(
         source.name, statuses, _callback.convert(it, source.name))], "$",
         lambda it: it.get("MessageSid"), WIRE_NAMES)
@@ -208,7 +195,7 @@ def decode_page(source: TwilioSource, body: bytes) -> tuple[list[Report], list[R
     if len(page.messages) > MAX_REPORTS:
         raise BadRequest(f"{len(page.messages)} messages in one page; Twilio sends at most "
                          f"{MAX_REPORTS}")
-    statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
+    statuses = StatusTable(source.name, STATUSES, source.status_map)
 
     def build(raw: msgspec.Raw) -> list[Report]:
         wire = _message.decode(raw, source.name)
@@ -217,10 +204,6 @@ def decode_page(source: TwilioSource, body: bytes) -> tuple[list[Report], list[R
         return [message_report(source.name, statuses, wire)]
 
     return judge_all(page.messages, build, "$.messages[{}]", wire_names=WIRE_NAMES)
-
-
-def _status(statuses: StatusTable, raw: str) -> tuple[str, str]:
-    return statuses.group(raw), raw
 
 
 def _error_code(text: str | None) -> int | None:
@@ -243,13 +226,12 @@ def raw_dlr_done(text: str | None) -> datetime | None:
 
 
 def callback_report(source: str, statuses: StatusTable, wire: StatusCallback) -> Report:
-    group, raw = _status(statuses, wire.MessageStatus)
     number = rules.recipient(wire.To) if wire.To else None
     return rules.observation(
         source=source,
         message_id=wire.MessageSid,
-        status=group,
-        status_name=raw,
+        **statuses.state(wire.MessageStatus),
+        status_name=wire.MessageStatus,
         status_description=wire.ChannelStatusMessage or None,
         done_at=moment("RawDlrDoneDate", raw_dlr_done(wire.RawDlrDoneDate)),
         error_id=_error_code(wire.ErrorCode),
@@ -263,14 +245,13 @@ def callback_report(source: str, statuses: StatusTable, wire: StatusCallback) ->
 
 
 def message_report(source: str, statuses: StatusTable, wire: Message) -> Report:
-    group, raw = _status(statuses, wire.status)
     number = rules.recipient(wire.to) if wire.to else None
     parts = _segments(wire.num_segments)
     return rules.observation(
         source=source,
         message_id=wire.sid,
-        status=group,
-        status_name=raw,
+        **statuses.state(wire.status),
+        status_name=wire.status,
         error_id=wire.error_code or None,
         error_description=wire.error_message or None,
         to=number.to if number else None,

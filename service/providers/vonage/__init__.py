@@ -50,18 +50,8 @@ from service.providers.base import (
     VonageSignatureAuth,
     status_map_problem,
 )
+from service.providers.vonage.status import STATUSES as STATUSES
 
-# Vonage's delivery receipt statuses (and the Reports API's `deleted`), by group.
-DEFAULT_STATUS_MAP = {
-    "accepted": "PENDING",  # accepted by the carrier, not delivered yet
-    "buffered": "PENDING",  # held by the carrier, to be delivered later
-    "unknown": "PENDING",  # the carrier said nothing usable (yet)
-    "delivered": "DELIVERED",
-    "expired": "EXPIRED",  # the carrier gave up within the validity period
-    "failed": "UNDELIVERABLE",  # the carrier could not deliver it
-    "rejected": "REJECTED",  # refused by Vonage or the carrier
-    "deleted": "REJECTED",  # removed before delivery (Reports API)
-}
 MAX_CLIENT_REF = 100  # Vonage's limit on client-ref
 MAX_RECORDS = 1000  # a synchronous Reports page holds at most this many
 # A delivery receipt is about fifteen short parameters (Vonage's "Delivery Receipt" webhook
@@ -212,7 +202,7 @@ def decode_receipt(source: VonageSource, body: bytes, content_type: str | None,
     item = receipt_params(body, content_type)
     if "messageId" not in item:
         raise BadRequest("not a Vonage delivery receipt: no messageId")
-    statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
+    statuses = StatusTable(source.name, STATUSES, source.status_map)
     return judge_all([item], lambda it: [receipt_report(
         source, statuses, _receipt.convert(it, source.name))], "$",
         lambda it: it.get("messageId"), WIRE_NAMES)
@@ -226,7 +216,7 @@ def decode_records(source: VonageSource, body: bytes) -> tuple[list[Report], lis
     if len(page.records) > MAX_RECORDS:
         raise BadRequest(f"{len(page.records)} records in one page; Vonage sends at most "
                          f"{MAX_RECORDS}")
-    statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
+    statuses = StatusTable(source.name, STATUSES, source.status_map)
 
     def build(raw: msgspec.Raw) -> list[Report]:
         record = _record.decode(raw, source.name)
@@ -280,7 +270,7 @@ def receipt_report(source: VonageSource, statuses: StatusTable, wire: Receipt) -
         message_id=message_id(wire.messageId, wire.client_ref, to),
         part_ids=wire.messageId,
         sms_count=1,
-        status=statuses.group(wire.status),
+        **statuses.state(wire.status),
         status_name=wire.status,
         done_at=moment("scts", scts_time(wire.scts)),
         error_id=_error(wire.err_code),
@@ -302,7 +292,7 @@ def record_report(source: VonageSource, statuses: StatusTable, record: Record) -
         message_id=message_id(record.message_id, record.client_ref, to),
         part_ids=record.message_id,
         sms_count=1,
-        status=statuses.group(record.status),
+        **statuses.state(record.status),
         status_name=record.status,
         done_at=moment("date_finalized", record.date_finalized),
         error_id=_error(record.error_code),
