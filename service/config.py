@@ -19,6 +19,7 @@ import msgspec
 
 from service import pricing
 from service.errors import ConfigError
+from service.providers import twilio
 
 # The source settings live with their kinds; named here too, where settings are looked for.
 from service.providers.base import BasicAuth as BasicAuth
@@ -273,9 +274,8 @@ def _check_webhook(hook: WebhookConfig, where: str) -> None:
         if not hook.twilio_signature.auth_tokens:
             raise ConfigError(f"{where}.twilio_signature.auth_tokens: give the account's Auth "
                               "Token (and its secondary one while rotating)")
-        if not re.match(r"^https?://[^/]+", hook.twilio_signature.public_url):
-            raise ConfigError(f"{where}.twilio_signature.public_url: "
-                              f"{hook.twilio_signature.public_url!r} is not an http(s) URL")
+        if problem := twilio.public_url_problem(hook.twilio_signature.public_url):
+            raise ConfigError(f"{where}.twilio_signature.public_url: {problem}")
     if hook.vonage_signature and hook.vonage_signature.method not in VONAGE_METHODS:
         raise ConfigError(f"{where}.vonage_signature.method: {hook.vonage_signature.method!r} "
                           f"is not one of {', '.join(VONAGE_METHODS)}")

@@ -95,6 +95,10 @@ UNVERIFIED_REFUSED = Counter("dlr_webhook_unverified_refused_total",
 UNVERIFIED_BYTES = Gauge("dlr_webhook_unverified_bytes",
                          "Bytes of webhook bodies held whose signature is not yet checked",
                          multiprocess_mode="livesum")
+DROPPED_VALUES = Counter("dlr_dropped_values_total",
+                         "Values a provider sent outside what it documents (a positive "
+                         "Twilio price), dropped: the report was merged without them",
+                         ["source", "field"])
 REPLAYS = Counter("dlr_webhook_replays_total",
                   "Signed pushes recognised as replays of one already kept (answered 200, "
                   "not kept again)", ["source"])

@@ -3,6 +3,7 @@ by Twilio's own Client from the fake, and the pull pass over that fake."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -10,6 +11,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +23,8 @@ from twilio.rest import Client
 
 from service import rules, worker
 from service.app import create_app
-from service.config import WebhookConfig
+from service.config import WebhookConfig, load_settings
+from service.errors import ConfigError
 from service.providers import http, twilio
 from service.providers.base import StatusTable, TwilioSignatureAuth
 from service.providers.fakes import Fault
@@ -289,3 +292,54 @@ def test_twilio_reports_merge_the_same_in_any_order(reports: list[Any], rnd: Any
     shuffled = reports + reports[: rnd.randint(0, len(reports))]
     rnd.shuffle(shuffled)
     assert fold(shuffled) == fold(reports)
+
+
+def test_a_positive_price_is_dropped_and_counted_and_the_status_still_merged() -> None:
+    """Twilio's prices are charges (negative); a positive one is not what it documents."""
+    page = {"messages": [resource(7, "delivered") | {"price": "0.0079"}], "next_page_uri": None,
+            "page": 0, "page_size": 50, "uri": "/x", "first_page_uri": "/x",
+            "previous_page_uri": None, "start": 0, "end": 0}
+    labels = {"source": "tw", "field": "price"}
+    before = REGISTRY.get_sample_value("dlr_dropped_values_total", labels) or 0.0
+    reports, rejections = twilio.decode_page(source(), json.dumps(page).encode())
+    assert rejections == [] and len(reports) == 1
+    assert (reports[0].status, reports[0].final, reports[0].price_amount) == (
+        "DELIVERED", True, None)
+    assert REGISTRY.get_sample_value("dlr_dropped_values_total", labels) == before + 1
+
+
+@pytest.mark.parametrize("public", [
+    "https://hooks.example.com/webhooks/tw?src=a&region=eu",  # a query of its own
+    "https://hooks.example.com:8443/dlr/tw",  # a port, and a path a proxy rewrites
+    "http://hooks.example.com/webhooks/tw?src=a",  # plain HTTP
+])
+async def test_a_public_url_with_a_query_or_a_port_verifies(engine: AsyncEngine,
+                                                            database_url: str,
+                                                            public: str) -> None:
+    """Behind a TLS-terminating proxy the service sees http://127.0.0.1/webhooks/tw?...:
+    Twilio signed the public URL with its query, which the request brings along."""
+    tw = msgspec.structs.replace(source(), webhook=WebhookConfig(
+        twilio_signature=TwilioSignatureAuth([TOKEN], public)))
+    app = create_app(make_settings(sources={"tw": tw}), database_url)
+    params = callback(resource(8), "delivered")
+    query = public.partition("?")[2]
+    async with AsyncTestClient(app=app) as client:
+        answer = await client.post("/webhooks/tw" + (f"?{query}" if query else ""),
+                                   content=urlencode(params).encode(),
+                                   headers=signed(params, public))
+        assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize(("public", "problem"), [
+    ("https://hooks.example.com/webhooks/tw#frag", "fragment"),
+    ("ftp://hooks.example.com/webhooks/tw", r"not an http\(s\) URL"),
+    ("https://hooks.example.com:99999/tw", "no valid port"),
+])
+def test_a_public_url_that_cannot_verify_is_refused_at_load(tmp_path: Any, public: str,
+                                                           problem: str) -> None:
+    config = tmp_path / "dlr.toml"
+    config.write_text('[[sources]]\nname = "tw"\nkind = "twilio"\n'
+                      'base_url = "https://api.twilio.com"\n[sources.webhook]\n'
+                      f'twilio_signature = {{ auth_tokens = ["{TOKEN}"], public_url = "{public}" }}\n')
+    with pytest.raises(ConfigError, match=problem):
+        load_settings({"DLR_CONFIG": str(config)})

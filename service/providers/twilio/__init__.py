@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 import httpx
 import msgspec
 
-from service import rules
+from service import metrics, rules
 from service.errors import BadRequest
 from service.providers import (
     MAX_ID,
@@ -258,7 +258,7 @@ def message_report(source: str, statuses: StatusTable, wire: Message) -> Report:
         sender=wire.from_ or None,
         sent_at=moment("date_sent", rfc2822(wire.date_sent)),
         sms_count=parts,
-        price_amount=price("price", per_part(wire.price, parts)),
+        price_amount=price("price", per_part(wire.price, parts, source)),
         price_currency=currency("price_unit", wire.price_unit),
         text=wire.body or None,
         operator=number.carrier if number else None,
@@ -274,16 +274,21 @@ def _segments(text: str | None) -> int | None:
     return int(text) or None
 
 
-def per_part(text: str | None, parts: int | None) -> Decimal | None:
-    """Twilio's price for the whole message (negative: a charge) as a charge per part."""
+def per_part(text: str | None, parts: int | None, source: str = "") -> Decimal | None:
+    """Twilio's price for the whole message (negative: a charge) as a charge per part. A
+    positive price is not what Twilio documents (its prices are charges): it is dropped and
+    counted (dlr_dropped_values_total), and the report merged without it."""
     if text is None or text == "":
         return None
     try:
         total = -Decimal(text)
     except InvalidOperation:
         raise OutOfBounds("price_amount", f"{text[:20]!r} is not a number") from None
-    if not total.is_finite() or total < 0:
-        raise OutOfBounds("price_amount", f"{text[:20]!r} is a credit, not a charge")
+    if not total.is_finite():
+        raise OutOfBounds("price_amount", f"{text[:20]!r} is not a number")
+    if total < 0:
+        metrics.DROPPED_VALUES.labels(source, "price").inc()
+        return None
     if not parts:
         return total
     share = total / parts
@@ -331,12 +336,35 @@ def _with_and_without_port(url: str) -> Iterable[str]:
     return (url, bare, with_port) if url not in (bare, with_port) else (bare, with_port)
 
 
+def signed_url(public_url: str, query: str) -> str:
+    """The URL Twilio signs for a request to `public_url` that arrived with `query`: the
+    public URL as configured, its query being the request's (which holds the public URL's
+    own, and Twilio's `bodySHA256` after it)."""
+    return urlunsplit(urlsplit(public_url)._replace(query=query, fragment=""))
+
+
+def public_url_problem(public_url: str) -> str | None:
+    """Why Twilio could never sign a request to this URL as configured, or None."""
+    parts = urlsplit(public_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{public_url!r} is not an http(s) URL"
+    if parts.fragment or public_url.endswith("#"):
+        return "a URL with a #fragment: Twilio never sends the fragment, so it signs another URL"
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not one)
+    except ValueError:
+        return f"{public_url!r} has no valid port"
+    return None
+
+
 def signature_valid(auth: TwilioSignatureAuth, query: str, body: bytes, signature: str,
                     content_type: str | None) -> bool:
-    """Whether `signature` signs this request: the configured public URL with the request's
-    query string, and the form body's parameters (or, for a JSON body, its SHA-256 in the
-    URL's `bodySHA256`). Compared in constant time against each configured token."""
-    url = auth.public_url + (f"?{query}" if query else "")
+    """Whether `signature` signs this request: the URL Twilio called (the configured public
+    URL's scheme, host, port and path, with the query string the request came with, which
+    holds the public URL's own query), and the form body's parameters (or, for a JSON
+    body, its SHA-256 in the URL's `bodySHA256`). Compared in constant time against each
+    configured token."""
+    url = signed_url(auth.public_url, query)
     params: dict[str, list[str]] = {}
     body_hash = parse_qs(query).get("bodySHA256")
     if body_hash:
