@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,7 +21,7 @@ from sinch.domains.sms.models.v1.response import BatchDeliveryReport, RecipientD
 from sinch.domains.sms.sinch_events.v1.sms_sinch_event import SmsSinchEvent
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import rules, worker
+from service import ingest, rules, worker
 from service.app import create_app
 from service.config import BasicAuth, TokenAuth, WebhookConfig
 from service.providers import http, sinch
@@ -195,3 +196,29 @@ def test_callbacks_and_batch_reports_merge_the_same_in_any_order(
     merged = fold([reports[i] for i in order] + [reports[i] for i in again])
     assert merged == fold(reports)
     assert merged.status == "DELIVERED" and merged.sms_count == 2
+
+
+CREATED = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
+
+
+def test_a_long_text_batch_is_counted_in_parts_where_no_report_says_them() -> None:
+    """number_of_message_parts comes only when the sender asked for it: the batch's body
+    counts the parts then (GSM 03.38: 161 to 306 characters are two parts); a part count
+    a report gives outranks the counted one."""
+    source = SinchSource("sn", "http://127.0.0.1:1")
+    batch = Batch("01LONG", CREATED, [Recipient("46701234567")], body="x" * 200)
+    page = json.dumps({"batches": [batch.resource()], "count": 1, "page": 0,
+                       "page_size": 100}).encode()
+    listed = ingest.decode(source, "pull", page, "application/json",
+                           lambda b: sinch.decode_batches(source, b)).reports
+    assert [(r.sms_count, r.registered & rules.COUNTED) for r in listed] == [(2, rules.COUNTED)]
+    unsaid = sinch.decode_report(source, json.dumps(recipient_report(batch, Recipient(
+        "46701234567", status="Delivered", code=0))).encode())[0][0]
+    assert rules.merge(listed[0], unsaid).sms_count == 2
+    said = msgspec.structs.replace(unsaid, sms_count=3)
+    assert rules.merge(rules.merge(None, said), listed[0]).sms_count == 3
+    binary = Batch("01BIN", CREATED, [Recipient("46701234567")], body="AAEC")
+    resource = binary.resource() | {"type": "mt_binary", "udh": "050003010201"}
+    page = json.dumps({"batches": [resource], "count": 1, "page": 0, "page_size": 100}).encode()
+    [report] = sinch.decode_batches(source, page)[0]
+    assert (report.text, report.sms_count) == (None, None)

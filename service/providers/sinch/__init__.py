@@ -101,13 +101,17 @@ class _Kind(msgspec.Struct):
 
 
 class BatchSummary(msgspec.Struct):
-    """What is read of a batch in the batches list (its body and options are not kept)."""
+    """What is read of a batch in the batches list: a text batch's body is its message's
+    text, from which its parts are counted where no report says them (its options are not
+    kept)."""
 
     id: BatchId
     to: list[NumberText] = []
     created_at: AwareTime | None = None
     client_reference: str | None = None
     from_: str | None = msgspec.field(default=None, name="from")
+    type: str | None = None  # mt_text, mt_binary or mt_media
+    body: str | None = None
 
 
 class BatchesPage(msgspec.Struct):
@@ -157,7 +161,9 @@ def sent_report(source: str, batch: BatchSummary, recipient: str) -> Report:
         source=source, message_id=message_id(batch.id, number.to), status=rules.PENDING,
         to=number.to, bulk_id=batch.id, sent_at=moment("created_at", batch.created_at),
         callback_data=batch.client_reference or None, sender=batch.from_ or None,
-        operator=number.carrier)
+        operator=number.carrier,
+        # a binary batch's body is base64 of its payload, no text: its parts are unknown
+        text=batch.body if batch.type in (None, "mt_text") and batch.body else None)
 
 
 def message_id(batch_id: str, to: str) -> str:
