@@ -43,7 +43,9 @@ DEFAULT_FIRST_BYTE_TIMEOUT_S = 5  # an idle new connection holds a slot this lon
 # Bytes of webhook bodies whose sender is not yet known good (a signature not yet checked,
 # or a source that takes pushes unauthenticated), held at once across the process.
 DEFAULT_UNVERIFIED_BODY_BYTES = 16 * 1024 * 1024
-WEBHOOK_SCHEMES = "basic, token, standard_webhooks, twilio_signature, vonage_signature"
+WEBHOOK_SCHEMES = ("basic, token, standard_webhooks, twilio_signature, vonage_signature, "
+                   "sinch_signature")
+SINCH_SECRET_MIN_CHARS = 16  # an HMAC key shorter than this is guessable
 VONAGE_METHODS = ("md5hash", "md5", "sha1", "sha256", "sha512")  # the dashboard's choices
 DEFAULT_WORKER_PORT = 9090
 WEBHOOK_KEY_MIN_BYTES = 24  # shorter HMAC keys are weak; the Standard Webhooks examples use 24
@@ -276,6 +278,17 @@ def _check_webhook(hook: WebhookConfig, where: str) -> None:
                               "Token (and its secondary one while rotating)")
         if problem := twilio.public_url_problem(hook.twilio_signature.public_url):
             raise ConfigError(f"{where}.twilio_signature.public_url: {problem}")
+    if hook.sinch_signature:
+        if not hook.sinch_signature.secrets:
+            raise ConfigError(f"{where}.sinch_signature.secrets: give the callback's secret "
+                              "(and the next one while rotating)")
+        for i, secret in enumerate(hook.sinch_signature.secrets):
+            if secret and len(secret) < SINCH_SECRET_MIN_CHARS:
+                raise ConfigError(f"{where}.sinch_signature.secrets[{i}]: shorter than "
+                                  f"{SINCH_SECRET_MIN_CHARS} characters")
+        if not 1 <= hook.sinch_signature.tolerance_s <= 86400:
+            raise ConfigError(f"{where}.sinch_signature.tolerance_s: "
+                              f"{hook.sinch_signature.tolerance_s} is outside 1..86400")
     if hook.vonage_signature and hook.vonage_signature.method not in VONAGE_METHODS:
         raise ConfigError(f"{where}.vonage_signature.method: {hook.vonage_signature.method!r} "
                           f"is not one of {', '.join(VONAGE_METHODS)}")

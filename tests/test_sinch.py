@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import base64
 import json
+import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,10 +24,12 @@ from sinch.domains.sms.sinch_events.v1.sms_sinch_event import SmsSinchEvent
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import ingest, rules, worker
+from service.api.webhooks import sinch_sign
 from service.app import create_app
-from service.config import BasicAuth, TokenAuth, WebhookConfig
+from service.config import BasicAuth, TokenAuth, WebhookConfig, load_settings
+from service.errors import ConfigError
 from service.providers import http, sinch
-from service.providers.base import StatusTable
+from service.providers.base import SinchSignatureAuth, StatusTable
 from service.providers.sinch import SinchSource
 from service.providers.sinch.fake import Batch, FakeSinch, Recipient, batch_report, recipient_report
 from tests.conftest import READ_TOKEN, make_settings
@@ -222,3 +226,61 @@ def test_a_long_text_batch_is_counted_in_parts_where_no_report_says_them() -> No
     page = json.dumps({"batches": [resource], "count": 1, "page": 0, "page_size": 100}).encode()
     [report] = sinch.decode_batches(source, page)[0]
     assert (report.text, report.sms_count) == (None, None)
+
+
+SINCH_SECRET, OLD_SINCH_SECRET = "sinch-callback-secret-0123456789", "old-sinch-secret-0123456789ab"
+
+
+def sinch_signed(body: bytes, secret: str = SINCH_SECRET, *, age_s: int = 0,
+                 nonce: str | None = None) -> dict[str, str]:
+    """Headers as Sinch signs a callback; the SDK's own validator must accept them."""
+    stamp = str(int(time.time()) - age_s)
+    nonce = nonce or uuid.uuid4().hex
+    headers = {"X-Sinch-Webhook-Signature": sinch_sign(secret, nonce, stamp, body),
+               "X-Sinch-Webhook-Signature-Nonce": nonce,
+               "X-Sinch-Webhook-Signature-Timestamp": stamp}
+    assert SmsSinchEvent(secret).validate_authentication_header(headers, body)
+    return headers
+
+
+@pytest.fixture
+async def signed_client(engine: AsyncEngine, database_url: str) -> AsyncIterator[TestClient]:
+    hook = WebhookConfig(sinch_signature=SinchSignatureAuth([OLD_SINCH_SECRET, SINCH_SECRET]))
+    settings = make_settings(sources={"sn": SinchSource("sn", "http://127.0.0.1:1",
+                                                        webhook=hook)})
+    async with AsyncTestClient(app=create_app(settings, database_url)) as test_client:
+        yield test_client
+
+
+async def test_signed_callbacks_verify_as_the_sdk_verifies(signed_client: TestClient) -> None:
+    body = sdk_callback()
+    assert (await post(signed_client, body, sinch_signed(body))).status_code == 200
+    rotated = sdk_callback(status="Dispatched", code=401)  # the older secret, while rotating
+    assert (await post(signed_client, rotated, sinch_signed(rotated, OLD_SINCH_SECRET))
+            ).status_code == 200
+    same = sinch_signed(body)
+    assert (await post(signed_client, body, same)).status_code == 200
+    again = await post(signed_client, body, same)  # a replay: the same nonce
+    assert again.status_code == 200 and again.json()["replayed"] is True
+    wrong = [sinch_signed(body, "another-secret-0123456789abcdef"),
+             sinch_signed(body, age_s=301),
+             sinch_signed(body) | {"X-Sinch-Webhook-Signature-Timestamp": "soon"},
+             {k: v for k, v in sinch_signed(body).items() if not k.endswith("Nonce")},
+             sinch_signed(body + b" ")]
+    for headers in wrong:
+        answer = await post(signed_client, body, headers)
+        assert answer.status_code == 401, headers
+        assert answer.headers["www-authenticate"].startswith('SinchSignature realm="webhook sn"')
+
+
+def test_a_sinch_secret_must_be_long_and_its_window_bounded(tmp_path: Any) -> None:
+    for table, problem in (('secrets = ["short"]', "shorter than 16"),
+                           (f'secrets = ["{SINCH_SECRET}"], tolerance_s = 100000000',
+                            "outside 1..86400"),
+                           ("secrets = []", "give the callback's secret")):
+        config = tmp_path / "dlr.toml"
+        config.write_text('[[sources]]\nname = "sn"\nkind = "sinch"\n'
+                          'base_url = "https://us.sms.api.sinch.com"\n[sources.webhook]\n'
+                          f"sinch_signature = {{ {table} }}\n")
+        with pytest.raises(ConfigError, match=problem):
+            load_settings({"DLR_CONFIG": str(config)})

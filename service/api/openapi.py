@@ -155,6 +155,12 @@ SECURITY_SCHEMES = {
         type="apiKey", security_scheme_in="query", name="sig",
         description="A Vonage source (`vonage_signature`): the signed-webhook `sig` over "
                     "the receipt's parameters with the signature secret, by its `method`"),
+    "sinchSignature": SecurityScheme(
+        type="apiKey", security_scheme_in="header", name="X-Sinch-Webhook-Signature",
+        description="A source whose `[sources.webhook]` has `sinch_signature`: base64 "
+                    'HMAC-SHA256, with the callback secret, of "{body}.{nonce}.{timestamp}", '
+                    "sent with X-Sinch-Webhook-Signature-Nonce and -Timestamp (seconds since "
+                    "1970, within `tolerance_s`)"),
 }
 
 
@@ -165,7 +171,7 @@ def bearer(scope: str) -> list[SecurityRequirement]:
 # One of a source's credentials; none for a source with `unauthenticated = true`.
 WEBHOOK_SECURITY: list[SecurityRequirement] = [
     {"webhookBasic": []}, {"webhookToken": []}, {"standardWebhooks": []},
-    {"twilioSignature": []}, {"vonageSignature": []}, {}]
+    {"twilioSignature": []}, {"vonageSignature": []}, {"sinchSignature": []}, {}]
 
 
 # --- bodies no handler signature names -----------------------------------------------------

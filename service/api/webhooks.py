@@ -192,6 +192,46 @@ class _Vonage:
                 datetime.fromtimestamp(int(stamp) + auth.tolerance_s, UTC))
 
 
+SINCH_SIGNATURE = "x-sinch-webhook-signature"
+SINCH_NONCE = "x-sinch-webhook-signature-nonce"
+SINCH_TIMESTAMP = "x-sinch-webhook-signature-timestamp"
+
+
+def sinch_sign(secret: str, nonce: str, timestamp: int | str, body: bytes) -> str:
+    """X-Sinch-Webhook-Signature for this body: base64 HMAC-SHA256 of body.nonce.timestamp."""
+    mac = hmac.new(secret.encode(), body + f".{nonce}.{timestamp}".encode(), hashlib.sha256)
+    return base64.b64encode(mac.digest()).decode()
+
+
+class _Sinch:
+    def __init__(self, gate: Gate, headers: Mapping[str, str], timestamp: int) -> None:
+        self.gate, self.timestamp = gate, timestamp
+        self.nonce, self.signature = headers[SINCH_NONCE], headers[SINCH_SIGNATURE]
+        assert gate.hook.sinch_signature is not None
+        self.macs = [hmac.new(s.encode(), b"", hashlib.sha256)
+                     for s in gate.hook.sinch_signature.secrets if s]
+
+    def update(self, chunk: bytes) -> None:
+        for mac in self.macs:
+            mac.update(chunk)
+
+    def verify(self, body: bytes) -> None:
+        tail = f".{self.nonce}.{self.timestamp}".encode()
+        presented = self.signature.encode()
+        ok = False
+        for mac in self.macs:
+            mac.update(tail)
+            ok |= hmac.compare_digest(base64.b64encode(mac.digest()), presented)
+        if not ok:
+            raise Unauthorized("wrong X-Sinch-Webhook-Signature", self.gate.challenge)
+
+    def replay_key(self, body: bytes) -> tuple[bytes, datetime] | None:
+        assert self.gate.hook.sinch_signature is not None
+        return (store.sha256(b"sinch-nonce\0" + self.nonce.encode()),
+                datetime.fromtimestamp(self.timestamp + self.gate.hook.sinch_signature
+                                       .tolerance_s, UTC))
+
+
 class Gate:
     """Decides whether one request may deliver reports for one source."""
 
@@ -228,6 +268,8 @@ class Gate:
             self._signed_at(headers, hook.standard_webhooks.tolerance_s)
         elif hook.twilio_signature and not headers.get(twilio.SIGNATURE_HEADER):
             raise Unauthorized("missing X-Twilio-Signature", self.challenge)
+        elif hook.sinch_signature:
+            self._sinch_signed_at(headers, hook.sinch_signature.tolerance_s)
 
     def body_check(self, headers: Mapping[str, str], query: str = "") -> BodyCheck | None:
         """The signature check of this request's body (after check_headers); None when the
@@ -240,7 +282,23 @@ class Gate:
             return _Twilio(self, headers, query)
         if hook.vonage_signature:
             return _Vonage(self, headers)
+        if hook.sinch_signature:
+            return _Sinch(self, headers,
+                          self._sinch_signed_at(headers, hook.sinch_signature.tolerance_s))
         return None
+
+    def _sinch_signed_at(self, headers: Mapping[str, str], tolerance_s: int) -> int:
+        if not (headers.get(SINCH_SIGNATURE) and headers.get(SINCH_NONCE)):
+            raise Unauthorized("missing X-Sinch-Webhook-Signature, -Nonce or -Timestamp",
+                               self.challenge)
+        stamp = headers.get(SINCH_TIMESTAMP, "")
+        if not TIMESTAMP.match(stamp):
+            raise Unauthorized("X-Sinch-Webhook-Signature-Timestamp is not a number of "
+                               "seconds", self.challenge)
+        if abs(time.time() - int(stamp)) > tolerance_s:
+            raise Unauthorized("X-Sinch-Webhook-Signature-Timestamp outside the accepted "
+                               "window", self.challenge)
+        return int(stamp)
 
     def _allowed(self, client_ip: str | None) -> bool:
         try:
@@ -288,6 +346,9 @@ def _challenge(name: str, hook: WebhookConfig) -> str:
         return challenge("TwilioSignature", realm=realm, header="X-Twilio-Signature")
     if hook.vonage_signature:
         return challenge("VonageSignature", realm=realm, parameter="sig")
+    if hook.sinch_signature:
+        return challenge("SinchSignature", realm=realm, headers=" ".join(
+            (SINCH_SIGNATURE, SINCH_NONCE, SINCH_TIMESTAMP)))
     return ""  # unauthenticated: it never answers 401
 
 

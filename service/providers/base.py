@@ -59,12 +59,22 @@ class VonageSignatureAuth(Strict, frozen=True):
     tolerance_s: int = 300
 
 
+class SinchSignatureAuth(Strict, frozen=True):
+    """Sinch's signed callbacks: X-Sinch-Webhook-Signature, the base64 HMAC-SHA256 of
+    "{body}.{nonce}.{timestamp}" with the callback's secret (several while rotating), sent
+    with X-Sinch-Webhook-Signature-Nonce and -Timestamp (seconds since 1970)."""
+
+    secrets: list[str]
+    tolerance_s: int = 300
+
+
 class WebhookConfig(Strict, frozen=True):
     basic: BasicAuth | None = None
     token: TokenAuth | None = None
     standard_webhooks: StandardWebhooksAuth | None = None
     twilio_signature: TwilioSignatureAuth | None = None
     vonage_signature: VonageSignatureAuth | None = None
+    sinch_signature: SinchSignatureAuth | None = None
     unauthenticated: bool = False
     allow_ips: list[str] = []
 
@@ -81,13 +91,16 @@ class WebhookConfig(Strict, frozen=True):
             return "a twilio_signature auth token is empty"
         if self.vonage_signature and not self.vonage_signature.secret:
             return "the vonage_signature secret is empty"
+        if self.sinch_signature and not all(self.sinch_signature.secrets or [""]):
+            return "a sinch_signature secret is empty"
         return None
 
     @property
     def schemes(self) -> list[object]:
         """The credentials given (a valid table has exactly one, or unauthenticated)."""
         return [s for s in (self.basic, self.token, self.standard_webhooks,
-                            self.twilio_signature, self.vonage_signature) if s is not None]
+                            self.twilio_signature, self.vonage_signature,
+                            self.sinch_signature) if s is not None]
 
 
 class SourceBase(Strict, frozen=True):
