@@ -216,14 +216,16 @@ VONAGE_FINALS = {"delivered": "DELIVERED", "expired": "EXPIRED", "failed": "UNDE
 
 
 class VonageScenario:
-    """Messages of 1 to 3 parts sent through Vonage in the last hour, each with its own
-    client-ref: an `accepted` and a final receipt per part (20% lost, 10% repeated, all
-    reordered), by GET, signed as the source's webhook says; and the Reports API holding
-    every part's final record for the pull."""
+    """Messages of 1 to 3 parts sent through Vonage in the last hour, each with a client-ref
+    (every tenth sharing the one before's, to the same number, unless the source declares
+    its client-refs unique: `grouped`): an `accepted` and a final receipt per part (20%
+    lost, 10% repeated, all reordered), by GET, signed as the source's webhook says; and the
+    Reports API holding every part's final record for the pull. Each part is a message of
+    its own, or, `grouped`, each client-ref's parts one message."""
 
     def __init__(self, messages: int = 200, seed: int = 1, loss: float = 0.2,
                  duplicates: float = 0.1, source: str = "vg", account_sid: str = "abcd1234",
-                 hook: WebhookConfig | None = None) -> None:
+                 hook: WebhookConfig | None = None, grouped: bool = False) -> None:
         rnd = random.Random(seed)  # noqa: S311 (a reproducible scenario, not a secret)
         self.source, self.api_key, self.hook = source, account_sid, hook
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
@@ -236,6 +238,8 @@ class VonageScenario:
                                 "rejected"])
             price = None if final == "rejected" else Decimal(rnd.choice(["0.0333", "0.045"]))
             ref, to, parts = f"vg-{seed}-{i}", f"4477009{i:05d}", rnd.randint(1, 3)
+            if not grouped and i % 10 == 9:  # a client-ref reused for another message
+                ref, to = f"vg-{seed}-{i - 1}", f"4477009{i - 1:05d}"
             done = received + timedelta(seconds=rnd.randint(5, 300))
             for p in range(parts):
                 part = vonage_record(self.api_key, f"{seed:04X}{i:07X}{p:05X}", to, final,
@@ -249,12 +253,17 @@ class VonageScenario:
                     self.pushes.append(params)
                     if rnd.random() < duplicates:
                         self.pushes.append(params)
-            self.truth[(source, f"{ref}@+{to}")] = {
-                "status": VONAGE_FINALS[final], "done_at": done + timedelta(seconds=parts - 1),
-                "price": None if price is None else {
-                    "amount": format(rules.money(price), "f"), "currency": "EUR",
-                    "origin": "reported", "rate": None},
-                "sms_count": parts, "sender": "AcmeInc", "to": f"+{to}", "callback_data": ref}
+                if not grouped:  # each part a message of its own
+                    self.truth[(source, part["message_id"])] = {
+                        "status": VONAGE_FINALS[final], "done_at": done + timedelta(seconds=p),
+                        "price": _reported(price), "sms_count": 1, "sender": "AcmeInc",
+                        "to": f"+{to}", "callback_data": ref}
+            if grouped:
+                self.truth[(source, f"{ref}@+{to}")] = {
+                    "status": VONAGE_FINALS[final],
+                    "done_at": done + timedelta(seconds=parts - 1), "price": _reported(price),
+                    "sms_count": parts, "sender": "AcmeInc", "to": f"+{to}",
+                    "callback_data": ref}
         rnd.shuffle(self.pushes)
 
     def load(self, fake: FakeVonage) -> None:
@@ -275,6 +284,14 @@ class VonageScenario:
             out.append(("GET", f"/webhooks/{self.source}?{urlencode(params)}", b"",
                         headers_for(b"")))
         return out
+
+
+def _reported(price: Decimal | None) -> dict[str, Any] | None:
+    """A price as the message JSON gives a reported one, in EUR."""
+    if price is None:
+        return None
+    return {"amount": format(rules.money(price), "f"), "currency": "EUR", "origin": "reported",
+            "rate": None}
 
 
 SINCH_FINALS = {"Delivered": ("DELIVERED", 0), "Failed": ("UNDELIVERABLE", 402),
@@ -440,7 +457,8 @@ def run(settings: Any, provider: str, source_name: str | None, base: str, messag
     source = sources[0]
     scenario_kind, fake_kind, credentials = FAKES[provider]
     user, secret = credentials(source)
-    extra = {"hook": source.webhook} if provider == "vonage" else {}
+    extra = ({"hook": source.webhook, "grouped": source.client_ref_unique}
+             if provider == "vonage" else {})
     scenario = scenario_kind(messages, source=source.name, account_sid=user, **extra)
     port = urlsplit(source.base_url).port or 80
     with fake_kind(user, secret, port=port) as fake:

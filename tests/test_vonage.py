@@ -45,7 +45,9 @@ T0 = datetime(2026, 11, 1, 10, 0, tzinfo=UTC)
 
 
 def source(base_url: str = "http://127.0.0.1:1", **extra: Any) -> VonageSource:
+    """A Vonage source whose sender gives each message a client-ref of its own."""
     hook = extra.pop("webhook", WebhookConfig(vonage_signature=VonageSignatureAuth(SECRET)))
+    extra.setdefault("client_ref_unique", True)
     return VonageSource("vg", base_url, api_key=KEY, api_secret="api-secret", webhook=hook,
                         **extra)
 
@@ -239,3 +241,19 @@ def test_part_receipts_and_records_merge_the_same_in_any_order(order: list[int],
     merged = fold(arrived)
     assert merged == fold(reports)
     assert merged.sms_count == 3 and len(merged.part_ids.split()) == 3
+
+
+def test_two_messages_sharing_a_client_ref_stay_two() -> None:
+    """Vonage documents client-ref as the sender's free reference: unless the source says
+    its client-refs are unique, parts are never grouped by it."""
+    shared = source(client_ref_unique=False)
+    first, second = (part(i, client_ref="campaign-7") for i in (1, 2))
+    got = [vonage.decode_receipt(shared, urlencode(receipt(p)).encode(),
+                                 "application/x-www-form-urlencoded")[0][0]
+           for p in (first, second)]
+    assert [r.message_id for r in got] == [first["message_id"], second["message_id"]]
+    assert [(r.sms_count, r.callback_data) for r in got] == [(1, "campaign-7")] * 2
+    grouped = [vonage.decode_receipt(source(), urlencode(receipt(p)).encode(),
+                                     "application/x-www-form-urlencoded")[0][0]
+               for p in (first, second)]
+    assert {r.message_id for r in grouped} == {"campaign-7@+447700900000"}

@@ -1,13 +1,14 @@
 """Vonage SMS API: delivery receipts (pushed, GET or POST) and Reports API records (pulled).
 
 A long message is sent as parts, each with its own message id and price, and Vonage sends
-one receipt per part (and one record per part in the Reports API). The parts of a message
-sent with a `client-ref` share it: such a message is identified by `client-ref@to` (its
-recipient in E.164) and each receipt adds its part's id to the message's part set
-(`part_ids`, a union), so the message's parts are the distinct parts seen and its charge
-is the price per part times that. A message sent without a `client-ref` gives its parts
-nothing in common: each part is then a message of its own, identified by its message id
-(the money and the parts billed add up the same, only the message count differs).
+one receipt per part (and one record per part in the Reports API). Nothing in a receipt
+says which parts belong together: Vonage documents `client-ref` as a free reference of the
+sender's, which two messages may share. So each part is a message of its own, identified
+by its message id (the money and the parts billed add up the same, only the message count
+differs), unless the source declares its client-refs unique per message
+(`client_ref_unique = true`): then a message is identified by `client-ref@to` (its
+recipient in E.164), each receipt adds its part's id to the message's part set
+(`part_ids`, a union), and the message's parts are the distinct parts seen.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class VonageSource(SourceBase, frozen=True, tag="vonage", tag_field="kind"):
     lookback_s: Interval = 86400.0  # each pass reads the records of messages this recent
     pull_interval_s: Interval = 300.0
     status_map: dict[str, str] = msgspec.field(default_factory=dict)
+    # The sender sets a client-ref unique to each message: its parts are grouped by it
+    client_ref_unique: bool = False
 
     @property
     def pullable(self) -> bool:
@@ -227,9 +230,11 @@ def decode_records(source: VonageSource, body: bytes) -> tuple[list[Report], lis
     return judge_all(page.records, build, "$.records[{}]", wire_names=WIRE_NAMES)
 
 
-def message_id(part_id: str, client_ref: str | None, to: str | None) -> str:
-    """The message a part belongs to: `client-ref@to` when it has a client-ref, else the part."""
-    if not client_ref:
+def message_id(part_id: str, client_ref: str | None, to: str | None,
+               grouped: bool = True) -> str:
+    """The message a part belongs to: `client-ref@to` when it has a client-ref and the
+    source's client-refs are unique per message (`grouped`), else the part itself."""
+    if not client_ref or not grouped:
         return part_id
     return f"{client_ref}@{to}" if to else client_ref
 
@@ -267,7 +272,7 @@ def receipt_report(source: VonageSource, statuses: StatusTable, wire: Receipt) -
     amount = price("price", _price(wire.price))
     return rules.observation(
         source=source.name,
-        message_id=message_id(wire.messageId, wire.client_ref, to),
+        message_id=message_id(wire.messageId, wire.client_ref, to, source.client_ref_unique),
         part_ids=wire.messageId,
         sms_count=1,
         **statuses.state(wire.status),
@@ -289,7 +294,8 @@ def record_report(source: VonageSource, statuses: StatusTable, record: Record) -
     to = number.to if number else None
     return rules.observation(
         source=source.name,
-        message_id=message_id(record.message_id, record.client_ref, to),
+        message_id=message_id(record.message_id, record.client_ref, to,
+                              source.client_ref_unique),
         part_ids=record.message_id,
         sms_count=1,
         **statuses.state(record.status),
