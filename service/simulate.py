@@ -25,11 +25,12 @@ from urllib.parse import parse_qsl, urlencode
 
 import httpx
 
-from service import rules
+from service import pricing, rules
 from service.api.webhooks import sign
 from service.config import WebhookConfig
 from service.providers import dicesms, twilio, vonage
 from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
+from service.providers.infobip import status as infobip_status
 from service.providers.infobip.fake import FakeInfobip, as_v1, as_v3
 from service.providers.sinch.fake import Batch as SinchBatch
 from service.providers.sinch.fake import FakeSinch
@@ -43,11 +44,27 @@ from service.providers.vonage.fake import receipt as vonage_receipt
 from service.providers.vonage.fake import record as vonage_record
 
 NPT = timezone(timedelta(hours=5, minutes=45))
-GROUPS = {2: "UNDELIVERABLE", 3: "DELIVERED", 4: "EXPIRED"}
 
 
 def _ib_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
+
+
+# What follows PENDING_ENROUTE (Infobip's status names, service/providers/infobip/status.py)
+INFOBIP_PATHS = [
+    ("DELIVERED_TO_HANDSET",), ("DELIVERED_TO_HANDSET",),
+    ("DELIVERED_TO_OPERATOR", "DELIVERED_TO_HANDSET"),
+    ("DELIVERED_TO_OPERATOR",),  # a network that sends no handset report
+    ("DELIVERED_TO_OPERATOR", "UNDELIVERABLE_NOT_DELIVERED"),
+    ("UNDELIVERABLE_REJECTED_OPERATOR",), ("EXPIRED_EXPIRED",), ("EXPIRED_DLR_UNKNOWN",),
+    ("REJECTED_NETWORK",),
+]
+
+
+def _ib_status(name: str) -> dict[str, Any]:
+    status_id, row = infobip_status.STATUSES[name]
+    return {"groupId": infobip_status.GROUP_IDS[row.group], "groupName": row.group,
+            "id": status_id, "name": name, "description": name.replace("_", " ").lower()}
 
 
 class Scenario:
@@ -64,30 +81,32 @@ class Scenario:
         for i in range(messages):
             sent = start + timedelta(seconds=i)
             done = sent + timedelta(seconds=rnd.randint(1, 600), milliseconds=rnd.randint(0, 999))
-            group = rnd.choice([3, 3, 3, 2, 4])
+            # the statuses after PENDING_ENROUTE, as Infobip's reference lists them: some
+            # messages reach the operator first, and some never get further
+            path = rnd.choice(INFOBIP_PATHS)
             parts = rnd.randint(1, 3)
             price = Decimal(rnd.choice(["0.01", "0.0125", "0.2"]))
             message_id = f"sim-{seed}-{i}"
-            common = {"bulkId": f"bulk-{i % 7}", "messageId": message_id,
+            common: dict[str, Any] = {"bulkId": f"bulk-{i % 7}", "messageId": message_id,
                       "to": f"4179{3000000 + i}", "sentAt": _ib_time(sent), "smsCount": parts,
                       "callbackData": f"order-{i}", "from": f"Shop{i % 3}",
                       "price": {"pricePerMessage": float(price), "currency": "EUR"}}
-            pending = common | {"doneAt": _ib_time(sent), "status": {
-                "groupId": 1, "groupName": "PENDING", "id": 7, "name": "PENDING_ENROUTE"}}
-            final = common | {"doneAt": _ib_time(done), "status": {
-                "groupId": group, "groupName": GROUPS[group], "id": 5, "name": "FINAL"}}
+            pending = common | {"doneAt": _ib_time(sent), "status": _ib_status(
+                "PENDING_ENROUTE")}
+            later = [common | {"doneAt": _ib_time(done + timedelta(seconds=step)),
+                               "status": _ib_status(name)} for step, name in enumerate(path)]
+            last = done + timedelta(seconds=len(path) - 1)
             self.truth[(ib_source, message_id)] = {
-                "status": GROUPS[group], "done_at": rules.utc(done.replace(
-                    microsecond=done.microsecond // 1000 * 1000)),
+                "status": infobip_status.STATUSES[path[-1]][1].group, "done_at": rules.utc(last.replace(
+                    microsecond=last.microsecond // 1000 * 1000)),
                 "price": {"amount": format(rules.money(price), "f"), "currency": "EUR",
                           "origin": "reported", "rate": None},
                 "sms_count": parts, "callback_data": f"order-{i}", "bulk_id": f"bulk-{i % 7}",
                 "sender": f"Shop{i % 3}"}
-            pending, final = shape(pending), shape(final)
-            for observation in (pending, final):
+            for observation in (shape(pending), *map(shape, later)):
                 if rnd.random() < loss:
-                    if observation is final:
-                        self.lost_finals.append(final)
+                    if observation["status"]["groupId"] != 1:  # the pull's one-time reports
+                        self.lost_finals.append(observation)
                     continue
                 self.pushes.append(observation)
                 if rnd.random() < duplicates:
@@ -96,8 +115,11 @@ class Scenario:
         self.dice: list[DiceMessage] = []
         for i in range(messages // 2):
             sent_at = start + timedelta(seconds=i, microseconds=rnd.randint(1, 999_999))
-            delivered = rnd.random() < 0.6
-            word = "1" if delivered else rnd.choice(["4", "SENT", "UNDELIVERABLE"])
+            # delivered ("1"), failed ("4", UNDELIVERABLE), not yet (SENT), and a failure that
+            # carries a delivery time all the same (the failure stands)
+            word, delivered = rnd.choice([("1", True), ("1", True), ("1", True), ("4", False),
+                                          ("SENT", False), ("UNDELIVERABLE", False),
+                                          ("UNDELIVERABLE", True), ("4", True)])
             delivered_at = sent_at + timedelta(seconds=3) if delivered else None
             phone = 9842000000 + i
             self.dice.append(DiceMessage(
@@ -148,7 +170,8 @@ def differences(truth: Truth, merged: Truth) -> list[str]:
     return out
 
 
-TWILIO_FINALS = {"delivered": "DELIVERED", "undelivered": "UNDELIVERABLE", "failed": "REJECTED"}
+TWILIO_FINALS = {"delivered": "DELIVERED", "undelivered": "UNDELIVERABLE", "failed": "REJECTED",
+                 "partially_delivered": "DELIVERED", "read": "DELIVERED", "canceled": "REJECTED"}
 TWILIO_ACCOUNT = "AC" + "5" * 32
 
 
@@ -169,19 +192,24 @@ class TwilioScenario:
         for i in range(messages):
             sent = start + timedelta(seconds=i)
             done = (sent + timedelta(seconds=rnd.randint(1, 600))).replace(second=0)
-            final = rnd.choice(["delivered", "delivered", "delivered", "undelivered", "failed"])
+            final = rnd.choice(["delivered", "delivered", "delivered", "undelivered", "failed",
+                                "partially_delivered", "read", "canceled"])
             segments = rnd.randint(1, 3)
-            price = None if final == "failed" else Decimal(rnd.choice(["0.0079", "0.0083",
-                                                                         "0.04"]))
+            price = None if final in ("failed", "canceled") else Decimal(rnd.choice(
+                ["0.0079", "0.0083", "0.04"]))
             error = {"undelivered": 30003, "failed": 30007}.get(final)
             sid = f"SM{seed:08x}{i:024x}"
             resource = twilio_message(account_sid, sid, f"+1415555{i:04d}", final, sent,
                                       sender=f"+1501712{i % 3:04d}", segments=segments,
                                       price=price, error_code=error)
+            if final == "canceled":  # a scheduled message canceled: never sent
+                resource["date_sent"] = None
+            if price is not None and i % 17 == 16:  # a price Twilio does not document
+                resource["price"], price = str(price), None
             self.resources.append(resource)
-            dlr = done.strftime("%y%m%d%H%M") if final != "failed" else None
+            dlr = done.strftime("%y%m%d%H%M") if final not in ("failed", "canceled") else None
             final_kept = False
-            for status in ("sent", final):
+            for status in (("sent",) if final != "canceled" else ()) + (final,):
                 params = twilio_callback(resource, status, error_code=error if status == final
                                          else None, raw_dlr_done=dlr if status == final else None)
                 if rnd.random() < loss:
@@ -190,12 +218,15 @@ class TwilioScenario:
                 self.pushes.append(urlencode(params).encode())
                 if rnd.random() < duplicates:
                     self.pushes.append(urlencode(params).encode())
+            if final == "canceled" and not final_kept:
+                continue  # never sent, so no DateSent to list it by: only its callback tells
             self.truth[(source, sid)] = {
                 "status": TWILIO_FINALS[final], "done_at": done if final_kept and dlr else None,
                 "price": None if price is None else {
                     "amount": format(rules.money(price), "f"), "currency": "USD",
                     "origin": "reported", "rate": None},
-                "sms_count": segments, "sender": f"+1501712{i % 3:04d}",
+                "sms_count": segments if final != "canceled" else None,
+                "sender": f"+1501712{i % 3:04d}",
                 "to": f"+1415555{i:04d}"}
         rnd.shuffle(self.pushes)
 
@@ -212,7 +243,7 @@ class TwilioScenario:
 
 
 VONAGE_FINALS = {"delivered": "DELIVERED", "expired": "EXPIRED", "failed": "UNDELIVERABLE",
-                 "rejected": "REJECTED"}
+                 "rejected": "REJECTED", "unknown": "EXPIRED"}
 
 
 class VonageScenario:
@@ -235,7 +266,7 @@ class VonageScenario:
         for i in range(messages):
             received = start + timedelta(seconds=i)
             final = rnd.choice(["delivered", "delivered", "delivered", "expired", "failed",
-                                "rejected"])
+                                "rejected", "unknown"])
             price = None if final == "rejected" else Decimal(rnd.choice(["0.0333", "0.045"]))
             ref, to, parts = f"vg-{seed}-{i}", f"4477009{i:05d}", rnd.randint(1, 3)
             if not grouped and i % 10 == 9:  # a client-ref reused for another message
@@ -246,7 +277,7 @@ class VonageScenario:
                                      received, done + timedelta(seconds=p), client_ref=ref,
                                      price=price, error_code="0" if final == "delivered" else "1")
                 self.records.append(part)
-                for status in ("accepted", final):
+                for status in (rnd.choice(["accepted", "buffered"]), final):
                     if rnd.random() < loss:
                         continue
                     params = vonage_receipt(part, status, self.api_key)
@@ -295,7 +326,9 @@ def _reported(price: Decimal | None) -> dict[str, Any] | None:
 
 
 SINCH_FINALS = {"Delivered": ("DELIVERED", 0), "Failed": ("UNDELIVERABLE", 402),
-                "Expired": ("EXPIRED", 406), "Rejected": ("REJECTED", 403)}
+                "Expired": ("EXPIRED", 406), "Rejected": ("REJECTED", 403),
+                "Aborted": ("REJECTED", 408), "Cancelled": ("REJECTED", 407),
+                "Deleted": ("REJECTED", 404), "Unknown": ("EXPIRED", 0)}
 
 
 class SinchScenario:
@@ -313,15 +346,18 @@ class SinchScenario:
         self.pushes: list[bytes] = []
         self.truth: Truth = {}
         for b in range(0, messages, 5):
+            # a short text, a long one (two GSM parts) and one in UCS-2 (two parts)
+            text = rnd.choice(["hello", "x" * 200, "\u00fc" * 100])
+            counted = pricing.parts(text)
             batch = SinchBatch(f"01SIM{seed:04d}{b:06d}", start + timedelta(seconds=b), [],
-                               client_reference=f"sn-{seed}-{b}")
+                               client_reference=f"sn-{seed}-{b}", body=text)
             for i in range(b, min(b + 5, messages)):
                 final = rnd.choice(["Delivered", "Delivered", "Delivered", "Failed", "Expired",
-                                    "Rejected"])
+                                    "Rejected", "Aborted", "Cancelled", "Deleted", "Unknown"])
                 group, code = SINCH_FINALS[final]
                 sent = batch.created_at + timedelta(seconds=1)
                 done = sent + timedelta(seconds=rnd.randint(2, 300))
-                parts = rnd.randint(1, 3)
+                parts = rnd.choice([counted, None])  # number_of_message_parts, when asked for
                 pending = SinchRecipient(f"4477009{i:05d}", "Dispatched", 401, sent, None, parts)
                 last = SinchRecipient(pending.msisdn, final, code, done + timedelta(seconds=1),
                                       done, parts)
@@ -337,7 +373,7 @@ class SinchScenario:
                         self.pushes.append(body)
                 self.truth[(source, f"{batch.id}:+{pending.msisdn}")] = {
                     "status": group, "done_at": done if final in kept else None,
-                    "price": None, "sms_count": parts if kept else None, "bulk_id": batch.id,
+                    "price": None, "sms_count": counted, "bulk_id": batch.id,
                     "callback_data": batch.client_reference, "to": f"+{pending.msisdn}"}
             self.batches.append(batch)
         rnd.shuffle(self.pushes)

@@ -105,8 +105,8 @@ class FakeTwilio(FakeServer):
                                f"{MAX_PAGE_SIZE}", "status": 400})
         page = int(query.get("Page", ["0"])[0])
         found = sorted(self._filtered(query), key=lambda m: (
-            datetime.strptime(m["date_sent"], "%a, %d %b %Y %H:%M:%S %z"), m["sid"]),
-            reverse=True)
+            datetime.strptime(m["date_sent"] or m["date_created"], "%a, %d %b %Y %H:%M:%S %z"),
+            m["sid"]), reverse=True)
         chunk = found[page * size:(page + 1) * size]
         filters = {k: v[0] for k, v in query.items()
                    if k in ("To", "From", "DateSent", "DateSent>", "DateSent<")}
@@ -130,6 +130,8 @@ class FakeTwilio(FakeServer):
             return datetime.strptime(m["date_sent"], "%a, %d %b %Y %H:%M:%S %z")
 
         out = list(self.messages.values())
+        if any(k.startswith("DateSent") for k in query):  # never sent: no DateSent to match
+            out = [m for m in out if m["date_sent"] is not None]
         if "To" in query:
             out = [m for m in out if m["to"] == query["To"][0]]
         if "From" in query:
