@@ -292,7 +292,7 @@ class Progress:
 
 
 def _migrate(settings: Settings) -> int:
-    url = db.database_url(settings)
+    url = db.database_url(settings.database_url, settings.data_dir)
     try:
         db.migrate(url)
     except OSError as exc:
@@ -403,7 +403,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _ready_database(settings: Settings, migrate: bool) -> str:
     """The database URL, migrated if it is ours (embedded) or if asked; else checked."""
-    url = db.database_url(settings)
+    url = db.database_url(settings.database_url, settings.data_dir)
     if migrate or settings.database_url is None:
         db.migrate(url)
     problem = asyncio.run(db.check_migrated(url, settings.db_timeout_s))
