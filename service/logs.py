@@ -202,11 +202,25 @@ async def log_request(app: ASGIApp, request: HTTPScope, receive: Receive, send: 
                     source = "unknown"
                 metrics.WEBHOOK_REQUESTS.labels(source, code).inc()
         # "->": the status is not read as more digits of a number ending the path
-        _http_log.info("%s %s -> %d", request["method"], request["path"], status,
+        _http_log.info("%s %s -> %d", request["method"][:_METHOD_CHARS],
+                       route or _bounded(request["path"]), status,
                        extra={"status": status, "ms": round(seconds * 1000, 1)})
         REQUEST_ID.reset(token)
 
 
+def _bounded(path: str) -> str:
+    """A path no route matched, as logged: whoever sends it chooses it, so at most
+    LOGGED_PATH_CHARS of it, and then how long it was."""
+    if len(path) <= LOGGED_PATH_CHARS:
+        return path
+    return f"{path[:LOGGED_PATH_CHARS]}…(cut, {len(path)} characters)"
+
+
+# An access log line names the route a request matched (its template, never the ids in the
+# path, which can hold numbers and are anyone's to choose), else a bounded path; never the
+# query string.
+LOGGED_PATH_CHARS = 200
+_METHOD_CHARS = 16
 _http_log = logging.getLogger("service.http")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _STATUSES = {int(s) for s in HTTPStatus}
