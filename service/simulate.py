@@ -271,7 +271,7 @@ class VonageScenario:
                 auth = self.hook.vonage_signature
                 params = params | {"timestamp": str(int(time.time())),
                                    "nonce": secrets.token_hex(8)}
-                params["sig"] = vonage.sign(auth.secret, auth.method, params)
+                params["sig"] = vonage.sign(auth.keys[0], auth.method, params)
             out.append(("GET", f"/webhooks/{self.source}?{urlencode(params)}", b"",
                         headers_for(b"")))
         return out

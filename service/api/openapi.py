@@ -154,7 +154,8 @@ SECURITY_SCHEMES = {
     "vonageSignature": SecurityScheme(
         type="apiKey", security_scheme_in="query", name="sig",
         description="A Vonage source (`vonage_signature`): the signed-webhook `sig` over "
-                    "the receipt's parameters with the signature secret, by its `method`"),
+                    "the receipt's parameters with one of its signature `secrets`, by its "
+                    "`method`, its `timestamp` within `tolerance_s`"),
 }
 
 

@@ -310,7 +310,8 @@ def sign(secret: str, method: str, params: Mapping[str, Any]) -> str:
 
 def signature_valid(auth: VonageSignatureAuth, params: Mapping[str, Any],
                     now: float | None = None) -> bool:
-    """Whether `params` carry a valid `sig` and a `timestamp` within the tolerance."""
+    """Whether `params` carry a `sig` by one of the secrets and a `timestamp` within the
+    tolerance. Compared in constant time against each secret."""
     sig, stamp = params.get("sig"), params.get("timestamp")
     if not isinstance(sig, str) or not isinstance(stamp, str | int):
         return False
@@ -318,8 +319,11 @@ def signature_valid(auth: VonageSignatureAuth, params: Mapping[str, Any],
         age = abs((now if now is not None else time.time()) - int(stamp))
     except ValueError:
         return False
-    expected = sign(auth.secret, auth.method, params).encode()
-    return hmac.compare_digest(sig.lower().encode(), expected) and age <= auth.tolerance_s
+    presented = sig.lower().encode()
+    ok = False
+    for secret in auth.keys:  # no early exit: timing does not tell which
+        ok |= hmac.compare_digest(presented, sign(secret, auth.method, params).encode())
+    return ok and age <= auth.tolerance_s
 
 
 def reports_time(value: datetime) -> str:
