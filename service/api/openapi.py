@@ -150,7 +150,8 @@ SECURITY_SCHEMES = {
     "twilioSignature": SecurityScheme(
         type="apiKey", security_scheme_in="header", name="X-Twilio-Signature",
         description="A Twilio source (`twilio_signature`): base64 HMAC-SHA1, with the auth "
-                    "token, of its `public_url` followed by the sorted form parameters"),
+                    "token, of its `public_url` followed by the sorted form parameters; for a "
+                    "JSON body, of the URL alone, whose `bodySHA256` is the body's hex SHA-256"),
     "vonageSignature": SecurityScheme(
         type="apiKey", security_scheme_in="query", name="sig",
         description="A Vonage source (`vonage_signature`): the signed-webhook `sig` over "
