@@ -23,6 +23,7 @@ import functools
 import io
 import math
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -334,20 +335,25 @@ def _cell_problem(exc: msgspec.ValidationError) -> str:
 
 class Cards:
     """Compiled cards by the rates they were built from (kept alive here, so an id is never
-    reused while its card is kept): a card is compiled once per configuration, not per body."""
+    reused while its card is kept): a card is compiled once per configuration, not per body.
+    A reload compiles its cards in a thread of its own while the loop looks cards up, hence
+    the lock (held for the dictionary only, not while compiling)."""
 
     def __init__(self, keep: int = 64) -> None:
         self._cards: dict[int, tuple[object, Card]] = {}
         self._keep = keep
+        self._lock = threading.Lock()
 
     def __call__(self, rates: Sequence[Rate]) -> Card:
-        found = self._cards.get(id(rates))
+        with self._lock:
+            found = self._cards.get(id(rates))
         if found is not None and found[0] is rates:
             return found[1]
         card = Card(rates)
-        if len(self._cards) >= self._keep:
-            self._cards.pop(next(iter(self._cards)))
-        self._cards[id(rates)] = (rates, card)
+        with self._lock:
+            if len(self._cards) >= self._keep:
+                self._cards.pop(next(iter(self._cards)))
+            self._cards[id(rates)] = (rates, card)
         return card
 
 
