@@ -138,7 +138,8 @@ async def reload_config(state: State, load: Callable[[], Settings],
     try:
         new = await asyncio.to_thread(lambda: configured(load()))
     except ConfigError as exc:
-        log.error("configuration not reloaded, the previous one stays: %s", exc)
+        # the service's own words about the file (it never quotes a secret or a rates_file)
+        log.error("configuration not reloaded, the previous one stays: %s", logs.Own(exc))
         return
     except Exception:
         log.exception("configuration not reloaded, the previous one stays")

@@ -124,6 +124,50 @@ def test_no_number_survives_in_a_text_line(number: tuple[str, str]) -> None:
     assert digits not in after_the_time.translate(UNSEPARATED)
 
 
+def own_numbers_record() -> logging.LogRecord:
+    record = logging.LogRecord("service.test", logging.INFO, __file__, 1,
+                               "replayed %d of %s bodies, %s", (12345678, "+9779842271353",
+                                                                 2.5), None)
+    record.inbox_id = 1234567
+    record.run_id = 7654321
+    record.rejected_count = 100000000
+    record.to = "+9779842271353"
+    record.count = "9842271353"  # a known name, but text: it may come from anywhere
+    return record
+
+
+def test_the_services_own_numbers_are_not_masked() -> None:
+    """Integers the code passes (counts, limits, ids) are the service's; what it
+    interpolates as text, and other fields, may come from outside and are masked."""
+    line = json.loads(JsonFormatter().format(own_numbers_record()))
+    assert line["message"] == "replayed 12345678 of +97798******53 bodies, 2.5"
+    assert (line["inbox_id"], line["run_id"], line["rejected_count"]) == (1234567, 7654321,
+                                                                          100000000)
+    assert (line["to"], line["count"]) == ("+97798******53", "98******53")
+    text = TextFormatter().format(own_numbers_record())
+    assert "replayed 12345678 of +97798******53 bodies" in text
+    assert "inbox_id=1234567 run_id=7654321 rejected_count=100000000" in text
+    assert "to=+97798******53 count=98******53" in text
+
+
+async def test_a_refused_reload_says_its_limits_unmasked(captured: io.StringIO,
+                                                         tmp_path: Path) -> None:
+    from litestar.datastructures import State
+
+    from service.app import reload_config
+    from service.config import load_settings
+    from tests.conftest import make_settings
+    path = tmp_path / "dlr.toml"
+    path.write_text('[[sources]]\nname = "sw"\nkind = "infobip"\nbase_url = "http://x"\n'
+                    "[sources.webhook]\nstandard_webhooks = { secrets = [\"whsec_"
+                    + base64.b64encode(b"k" * 32).decode() + '"], tolerance_s = 1234567 }\n')
+    await reload_config(State({"settings": make_settings()}),
+                        lambda: load_settings({"DLR_CONFIG": str(path)}), pulled=None)
+    [refused] = [json.loads(line) for line in captured.getvalue().splitlines()
+                 if "not reloaded" in line]
+    assert refused["message"].endswith("tolerance_s: 1234567 is outside 1..86400")
+
+
 @given(st.text())
 def test_a_text_record_is_one_line_whatever_it_holds(message: str) -> None:
     record = logging.LogRecord("service.test", logging.INFO, __file__, 1, "got %s", (message,),
