@@ -26,6 +26,7 @@ from service.providers import (
     NumberText,
     OutOfBounds,
     Report,
+    in_words,
     judge_all,
     moment,
 )
@@ -116,7 +117,7 @@ async def register(request: Request[Any, Any, State], state: State) -> Registere
     except msgspec.ValidationError:
         raise BadRequest("the body must be a JSON array of registrations") from None
     except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"invalid JSON: {exc}") from None
+        raise BadRequest(f"invalid JSON: {in_words(exc)}") from None
     if len(items) > MAX_REGISTRATIONS:
         raise BadRequest(f"at most {MAX_REGISTRATIONS} messages per request")
     sources = state.settings.sources

@@ -40,6 +40,7 @@ from service.providers import (
     WireStruct,
     currency,
     http,
+    in_words,
     judge_all,
     moment,
     price,
@@ -230,8 +231,8 @@ def decode_callback(source: TwilioSource, body: bytes) -> tuple[list[Report], li
     try:
         fields = parse_qs(body.decode(), keep_blank_values=True, strict_parsing=False,
                           max_num_fields=200)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest(f"not a Twilio status callback: {str(exc)[:200]}") from None
+    except ValueError as exc:  # UnicodeDecodeError too; or too many fields
+        raise BadRequest(f"not a Twilio status callback: {in_words(exc)}") from None
     if "MessageSid" not in fields:
         raise BadRequest("not a Twilio status callback: no MessageSid")
     item = {name: values[0] for name, values in fields.items()}
@@ -294,7 +295,7 @@ def decode_page(source: TwilioSource, body: bytes) -> tuple[list[Report], list[R
     try:
         page = _page.decode(body)
     except (msgspec.MsgspecError, RecursionError) as exc:
-        raise BadRequest(f"not a Twilio Messages page: {exc}") from None
+        raise BadRequest(f"not a Twilio Messages page: {in_words(exc)}") from None
     if len(page.messages) > MAX_REPORTS:
         raise BadRequest(f"{len(page.messages)} messages in one page; Twilio sends at most "
                          f"{MAX_REPORTS}")

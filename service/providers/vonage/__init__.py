@@ -38,6 +38,7 @@ from service.providers import (
     WireStruct,
     currency,
     http,
+    in_words,
     judge_all,
     moment,
     price,
@@ -175,7 +176,7 @@ def receipt_params(body: bytes, content_type: str | None) -> dict[str, Any]:
             return _object.decode(body)
         return dict(parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=100))
     except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest(f"not a Vonage delivery receipt: {str(exc)[:200]}") from None
+        raise BadRequest(f"not a Vonage delivery receipt: {in_words(exc)}") from None
 
 
 def decode_receipt(source: VonageSource, body: bytes, content_type: str | None,
@@ -193,7 +194,7 @@ def decode_records(source: VonageSource, body: bytes) -> tuple[list[Report], lis
     try:
         page = _page.decode(body)
     except (msgspec.MsgspecError, RecursionError) as exc:
-        raise BadRequest(f"not a Vonage Reports page: {exc}") from None
+        raise BadRequest(f"not a Vonage Reports page: {in_words(exc)}") from None
     if len(page.records) > MAX_RECORDS:
         raise BadRequest(f"{len(page.records)} records in one page; Vonage sends at most "
                          f"{MAX_RECORDS}")
