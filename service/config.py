@@ -32,7 +32,9 @@ from service.providers.infobip import InfobipSource as InfobipSource
 from service.providers.registry import Source as Source
 from service.providers.registry import provider
 
-Scope = Literal["read", "write", "admin"]
+# read: messages, bulks, billing, changes, gaps; pii: with read, recipients' numbers in full
+# and message texts (admin implies it); write: registrations; admin: runs, inbox.
+Scope = Literal["read", "pii", "write", "admin"]
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 # A query string may carry a callbackData of 4000 characters of any script, percent-encoded.

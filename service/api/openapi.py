@@ -131,7 +131,10 @@ SECURITY_SCHEMES = {
         type="http", scheme="bearer",
         description="An API token of `[api] tokens`, with the scope an operation names: "
                     "`read` (messages, bulks, billing, changes, gaps), `write` (POST "
-                    "/v1/outbound), `admin` (runs, inbox)"),
+                    "/v1/outbound), `admin` (runs, inbox); and `pii`, which no operation "
+                    "needs but which decides what `read` shows: with `pii` (or `admin`) "
+                    "recipients' numbers (`to`) in full and message texts (`text`), without "
+                    "it `to` masked (`+417******27`) and `text` null"),
     "webhookBasic": SecurityScheme(
         type="http", scheme="basic",
         description="A source whose `[sources.webhook]` has `basic`: its username and "
