@@ -109,12 +109,15 @@ class _MaskedArgument:
         return mask(repr(self.value))
 
 
+def _own(key: str, value: Any) -> bool:
+    """Whether an extra field is one of the service's own numbers: a whole number under one
+    of OWN_FIELDS."""
+    return key in OWN_FIELDS and isinstance(value, int) and not isinstance(value, bool)
+
+
 def _field(key: str, value: Any) -> Any:
-    """An extra field as logged: a whole number under one of OWN_FIELDS as it is, anything
-    else masked."""
-    if key in OWN_FIELDS and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    return _masked_value(value)
+    """An extra field as a JSON line holds it: its own number as it is, anything else masked."""
+    return value if _own(key, value) else _masked_value(value)
 
 
 def _masked_value(value: Any) -> Any:
@@ -192,8 +195,8 @@ class TextFormatter(logging.Formatter):
 
 
 def _text(key: str, value: Any) -> str:
-    kept = _field(key, value)
-    return str(value) if kept is value and isinstance(value, int) else mask(str(value))
+    """An extra field as a text line holds it: its own number as it is, anything else masked."""
+    return str(value) if _own(key, value) else mask(str(value))
 
 
 def _indented(trace: str) -> str:
