@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from litestar import Litestar
@@ -113,31 +113,69 @@ class Service(Litestar):
             await super().__call__(scope, receive, send)
 
 
-def reload_config(state: State, load: Callable[[], Settings],
-                  pulled: Mapping[str, Source] | None) -> None:
+class Configured(NamedTuple):
+    """What a configuration gives the handlers: settings, webhook gates and API tokens."""
+
+    settings: Settings
+    gates: dict[str, webhooks.Gate]
+    tokens: TokenBook
+
+
+def configured(settings: Settings) -> Configured:
+    return Configured(settings, webhooks.build_gates(settings.sources),
+                      TokenBook(settings.api_tokens))
+
+
+async def reload_config(state: State, load: Callable[[], Settings],
+                        pulled: Mapping[str, Source] | None) -> None:
     """SIGHUP: swap in the configuration as it is now; a bad one is refused, the old one kept.
 
-    Handlers read settings, gates and tokens from the state when they need them; the new
-    ones are built first and swapped in one step on the event loop, so nothing sees half.
+    Reading the file and building from it (a rate card of 100,000 rates takes seconds) runs
+    in a thread, so the loop goes on serving; handlers read settings, gates and tokens from
+    the state when they need them, and the new ones replace the old in one step on the
+    loop, so nothing sees half.
     """
     try:
-        settings = load()
-        gates = webhooks.build_gates(settings.sources)
+        new = await asyncio.to_thread(lambda: configured(load()))
     except ConfigError as exc:
-        log.error("configuration not reloaded, the previous one stays: %s", exc)
+        # the service's own words about the file (it never quotes a secret or a rates_file)
+        log.error("configuration not reloaded, the previous one stays: %s", logs.Own(exc))
         return
-    state.settings, state.gates, state.tokens = settings, gates, TokenBook(settings.api_tokens)
+    except Exception:
+        log.exception("configuration not reloaded, the previous one stays")
+        return
+    state.settings, state.gates, state.tokens = new
+    settings = new.settings
     log.info("configuration reloaded: %d sources, %d API tokens", len(settings.sources),
              len(settings.api_tokens))
     if pulled is not None and settings.sources != pulled:
         log.warning("the reconciler pulls the sources it started with until the process restarts")
 
 
+def _reloads(state: State, load: Callable[[], Settings],
+             pulled: Mapping[str, Source] | None) -> tuple[Callable[[], None], set[asyncio.Task[None]]]:
+    """The SIGHUP handler, and the reloads it started that are still running. Reloads run
+    one at a time, in the order of the signals, each reading the file as it is then."""
+    one_at_a_time = asyncio.Lock()
+    running: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        async with one_at_a_time:
+            await reload_config(state, load, pulled)
+
+    def hung_up() -> None:
+        task = asyncio.get_running_loop().create_task(reload())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    return hung_up, running
+
+
 def create_app(settings: Settings, database_url: str, *, reconciler: bool = False,
                reload: Callable[[], Settings] | None = None) -> Litestar:
     """The web application (and, if asked, the reconciler); nothing connects until it starts.
     With `reload`, SIGHUP replaces the configuration by what it returns."""
-    gates = webhooks.build_gates(settings.sources)
+    start = configured(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -161,10 +199,11 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
                                    spool_dir=settings.data_dir)
                 if reconciler else stop.wait())
         pulling = asyncio.create_task(work)
+        reloading: set[asyncio.Task[None]] = set()
         if reload is not None:
-            asyncio.get_running_loop().add_signal_handler(
-                signal.SIGHUP, reload_config, app.state, reload,
-                settings.sources if reconciler else None)
+            hung_up, reloading = _reloads(app.state, reload,
+                                          settings.sources if reconciler else None)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hung_up)
         log.info("app started: %d sources, %d API tokens", len(settings.sources),
                  len(settings.api_tokens))
         try:
@@ -173,6 +212,8 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
             if reload is not None:  # stopping: a hangup now must not cut the shutdown short
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            for task in list(reloading):
+                task.cancel()
             stop.set()
             await worker.stop_within(pulling, stop, settings.shutdown_timeout_s)
             await ingestor.stop()
@@ -193,7 +234,7 @@ def create_app(settings: Settings, database_url: str, *, reconciler: bool = Fals
                         create_static_files_router(ASSETS_PATH, directories=[ASSETS],
                                                    include_in_schema=False)],
         lifespan=[lifespan],
-        state=State({"settings": settings, "gates": gates, "tokens": TokenBook(settings.api_tokens),
+        state=State({"settings": start.settings, "gates": start.gates, "tokens": start.tokens,
                      "unverified": webhooks.Unverified(settings.unverified_body_bytes),
                      "head_revision": db.head_revision(), "horizon": changes.Horizon()}),
         plugins=[problem_details()],

@@ -292,7 +292,7 @@ class Progress:
 
 
 def _migrate(settings: Settings) -> int:
-    url = db.database_url(settings)
+    url = db.database_url(settings.database_url, settings.data_dir)
     try:
         db.migrate(url)
     except OSError as exc:
@@ -401,7 +401,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _ready_database(settings: Settings, migrate: bool) -> str:
     """The database URL, migrated if it is ours (embedded) or if asked; else checked."""
-    url = db.database_url(settings)
+    url = db.database_url(settings.database_url, settings.data_dir)
     if migrate or settings.database_url is None:
         db.migrate(url)
     problem = asyncio.run(db.check_migrated(url, settings.db_timeout_s))
@@ -543,9 +543,10 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     if not isinstance(ib, InfobipSource) or not isinstance(dice, DiceSmsSource):
         raise ConfigError(f"simulate needs an infobip source {args.infobip!r} and a dicesms "
                           f"source {args.dicesms!r} in DLR_CONFIG")
-    token = next((t.token for t in settings.api_tokens if "read" in t.scopes), None)
+    token = simulate.reading_token(settings)
     if token is None:
-        raise ConfigError("simulate needs an API token with the read scope in DLR_CONFIG")
+        raise ConfigError("simulate needs an API token with the read and pii scopes (or admin) "
+                          "in DLR_CONFIG")
     base = args.url or f"http://{settings.host}:{settings.port}"
     scenario = simulate.Scenario(args.messages, ib_source=ib.name, dice_source=dice.name,
                                  api_version=args.api_version)

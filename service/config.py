@@ -26,13 +26,16 @@ from service.providers.base import BasicAuth as BasicAuth
 from service.providers.base import StandardWebhooksAuth as StandardWebhooksAuth
 from service.providers.base import Strict
 from service.providers.base import TokenAuth as TokenAuth
+from service.providers.base import VonageSignatureAuth as VonageSignatureAuth
 from service.providers.base import WebhookConfig as WebhookConfig
 from service.providers.dicesms import DiceSmsSource as DiceSmsSource
 from service.providers.infobip import InfobipSource as InfobipSource
 from service.providers.registry import Source as Source
 from service.providers.registry import provider
 
-Scope = Literal["read", "write", "admin"]
+# read: messages, bulks, billing, changes, gaps; pii: with read, recipients' numbers in full
+# and message texts (admin implies it); write: registrations; admin: runs, inbox.
+Scope = Literal["read", "pii", "write", "admin"]
 SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 # A query string may carry a callbackData of 4000 characters of any script, percent-encoded.
@@ -49,6 +52,8 @@ SINCH_SECRET_MIN_CHARS = 16  # an HMAC key shorter than this is guessable
 VONAGE_METHODS = ("md5hash", "md5", "sha1", "sha256", "sha512")  # the dashboard's choices
 DEFAULT_WORKER_PORT = 9090
 WEBHOOK_KEY_MIN_BYTES = 24  # shorter HMAC keys are weak; the Standard Webhooks examples use 24
+VONAGE_SECRET_MIN_CHARS = 16  # the dashboard's signature secrets have 32 or more
+MAX_TOLERANCE_S = 86400  # a signed request's timestamp may be this far from now, at most
 
 
 class ApiToken(Strict, frozen=True):
@@ -272,6 +277,7 @@ def _check_webhook(hook: WebhookConfig, where: str) -> None:
             raise ConfigError(f"{where}.standard_webhooks.secrets: give at least one secret")
         for i, secret in enumerate(secrets):
             _check_secret(secret, f"{where}.standard_webhooks.secrets[{i}]")
+        _check_tolerance(hook.standard_webhooks.tolerance_s, f"{where}.standard_webhooks")
     if hook.twilio_signature:
         if not hook.twilio_signature.auth_tokens:
             raise ConfigError(f"{where}.twilio_signature.auth_tokens: give the account's Auth "
@@ -286,17 +292,39 @@ def _check_webhook(hook: WebhookConfig, where: str) -> None:
             if secret and len(secret) < SINCH_SECRET_MIN_CHARS:
                 raise ConfigError(f"{where}.sinch_signature.secrets[{i}]: shorter than "
                                   f"{SINCH_SECRET_MIN_CHARS} characters")
-        if not 1 <= hook.sinch_signature.tolerance_s <= 86400:
-            raise ConfigError(f"{where}.sinch_signature.tolerance_s: "
-                              f"{hook.sinch_signature.tolerance_s} is outside 1..86400")
-    if hook.vonage_signature and hook.vonage_signature.method not in VONAGE_METHODS:
-        raise ConfigError(f"{where}.vonage_signature.method: {hook.vonage_signature.method!r} "
-                          f"is not one of {', '.join(VONAGE_METHODS)}")
+        _check_tolerance(hook.sinch_signature.tolerance_s, f"{where}.sinch_signature")
+    if hook.vonage_signature:
+        _check_vonage(hook.vonage_signature, f"{where}.vonage_signature")
     for i, cidr in enumerate(hook.allow_ips):
         try:
             ipaddress.ip_network(cidr, strict=False)
         except ValueError:
             raise ConfigError(f"{where}.allow_ips[{i}]: {cidr!r} is not an IP network") from None
+
+
+def _check_vonage(auth: VonageSignatureAuth, where: str) -> None:
+    """Vonage's signature secrets (`secrets`, or the one `secret` of earlier files), each long
+    enough to be one; the message never repeats a secret."""
+    if auth.secret is not None and auth.secrets:
+        raise ConfigError(f"{where}: give secrets or secret, not both")
+    if not auth.keys:
+        raise ConfigError(f"{where}.secrets: give the signature secret (and the new one while "
+                          "rotating)")
+    for i, secret in enumerate(auth.keys):
+        if len(secret) < VONAGE_SECRET_MIN_CHARS:
+            key = f"{where}.secret" if auth.secret is not None else f"{where}.secrets[{i}]"
+            raise ConfigError(f"{key}: {len(secret)} characters; a signature secret has at "
+                              f"least {VONAGE_SECRET_MIN_CHARS} (the dashboard's have 32 or more)")
+    if auth.method not in VONAGE_METHODS:
+        raise ConfigError(f"{where}.method: {auth.method!r} is not one of "
+                          f"{', '.join(VONAGE_METHODS)}")
+    _check_tolerance(auth.tolerance_s, where)
+
+
+def _check_tolerance(seconds: int, where: str) -> None:
+    """A signature's window: a day at most (a replayed request is taken within it)."""
+    if not 1 <= seconds <= MAX_TOLERANCE_S:
+        raise ConfigError(f"{where}.tolerance_s: {seconds} is outside 1..{MAX_TOLERANCE_S}")
 
 
 def _check_secret(secret: str, where: str) -> None:

@@ -17,7 +17,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from service import metrics
-from service.config import Settings
 from service.errors import ConfigError, DatabaseUnavailable
 
 log = logging.getLogger(__name__)
@@ -72,10 +71,12 @@ def start_embedded(data_dir: Path) -> str:
     return url
 
 
-def database_url(settings: Settings) -> str:
-    if settings.database_url:
-        return asyncpg_url(settings.database_url)
-    return start_embedded(settings.data_dir)
+def database_url(given: str | None, data_dir: Path) -> str:
+    """DLR_DATABASE_URL as asyncpg reads it, or, when it is not given, the embedded
+    PostgreSQL's under `data_dir`."""
+    if given:
+        return asyncpg_url(given)
+    return start_embedded(data_dir)
 
 
 def create_engine(url: str, timeout_s: float = 5.0, pool_size: int = 10,

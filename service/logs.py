@@ -60,6 +60,66 @@ def _masked(match: re.Match[str]) -> str:
     return "".join(out)
 
 
+class Own(str):
+    """Text the service wrote about itself (a configuration error, with its limits): logged
+    as it is, not masked. Never for text that holds anything from a provider or a request."""
+
+
+# Extra fields whose whole numbers are the service's own: ids of its rows, counts, limits.
+# Any other field, and text under these names, is masked.
+OWN_FIELDS = frozenset({
+    "inbox_id", "run_id", "status", "ms", "partitions", "accepted", "rejected",
+    "rejected_count", "changed", "bodies", "failed", "pages", "reports", "count", "limit",
+    "retry_after", "workers", "port", "bytes"})
+
+
+def _message(record: logging.LogRecord) -> str:
+    """The record's message, masked where it may hold a number from outside.
+
+    With arguments, the format string is the code's own text and so are the numbers it
+    passes (`%d` of a count, a limit): only the other arguments are masked. Without, the
+    message may be anything (an exception's text, say) and is masked whole."""
+    args = record.args
+    if not args:
+        return mask(record.getMessage())
+    try:
+        if isinstance(args, Mapping):
+            return str(record.msg) % {k: _argument(v) for k, v in args.items()}
+        return str(record.msg) % tuple(_argument(v) for v in args)
+    except (TypeError, ValueError, KeyError):  # a format that wants the value itself
+        return mask(record.getMessage())
+
+
+def _argument(value: object) -> object:
+    if isinstance(value, int | float | Own):
+        return value
+    return _MaskedArgument(value)
+
+
+class _MaskedArgument:
+    """An argument that formats (%s, %r) as its masked text."""
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return mask(str(self.value))
+
+    def __repr__(self) -> str:
+        return mask(repr(self.value))
+
+
+def _own(key: str, value: Any) -> bool:
+    """Whether an extra field is one of the service's own numbers: a whole number under one
+    of OWN_FIELDS."""
+    return key in OWN_FIELDS and isinstance(value, int) and not isinstance(value, bool)
+
+
+def _field(key: str, value: Any) -> Any:
+    """An extra field as a JSON line holds it: its own number as it is, anything else masked."""
+    return value if _own(key, value) else _masked_value(value)
+
+
 def _masked_value(value: Any) -> Any:
     """An extra field masked all through; what JSON cannot hold becomes its masked text."""
     if value is None or isinstance(value, bool):
@@ -104,11 +164,11 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": mask(record.getMessage()),
+            "message": _message(record),
         }
         if (current := REQUEST_ID.get()) is not None:
             line["request_id"] = current
-        line |= {key: _masked_value(value) for key, value in _extras(record).items()}
+        line |= {key: _field(key, value) for key, value in _extras(record).items()}
         if record.exc_info:
             line["error"] = mask(self.formatException(record.exc_info))
         if record.stack_info:
@@ -123,15 +183,20 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         current = REQUEST_ID.get()
         line = " ".join([self.formatTime(record), record.levelname, record.name,
-                         _escaped(mask(record.getMessage())),
+                         _escaped(_message(record)),
                          *([f"request_id={current}"] if current is not None else []),
-                         *(f"{key}={_escaped(mask(str(value)))}"
+                         *(f"{key}={_escaped(_text(key, value))}"
                            for key, value in _extras(record).items())])
         if record.exc_info:
             line += _indented(self.formatException(record.exc_info))
         if record.stack_info:
             line += _indented(self.formatStack(record.stack_info))
         return line
+
+
+def _text(key: str, value: Any) -> str:
+    """An extra field as a text line holds it: its own number as it is, anything else masked."""
+    return str(value) if _own(key, value) else mask(str(value))
 
 
 def _indented(trace: str) -> str:
@@ -202,11 +267,25 @@ async def log_request(app: ASGIApp, request: HTTPScope, receive: Receive, send: 
                     source = "unknown"
                 metrics.WEBHOOK_REQUESTS.labels(source, code).inc()
         # "->": the status is not read as more digits of a number ending the path
-        _http_log.info("%s %s -> %d", request["method"], request["path"], status,
+        _http_log.info("%s %s -> %d", request["method"][:_METHOD_CHARS],
+                       route or _bounded(request["path"]), status,
                        extra={"status": status, "ms": round(seconds * 1000, 1)})
         REQUEST_ID.reset(token)
 
 
+def _bounded(path: str) -> str:
+    """A path no route matched, as logged: whoever sends it chooses it, so at most
+    LOGGED_PATH_CHARS of it, and then how long it was."""
+    if len(path) <= LOGGED_PATH_CHARS:
+        return path
+    return f"{path[:LOGGED_PATH_CHARS]}…(cut, {len(path)} characters)"
+
+
+# An access log line names the route a request matched (its template, never the ids in the
+# path, which can hold numbers and are anyone's to choose), else a bounded path; never the
+# query string.
+LOGGED_PATH_CHARS = 200
+_METHOD_CHARS = 16
 _http_log = logging.getLogger("service.http")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _STATUSES = {int(s) for s in HTTPStatus}

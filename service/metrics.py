@@ -13,9 +13,11 @@ them, each process writes its values there, and /metrics adds them all up. Gauge
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
@@ -104,42 +106,73 @@ REPLAYS = Counter("dlr_webhook_replays_total",
                   "not kept again)", ["source"])
 
 
-UNMAPPED_PER_SOURCE = 20  # distinct raw statuses labelled per source; the rest are "other"
+LABEL_IDLE_S = 86400.0  # a label slot unseen this long goes to the next new name
+
+
+class LabelSlots:
+    """A few label values per source for names a provider chooses (its statuses, its
+    fields), so that no body can add series: a name takes a free slot, else the slot of the
+    name seen least recently if that was over LABEL_IDLE_S ago (its series is dropped),
+    else it is counted as "other". Names sent once, or a flood of invented ones, so hold
+    slots for a day at most, and a provider's real new name is named within a day of the
+    noise stopping.
+
+    Under `serve --workers N` a series cannot be dropped (prometheus multiprocess mode):
+    there an evicted name's series stays, at most one more per slot per day.
+    """
+
+    def __init__(self, counter: Counter, per_source: int, label_chars: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.counter, self.per_source, self.label_chars = counter, per_source, label_chars
+        self.clock = clock
+        self._seen: dict[str, collections.OrderedDict[str, float]] = {}  # oldest sight first
+
+    def label(self, source: str, name: str) -> tuple[str, bool]:
+        """The label to count `name` under, and whether it just took a slot."""
+        label = name[:self.label_chars]
+        now = self.clock()
+        seen = self._seen.setdefault(source, collections.OrderedDict())
+        if label in seen:
+            seen[label] = now
+            seen.move_to_end(label)
+            return label, False
+        if len(seen) >= self.per_source:
+            oldest, last = next(iter(seen.items()))
+            if now - last <= LABEL_IDLE_S:
+                return "other", False
+            del seen[oldest]
+            if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+                with contextlib.suppress(KeyError):  # never counted
+                    self.counter.remove(source, oldest)
+        seen[label] = now
+        return label, True
+
+
+UNMAPPED_PER_SOURCE = 20  # distinct raw statuses labelled per source at once; others "other"
 STATUS_LABEL_CHARS = 32
 DAYS_SHOWN = 7  # the newest days of a provider's counters that keep a series
-_unmapped_seen: dict[str, set[str]] = {}
+UNMAPPED_SLOTS = LabelSlots(UNMAPPED_STATUSES, UNMAPPED_PER_SOURCE, STATUS_LABEL_CHARS)
 _days_shown: dict[str, set[str]] = {}
 
 
 def count_unmapped(source: str, raw: str, count: int) -> None:
-    """Count a provider status with no mapping, under a short label from a few per source."""
-    label = raw[:STATUS_LABEL_CHARS]
-    seen = _unmapped_seen.setdefault(source, set())
-    if label not in seen:
-        if len(seen) >= UNMAPPED_PER_SOURCE:
-            label = "other"
-        else:
-            seen.add(label)
+    """Count a provider status with no mapping, under a short label (UNMAPPED_SLOTS)."""
+    label, _ = UNMAPPED_SLOTS.label(source, raw)
     UNMAPPED_STATUSES.labels(source, label).inc(count)
 
 
-UNKNOWN_FIELDS_PER_SOURCE = 32  # distinct names labelled per source; the rest are "other"
+UNKNOWN_FIELDS_PER_SOURCE = 32  # distinct names labelled per source at once; others "other"
 FIELD_LABEL_CHARS = 64
-_unknown_seen: dict[str, set[str]] = {}
+UNKNOWN_FIELD_SLOTS = LabelSlots(UNKNOWN_FIELDS, UNKNOWN_FIELDS_PER_SOURCE, FIELD_LABEL_CHARS)
 
 
 def count_unknown_field(source: str, name: str) -> None:
-    """Count a field no decoder reads, under its name while a source has few such names
-    (a provider's new fields), else as "other" (a body full of invented ones). Each name
-    is logged the first time it is seen."""
-    label = name[:FIELD_LABEL_CHARS]
-    seen = _unknown_seen.setdefault(source, set())
-    if label not in seen:
-        if len(seen) >= UNKNOWN_FIELDS_PER_SOURCE:
-            label = "other"
-        else:
-            seen.add(label)
-            log.warning("a report field is not read", extra={"source": source, "field": label})
+    """Count a field no decoder reads, under its name while it holds a slot (a provider's
+    new fields), else as "other" (a body full of invented ones): UNKNOWN_FIELD_SLOTS. A
+    name is logged when it takes a slot."""
+    label, new = UNKNOWN_FIELD_SLOTS.label(source, name)
+    if new:
+        log.warning("a report field is not read", extra={"source": source, "field": label})
     UNKNOWN_FIELDS.labels(source, label).inc()
 
 

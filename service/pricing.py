@@ -23,6 +23,7 @@ import functools
 import io
 import math
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
@@ -150,14 +151,14 @@ def _entry(rate: Rate) -> tuple[str, str | None, _Entry]:
     try:
         amount = price("price", Decimal(str(rate.price)))
     except InvalidOperation:
-        raise RateProblem("price", f"{str(rate.price)[:20]!r} is not a decimal number") from None
+        raise RateProblem("price", "not a decimal number") from None
     except OutOfBounds as exc:
         raise RateProblem("price", exc.problem) from None
     assert amount is not None
     try:
         code = currency("currency", rate.currency)
-    except OutOfBounds as exc:
-        raise RateProblem("currency", exc.problem) from None
+    except OutOfBounds:
+        raise RateProblem("currency", "not a three-letter currency code (ISO 4217)") from None
     if code is None:
         raise RateProblem("currency", "give the three-letter currency code (ISO 4217)")
     given = [(name, getattr(rate, name)) for name in CRITERIA if getattr(rate, name) is not None]
@@ -172,23 +173,21 @@ def _entry(rate: Rate) -> tuple[str, str | None, _Entry]:
         if criterion == "mcc_mnc":
             key, specificity = value.replace("-", "").strip(), MCC_MNC
             if not _MCC_MNC.match(key):
-                raise RateProblem("mcc_mnc", f"{value[:20]!r} is not an MCC and MNC (5 or 6 "
-                                  "digits, e.g. 42902)")
+                raise RateProblem("mcc_mnc", "not an MCC and MNC (5 or 6 digits, e.g. 42902)")
         elif criterion == "operator":
             key, specificity = value.strip().casefold(), OPERATOR
             if not key:
                 raise RateProblem("operator", "empty")
         elif criterion == "prefix":
             if not _PREFIX.match(value.strip()):
-                raise RateProblem("prefix", f"{value[:20]!r} is not a number prefix in "
-                                  "international form (+ and up to 15 digits, e.g. +97798)")
+                raise RateProblem("prefix", "not a number prefix in international form (+ "
+                                  "and up to 15 digits, e.g. +97798)")
             key = value.strip().removeprefix("+")
             specificity = PREFIX + len(key)
         else:
             key, specificity = value.strip().upper(), COUNTRY
             if key not in phonenumbers.SUPPORTED_REGIONS:
-                raise RateProblem("country", f"{value[:20]!r} is not a region code (ISO "
-                                  "3166, e.g. NP)")
+                raise RateProblem("country", "not a region code (ISO 3166, e.g. NP)")
     start = _ALWAYS
     if rate.from_ is not None:
         start = datetime(rate.from_.year, rate.from_.month, rate.from_.day, tzinfo=UTC)
@@ -289,49 +288,72 @@ def _shared_country_of(number: str) -> str | None:
 def read_csv(text: str) -> list[tuple[int, Rate]]:
     """Rates from CSV, each with its line: a header row naming columns of CSV_COLUMNS (price
     and currency required), then a rate per row; empty cells are absent. RateProblem names
-    the line of a row that is not a rate."""
-    reader = csv.DictReader(io.StringIO(text))
-    columns = reader.fieldnames or []
-    unknown = [c for c in columns if c not in CSV_COLUMNS]
-    if unknown:
-        raise RateProblem("", f"line 1: unknown column {unknown[0]!r}; columns are "
-                          f"{', '.join(CSV_COLUMNS)}")
-    for needed in ("price", "currency"):
-        if needed not in columns:
-            raise RateProblem("", f"line 1: no {needed!r} column")
-    rates: list[tuple[int, Rate]] = []
-    for row in reader:
-        line = reader.line_num
-        if len(rates) >= MAX_RATES:
-            raise RateProblem("", f"line {line}: more than {MAX_RATES} rates")
-        if None in row:
-            raise RateProblem("", f"line {line}: more cells than columns")
-        values: dict[str, Any] = {k: v.strip() for k, v in row.items() if v and v.strip()}
-        try:
-            rates.append((line, msgspec.convert(values, Rate)))
-        except msgspec.ValidationError as exc:
-            raise RateProblem("", f"line {line}: {exc}") from None
+    the line (and the column) of what is not a rate, never what the file holds there: the
+    file may be anything (a mistyped path), and the message goes to the log."""
+    reader = csv.reader(io.StringIO(text))
+    try:
+        columns = next(reader, [])
+        for number, column in enumerate(columns, 1):
+            if column not in CSV_COLUMNS:
+                raise RateProblem("", f"line 1, column {number}: not a rate card column; "
+                                  f"columns are {', '.join(CSV_COLUMNS)}")
+            if (first := columns.index(column) + 1) != number:
+                raise RateProblem("", f"line 1: two {column} columns (columns {first} and "
+                                  f"{number})")
+        for needed in ("price", "currency"):
+            if needed not in columns:
+                raise RateProblem("", f"line 1: no {needed} column")
+        rates: list[tuple[int, Rate]] = []
+        for row in reader:
+            line = reader.line_num
+            if not row:
+                continue
+            if len(rates) >= MAX_RATES:
+                raise RateProblem("", f"line {line}: more than {MAX_RATES} rates")
+            if len(row) > len(columns):
+                raise RateProblem("", f"line {line}: more cells than columns")
+            values: dict[str, Any] = {k: v.strip() for k, v in zip(columns, row, strict=False)
+                                      if v.strip()}
+            try:
+                rates.append((line, msgspec.convert(values, Rate)))
+            except msgspec.ValidationError as exc:
+                raise RateProblem("", f"line {line}, {_cell_problem(exc)}") from None
+    except csv.Error:  # a NUL, a quote left open: the reader's message may quote the file
+        raise RateProblem("", f"line {reader.line_num}: not a CSV row") from None
     return rates
+
+
+def _cell_problem(exc: msgspec.ValidationError) -> str:
+    """Which column of a row msgspec refused, in words (its message is not for people)."""
+    column = str(exc).rpartition("`$.")[2].rstrip("`")
+    if column == "from":
+        return "column from: not a date (YYYY-MM-DD)"
+    return f"column {column}: not a value it takes" if column in CSV_COLUMNS else "not a rate"
 
 
 # --- estimates -----------------------------------------------------------------------------------
 
 class Cards:
     """Compiled cards by the rates they were built from (kept alive here, so an id is never
-    reused while its card is kept): a card is compiled once per configuration, not per body."""
+    reused while its card is kept): a card is compiled once per configuration, not per body.
+    A reload compiles its cards in a thread of its own while the loop looks cards up, hence
+    the lock (held for the dictionary only, not while compiling)."""
 
     def __init__(self, keep: int = 64) -> None:
         self._cards: dict[int, tuple[object, Card]] = {}
         self._keep = keep
+        self._lock = threading.Lock()
 
     def __call__(self, rates: Sequence[Rate]) -> Card:
-        found = self._cards.get(id(rates))
+        with self._lock:
+            found = self._cards.get(id(rates))
         if found is not None and found[0] is rates:
             return found[1]
         card = Card(rates)
-        if len(self._cards) >= self._keep:
-            self._cards.pop(next(iter(self._cards)))
-        self._cards[id(rates)] = (rates, card)
+        with self._lock:
+            if len(self._cards) >= self._keep:
+                self._cards.pop(next(iter(self._cards)))
+            self._cards[id(rates)] = (rates, card)
         return card
 
 

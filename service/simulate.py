@@ -27,7 +27,7 @@ import httpx
 
 from service import pricing, rules
 from service.api.webhooks import sign
-from service.config import WebhookConfig
+from service.config import Settings, WebhookConfig
 from service.providers import dicesms, twilio, vonage
 from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
 from service.providers.infobip import status as infobip_status
@@ -311,7 +311,7 @@ class VonageScenario:
                 auth = self.hook.vonage_signature
                 params = params | {"timestamp": str(int(time.time())),
                                    "nonce": secrets.token_hex(8)}
-                params["sig"] = vonage.sign(auth.secret, auth.method, params)
+                params["sig"] = vonage.sign(auth.keys[0], auth.method, params)
             out.append(("GET", f"/webhooks/{self.source}?{urlencode(params)}", b"",
                         headers_for(b"")))
         return out
@@ -484,11 +484,11 @@ def run(settings: Any, provider: str, source_name: str | None, base: str, messag
 
     sources = [s for s in settings.sources.values() if registry.provider(s).kind == provider
                and (source_name is None or s.name == source_name)]
-    token = next((t.token for t in settings.api_tokens if "read" in t.scopes), None)
+    token = reading_token(settings)
     if not sources or token is None:
         print(f"simulate --provider {provider} needs a {provider} source"
               f"{f' named {source_name!r}' if source_name else ''} and an API token with the "
-              "read scope in DLR_CONFIG", file=sys.stderr)
+              "read and pii scopes (or admin) in DLR_CONFIG", file=sys.stderr)
         return 2
     source = sources[0]
     scenario_kind, fake_kind, credentials = FAKES[provider]
@@ -512,3 +512,10 @@ def run(settings: Any, provider: str, source_name: str | None, base: str, messag
         print(line)
     print(f"{len(scenario.truth)} messages, {len(found)} differences")
     return 1 if found else 0
+
+
+def reading_token(settings: Settings) -> str | None:
+    """An API token that reads messages whole (`read` and `pii`, or `admin`): the truth
+    holds recipients, which a token without `pii` sees masked."""
+    return next((t.token for t in settings.api_tokens if "read" in t.scopes
+                 and {"pii", "admin"} & set(t.scopes)), None)

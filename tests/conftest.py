@@ -34,6 +34,7 @@ SERVER_URL = os.environ.get("DLR_TEST_DATABASE_URL", "postgresql://postgres@127.
 SW_SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OLD_SW_SECRET = "whsec_" + "b2xkLXNlY3JldC1yb3RhdGVkLW91dC1zb29uLTAxMjM="  # 32 bytes
 READ_TOKEN, WRITE_TOKEN, ADMIN_TOKEN = "read-token", "write-token", "admin-token"
+MASKED_TOKEN = "masked-read-token"  # read without pii: numbers masked, texts withheld
 
 
 @pytest.fixture(scope="session")
@@ -76,8 +77,9 @@ def make_settings(**overrides: object) -> Settings:
         "ib-fenced": InfobipSource("ib-fenced", "http://127.0.0.1:1", webhook=WebhookConfig(
             unauthenticated=True, allow_ips=["10.0.0.0/8"])),
     }
-    tokens = (ApiToken(READ_TOKEN, ["read"]), ApiToken(WRITE_TOKEN, ["write"]),
-              ApiToken(ADMIN_TOKEN, ["read", "write", "admin"]))
+    tokens = (ApiToken(READ_TOKEN, ["read", "pii"]), ApiToken(WRITE_TOKEN, ["write"]),
+              ApiToken(ADMIN_TOKEN, ["read", "write", "admin"]),
+              ApiToken(MASKED_TOKEN, ["read"]))
     values: dict[str, object] = {"sources": sources, "api_tokens": tokens, "db_timeout_s": 2.0}
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]

@@ -241,3 +241,23 @@ def test_rebuild_billing_makes_the_rollup_again(server_url: str) -> None:
                 await engine.dispose()
 
         asyncio.run(compare())
+
+
+async def test_time_zone_names_are_read_once(client: Client,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listing the zones walks the tz database (milliseconds of CPU): not once per request."""
+    import zoneinfo
+    calls = 0
+    listed = zoneinfo.available_timezones()
+
+    def counted() -> set[str]:
+        nonlocal calls
+        calls += 1
+        return set(listed)
+
+    monkeypatch.setattr(zoneinfo, "available_timezones", counted)
+    for tz in ("UTC", "Asia/Kathmandu", "Europe/Zurich", "Mars/Olympus"):
+        response = await client.get("/v1/billing/summary", params=NOVEMBER | {"tz": tz},
+                                    headers=READ)
+        assert response.status_code == (400 if tz == "Mars/Olympus" else 200)
+    assert calls <= 1

@@ -102,7 +102,7 @@ def _simulate_config(directory: Path) -> Path:
     path = directory / "dlr.toml"
     path.write_text(f'''
 [api]
-tokens = [ {{ token = "t", scopes = ["read"] }} ]
+tokens = [ {{ token = "t", scopes = ["read", "pii"] }} ]
 [[sources]]
 name = "ib"
 kind = "infobip"

@@ -181,6 +181,62 @@ def test_a_weak_webhook_secret_stops_every_command(tmp_path: Path, command: list
     assert err.startswith("config error: sources[0].webhook.standard_webhooks.secrets[1]: ")
 
 
+VONAGE = """
+[[sources]]
+name = "vg"
+kind = "vonage"
+base_url = "https://api.nexmo.com"
+[sources.webhook]
+vonage_signature = { %s }
+"""
+VG_NEW, VG_OLD = "new-signature-secret-0123456789ab", "old-signature-secret-0123456789ab"
+
+
+@pytest.mark.parametrize(("table", "secrets"), [
+    (f'secrets = ["{VG_NEW}", "{VG_OLD}"], method = "sha512"', [VG_NEW, VG_OLD]),
+    (f'secret = "{VG_OLD}"', [VG_OLD]),  # the one-secret form of earlier configurations
+])
+def test_vonage_signature_secrets_load(tmp_path: Path, table: str, secrets: list[str]) -> None:
+    hook = load_settings(write(tmp_path, VONAGE % table)).sources["vg"].webhook
+    assert hook is not None and hook.vonage_signature is not None
+    assert hook.vonage_signature.keys == secrets
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    (f'secret = "{VG_OLD}", secrets = ["{VG_NEW}"]',
+     "sources[0].webhook.vonage_signature: give secrets or secret, not both"),
+    ("method = \"sha256\"", "sources[0].webhook.vonage_signature.secrets: give the signature "
+     "secret"),
+    ("secrets = []", "sources[0].webhook.vonage_signature.secrets: give the signature secret"),
+    (f'secrets = ["{VG_NEW}", "short-secret"]', "sources[0].webhook.vonage_signature.secrets[1]: "
+     "12 characters; a signature secret has at least 16"),
+    ('secret = ""', "sources[0].webhook.vonage_signature.secret: 0 characters; a signature "
+     "secret has at least 16"),
+    (f'secret = "{VG_NEW}", tolerance_s = 0',
+     "sources[0].webhook.vonage_signature.tolerance_s: 0 is outside 1..86400"),
+    (f'secret = "{VG_NEW}", tolerance_s = 86401',
+     "sources[0].webhook.vonage_signature.tolerance_s: 86401 is outside 1..86400"),
+])
+def test_bad_vonage_signature_settings_name_the_key(tmp_path: Path, table: str,
+                                                    message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, VONAGE % table))
+    assert str(caught.value).startswith(message)
+    assert "\n" not in str(caught.value)
+    assert "short-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("tolerance", [0, -5, 86401, 10**12])
+def test_a_standard_webhooks_window_out_of_bounds_stops_the_load(tmp_path: Path,
+                                                                 tolerance: int) -> None:
+    signed = SIGNED.replace('"env:SW_1"] }', f'"env:SW_1"], tolerance_s = {tolerance} }}')
+    env = write(tmp_path, signed) | {"SW_0": whsec(b"k" * 32), "SW_1": whsec(b"j" * 32)}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env)
+    assert str(caught.value) == (f"sources[0].webhook.standard_webhooks.tolerance_s: {tolerance} "
+                                 "is outside 1..86400")
+
+
 @pytest.mark.parametrize("value", ["10.0.0.1, example.com", "10.0.0.0/33", "127.0.0.1;10.0.0.1"])
 def test_bad_trusted_proxies_name_the_variable(value: str) -> None:
     with pytest.raises(ConfigError, match=r"^DLR_TRUSTED_PROXIES: "):

@@ -12,7 +12,7 @@ from tests.services import serving
 
 CONFIG = '''
 [api]
-tokens = [ { token = "env:TEST_API_TOKEN", scopes = ["read"] } ]
+tokens = [ { token = "env:TEST_API_TOKEN", scopes = ["read", "pii"] } ]
 [[sources]]
 name = "ib"
 kind = "infobip"

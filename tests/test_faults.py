@@ -96,14 +96,14 @@ def vonage_pushes(tmp_path: Path) -> Pushes:
     config = tmp_path / "dlr.toml"
     config.write_text('[[sources]]\nname = "vg"\nkind = "vonage"\n'
                       'base_url = "http://127.0.0.1:9"\n[sources.webhook]\n'
-                      'vonage_signature = { secret = "vg-secret", method = "md5hash" }\n')
+                      'vonage_signature = { secrets = ["vg-signature-secret"], method = "md5hash" }\n')
     ids = [[f"0B{b:014X}"] for b in range(300)]
     queries = []
     for (part,) in ids:
         params = {"messageId": part, "msisdn": "447700900000", "to": "AcmeInc",
                   "status": "delivered", "price": "0.03330000", "err-code": "0",
                   "timestamp": str(int(time.time())), "nonce": part}
-        params["sig"] = vonage.sign("vg-secret", "md5hash", params)
+        params["sig"] = vonage.sign("vg-signature-secret", "md5hash", params)
         queries.append(urlencode(params).encode())
     return Pushes(str(config), "/webhooks/vg", queries, ids, lambda payload: {}, "GET")
 

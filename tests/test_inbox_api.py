@@ -146,6 +146,24 @@ async def test_a_body_keeps_its_content_type(client: Client) -> None:
     assert got.content == GOOD
 
 
+@pytest.mark.parametrize("kept_type", ["text/html", "image/svg+xml", "application/json", None])
+async def test_a_body_is_served_as_a_download(client: Client, engine: AsyncEngine,
+                                              kept_type: str | None) -> None:
+    """Whatever type the sender named, a browser saves the body instead of showing it."""
+    page = b"<html><script>alert(document.cookie)</script></html>"
+    async with engine.begin() as conn:
+        inbox_id = await conn.scalar(sa.insert(inbox).values(
+            source="ib", channel="push", content_type=kept_type, body=page, state="rejected",
+            accepted=0, rejected=0, reason="x").returning(inbox.c.id))
+    got = await client.get(f"/v1/inbox/{inbox_id}", headers=ADMIN)
+    assert got.status_code == 200
+    assert got.content == page
+    assert got.headers["content-type"].startswith(kept_type or "application/octet-stream")
+    assert got.headers["content-disposition"] == f'attachment; filename="inbox-{inbox_id}.bin"'
+    assert got.headers["x-content-type-options"] == "nosniff"
+    assert got.headers["content-security-policy"] == "sandbox"
+
+
 @pytest.mark.parametrize("kept_type", ["text/plain; name=\u00e9\u20ac", "", "a\tb"])
 async def test_an_odd_kept_content_type_is_not_repeated(client: Client, engine: AsyncEngine,
                                                         kept_type: str) -> None:

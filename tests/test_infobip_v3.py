@@ -211,7 +211,8 @@ async def test_fields_no_decoder_reads_are_counted_by_name(client: Client) -> No
 
 
 def test_invented_field_names_cannot_grow_the_metric(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(metrics, "_unknown_seen", {})
+    monkeypatch.setattr(metrics, "UNKNOWN_FIELD_SLOTS", metrics.LabelSlots(
+        metrics.UNKNOWN_FIELDS, metrics.UNKNOWN_FIELDS_PER_SOURCE, metrics.FIELD_LABEL_CHARS))
     for i in range(200):
         body = json.dumps({"results": [report(f"m{i}") | {f"made-up-{i}" * 20: 1}]}).encode()
         assert infobip.decode_reports("flood", body)[1] == []

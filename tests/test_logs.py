@@ -78,7 +78,7 @@ async def test_requests_are_logged_without_secrets_or_numbers(client: Client,
     text = captured.getvalue()
     for secret in ("hook-password", basic, READ_TOKEN, "41793026727", "9779842271353"):
         assert secret not in text
-    assert "+97798******53" in text
+    assert "GET /v1/messages/{source}/{message_id} -> 404" in text  # the route
     scraped = (await client.get("/metrics")).text
     assert 'dlr_webhook_requests_total{source="ib",status="200"}' in scraped
     assert 'dlr_webhook_requests_total{source="ib",status="400"}' in scraped
@@ -124,6 +124,50 @@ def test_no_number_survives_in_a_text_line(number: tuple[str, str]) -> None:
     assert digits not in after_the_time.translate(UNSEPARATED)
 
 
+def own_numbers_record() -> logging.LogRecord:
+    record = logging.LogRecord("service.test", logging.INFO, __file__, 1,
+                               "replayed %d of %s bodies, %s", (12345678, "+9779842271353",
+                                                                 2.5), None)
+    record.inbox_id = 1234567
+    record.run_id = 7654321
+    record.rejected_count = 100000000
+    record.to = "+9779842271353"
+    record.count = "9842271353"  # a known name, but text: it may come from anywhere
+    return record
+
+
+def test_the_services_own_numbers_are_not_masked() -> None:
+    """Integers the code passes (counts, limits, ids) are the service's; what it
+    interpolates as text, and other fields, may come from outside and are masked."""
+    line = json.loads(JsonFormatter().format(own_numbers_record()))
+    assert line["message"] == "replayed 12345678 of +97798******53 bodies, 2.5"
+    assert (line["inbox_id"], line["run_id"], line["rejected_count"]) == (1234567, 7654321,
+                                                                          100000000)
+    assert (line["to"], line["count"]) == ("+97798******53", "98******53")
+    text = TextFormatter().format(own_numbers_record())
+    assert "replayed 12345678 of +97798******53 bodies" in text
+    assert "inbox_id=1234567 run_id=7654321 rejected_count=100000000" in text
+    assert "to=+97798******53 count=98******53" in text
+
+
+async def test_a_refused_reload_says_its_limits_unmasked(captured: io.StringIO,
+                                                         tmp_path: Path) -> None:
+    from litestar.datastructures import State
+
+    from service.app import reload_config
+    from service.config import load_settings
+    from tests.conftest import make_settings
+    path = tmp_path / "dlr.toml"
+    path.write_text('[[sources]]\nname = "sw"\nkind = "infobip"\nbase_url = "http://x"\n'
+                    "[sources.webhook]\nstandard_webhooks = { secrets = [\"whsec_"
+                    + base64.b64encode(b"k" * 32).decode() + '"], tolerance_s = 1234567 }\n')
+    await reload_config(State({"settings": make_settings()}),
+                        lambda: load_settings({"DLR_CONFIG": str(path)}), pulled=None)
+    [refused] = [json.loads(line) for line in captured.getvalue().splitlines()
+                 if "not reloaded" in line]
+    assert refused["message"].endswith("tolerance_s: 1234567 is outside 1..86400")
+
+
 @given(st.text())
 def test_a_text_record_is_one_line_whatever_it_holds(message: str) -> None:
     record = logging.LogRecord("service.test", logging.INFO, __file__, 1, "got %s", (message,),
@@ -151,12 +195,63 @@ async def test_a_request_path_cannot_forge_a_text_line(client: Client) -> None:
     http.addHandler(handler)
     http.setLevel(logging.INFO)
     try:
-        await client.get("/v1/messages/a%0D%0A2026-11-30%2003:33:41,123%20INFO%20forged/b")
+        await client.get("/no/route/a%0D%0A2026-11-30%2003:33:41,123%20INFO%20forged/b")
     finally:
         http.removeHandler(handler)
         http.setLevel(logging.NOTSET)
     [line] = stream.getvalue().splitlines()
     assert "\\r\\n2026-11-30 03:33:41,123 INFO forged" in line
+
+
+def request_lines(captured: io.StringIO) -> list[str]:
+    return [line["message"] for line in map(json.loads, captured.getvalue().splitlines())
+            if line["logger"] == "service.http"]
+
+
+async def test_a_routed_request_is_logged_by_its_route(client: Client,
+                                                       captured: io.StringIO) -> None:
+    """Ids in the path (a DiceSMS id holds the recipient) stay out of the log."""
+    await client.get("/v1/messages/ib/order-7-for-alice", headers={
+        "Authorization": f"Bearer {READ_TOKEN}"})
+    await client.get("/v1/inbox/12345")  # unauthenticated: logged all the same
+    assert request_lines(captured) == ["GET /v1/messages/{source}/{message_id} -> 404",
+                                       "GET /v1/inbox/{inbox_id} -> 401"]
+
+
+@given(path=st.text(st.characters(codec="ascii", exclude_characters="?#%"), min_size=1,
+                    max_size=3000),
+       query=st.text(st.characters(codec="ascii", exclude_characters="#"), max_size=200))
+async def test_an_unrouted_path_is_logged_cut_short_without_its_query(path: str,
+                                                                      query: str) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    http = logging.getLogger("service.http")
+    http.addHandler(handler)
+    http.setLevel(logging.INFO)
+
+    async def unrouted(scope: object, receive: object, send: logs.Send) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def sent(message: object) -> None:
+        pass
+
+    scope = {"type": "http", "method": "GET", "path": "/nowhere/" + path, "headers": [],
+             "query_string": ("secret-query=" + query).encode()}
+    try:
+        await logs.log_request(unrouted, scope, None, sent)  # type: ignore[arg-type]
+    finally:
+        http.removeHandler(handler)
+        http.setLevel(logging.NOTSET)
+    [message] = request_lines(stream)
+    logged = message.removeprefix("GET ").removesuffix(" -> 404")
+    assert "secret-query" not in stream.getvalue()
+    full = "/nowhere/" + path
+    if len(full) <= logs.LOGGED_PATH_CHARS:
+        assert logged == mask(full)
+    else:
+        assert logged == mask(full[:logs.LOGGED_PATH_CHARS]) + f"…(cut, {len(full)} characters)"
 
 
 @pytest.fixture

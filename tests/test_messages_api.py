@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import ADMIN_TOKEN, READ_TOKEN, WRITE_TOKEN
+from service import rules, store
+from service.logs import mask
+from tests.conftest import ADMIN_TOKEN, MASKED_TOKEN, READ_TOKEN, WRITE_TOKEN
 from tests.reports import body, report
 
 Client = AsyncTestClient  # type: ignore[type-arg]
@@ -124,3 +129,40 @@ async def test_pages_see_every_row_once_while_rows_change(client: Client) -> Non
             break
     assert [m for m in seen if m in set(original)] == original  # each once, in order
     assert len(seen) == len(set(seen))
+
+
+@pytest.mark.parametrize(("token", "full"), [(MASKED_TOKEN, False), (READ_TOKEN, True),
+                                             (ADMIN_TOKEN, True)])
+async def test_numbers_and_texts_need_the_pii_scope(client: Client, engine: AsyncEngine,
+                                                    token: str, full: bool) -> None:
+    """Without `pii` (or `admin`, which reads raw bodies anyway) a token sees every
+    recipient masked as the logs mask it, and no message text, wherever the API shows them."""
+    texted = rules.observation(source="ib", message_id="t1", status="DELIVERED",
+                               to="+41793026727", text="your code is 4711, +41793026727",
+                               sent_at=datetime(2026, 11, 1, tzinfo=UTC))
+    async with engine.begin() as conn:
+        await store.write(conn, [], [(texted, "push")])
+    registered = [{"source": "ib", "sent_at": "2026-11-01T10:00:00Z", "to": "+41793026834",
+                   "message_id": "gap-1"}]
+    assert (await client.post("/v1/outbound", json=registered, headers={
+        "Authorization": f"Bearer {WRITE_TOKEN}"})).status_code == 200
+    headers = {"Authorization": f"Bearer {token}"}
+
+    async def got(path: str, **params: Any) -> Any:
+        response = await client.get(path, params=params, headers=headers)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    shown = [await got("/v1/messages/ib/t1"), await got("/v1/messages/ib/gap-1"),
+             *(await got("/v1/messages", source="ib"))["items"],
+             *(await got("/v1/changes"))["items"],
+             *(await got("/v1/messages", to="+41793026727"))["items"]]
+    gaps = (await got("/v1/gaps", older_than="0s"))["items"]
+    assert len(shown) == 7 and [g["message_id"] for g in gaps] == ["gap-1"]
+    numbers = {"t1": "+41793026727", "gap-1": "+41793026834"}
+    texts = {"t1": texted.text, "gap-1": None}
+    for item in [*shown, *gaps]:
+        number = numbers[item["message_id"]]
+        assert item["to"] == (number if full else mask(number))
+        if "text" in item:
+            assert item["text"] == (texts[item["message_id"]] if full else None)

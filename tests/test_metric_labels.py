@@ -8,8 +8,10 @@ import random
 import string
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient
@@ -130,3 +132,55 @@ def test_unmapped_status_labels_stay_few_and_short(seen: list[tuple[str, int]]) 
     assert len(labels) <= metrics.UNMAPPED_PER_SOURCE + 1
     assert all(len(label) <= metrics.STATUS_LABEL_CHARS for label in labels)
     assert sum(labels.values()) - before == sum(count for _, count in seen)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def labelled(metric: str, label: str, source: str) -> set[str]:
+    return {sample.labels[label] for family in REGISTRY.collect() if family.name == metric
+            for sample in family.samples
+            if sample.name.endswith("_total") and sample.labels["source"] == source}
+
+
+COUNTED = [  # what counts, its metric and label, its slots
+    (lambda source, name: metrics.count_unknown_field(source, name), "dlr_unknown_fields",
+     "field", "UNKNOWN_FIELD_SLOTS"),
+    (lambda source, name: metrics.count_unmapped(source, name, 1), "dlr_unmapped_statuses",
+     "status", "UNMAPPED_SLOTS"),
+]
+
+
+@pytest.mark.parametrize(("count", "metric", "label", "slots"), COUNTED)
+def test_label_slots_age_out_once_their_names_stop(monkeypatch: pytest.MonkeyPatch, count: Any,
+                                                   metric: str, label: str, slots: str) -> None:
+    """Names a provider sent once do not hold the slots for ever: once the slots are full,
+    a new name takes the slot of the one seen least recently, if that was over a day ago."""
+    clock = Clock()
+    monkeypatch.setattr(getattr(metrics, slots), "clock", clock)
+    source = f"aging-{next(EXAMPLES)}"
+    size = getattr(metrics, slots).per_source
+    noise = [f"noise-{i}" for i in range(size)]
+    for name in noise:
+        count(source, name)
+    count(source, "real")  # every slot taken, each seen just now
+    assert labelled(metric, label, source) == {*noise, "other"}
+
+    clock.now += metrics.LABEL_IDLE_S / 2
+    for name in noise[1:]:  # all but the first still come
+        count(source, name)
+    clock.now += metrics.LABEL_IDLE_S / 2 + 1
+    count(source, "real")  # noise-0 was last seen a day and a second ago: its slot is free
+    assert labelled(metric, label, source) == {*noise[1:], "real", "other"}
+    count(source, "new-2")  # the others were seen half a day ago: no slot
+    assert labelled(metric, label, source) == {*noise[1:], "real", "other"}
+    count(source, "real")
+    clock.now += metrics.LABEL_IDLE_S + 1
+    count(source, "real")
+    count(source, "new-2")  # the least recently seen of the idle ones goes
+    assert labelled(metric, label, source) == {*noise[2:], "real", "new-2", "other"}

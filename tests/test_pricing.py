@@ -229,16 +229,16 @@ currency = "NPR"
 @pytest.mark.parametrize(("rates", "message"), [
     ('price = 0.5\ncurrency = "NPR"',
      'sources[0].rates[0].price: write it as a string ("0.5")'),
-    ('price = "fifty"\ncurrency = "NPR"', "sources[0].rates[0].price: 'fifty' is not a decimal"),
+    ('price = "fifty"\ncurrency = "NPR"', "sources[0].rates[0].price: not a decimal number"),
     ('price = "-1"\ncurrency = "NPR"', "sources[0].rates[0].price: not a price between 0"),
     ('price = "0.00000000001"\ncurrency = "NPR"', "sources[0].rates[0].price: more than 10 dec"),
-    ('price = "1"\ncurrency = "rupees"', "sources[0].rates[0].currency: 'rupees' is not a three"),
+    ('price = "1"\ncurrency = "rupees"', "sources[0].rates[0].currency: not a three-letter"),
     ('price = "1"', "missing required field `currency`"),
     ('price = "1"\ncurrency = "NPR"\noperator = "Ncell"\ncountry = "NP"',
      "sources[0].rates[0].country: a rate applies to one of"),
-    ('price = "1"\ncurrency = "NPR"\nmcc_mnc = "429"', "sources[0].rates[0].mcc_mnc: '429' is"),
-    ('price = "1"\ncurrency = "NPR"\ncountry = "Nepal"', "sources[0].rates[0].country: 'Nepal'"),
-    ('price = "1"\ncurrency = "NPR"\nprefix = "977-98"', "sources[0].rates[0].prefix: '977-98'"),
+    ('price = "1"\ncurrency = "NPR"\nmcc_mnc = "429"', "sources[0].rates[0].mcc_mnc: not an MCC and MNC"),
+    ('price = "1"\ncurrency = "NPR"\ncountry = "Nepal"', "sources[0].rates[0].country: not a region code"),
+    ('price = "1"\ncurrency = "NPR"\nprefix = "977-98"', "sources[0].rates[0].prefix: not a number prefix"),
     ('price = "1"\ncurrency = "NPR"\nfrom = "soon"', "Invalid RFC3339 encoded date"),
     ('price = "1"\ncurrency = "NPR"\nnetwork = "Ncell"', "unknown field `network`"),
     ('price = "1"\ncurrency = "NPR"\n[[sources.rates]]\nprice = "2"\ncurrency = "NPR"',
@@ -253,11 +253,14 @@ def test_a_bad_rate_is_refused_naming_it(tmp_path: Path, rates: str, message: st
 
 
 @pytest.mark.parametrize(("csv", "message"), [
-    ("price,currency,network\n1,NPR,x\n", "line 1: unknown column 'network'"),
-    ("price,operator\n1,Ncell\n", "line 1: no 'currency' column"),
+    ("price,currency,network\n1,NPR,x\n", "line 1, column 3: not a rate card column; columns "
+     "are price, currency"),
+    ("price,operator\n1,Ncell\n", "line 1: no currency column"),
+    ("price,currency,price\n1,NPR,2\n", "line 1: two price columns (columns 1 and 3)"),
     ("price,currency\n1,NPR\n0.5,NPR,extra\n", "line 3: more cells than columns"),
-    ("price,currency\n1,NPR\nabc,NPR\n", "dice.csv line 3: price: 'abc' is not a decimal"),
-    ("price,currency,from\n1,NPR,2026-13-01\n", "line 2: Invalid RFC3339 encoded date"),
+    ("price,currency\n1,NPR\nabc,NPR\n", "dice.csv line 3: price: not a decimal number"),
+    ("price,currency,from\n1,NPR,2026-13-01\n", "line 2, column from: not a date (YYYY-MM-DD)"),
+    ("price,currency\n1,NPR\n" + "9" * 200_000 + ",NPR\n", "line 3: not a CSV row"),
     ("price,currency,country\n1,NPR,NP\n2,NPR,np\n",
      "dice.csv line 3: applies to what rates_file: dice.csv line 2 applies to"),
 ])
@@ -269,6 +272,55 @@ def test_a_bad_rates_file_is_refused_naming_the_line(tmp_path: Path, csv: str,
         load_settings(env)
     assert str(caught.value).startswith("sources[0].rates_file: ")
     assert message in str(caught.value)
+
+
+CANARY = "Qx-canary-7"  # what a file holds that no error may repeat
+CELLS = st.sampled_from(["", "1", "0.5", "-1", "NPR", "npr", "NP", "+97798", "42902",
+                         "2026-01-01", "2026-13-01", "Ncell", CANARY, f"+{CANARY}", "\"",
+                         f"{CANARY},x", "\x00"])
+HEADERS = st.sampled_from([*pricing.CSV_COLUMNS, CANARY, f" {CANARY}", ""])
+
+
+@settings(max_examples=300, deadline=None)
+@given(header=st.lists(HEADERS, min_size=1, max_size=8),
+       rows=st.lists(st.lists(CELLS, max_size=8), max_size=6),
+       raw=st.text(max_size=80))
+def test_an_error_never_quotes_the_rates_file(header: list[str], rows: list[list[str]],
+                                              raw: str) -> None:
+    """A rates_file that is no rate card (say /etc/passwd) is refused naming lines and
+    columns, never repeating what the file holds."""
+    import tempfile
+    lines = [",".join(header), *(",".join(row) for row in rows), CANARY + raw]
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "dice.csv").write_text("\n".join(lines), encoding="utf-8")
+        env = write_config(Path(folder), "", extra='rates_file = "dice.csv"')
+        with pytest.raises(ConfigError) as caught:
+            load_settings(env)
+    message = str(caught.value)
+    assert CANARY not in message and "canary" not in message
+    assert "\n" not in message
+
+
+def test_rates_file_is_read_beside_the_configuration(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relative to the configuration file's folder, whatever the working directory; an
+    absolute path as it is."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "etc" / "dice.csv").write_text("price,currency\n0.5,NPR\n")
+    (tmp_path / "elsewhere" / "dice.csv").write_text("price,currency\n0.9,NPR\n")
+    (tmp_path / "etc" / "dlr.toml").write_text(
+        '[[sources]]\nname = "dice"\nkind = "dicesms"\nbase_url = "https://dicesms.asia"\n'
+        'rates_file = "dice.csv"\n')
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for config in (str(tmp_path / "etc" / "dlr.toml"), "../etc/dlr.toml"):
+        [rate] = load_settings({"DLR_CONFIG": config}).sources["dice"].rates
+        assert rate.price == "0.5"
+    absolute = tmp_path / "etc" / "absolute.toml"
+    absolute.write_text((tmp_path / "etc" / "dlr.toml").read_text().replace(
+        '"dice.csv"', f'"{tmp_path / "elsewhere" / "dice.csv"}"'))
+    [rate] = load_settings({"DLR_CONFIG": str(absolute)}).sources["dice"].rates
+    assert rate.price == "0.9"
 
 
 def test_a_missing_rates_file_is_refused(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ refused and the old configuration kept; no request fails meanwhile. `worker` sur
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,8 +17,9 @@ import httpx
 import pytest
 from litestar.datastructures import State
 
+from service import pricing
 from service.app import reload_config
-from service.config import Settings
+from service.config import Settings, load_settings
 from service.errors import ConfigError
 from tests.conftest import free_port, make_settings
 from tests.databases import scratch_database
@@ -180,21 +182,51 @@ def test_worker_survives_sighup(database: str, tmp_path: Path) -> None:
     assert process.returncode == 0, log.read_text()
 
 
-def test_the_reconciler_keeps_its_sources_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_reconciler_keeps_its_sources_and_says_so(
+        caplog: pytest.LogCaptureFixture) -> None:
     started = make_settings()
     state = State({"settings": started})
     changed = make_settings(sources={"ib": started.sources["ib"]})
-    reload_config(state, lambda: changed, pulled=started.sources)
+    await reload_config(state, lambda: changed, pulled=started.sources)
     assert state.settings is changed
     assert "the reconciler pulls the sources it started with" in caplog.text
 
     caplog.clear()
-    reload_config(state, lambda: changed, pulled=None)  # serve --no-reconciler
+    await reload_config(state, lambda: changed, pulled=None)  # serve --no-reconciler
     assert "reconciler" not in caplog.text
 
     def broken() -> Settings:
         raise ConfigError("sources[0].kind: nope")
 
-    reload_config(state, broken, pulled=None)
+    await reload_config(state, broken, pulled=None)
     assert state.settings is changed
     assert "configuration not reloaded, the previous one stays: sources[0].kind: nope" in caplog.text
+
+
+async def test_a_large_card_is_reloaded_off_the_event_loop(tmp_path: Path) -> None:
+    """The new configuration (a rate card of the most rates allowed: seconds of CPU) is
+    built in another thread while the loop goes on running, then swapped in at once."""
+    (tmp_path / "rates.csv").write_text("price,currency,prefix\n" + "".join(
+        f"0.5,NPR,+1{i:06d}\n" for i in range(pricing.MAX_RATES)))
+    path = tmp_path / "dlr.toml"
+    path.write_text(config(["token-a"], "pw").replace(
+        "[sources.webhook]", 'rates_file = "rates.csv"\n[sources.webhook]'))
+    loaded_in: list[int] = []
+    built, answered = threading.Event(), threading.Event()
+
+    def load() -> Settings:
+        loaded_in.append(threading.get_ident())
+        settings = load_settings({"DLR_CONFIG": str(path)})
+        built.set()
+        answered.wait(10)  # on the loop's thread, this would stop the loop for 10 s
+        return settings
+
+    state = State({"settings": make_settings()})
+    reloading = asyncio.create_task(reload_config(state, load, pulled=None))
+    assert await asyncio.to_thread(built.wait, 60)  # the loop runs this while the load is under way
+    assert state.settings.sources.keys() != {"ib"}  # built, not yet swapped in
+    answered.set()
+    await asyncio.wait_for(reloading, 30)
+    assert state.settings.sources.keys() == {"ib"} and state.gates.keys() == {"ib"}
+    assert len(state.settings.sources["ib"].rates) == pricing.MAX_RATES
+    assert loaded_in == [loaded_in[0]] and loaded_in[0] != threading.get_ident()

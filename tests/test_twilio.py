@@ -130,6 +130,63 @@ async def test_wrong_or_missing_signatures_get_401_and_store_nothing(client: Tes
     assert (await client.get(f"/v1/messages/tw/{sid(3)}", headers=READ)).status_code == 404
 
 
+async def post_json(client: TestClient, payload: Any, token: str = TOKEN) -> Any:
+    """A JSON body as Twilio signs one: its SHA-256 in the URL's bodySHA256, the URL signed
+    with no parameters, both by Twilio's own RequestValidator."""
+    raw = json.dumps(payload)
+    validator = RequestValidator(token)
+    query = urlencode({"bodySHA256": validator.compute_hash(raw)})
+    headers = {"Content-Type": "application/json",
+               "X-Twilio-Signature": validator.compute_signature(f"{PUBLIC}?{query}", {})}
+    assert validator.validate(f"{PUBLIC}?{query}", raw, headers["X-Twilio-Signature"])
+    return await client.post(f"/webhooks/tw?{query}", content=raw.encode(), headers=headers)
+
+
+def message_status_event(i: int, status: str, **data: Any) -> dict[str, Any]:
+    """An Event Streams event of the Messaging.MessageStatus schema, as a webhook sink
+    delivers it: a CloudEvent whose data has the callback's fields in camelCase."""
+    return {"specversion": "1.0", "type": f"com.twilio.messaging.message.{status}",
+            "source": f"/2010-04-01/Accounts/{ACCOUNT}/Messages/{sid(i)}.json",
+            "id": f"EZ{i:032x}", "dataschema": "https://events-schemas.twilio.com/"
+            "Messaging.MessageStatus/4", "datacontenttype": "application/json",
+            "time": "2026-11-01T10:00:05.000Z", "data": {
+                "accountSid": ACCOUNT, "apiVersion": "2010-04-01", "eventName": status,
+                "from": "+15017122661", "messageSid": sid(i), "messageStatus": status.upper(),
+                "timestamp": "2026-11-01T10:00:05.000Z", "to": "+14155552671", **data}}
+
+
+async def test_a_json_callback_signed_through_body_sha256_is_merged(client: TestClient) -> None:
+    flat = callback(resource(20), "undelivered", raw_dlr_done="2611011003") | {
+        "ErrorCode": 30003, "NumSegments": 2}  # JSON may give numbers as numbers
+    answer = await post_json(client, flat)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 1
+    got = (await client.get(f"/v1/messages/tw/{sid(20)}", headers=READ)).json()
+    assert (got["status"], got["error"]["id"], got["sms_count"]) == ("UNDELIVERABLE", 30003, 2)
+    assert got["done_at"] == "2026-11-01T10:03:00Z"
+
+    events = [message_status_event(21, "sent"), message_status_event(22, "delivered"),
+              message_status_event(23, "undelivered", errorCode=30005)]
+    answer = await post_json(client, events, token=OLD_TOKEN)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 3
+    got = [(await client.get(f"/v1/messages/tw/{sid(i)}", headers=READ)).json()
+           for i in (21, 22, 23)]
+    assert [m["status"] for m in got] == ["PENDING", "DELIVERED", "UNDELIVERABLE"]
+    assert got[2]["error"]["id"] == 30005 and got[2]["to"] == "+14155552671"
+    answer = await post_json(client, message_status_event(22, "delivered"))  # one event alone
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1
+
+    kept = json.dumps(events).encode()  # replayed from the inbox, typed or not
+    for content_type in ("application/json; charset=utf-8", None):
+        reports, rejected = twilio.decoder(source(), None, content_type)(kept)
+        assert ([r.message_id for r in reports], rejected) == ([sid(21), sid(22), sid(23)], [])
+
+    wrong = await post_json(client, {"MessageStatus": "sent"})  # signed, but no message
+    assert wrong.status_code == 400
+    assert "MessageSid" in wrong.json()["detail"]
+
+
 def unmapped(raw: str) -> float:
     return REGISTRY.get_sample_value("dlr_unmapped_statuses_total",
                                      {"source": "tw", "status": raw}) or 0.0

@@ -158,6 +158,19 @@ async def test_wrong_stale_or_missing_signatures_get_401(client: TestClient) -> 
     assert (await client.get("/webhooks/ib?messageId=x")).status_code == 404
 
 
+async def test_a_receipt_signed_by_either_secret_is_taken_while_rotating(
+        engine: AsyncEngine, database_url: str) -> None:
+    new, old = "new-" + SECRET, SECRET
+    rotating = WebhookConfig(vonage_signature=VonageSignatureAuth(secrets=[new, old]))
+    settings = make_settings(sources={"vg": source(webhook=rotating)})
+    async with AsyncTestClient(app=create_app(settings, database_url)) as client:
+        for i, secret in enumerate((new, old)):
+            params = signed(receipt(part(10 + i, client_ref=f"r-{i}")), secret=secret)
+            assert (await client.get(f"/webhooks/vg?{urlencode(params)}")).status_code == 200
+        forged = signed(receipt(part(12, client_ref="r-2")), secret="third-" + SECRET)
+        assert (await client.get(f"/webhooks/vg?{urlencode(forged)}")).status_code == 401
+
+
 async def test_unknown_statuses_and_fields_are_kept_raw_and_counted(client: TestClient) -> None:
     def count(metric: str, labels: dict[str, str]) -> float:
         return REGISTRY.get_sample_value(metric, labels) or 0.0

@@ -1,5 +1,6 @@
 """Bearer tokens with scopes for the /v1 API: 401 without a known token, 403 without the scope,
-each with the RFC 6750 challenge saying which."""
+each with the RFC 6750 challenge saying which. Whether a token sees personal data (`pii`) is
+not a gate but a view: the guard leaves the token's scopes on the request for sees_pii."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ from service.config import ApiToken
 from service.errors import Forbidden, Unauthorized, challenge
 
 REALM = "dlr-reconciler"
+SCOPES_KEY = "dlr.scopes"  # ASGI scope key: the scopes of the request's token
+# Recipients' numbers in full and message texts: `pii`, or `admin` (whose inbox holds the
+# raw bodies anyway).
+PII_SCOPES = frozenset({"pii", "admin"})
+PII_NOTE = ("A token without the `pii` scope (or `admin`) sees `to` masked (`+417******27`) "
+            "and `text` null.")
 
 
 class TokenBook:
@@ -45,8 +52,15 @@ def require_scope(connection: ASGIConnection, handler: BaseRouteHandler) -> None
             raise Unauthorized("missing or unknown bearer token",
                                challenge("Bearer", realm=REALM, error="invalid_token"))
         raise Unauthorized("missing or unknown bearer token", challenge("Bearer", realm=REALM))
+    connection.scope[SCOPES_KEY] = scopes  # type: ignore[literal-required]
     needed = handler.opt.get("scope", "read")
     if needed not in scopes:
         raise Forbidden(f"token lacks the {needed!r} scope", headers={
             "WWW-Authenticate": challenge("Bearer", realm=REALM, error="insufficient_scope",
                                           scope=needed)})
+
+
+def sees_pii(connection: ASGIConnection) -> bool:  # type: ignore[type-arg]
+    """Whether the request's token (past require_scope) may see numbers in full and texts."""
+    scopes: frozenset[str] = connection.scope.get(SCOPES_KEY, frozenset())  # type: ignore[assignment]
+    return not PII_SCOPES.isdisjoint(scopes)

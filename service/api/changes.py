@@ -32,18 +32,18 @@ unchanged, rather than waiting longer or failing.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import get
+from litestar import Request, get
 from litestar.datastructures import State
 from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db, store
-from service.api.auth import require_scope
+from service.api.auth import PII_NOTE, require_scope, sees_pii
 from service.api.openapi import Documented, bearer, errors
-from service.schemas import Message, message_from_row
+from service.schemas import Message, message_from_row, without_pii
 
 WAIT_S = 1.0  # the longest a request waits for writers in flight before serving what is proven
 
@@ -87,13 +87,17 @@ class ChangePage(msgspec.Struct):
 @get("/v1/changes", guards=[require_scope], opt={"scope": "read"},
      responses=errors(400, 401, 403), tags=["messages"], operation_id="listChanges",
      security=bearer("read"), operation_class=Documented,
-     summary="Merged rows changed after a seq, in seq order; resume from the returned after")
-async def list_changes(state: State, after: Annotated[int, QueryParameter(ge=0, le=2**63 - 1)] = 0,
+     summary="Merged rows changed after a seq, in seq order; resume from the returned after",
+     description=PII_NOTE)
+async def list_changes(state: State, request: Request[Any, Any, State],
+                       after: Annotated[int, QueryParameter(ge=0, le=2**63 - 1)] = 0,
                        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100) -> ChangePage:
     horizon = await state.horizon.advance(state.engine, after, WAIT_S)
     async with db.transaction(state.engine) as conn:
         rows = await store.changes(conn, after, horizon, limit)
     items = [message_from_row(row) for row in rows]
+    if not sees_pii(request):
+        items = [without_pii(item) for item in items]
     # A short page means everything up to the horizon was seen: continue from there.
     following = items[-1].seq if len(items) == limit else max(after, horizon)
     return ChangePage(items, following)

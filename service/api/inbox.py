@@ -110,9 +110,11 @@ async def get_kept_body(state: State, inbox_id: FromPath[int]) -> Response[bytes
         raise NotFound(f"no kept body {inbox_id}")
     # A pulled page's content type came from the provider: only a plain one is repeated.
     kind = row.content_type if (row.content_type or "").isascii() else None
-    # Unmasked: this is the evidence. Served as data, never as a page a browser would run.
+    # Unmasked: this is the evidence. Served as data, never as a page a browser would run:
+    # saved as a file (whatever type the sender named), not sniffed, and sandboxed if shown.
     return Response(row.body, media_type=kind or "application/octet-stream",
                     headers={"X-Inbox-State": row.state, "X-Inbox-Source": row.source,
                              "X-Inbox-Received-At": row.received_at.isoformat(),
+                             "Content-Disposition": f'attachment; filename="inbox-{inbox_id}.bin"',
                              "X-Content-Type-Options": "nosniff",
                              "Content-Security-Policy": "sandbox"})

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import get
+from litestar import Request, get
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from service import db, rules, store
-from service.api.auth import require_scope
+from service.api.auth import PII_NOTE, require_scope, sees_pii
 from service.api.openapi import Documented, bearer, errors
 from service.config import Source
 from service.errors import BadRequest, NotFound
@@ -25,6 +25,7 @@ from service.schemas import (
     encode_cursor,
     message_from_row,
     query_time,
+    without_pii,
 )
 
 
@@ -41,9 +42,10 @@ def _spellings(to: str, source: str | None, sources: Mapping[str, Source]) -> tu
      responses=errors(400, 401, 403, 404, s404="No such message (or source)"), tags=["messages"],
      operation_id="getMessage", security=bearer("read"), operation_class=Documented,
      summary="One message's merged state",
-     description="The id may hold `/` (a provider's id can): the rest of the path is the id.")
-async def get_message(source: FromPath[str], message_id: FromPath[str],
-                      state: State) -> MessageDetail:
+     description="The id may hold `/` (a provider's id can): the rest of the path is the id. "
+                 + PII_NOTE)
+async def get_message(source: FromPath[str], message_id: FromPath[str], state: State,
+                      request: Request[Any, Any, State]) -> MessageDetail:
     message_id = message_id.removeprefix("/")
     async with db.transaction(state.engine) as conn:
         row = await store.get_message(conn, source, message_id)
@@ -51,6 +53,8 @@ async def get_message(source: FromPath[str], message_id: FromPath[str],
     if row is None:
         raise NotFound(f"no message {message_id!r} from source {source!r}")
     message = message_from_row(row)
+    if not sees_pii(request):
+        message = without_pii(message)
     return MessageDetail(**msgspec.structs.asdict(message),
                          history=[Observation(**o._asdict()) for o in seen])
 
@@ -58,9 +62,11 @@ async def get_message(source: FromPath[str], message_id: FromPath[str],
 @get("/v1/messages", guards=[require_scope], opt={"scope": "read"},
      responses=errors(400, 401, 403), tags=["messages"], operation_id="listMessages",
      security=bearer("read"), operation_class=Documented,
-     summary="Messages matching filters, in (source, message_id) order, keyset-paginated")
+     summary="Messages matching filters, in (source, message_id) order, keyset-paginated",
+     description=PII_NOTE)
 async def list_messages(
     state: State,
+    request: Request[Any, Any, State],
     source: FromQuery[str | None] = None,
     status: FromQuery[str | None] = None,
     to: FromQuery[str | None] = None,
@@ -86,6 +92,8 @@ async def list_messages(
     async with db.transaction(state.engine) as conn:
         rows = await store.list_messages(conn, where, limit + 1, after)
     items = [message_from_row(r) for r in rows[:limit]]
+    if not sees_pii(request):
+        items = [without_pii(item) for item in items]
     next_cursor = None
     if len(rows) > limit:
         next_cursor = encode_cursor((items[-1].source, items[-1].message_id))

@@ -131,7 +131,10 @@ SECURITY_SCHEMES = {
         type="http", scheme="bearer",
         description="An API token of `[api] tokens`, with the scope an operation names: "
                     "`read` (messages, bulks, billing, changes, gaps), `write` (POST "
-                    "/v1/outbound), `admin` (runs, inbox)"),
+                    "/v1/outbound), `admin` (runs, inbox); and `pii`, which no operation "
+                    "needs but which decides what `read` shows: with `pii` (or `admin`) "
+                    "recipients' numbers (`to`) in full and message texts (`text`), without "
+                    "it `to` masked (`+417******27`) and `text` null"),
     "webhookBasic": SecurityScheme(
         type="http", scheme="basic",
         description="A source whose `[sources.webhook]` has `basic`: its username and "
@@ -150,11 +153,13 @@ SECURITY_SCHEMES = {
     "twilioSignature": SecurityScheme(
         type="apiKey", security_scheme_in="header", name="X-Twilio-Signature",
         description="A Twilio source (`twilio_signature`): base64 HMAC-SHA1, with the auth "
-                    "token, of its `public_url` followed by the sorted form parameters"),
+                    "token, of its `public_url` followed by the sorted form parameters; for a "
+                    "JSON body, of the URL alone, whose `bodySHA256` is the body's hex SHA-256"),
     "vonageSignature": SecurityScheme(
         type="apiKey", security_scheme_in="query", name="sig",
         description="A Vonage source (`vonage_signature`): the signed-webhook `sig` over "
-                    "the receipt's parameters with the signature secret, by its `method`"),
+                    "the receipt's parameters with one of its signature `secrets`, by its "
+                    "`method`, its `timestamp` within `tolerance_s`"),
     "sinchSignature": SecurityScheme(
         type="apiKey", security_scheme_in="header", name="X-Sinch-Webhook-Signature",
         description="A source whose `[sources.webhook]` has `sinch_signature`: base64 "

@@ -14,7 +14,7 @@ from litestar.openapi.spec import Example, OpenAPIMediaType, RequestBody
 from litestar.params import FromQuery, QueryParameter
 
 from service import db, rules, store
-from service.api.auth import require_scope
+from service.api.auth import require_scope, sees_pii
 from service.api.openapi import Documented, bearer, errors, inline_schema
 from service.errors import BadRequest
 from service.providers import (
@@ -26,10 +26,19 @@ from service.providers import (
     NumberText,
     OutOfBounds,
     Report,
+    in_words,
     judge_all,
     moment,
 )
-from service.schemas import CursorId, CursorTime, decode_cursor, doc, encode_cursor, in_range
+from service.schemas import (
+    CursorId,
+    CursorTime,
+    decode_cursor,
+    doc,
+    encode_cursor,
+    in_range,
+    without_pii,
+)
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
 CallbackData = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CALLBACK_DATA)]
@@ -116,7 +125,7 @@ async def register(request: Request[Any, Any, State], state: State) -> Registere
     except msgspec.ValidationError:
         raise BadRequest("the body must be a JSON array of registrations") from None
     except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"invalid JSON: {exc}") from None
+        raise BadRequest(f"invalid JSON: {in_words(exc)}") from None
     if len(items) > MAX_REGISTRATIONS:
         raise BadRequest(f"at most {MAX_REGISTRATIONS} messages per request")
     sources = state.settings.sources
@@ -183,8 +192,10 @@ def parse_duration(text: str) -> timedelta:
      responses=errors(400, 401, 403), tags=["outbound"], operation_id="listGaps",
      security=bearer("read"), operation_class=Documented,
      summary="Registered messages with no final status after a grace period (default 48h), "
-             "oldest first, keyset-paginated")
-async def list_gaps(state: State, source: FromQuery[str | None] = None,
+             "oldest first, keyset-paginated",
+     description="A token without the `pii` scope (or `admin`) sees `to` masked.")
+async def list_gaps(state: State, request: Request[Any, Any, State],
+                    source: FromQuery[str | None] = None,
                     older_than: FromQuery[str] = "48h",
                     limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
                     cursor: FromQuery[str | None] = None) -> GapList:
@@ -199,6 +210,8 @@ async def list_gaps(state: State, source: FromQuery[str | None] = None,
                                 after=after)
     items = [Gap(row.source, row.message_id, row.callback_data, row.bulk_id, row.to,
                  row.sent_at, row.status) for row in rows[:limit]]
+    if not sees_pii(request):
+        items = [without_pii(item) for item in items]
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]

@@ -290,16 +290,33 @@ def judge_all(items: Sequence[Item], build: Callable[[Item], list[Out]], path: s
             said = str(exc)  # "… - at `$.status`", or no path when the item itself is wrong
             reason = said.replace("`$", f"`{where}") if "`$" in said else f"{where}: {said}"
         except msgspec.DecodeError as exc:  # invalid JSON or UTF-8 inside this report
-            reason = f"{where}: {exc}"
+            reason = f"{where}: {in_words(exc)}"
         except OutOfBounds as exc:
             reason = f"{where}.{names.get(exc.field, exc.field)}: {exc.problem}"
         except (ValueError, OverflowError, ArithmeticError, RecursionError) as exc:
-            reason = f"{where}: unusable value ({exc})"
+            reason = f"{where}: unusable value ({in_words(exc)})"
         except Exception:
             log.exception("decoder failed on one report")
             reason = f"{where}: could not be decoded (kept for replay after a fix)"
         rejections.append(Rejection(index, reason[:MAX_REASON], _printable_id(message_id, item)))
     return reports, rejections
+
+
+def in_words(exc: BaseException) -> str:
+    """Why a library could not read a body or a value, in words: msgspec says what it
+    expected and where; other libraries' messages (Python's own wording, reprs such as
+    `[<class 'decimal.ConversionSyntax'>]`) are not for the people who read a problem."""
+    if isinstance(exc, msgspec.MsgspecError):
+        return str(exc)
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    if isinstance(exc, UnicodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, OverflowError):
+        return "a number or a date out of range"
+    if isinstance(exc, ArithmeticError):
+        return "not a number that can be read"
+    return "not a value that can be read"
 
 
 def _printable_id(message_id: Callable[[Item], object], item: Item) -> str | None:

@@ -52,11 +52,17 @@ class TwilioSignatureAuth(Strict, frozen=True):
 
 class VonageSignatureAuth(Strict, frozen=True):
     """Vonage's signed webhooks: `sig` among the parameters, over the sorted parameters and
-    `timestamp`, with the account's signature secret and method."""
+    `timestamp`, with the account's signature secret (two while it is rotated) and method."""
 
-    secret: str
+    secret: str | None = None  # one secret: the form of earlier configurations
     method: str = "sha256"  # md5hash, md5, sha1, sha256 or sha512, as set in the dashboard
     tolerance_s: int = 300
+    secrets: list[str] = []  # several while rotating: a sig by any of them is taken
+
+    @property
+    def keys(self) -> list[str]:
+        """The secrets a `sig` may be made with: `secrets`, or the one `secret`."""
+        return self.secrets if self.secret is None else [self.secret]
 
 
 class SinchSignatureAuth(Strict, frozen=True):
@@ -89,8 +95,8 @@ class WebhookConfig(Strict, frozen=True):
             return "a standard_webhooks secret is empty"
         if self.twilio_signature and not all(self.twilio_signature.auth_tokens or [""]):
             return "a twilio_signature auth token is empty"
-        if self.vonage_signature and not self.vonage_signature.secret:
-            return "the vonage_signature secret is empty"
+        if self.vonage_signature and not all(self.vonage_signature.keys or [""]):
+            return "a vonage_signature secret is empty"
         if self.sinch_signature and not all(self.sinch_signature.secrets or [""]):
             return "a sinch_signature secret is empty"
         return None

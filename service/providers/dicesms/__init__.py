@@ -34,6 +34,7 @@ from service.providers import (
     WireStruct,
     base,
     http,
+    in_words,
     judge_all,
     moment,
 )
@@ -191,7 +192,7 @@ def decode_batch_report(source: DiceSmsSource, statuses: StatusTable, batch_id: 
     try:
         items = _raw_list.decode(body)
     except (msgspec.MsgspecError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"not a DiceSMS report list: {exc}") from None
+        raise BadRequest(f"not a DiceSMS report list: {in_words(exc)}") from None
     return _decode_items(source, statuses, items, {}, batch_id, "$[{}]")
 
 
@@ -202,7 +203,7 @@ def decode_report_page(source: DiceSmsSource, statuses: StatusTable,
     try:
         page = _page.decode(body)
     except (msgspec.MsgspecError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"not a DiceSMS report page: {exc}") from None
+        raise BadRequest(f"not a DiceSMS report page: {in_words(exc)}") from None
     return _decode_items(source, statuses, page.results, batch_of or {}, None, "$.results[{}]")
 
 
@@ -216,7 +217,7 @@ def decode_batch_ids(source: str, body: bytes) -> tuple[list[BatchRow], list[Rej
     try:
         items = _raw_list.decode(body)
     except (msgspec.MsgspecError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"not a DiceSMS batch-id list: {exc}") from None
+        raise BadRequest(f"not a DiceSMS batch-id list: {in_words(exc)}") from None
 
     def build(raw: msgspec.Raw) -> list[BatchRow]:
         row = _batch_row.decode(raw, source)

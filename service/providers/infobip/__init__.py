@@ -32,6 +32,7 @@ from service.providers import (
     WireStruct,
     currency,
     http,
+    in_words,
     judge_all,
     moment,
     price,
@@ -173,9 +174,9 @@ def decode_reports(source: str, body: bytes, content_type: str | None = None,
     try:
         envelope = _envelope.decode(body)
     except msgspec.ValidationError as exc:
-        raise BadRequest(f"not an Infobip report body: {exc}") from None
+        raise BadRequest(f"not an Infobip report body: {in_words(exc)}") from None
     except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"invalid JSON: {exc}") from None
+        raise BadRequest(f"invalid JSON: {in_words(exc)}") from None
     _check_count(len(envelope.results))
     return judge_all(envelope.results,
                      lambda raw: [to_report(source, _report.decode(raw, source))],
@@ -198,8 +199,13 @@ def _xml_reports(body: bytes) -> list[dict[str, Any]]:
     no DTD, no entity, no external reference."""
     try:
         root = defusedxml.ElementTree.fromstring(body, forbid_dtd=True)
-    except (ParseError, DefusedXmlException, ValueError) as exc:
+    except DefusedXmlException:  # its message is a repr: DTDForbidden(name='r', ...)
+        raise BadRequest("invalid XML: a DTD, an entity or an external reference is not "
+                         "accepted") from None
+    except ParseError as exc:  # expat's words: "not well-formed (invalid token): line 1, …"
         raise BadRequest(f"invalid XML: {str(exc)[:200]}") from None
+    except ValueError:
+        raise BadRequest("invalid XML: not readable as XML text") from None
     reports = []
     for element in root.iter():
         if _name(element) in ("results", "result") and \

@@ -31,6 +31,7 @@ from service.providers import (
     Report,
     WireStruct,
     http,
+    in_words,
     judge_all,
     moment,
 )
@@ -147,7 +148,7 @@ def decode_batches(source: SinchSource, body: bytes) -> tuple[list[Report], list
     try:
         page = _batches.decode(body)
     except (msgspec.MsgspecError, RecursionError) as exc:
-        raise BadRequest(f"not a Sinch batches page: {exc}") from None
+        raise BadRequest(f"not a Sinch batches page: {in_words(exc)}") from None
     listed = [(batch, number) for batch in page.batches for number in batch.to]
     if len(listed) > MAX_RECIPIENTS:
         raise BadRequest(f"{len(listed)} recipients in one page; at most {MAX_RECIPIENTS}")
@@ -174,7 +175,7 @@ def decode_report(source: SinchSource, body: bytes) -> tuple[list[Report], list[
     try:
         kind = _kind.decode(body)
     except (msgspec.MsgspecError, RecursionError) as exc:
-        raise BadRequest(f"not a Sinch delivery report: {exc}") from None
+        raise BadRequest(f"not a Sinch delivery report: {in_words(exc)}") from None
     statuses = StatusTable(source.name, STATUSES, source.status_map)
 
     if kind.type in RECIPIENT_TYPES:
@@ -185,7 +186,7 @@ def decode_report(source: SinchSource, body: bytes) -> tuple[list[Report], list[
         try:
             batch = _batch.decode(body, source.name)
         except msgspec.ValidationError as exc:
-            raise BadRequest(f"not a Sinch batch delivery report: {exc}") from None
+            raise BadRequest(f"not a Sinch batch delivery report: {in_words(exc)}") from None
         listed = [(status, number) for status in batch.statuses
                   for number in status.recipients or []]
         if len(listed) > MAX_RECIPIENTS:
@@ -194,7 +195,9 @@ def decode_report(source: SinchSource, body: bytes) -> tuple[list[Report], list[
         return judge_all(listed, lambda item: [batch_recipient_report(
             source.name, statuses, batch, *item)], "$.statuses[*].recipients[{}]",
             lambda item: item[1], WIRE_NAMES)
-    raise BadRequest(f"not a Sinch delivery report: type {str(kind.type)[:60]!r}")
+    if kind.type is None:
+        raise BadRequest("not a Sinch delivery report: no type")
+    raise BadRequest(f"not a Sinch delivery report: unknown type {kind.type[:60]!r}")
 
 
 def recipient_report(source: str, statuses: StatusTable, wire: RecipientReport) -> Report:

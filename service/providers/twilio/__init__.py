@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 
 import httpx
@@ -40,6 +40,7 @@ from service.providers import (
     WireStruct,
     currency,
     http,
+    in_words,
     judge_all,
     moment,
     price,
@@ -117,6 +118,39 @@ class StatusCallback(WireStruct):
     StructuredMessage: str | None = None
 
 
+class MessageStatusEvent(WireStruct):
+    """An Event Streams event's data, schema Messaging.MessageStatus (version 4): a status
+    callback's fields in camelCase, the status in capitals, the error code a number."""
+
+    messageSid: Sid
+    messageStatus: str
+    accountSid: str | None = None
+    apiVersion: str | None = None
+    body: str | None = None
+    errorCode: int | None = None
+    eventName: str | None = None
+    from_: str | None = msgspec.field(default=None, name="from")
+    messagingServiceSid: str | None = None
+    statusCallBackUrl: str | None = None
+    tags: dict[str, str] | None = None
+    timestamp: str | None = None
+    to: NumberText | None = None
+
+
+class CloudEvent(WireStruct):
+    """How Event Streams delivers an event to a webhook sink (CloudEvents 1.0, JSON)."""
+
+    data: MessageStatusEvent
+    specversion: str | None = None
+    type: str | None = None
+    source: str | None = None
+    id: str | None = None
+    subject: str | None = None
+    dataschema: str | None = None
+    datacontenttype: str | None = None
+    time: str | None = None
+
+
 class Message(WireStruct):
     """A Message resource as the Messages list returns it."""
 
@@ -158,15 +192,27 @@ WIRE_NAMES = {
 }
 
 _callback = Known(StatusCallback)
+_event = Known(CloudEvent)
 _message = Known(Message)
 _page = msgspec.json.Decoder(MessagePage)
+_json = msgspec.json.Decoder(float_hook=Decimal)  # numbers as written
+MESSAGE_EVENTS = "com.twilio.messaging.message."  # the MessageStatus event types
 
 
 def decoder(source: TwilioSource, url: str | None, content_type: str | None) -> Decoder:
-    """A push is one status callback (a form); a pulled page is a Messages list page."""
+    """A push is one status callback (a form, or JSON signed through bodySHA256); a pulled
+    page is a Messages list page."""
     if url is None:
-        return lambda body: decode_callback(source, body)
+        return lambda body: (decode_json_callback(source, body) if is_json(body, content_type)
+                             else decode_callback(source, body))
     return lambda body: decode_page(source, body)
+
+
+def is_json(body: bytes, content_type: str | None) -> bool:
+    """Whether a push is JSON: its type says so, or (untyped) it starts as JSON does."""
+    if content_type:
+        return "json" in content_type.lower()
+    return body.lstrip()[:1] in (b"{", b"[")
 
 
 
@@ -175,8 +221,8 @@ def decode_callback(source: TwilioSource, body: bytes) -> tuple[list[Report], li
     try:
         fields = parse_qs(body.decode(), keep_blank_values=True, strict_parsing=False,
                           max_num_fields=200)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest(f"not a Twilio status callback: {str(exc)[:200]}") from None
+    except ValueError as exc:  # UnicodeDecodeError too; or too many fields
+        raise BadRequest(f"not a Twilio status callback: {in_words(exc)}") from None
     if "MessageSid" not in fields:
         raise BadRequest("not a Twilio status callback: no MessageSid")
     item = {name: values[0] for name, values in fields.items()}
@@ -186,12 +232,60 @@ def decode_callback(source: TwilioSource, body: bytes) -> tuple[list[Report], li
         lambda it: it.get("MessageSid"), WIRE_NAMES)
 
 
+def decode_json_callback(source: TwilioSource,
+                         body: bytes) -> tuple[list[Report], list[Rejection]]:
+    """A JSON push: a status callback's parameters as one object, or Event Streams'
+    MessageStatus events (one CloudEvent, or a sink's array of them). Events of other types
+    are not reports of ours and are skipped."""
+    try:
+        decoded = _json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        raise BadRequest("not a Twilio status callback: the body is not valid JSON") from None
+    statuses = StatusTable(source.name, STATUSES, source.status_map)
+
+    def build(item: Any) -> list[Report]:
+        if isinstance(item, dict) and "data" not in item and "MessageSid" in item:
+            form = {k: _text(v) for k, v in item.items() if v is not None}
+            return [callback_report(source.name, statuses, _callback.convert(form, source.name))]
+        if isinstance(item, dict) and not str(item.get("type") or MESSAGE_EVENTS).startswith(
+                MESSAGE_EVENTS):
+            return []
+        event = _event.convert(item, source.name).data
+        return [callback_report(source.name, statuses, StatusCallback(
+            MessageSid=event.messageSid, MessageStatus=event.messageStatus,
+            AccountSid=event.accountSid, ApiVersion=event.apiVersion, From=event.from_,
+            To=event.to, ErrorCode=None if event.errorCode is None else str(event.errorCode),
+            Body=event.body, MessagingServiceSid=event.messagingServiceSid))]
+
+    if isinstance(decoded, list):
+        if len(decoded) > MAX_REPORTS:
+            raise BadRequest(f"{len(decoded)} events in one body; at most {MAX_REPORTS}")
+        return judge_all(decoded, build, "$[{}]", _json_id, WIRE_NAMES)
+    if not isinstance(decoded, dict) or not ({"MessageSid", "data"} & set(decoded)):
+        raise BadRequest("not a Twilio status callback: no MessageSid")
+    return judge_all([decoded], build, "$", _json_id, WIRE_NAMES)
+
+
+def _text(value: object) -> object:
+    """A JSON value as the form would give it: text (a number as written)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value) if isinstance(value, int | Decimal) else value
+
+
+def _json_id(item: object) -> object:
+    if not isinstance(item, dict):
+        return None
+    data = item.get("data")
+    return data.get("messageSid") if isinstance(data, dict) else item.get("MessageSid")
+
+
 def decode_page(source: TwilioSource, body: bytes) -> tuple[list[Report], list[Rejection]]:
     """A page of the Messages list; inbound messages are no reports of ours and are skipped."""
     try:
         page = _page.decode(body)
     except (msgspec.MsgspecError, RecursionError) as exc:
-        raise BadRequest(f"not a Twilio Messages page: {exc}") from None
+        raise BadRequest(f"not a Twilio Messages page: {in_words(exc)}") from None
     if len(page.messages) > MAX_REPORTS:
         raise BadRequest(f"{len(page.messages)} messages in one page; Twilio sends at most "
                          f"{MAX_REPORTS}")

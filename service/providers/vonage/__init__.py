@@ -39,6 +39,7 @@ from service.providers import (
     WireStruct,
     currency,
     http,
+    in_words,
     judge_all,
     moment,
     price,
@@ -173,7 +174,7 @@ def receipt_params(body: bytes, content_type: str | None) -> dict[str, Any]:
             return _object.decode(body)
         return dict(parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=100))
     except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError, ValueError) as exc:
-        raise BadRequest(f"not a Vonage delivery receipt: {str(exc)[:200]}") from None
+        raise BadRequest(f"not a Vonage delivery receipt: {in_words(exc)}") from None
 
 
 _flat = msgspec.json.Decoder(dict[str, str | int | float | bool | None])
@@ -215,7 +216,7 @@ def decode_records(source: VonageSource, body: bytes) -> tuple[list[Report], lis
     try:
         page = _page.decode(body)
     except (msgspec.MsgspecError, RecursionError) as exc:
-        raise BadRequest(f"not a Vonage Reports page: {exc}") from None
+        raise BadRequest(f"not a Vonage Reports page: {in_words(exc)}") from None
     if len(page.records) > MAX_RECORDS:
         raise BadRequest(f"{len(page.records)} records in one page; Vonage sends at most "
                          f"{MAX_RECORDS}")
@@ -335,7 +336,8 @@ def sign(secret: str, method: str, params: Mapping[str, Any]) -> str:
 
 def signature_valid(auth: VonageSignatureAuth, params: Mapping[str, Any],
                     now: float | None = None) -> bool:
-    """Whether `params` carry a valid `sig` and a `timestamp` within the tolerance."""
+    """Whether `params` carry a `sig` by one of the secrets and a `timestamp` within the
+    tolerance. Compared in constant time against each secret."""
     sig, stamp = params.get("sig"), params.get("timestamp")
     if not isinstance(sig, str) or not isinstance(stamp, str | int):
         return False
@@ -343,8 +345,11 @@ def signature_valid(auth: VonageSignatureAuth, params: Mapping[str, Any],
         age = abs((now if now is not None else time.time()) - int(stamp))
     except ValueError:
         return False
-    expected = sign(auth.secret, auth.method, params).encode()
-    return hmac.compare_digest(sig.lower().encode(), expected) and age <= auth.tolerance_s
+    presented = sig.lower().encode()
+    ok = False
+    for secret in auth.keys:  # no early exit: timing does not tell which
+        ok |= hmac.compare_digest(presented, sign(secret, auth.method, params).encode())
+    return ok and age <= auth.tolerance_s
 
 
 def reports_time(value: datetime) -> str:
