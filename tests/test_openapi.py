@@ -82,7 +82,7 @@ def test_every_operation_has_a_short_id_and_its_security(document: Document) -> 
     webhook = document["paths"]["/webhooks/{source}"]["post"]
     assert webhook["security"] == [{"webhookBasic": []}, {"webhookToken": []},
                                    {"standardWebhooks": []}, {"twilioSignature": []},
-                                   {"vonageSignature": []}, {}]
+                                   {"vonageSignature": []}, {"sinchSignature": []}, {}]
     schemes = document["components"]["securitySchemes"]
     assert (schemes["bearer"]["type"], schemes["bearer"]["scheme"]) == ("http", "bearer")
     assert (schemes["webhookBasic"]["type"], schemes["webhookBasic"]["scheme"]) == ("http", "basic")
