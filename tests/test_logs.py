@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -438,3 +439,27 @@ def test_uvicorns_own_lines_in_a_json_log_are_json(server_url: str, tmp_path: Pa
     assert any(line["logger"] == "uvicorn.error" for line in lines)
     [request] = [line for line in lines if line.get("request_id") == "served-1"]
     assert request["message"] == "GET /health/live -> 200"
+
+
+def test_queued_logging_formats_off_the_calling_thread_and_keeps_the_request_id(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve's logs: a log call only queues the record; a thread masks and writes it, with
+    the id of the request that logged it."""
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    formatted_in: list[str] = []
+    real = logs.JsonFormatter.format
+    monkeypatch.setattr(logs.JsonFormatter, "format", lambda self, record: (
+        formatted_in.append(threading.current_thread().name), real(self, record))[1])
+    logs.configure("json", queued=True)
+    try:
+        token = logs.REQUEST_ID.set("req-queued-1")
+        logging.getLogger("service.test").warning("sent to %s", "+9779842271353")
+        logs.REQUEST_ID.reset(token)
+    finally:
+        logs._flush()  # the writing thread drains the queue and stops
+        logs.configure("json")
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert line["request_id"] == "req-queued-1"
+    assert line["message"] == "sent to +97798******53"
+    assert formatted_in and threading.main_thread().name not in formatted_in
