@@ -15,6 +15,8 @@ depend on arrival order or on duplicates (commutative, associative, idempotent):
   by (not null, from a provider, value) wins: a registration only fills in what no
   provider said. Parts counted from the text (service.pricing) are marked the same way
   (`COUNTED`), below any part count a provider reported;
+* `country` is derived from `to` (by `country`) and comes with the `to` that wins, so
+  the two never disagree;
 * the price is the greatest by (not null, reported, specificity of the rate, amount,
   currency, rate): a price a provider reported outranks every estimate from a rate card,
   and among estimates the one by the most specific rate stands.
@@ -59,6 +61,8 @@ COUNTED = 16  # sms_count was counted from the text, not reported
 # Fields ranked by (not null, from a provider, value), by their bit in Report.registered.
 UNREPORTED = {**REGISTERED, "sms_count": COUNTED}
 FILLED_FIELDS = tuple(f for f in DESCRIPTIVE_FIELDS if f not in UNREPORTED)
+# Fields derived from another one: each comes with the value of that field the merge keeps.
+DERIVED = {"country": "to"}
 # A registration's state hash: the lowest there is (see order_key).
 REGISTRATION_HASH = bytes(16)
 # What an observation's hash covers: its message and its state (see state_hash).
@@ -232,10 +236,11 @@ def amount_text(value: Decimal) -> str:
 
 
 def observation(**fields: Any) -> Report:
-    """A Report with its final flag, canonical price, network name (by the country of `to`)
+    """A Report with its final flag, canonical price, country (from `to`), network name
     and state hash filled in; raises OutOfBounds naming the first field outside its bound."""
     fields["final"] = is_final(fields["status"])
-    fields["operator"] = network_name(fields.get("operator"), country(fields.get("to")))
+    fields["country"] = country(fields.get("to"))
+    fields["operator"] = network_name(fields.get("operator"), fields["country"])
     if parts := fields.get("part_ids"):  # a set, and at least as many parts as it holds
         fields["part_ids"] = union_parts(parts, "")
         fields["sms_count"] = max(fields.get("sms_count") or 0, len(fields["part_ids"].split()))
@@ -308,6 +313,8 @@ def merge(current: Report | None, incoming: Report) -> Report:
         wins = new is not None and (old is None or (not new_bit, new) > (not old_bit, old))
         fill[f], flag = (new, new_bit) if wins else (old, old_bit)
         mask |= flag
+        for derived in [d for d, source in DERIVED.items() if source == f]:
+            fill[derived] = getattr(incoming if wins else current, derived)
     # Parts: the distinct parts seen (one receipt per part) count as a reported part count,
     # ranked with the others, so that the count stays a join of what was seen.
     parts = fill["part_ids"] = union_parts(current.part_ids, incoming.part_ids)

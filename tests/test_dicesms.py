@@ -67,7 +67,7 @@ def test_a_report_names_the_network_as_its_mcc_mnc_does(phone: int, operator: st
     [report], rejections = dicesms.decode_batch_report(
         SOURCE, dicesms.StatusTable({}), "b-1", json.dumps([item]).encode())
     assert rejections == []
-    assert (report.to, report.operator) == (f"+977{phone}", operator)
+    assert (report.to, report.country, report.operator) == (f"+977{phone}", "NP", operator)
 
 
 def test_seed_report_page_decodes_with_batches_joined_on_sent_at() -> None:

@@ -35,7 +35,9 @@ def observations(draw: st.DrawFn) -> list[Report]:
     out = []
     for _ in range(count):
         described = {
-            "to": draw(st.sampled_from([None, "+41793026727", "+41793026834"])),
+            # two countries, and a number whose country cannot be told
+            "to": draw(st.sampled_from([None, "+41793026727", "+41793026834", "+9779801912821",
+                                        "98625000000"])),
             "bulk_id": draw(st.sampled_from([None, "b1", "b2"])),
             "callback_data": draw(st.sampled_from([None, "cb", "cb-WRONG", "ç-ü"])),
             "sent_at": draw(st.sampled_from([None, T0, T0 - timedelta(seconds=1)])),
@@ -108,13 +110,21 @@ def test_merge_is_associative(left: list[Report], right: list[Report]) -> None:
 
 
 @given(observations())
+def test_the_country_is_the_merged_recipients(reports: list[Report]) -> None:
+    """`country` is derived from `to`: whichever `to` the merge keeps, it comes with it."""
+    merged = fold(reports)
+    assert merged is not None
+    assert merged.country == rules.country(merged.to)
+    assert all(r.country == rules.country(r.to) for r in reports)
+
+
+@given(observations())
 def test_one_name_per_network(reports: list[Report]) -> None:
     """However a report for a number of its region (or of none known) spells a network of
     NETWORKS, it names it one way; its MCC+MNC names it anywhere. Another region's network
     of that name (here a Swiss "NCell") is not it."""
     for report in reports:
-        swiss = rules.country(report.to) == "CH"
-        names = {None, "Ncell", "Swisscom"} | ({"NCell"} if swiss else set())
+        names = {None, "Ncell", "Swisscom"} | ({"NCell"} if report.country == "CH" else set())
         assert report.operator in names, report
 
 
@@ -288,7 +298,7 @@ def test_upsert_matches_pure_merge_in_any_order(
     run.run(billing_agrees(engine))
 
 
-BILLING_KEYS = ["day", "source", "currency", "operator", "status", "origin"]
+BILLING_KEYS = ["day", "source", "currency", "operator", "status", "origin", "country"]
 
 
 async def billing_agrees(engine: Any) -> None:
