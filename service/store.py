@@ -278,6 +278,7 @@ class MessageFilter(msgspec.Struct, frozen=True):
     to: tuple[str, ...] | None = None  # any of these spellings
     bulk_id: str | None = None
     callback_data: str | None = None
+    country: str | None = None  # ISO 3166 alpha-2, upper case
     sent_from: datetime | None = None
     sent_to: datetime | None = None
     updated_since: datetime | None = None
@@ -288,7 +289,7 @@ async def list_messages(conn: AsyncConnection, where: MessageFilter, limit: int,
     """A page in (source, message_id) order, starting after a keyset cursor."""
     m = messages.c
     query = sa.select(messages).order_by(m.source, m.message_id).limit(limit)
-    for name in ("source", "status", "final", "bulk_id"):
+    for name in ("source", "status", "final", "bulk_id", "country"):
         if (value := getattr(where, name)) is not None:
             query = query.where(m[name] == value)
     if where.callback_data is not None:
