@@ -16,6 +16,8 @@ depend on arrival order or on duplicates (commutative, associative, idempotent):
   by (not null, from a provider, value) wins: a registration only fills in what no
   provider said. Parts counted from the text (service.pricing) are marked the same way
   (`COUNTED`), below any part count a provider reported;
+* `country` is derived from `to` (by `country`) and comes with the `to` that wins, so
+  the two never disagree;
 * the price is the greatest by (not null, reported, specificity of the rate, amount,
   currency, rate): a price a provider reported outranks every estimate from a rate card,
   and among estimates the one by the most specific rate stands.
@@ -60,6 +62,8 @@ COUNTED = 16  # sms_count was counted from the text, not reported
 # Fields ranked by (not null, from a provider, value), by their bit in Report.registered.
 UNREPORTED = {**REGISTERED, "sms_count": COUNTED}
 FILLED_FIELDS = tuple(f for f in DESCRIPTIVE_FIELDS if f not in UNREPORTED)
+# Fields derived from another one: each comes with the value of that field the merge keeps.
+DERIVED = {"country": "to"}
 # A registration's state hash: the lowest there is (see order_key).
 REGISTRATION_HASH = bytes(16)
 # What an observation's hash covers: its message and its state (see state_hash).
@@ -142,13 +146,70 @@ def e164(number: str, default_region: str | None = None) -> str:
     return recipient(number, default_region).to
 
 
-# Networks by MCC+MNC where we bill by network; the rest fall back to the number's carrier.
+UNKNOWN_REGION = "ZZ"  # phonenumbers' region of nothing (its non-geographic one is "001")
+
+
+@functools.lru_cache(maxsize=NUMBER_CACHE_SIZE)
+def country(to: str | None) -> str | None:
+    """The country (ISO 3166 alpha-2) of a stored recipient: phonenumbers'
+    region_code_for_number of an E.164 `to`; None when it cannot tell (text that is no E.164
+    number, a non-geographic number, a range no region sharing its calling code claims).
+    A function of `to` alone, so that it follows whichever `to` the merge keeps."""
+    if to is None or not to.startswith("+") or not (to[1:].isascii() and to[1:].isdigit()):
+        return None
+    try:
+        parsed = phonenumbers.parse(to)
+    except phonenumbers.NumberParseException:
+        return None
+    region = phonenumbers.region_code_for_number(parsed)
+    return str(region) if region and region.isalpha() and region != UNKNOWN_REGION else None
+
+
+# Networks by MCC+MNC where we bill by network: the one name `operator` gives each, whoever
+# reports the message. The rest fall back to the number's carrier, as phonenumbers names it.
 NETWORKS = {"42901": "Nepal Telecom", "42902": "Ncell", "42904": "Smart Telecom"}
+# How phonenumbers' carrier data (carrier.name_for_number) names those networks, by the
+# region of the number: each name maps to its MCC+MNC, so to the name above. A test walks
+# phonenumbers' names for each region here, so a name it adds or respells is not missed.
+CARRIERS = {"NP": {"Nepal Telecom": "42901", "NCell": "42902", "Smart Telecom": "42904"}}
+_MCC_MNC = re.compile(r"[0-9]{5,6}")
+
+
+def _folded(name: str) -> str:
+    """A name without case, spaces or punctuation: "NCELL", "N-Cell" and "Ncell" are one."""
+    return "".join(c for c in name.casefold() if c.isalnum())
+
+
+# (region, folded name) -> MCC+MNC, for every spelling of a network above in its region;
+# (None, folded name) for those only one region's networks use, for a number of no known
+# region.
+_NAMED: dict[tuple[str | None, str], str] = {
+    (region, _folded(spelling)): code
+    for region, names in CARRIERS.items() for name, code in names.items()
+    for spelling in (name, NETWORKS[code])}
+_NAMED |= {(None, folded): code for (region, folded), code in _NAMED.items()
+           if [f for _, f in _NAMED].count(folded) == 1}
+
+
+@functools.lru_cache(maxsize=4096)
+def network_name(name: str | None, region: str | None) -> str | None:
+    """One name per network: a network of NETWORKS, however its numbers' region spells it
+    (phonenumbers' carrier name, a provider's, in any case and punctuation), or given as
+    its MCC+MNC, is named as NETWORKS names it; so is one of a number of unknown region
+    that no other region's network is called. Any other name is kept as given."""
+    if name is None:
+        return None
+    code = name.replace("-", "").strip()
+    if _MCC_MNC.fullmatch(code) and code in NETWORKS:
+        return NETWORKS[code]
+    found = _NAMED.get((region, _folded(name)))
+    return NETWORKS[found] if found is not None else name
 
 
 def operator(mcc_mnc: str | None, carrier: str | None) -> str | None:
     """The network a message went to: from the provider's MCC+MNC when we know it, else
-    the number's original carrier (a ported number keeps its old carrier's name)."""
+    the number's original carrier (a ported number keeps its old carrier's name).
+    `observation` then names it as NETWORKS does (network_name)."""
     if mcc_mnc and (name := NETWORKS.get(mcc_mnc.replace("-", "").strip())):
         return name
     return carrier
@@ -176,10 +237,12 @@ def amount_text(value: Decimal) -> str:
 
 
 def observation(**fields: Any) -> Report:
-    """A Report with its final flag, canonical price and state hash filled in; raises
-    OutOfBounds naming the first field outside its bound."""
+    """A Report with its final flag, canonical price, country (from `to`), network name
+    and state hash filled in; raises OutOfBounds naming the first field outside its bound."""
     # A final group, unless the provider's table says this status is intermediate
     fields["final"] = is_final(fields["status"]) and fields.get("final", True)
+    fields["country"] = country(fields.get("to"))
+    fields["operator"] = network_name(fields.get("operator"), fields["country"])
     if parts := fields.get("part_ids"):  # a set, and at least as many parts as it holds
         fields["part_ids"] = union_parts(parts, "")
         fields["sms_count"] = max(fields.get("sms_count") or 0, len(fields["part_ids"].split()))
@@ -254,6 +317,8 @@ def merge(current: Report | None, incoming: Report) -> Report:
         wins = new is not None and (old is None or (not new_bit, new) > (not old_bit, old))
         fill[f], flag = (new, new_bit) if wins else (old, old_bit)
         mask |= flag
+        for derived in [d for d, source in DERIVED.items() if source == f]:
+            fill[derived] = getattr(incoming if wins else current, derived)
     # Parts: the distinct parts seen (one receipt per part) count as a reported part count,
     # ranked with the others, so that the count stays a join of what was seen.
     parts = fill["part_ids"] = union_parts(current.part_ids, incoming.part_ids)

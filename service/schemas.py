@@ -73,6 +73,9 @@ class Message(msgspec.Struct):
     bulk_id: Annotated[str | None, doc("Infobip bulkId or DiceSMS batch_id", "BULK-ID-123-xyz")]
     to: Annotated[str | None, doc("Recipient, E.164 whenever its country is known (else as given)",
                                   "+41793026727")]
+    country: Annotated[str | None, doc(
+        "The recipient's country, ISO 3166 alpha-2, from `to` (phonenumbers' region of the "
+        "number); null when it cannot be told", "CH")]
     sender: str | None
     callback_data: Annotated[str | None, doc("Echoed from the send request", "order-42")]
     matched_by: Annotated[Literal["message_id", "callback_data"] | None, doc(
@@ -90,7 +93,9 @@ class Message(msgspec.Struct):
     price: Annotated[Price | None, doc("Per part; null when neither the provider nor the "
                                        "source's rate card gives one (unpriced)")]
     mcc_mnc: Annotated[str | None, doc("Mobile country and network code", "22801")]
-    operator: Annotated[str | None, doc("Network", "Swisscom")]
+    operator: Annotated[str | None, doc(
+        "Network: one name per network, from the provider's MCC+MNC where known, else the "
+        "carrier the number was issued to", "Swisscom")]
     text: str | None
     entity_id: Annotated[str | None, doc("Infobip platform entity", "promotional-traffic")]
     application_id: Annotated[str | None, doc("Infobip platform application", "marketing")]
@@ -187,7 +192,7 @@ def message_from_row(row: Any) -> Message:
                           _rate.decode(row.price_rate) if row.price_rate else RateApplied())
     return Message(
         source=row.source, message_id=row.message_id, bulk_id=row.bulk_id, to=row.to,
-        sender=row.sender, callback_data=row.callback_data, matched_by=row.matched_by,
+        country=row.country, sender=row.sender, callback_data=row.callback_data, matched_by=row.matched_by,
         status=row.status, final=row.final,
         provider_status=ProviderStatus(row.status_id, row.status_name, row.status_description,
                                        row.status_action),

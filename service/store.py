@@ -126,6 +126,9 @@ def _upsert_messages() -> Any:
                         .limit(MAX_PARTS).scalar_subquery()), " "))
     values["part_ids"] = parts
     values |= {f: sa.case((ranked_wins[f], new[f]), else_=old[f]) for f in rules.UNREPORTED}
+    # rules.DERIVED: each with the value it was derived from (so unchanged unless that is)
+    values |= {f: sa.case((ranked_wins[source], new[f]), else_=old[f])
+               for f, source in rules.DERIVED.items()}
     bits: dict[str, Any] = {
         f: sa.case((ranked_wins[f], new.registered.op("&")(bit)), else_=old.registered.op("&")(bit))
         for f, bit in rules.UNREPORTED.items()}
@@ -276,6 +279,7 @@ class MessageFilter(msgspec.Struct, frozen=True):
     to: tuple[str, ...] | None = None  # any of these spellings
     bulk_id: str | None = None
     callback_data: str | None = None
+    country: str | None = None  # ISO 3166 alpha-2, upper case
     sent_from: datetime | None = None
     sent_to: datetime | None = None
     updated_since: datetime | None = None
@@ -286,7 +290,7 @@ async def list_messages(conn: AsyncConnection, where: MessageFilter, limit: int,
     """A page in (source, message_id) order, starting after a keyset cursor."""
     m = messages.c
     query = sa.select(messages).order_by(m.source, m.message_id).limit(limit)
-    for name in ("source", "status", "final", "bulk_id"):
+    for name in ("source", "status", "final", "bulk_id", "country"):
         if (value := getattr(where, name)) is not None:
             query = query.where(m[name] == value)
     if where.callback_data is not None:
@@ -679,7 +683,7 @@ async def sent_per_day(conn: AsyncConnection, source: str, days: Sequence[str],
     return {row[0]: row[1] for row in await conn.execute(query)}
 
 
-BILLING_KEYS = ("day", "source", "currency", "operator", "status", "origin")
+BILLING_KEYS = ("day", "source", "currency", "operator", "status", "origin", "country")
 ORIGINS = ("reported", "rate_card")
 
 
@@ -724,14 +728,15 @@ async def billing(conn: AsyncConnection, since: datetime, until: datetime, keys:
     parts = sa.func.coalesce(m.sms_count, 1)
     edges = (sa.select(_day(tz, m.sent_at).label("day"), m.source,
                        m.price_currency.label("currency"), m.operator, m.status,
-                       price_origin(m).label("origin"),
+                       price_origin(m).label("origin"), m.country,
                        sa.literal(1).label("messages"), parts.label("parts"),
                        sa.func.coalesce(m.price_amount * parts, 0).label("amount"),
                        _unpriced(m).label("unpriced"))
              .where(sa.or_(sa.and_(m.sent_at >= since, m.sent_at < first),
                            sa.and_(m.sent_at >= last, m.sent_at < until))))
     rolled = (sa.select(_day(tz, r.bucket).label("day"), r.source, r.currency, r.operator,
-                        r.status, r.origin, r.messages, r.parts, r.amount, r.unpriced)
+                        r.status, r.origin, r.country, r.messages, r.parts, r.amount,
+                        r.unpriced)
               .where(r.bucket >= first, r.bucket < last))
     both = sa.union_all(edges, rolled).subquery("counted")
     grouped = [both.c[k] for k in keys]
@@ -750,7 +755,8 @@ async def billing_from_messages(conn: AsyncConnection, since: datetime, until: d
     m = messages.c
     parts = sa.func.coalesce(m.sms_count, 1)
     columns = {"day": _day(tz, m.sent_at), "source": m.source, "currency": m.price_currency,
-               "operator": m.operator, "status": m.status, "origin": price_origin(m)}
+               "operator": m.operator, "status": m.status, "origin": price_origin(m),
+               "country": m.country}
     grouped = [columns[k].label(k) for k in keys]
     query = (sa.select(*grouped, sa.func.count().label("messages"),
                        sa.func.sum(parts).label("parts"),
@@ -769,14 +775,15 @@ async def rebuild_billing(conn: AsyncConnection) -> int:
     parts = sa.func.coalesce(m.sms_count, 1)
     bucket = sa.func.date_bin(sa.text(f"interval '{BILLING_BUCKET}'"), m.sent_at,
                               sa.text("timestamptz 'epoch'"))
-    keys = [bucket, m.source, m.price_currency, m.operator, m.status, price_origin(m)]
+    keys = [bucket, m.source, m.price_currency, m.operator, m.status, price_origin(m),
+            m.country]
     select = (sa.select(*keys, sa.literal(0), sa.func.count(), sa.func.sum(parts),
                         sa.func.coalesce(sa.func.sum(m.price_amount * parts), 0),
                         sa.func.count().filter(m.price_amount.is_(None)))
               .where(m.sent_at.is_not(None)).group_by(*keys))
     insert = sa.insert(billing_rollup).from_select(
-        ["bucket", "source", "currency", "operator", "status", "origin", "slot", "messages",
-         "parts", "amount", "unpriced"], select)
+        ["bucket", "source", "currency", "operator", "status", "origin", "country", "slot",
+         "messages", "parts", "amount", "unpriced"], select)
     return int((await conn.execute(insert)).rowcount)
 
 

@@ -112,6 +112,8 @@ messages = sa.Table(
     # before this column existed). The merge writes it from the row it locked, so a write
     # can tell exactly which messages it made final, however many writers race.
     sa.Column("final_seq", sa.BigInteger),
+    # ISO 3166 alpha-2 of `to` (rules.country), merged with it: null when it cannot be told
+    sa.Column("country", CText),
 )
 sa.Index("ix_messages_seq", messages.c.seq)
 sa.Index("ix_messages_to", messages.c.to)
@@ -130,9 +132,10 @@ sa.Index("ix_messages_intermediate", messages.c.source,
 
 # What billing sums, kept per quarter hour of sent_at (every time zone's days are whole
 # quarter hours) by the triggers of migration 0008 (functions replaced by the rate cards'
-# migration), from each change's old and new rows: the same statement that merges a message
-# moves its count, parts, amount and whether it is unpriced. `origin` is where the price
-# came from ('reported', 'rate_card', null: none). `slot` spreads concurrent writers over
+# migration, then by the country's), from each change's old and new rows: the same statement
+# that merges a message moves its count, parts, amount and whether it is unpriced. `origin`
+# is where the price came from ('reported', 'rate_card', null: none); `country` is the
+# message's (null: unknown). `slot` spreads concurrent writers over
 # rows of their own (the backend's pid), so they do not queue on one hot row; a summary
 # adds the slots up.
 BILLING_BUCKET = "15 minutes"
@@ -150,10 +153,11 @@ billing_rollup = sa.Table(
     sa.Column("amount", sa.Numeric, nullable=False),
     sa.Column("origin", CText),
     sa.Column("unpriced", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("country", CText),
 )
 sa.Index("uq_billing_rollup_key", billing_rollup.c.bucket, billing_rollup.c.source,
          billing_rollup.c.currency, billing_rollup.c.operator, billing_rollup.c.status,
-         billing_rollup.c.origin, billing_rollup.c.slot, unique=True,
+         billing_rollup.c.origin, billing_rollup.c.country, billing_rollup.c.slot, unique=True,
          postgresql_nulls_not_distinct=True)
 
 # Every distinct observation of a message, once per channel it arrived through. Partitioned

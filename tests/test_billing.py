@@ -6,6 +6,7 @@ import asyncio
 import base64
 import csv
 import io
+import json
 import os
 import random
 import subprocess
@@ -22,6 +23,8 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db, ingest, store
+from service.config import DiceSmsSource
+from service.providers import dicesms
 from service.tables import billing_rollup, messages
 from tests.conftest import READ_TOKEN, make_settings
 from tests.databases import scratch_database
@@ -233,7 +236,7 @@ def test_rebuild_billing_makes_the_rollup_again(server_url: str) -> None:
             try:
                 async with db.transaction(engine) as conn:
                     since, until = datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
-                    keys = ["day", "source", "currency", "operator", "status", "origin"]
+                    keys = list(store.BILLING_KEYS)
                     assert [tuple(r) for r in await store.billing(conn, since, until, keys, "UTC")] \
                         == [tuple(r) for r in await store.billing_from_messages(
                             conn, since, until, keys, "UTC")]
@@ -261,3 +264,25 @@ async def test_time_zone_names_are_read_once(client: Client,
                                     headers=READ)
         assert response.status_code == (400 if tz == "Mars/Olympus" else 200)
     assert calls <= 1
+
+
+async def test_one_row_per_network_and_per_country(client: Client, engine: AsyncEngine) -> None:
+    """DiceSMS's numbers are named by phonenumbers ("NCell"), Infobip's by their MCC+MNC
+    ("Ncell"): one network, so one operator; grouped by country too, in JSON and CSV."""
+    ncell = report("ib-ncell", to="9779801912821", mccMnc="42902")
+    assert (await client.post("/webhooks/ib", content=encode([ncell, report("ib-ch")]),
+                              headers=BASIC)).status_code == 200
+    dice = DiceSmsSource("dice", "https://dicesms.asia", token="t")
+    item = {"message": "hi", "sent_at": "2026-11-01T15:45:00+05:45", "status": "SENT",
+            "delivered_at": None, "recipients": [{"client_phone": 9801912822}]}
+    await ingest.write(engine, [ingest.decode(
+        dice, "pull", json.dumps([item]).encode(), "application/json",
+        lambda raw: dicesms.decode_batch_report(dice, dicesms.StatusTable({}), "b-1", raw))])
+    rows = await summary(client, group_by="country,operator")
+    assert [(r["country"], r["operator"], r["currency"], r["messages"]) for r in rows] == [
+        ("CH", "Swisscom", "EUR", 1), ("NP", "Ncell", "EUR", 1), ("NP", "Ncell", None, 1)]
+    by_country = await client.get("/v1/billing/summary", params=NOVEMBER | {
+        "group_by": "country"}, headers=READ | {"Accept": "text/csv"})
+    assert by_country.text.splitlines() == ["country,currency,messages,parts,amount,unpriced",
+                                            "CH,EUR,1,1,0.01,0", "NP,EUR,1,1,0.01,0",
+                                            "NP,,1,1,0,1"]

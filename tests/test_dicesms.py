@@ -58,6 +58,18 @@ def test_fields_no_decoder_reads_are_counted_by_name() -> None:
                                                                        before[1] + 2)
 
 
+@pytest.mark.parametrize(("phone", "operator"), [
+    (9801912821, "Ncell"),  # phonenumbers says "NCell"; NETWORKS (by MCC+MNC) "Ncell"
+    (9842271353, "Nepal Telecom"), (9612345678, "Smart Telecom"), (9741234567, "NDCL")])
+def test_a_report_names_the_network_as_its_mcc_mnc_does(phone: int, operator: str) -> None:
+    item = {"message": "hi", "sent_at": "2025-11-04T17:00:45.153834+05:45", "status": "SENT",
+            "delivered_at": None, "recipients": [{"client_phone": phone}]}
+    [report], rejections = dicesms.decode_batch_report(
+        SOURCE, dicesms.StatusTable({}), "b-1", json.dumps([item]).encode())
+    assert rejections == []
+    assert (report.to, report.country, report.operator) == (f"+977{phone}", "NP", operator)
+
+
 def test_seed_report_page_decodes_with_batches_joined_on_sent_at() -> None:
     rows, _ = dicesms.decode_batch_ids("dice", (SEEDS / "batch_ids.json").read_bytes())
     batch_of = {row.sent_at: row.batch_id for row in rows}

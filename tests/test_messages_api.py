@@ -166,3 +166,30 @@ async def test_numbers_and_texts_need_the_pii_scope(client: Client, engine: Asyn
         assert item["to"] == (number if full else mask(number))
         if "text" in item:
             assert item["text"] == (texts[item["message_id"]] if full else None)
+
+
+async def test_every_message_says_its_country_and_can_be_found_by_it(client: Client) -> None:
+    """`country` is the recipient's (ISO 3166 alpha-2, from `to`), null when it cannot be
+    told; in every answer carrying messages, and a filter in any case."""
+    reports = [report("np", to="9779801912821"), report("ch", to="41793026727"),
+               report("unknown", to="not a number")]
+    response = await client.post("/webhooks/ib", content=body(*reports), headers=BASIC)
+    assert response.status_code == 200, response.text
+    listed = (await client.get("/v1/messages", headers=READ)).json()["items"]
+    assert {m["message_id"]: m["country"] for m in listed} == {
+        "np": "NP", "ch": "CH", "unknown": None}
+    one = (await client.get("/v1/messages/ib/np", headers=READ)).json()
+    assert (one["to"], one["country"], one["operator"]) == ("+9779801912821", "NP", "Ncell")
+    changes = (await client.get("/v1/changes", headers=READ)).json()["items"]
+    assert {m["message_id"]: m["country"] for m in changes} == {
+        "np": "NP", "ch": "CH", "unknown": None}
+    for value, expected in (("NP", ["np"]), ("np", ["np"]), ("Ch", ["ch"]), ("US", [])):
+        page = (await client.get("/v1/messages", params={"country": value}, headers=READ)).json()
+        assert [m["message_id"] for m in page["items"]] == expected, value
+
+
+@pytest.mark.parametrize("country", ["NPL", "N", "N1", "", "ñp", "+977"])
+async def test_a_country_is_two_letters(client: Client, country: str) -> None:
+    response = await client.get("/v1/messages", params={"country": country}, headers=READ)
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"]

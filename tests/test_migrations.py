@@ -8,6 +8,7 @@ from decimal import Decimal
 import asyncpg
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 
 from service import db
 from tests.databases import scratch_database
@@ -98,5 +99,54 @@ def test_rate_cards_upgrade_and_downgrade_with_rows_in_place(server_url: str) ->
         assert asyncio.run(run(url, "SELECT currency, messages, amount FROM billing_rollup "
                                     "ORDER BY currency")) == [
             ("EUR", 1, Decimal("1.0")), (None, 1, Decimal("0"))]
+        command.upgrade(config, "head")
+        command.check(config)
+
+
+def test_countries_and_network_names_upgrade_and_downgrade_with_rows_in_place(
+        server_url: str) -> None:
+    """0014 gives every stored message its country from `to` and one name per network (a
+    renamed one with a new seq), and rebuilds the rollup by country; going back drops the
+    country from both and rebuilds it again."""
+    async def run(url: str, sql: str) -> list[tuple[object, ...]]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    columns = "source, message_id, status, final, obs_hash, sent_at, seq, \"to\", operator"
+    rows = [("dice", "n", 1, "+9779801912821", "NCell"),  # phonenumbers' spelling of Ncell
+            ("ib", "c", 2, "+41793026727", "Swisscom"),
+            ("ib", "x", 3, "98625000000", None),  # a national number of unknown region
+            ("sinch", "s", 4, "+9779801912822", "42902"),  # Sinch says the MCC+MNC
+            ("ib", "u", 5, "+41793026834", "NCell")]  # a Swiss network's name: not Nepal's
+    values = ", ".join(
+        f"('{source}', '{mid}', 'DELIVERED', true, 'h', '2026-11-01T10:00:00Z', {seq}, "
+        f"'{to}', {repr(name) if name else 'NULL'})" for source, mid, seq, to, name in rows)
+    with scratch_database(server_url, migrated=False) as url:
+        config = Config()
+        config.set_main_option("script_location", str(db.migrations_dir()))
+        config.attributes["database_url"] = db.asyncpg_url(url)
+        before = ScriptDirectory.from_config(config).get_revision("0014").down_revision
+        assert isinstance(before, str)
+        command.upgrade(config, before)
+        asyncio.run(run(url, f"INSERT INTO messages ({columns}) VALUES {values}"))
+        asyncio.run(run(url, "SELECT setval('messages_seq', 5)"))  # as the merge took them
+        command.upgrade(config, "0014")
+        found = asyncio.run(run(url, "SELECT message_id, country, operator, seq > 5 FROM "
+                                     "messages ORDER BY message_id"))
+        assert found == [("c", "CH", "Swisscom", False), ("n", "NP", "Ncell", True),
+                         ("s", "NP", "Ncell", True), ("u", "CH", "NCell", False),
+                         ("x", None, None, False)]
+        rolled = ("SELECT {} operator, sum(messages)::int FROM billing_rollup "
+                  "GROUP BY {} operator ORDER BY {} operator")
+        assert asyncio.run(run(url, rolled.format(*["country,"] * 3))) == [
+            ("CH", "NCell", 1), ("CH", "Swisscom", 1), ("NP", "Ncell", 2), (None, None, 1)]
+        command.downgrade(config, before)
+        assert asyncio.run(run(url, "SELECT count(*)::int FROM information_schema.columns "
+                                    "WHERE column_name = 'country'")) == [(0,)]
+        assert asyncio.run(run(url, rolled.format(*[""] * 3))) == [
+            ("NCell", 1), ("Ncell", 2), ("Swisscom", 1), (None, 1)]
         command.upgrade(config, "head")
         command.check(config)

@@ -123,6 +123,22 @@ def test_billing_answers_json_or_csv(document: Document) -> None:
     assert {"messages", "parts", "amount"} <= set(rows["items"]["required"])
 
 
+def test_country_is_documented_with_examples(document: Document) -> None:
+    """The message's country, the filter on it and billing by it, each with an example."""
+    message = document["components"]["schemas"]["Message"]
+    assert "country" in message["required"] and message["properties"]["country"]["examples"]
+    get = document["paths"]["/v1/messages"]["get"]
+    [country] = [p for p in get["parameters"] if p["name"] == "country"]
+    assert country["schema"]["pattern"] == "^[A-Za-z]{2}$"
+    assert [e["value"] for e in country["examples"].values()] == ["NP"]
+    billing = document["paths"]["/v1/billing/summary"]["get"]
+    [group_by] = [p for p in billing["parameters"] if p["name"] == "group_by"]
+    assert "country" in group_by["description"]
+    assert [e["value"] for e in group_by["examples"].values()] == ["day,country,operator"]
+    rows = billing["responses"]["200"]["content"]["application/json"]["schema"]
+    assert rows["properties"]["rows"]["items"]["properties"]["country"]["examples"] == ["NP"]
+
+
 async def test_every_documented_webhook_body_is_accepted(client: Client,
                                                          document: Document) -> None:
     body = document["paths"]["/webhooks/{source}"]["post"]["requestBody"]

@@ -35,7 +35,9 @@ def observations(draw: st.DrawFn) -> list[Report]:
     out = []
     for _ in range(count):
         described = {
-            "to": draw(st.sampled_from([None, "+41793026727", "+41793026834"])),
+            # two countries, and a number whose country cannot be told
+            "to": draw(st.sampled_from([None, "+41793026727", "+41793026834", "+9779801912821",
+                                        "98625000000"])),
             "bulk_id": draw(st.sampled_from([None, "b1", "b2"])),
             "callback_data": draw(st.sampled_from([None, "cb", "cb-WRONG", "ç-ü"])),
             "sent_at": draw(st.sampled_from([None, T0, T0 - timedelta(seconds=1)])),
@@ -58,6 +60,8 @@ def observations(draw: st.DrawFn) -> list[Report]:
             price_amount=draw(st.sampled_from([None, Decimal("0.01"), Decimal("0.02")])),
             price_currency=draw(st.sampled_from(["EUR", "USD", None])),
             mcc_mnc=draw(maybe | st.just("22801")),
+            # one network spelled three ways (named as one by observation), and another
+            operator=draw(st.sampled_from([None, "Ncell", "NCell", "42902", "Swisscom"])),
             part_ids=draw(st.sampled_from([None, "a1", "a2", "a1 a3", "b"])),  # Vonage's parts
             **described,
         )
@@ -106,6 +110,25 @@ def test_merge_ignores_order_and_duplicates(case: tuple[list[Report], list[Repor
 @given(observations(), observations())
 def test_merge_is_associative(left: list[Report], right: list[Report]) -> None:
     assert rules.merge(fold(left), fold(right)) == fold(left + right)  # type: ignore[arg-type]
+
+
+@given(observations())
+def test_the_country_is_the_merged_recipients(reports: list[Report]) -> None:
+    """`country` is derived from `to`: whichever `to` the merge keeps, it comes with it."""
+    merged = fold(reports)
+    assert merged is not None
+    assert merged.country == rules.country(merged.to)
+    assert all(r.country == rules.country(r.to) for r in reports)
+
+
+@given(observations())
+def test_one_name_per_network(reports: list[Report]) -> None:
+    """However a report for a number of its region (or of none known) spells a network of
+    NETWORKS, it names it one way; its MCC+MNC names it anywhere. Another region's network
+    of that name (here a Swiss "NCell") is not it."""
+    for report in reports:
+        names = {None, "Ncell", "Swisscom"} | ({"NCell"} if report.country == "CH" else set())
+        assert report.operator in names, report
 
 
 @given(observations())
@@ -286,7 +309,7 @@ def test_upsert_matches_pure_merge_in_any_order(
     run.run(billing_agrees(engine))
 
 
-BILLING_KEYS = ["day", "source", "currency", "operator", "status", "origin"]
+BILLING_KEYS = ["day", "source", "currency", "operator", "status", "origin", "country"]
 
 
 async def billing_agrees(engine: Any) -> None:
@@ -337,7 +360,7 @@ def test_upsert_takes_a_new_seq_only_on_change(runner: tuple[asyncio.Runner, obj
 
 @pytest.mark.parametrize(("to", "mcc_mnc", "expected"), [
     ("+9779842271353", None, "Nepal Telecom"),
-    ("+9779801912821", None, "NCell"),
+    ("+9779801912821", None, "Ncell"),  # phonenumbers says "NCell": one name per network
     ("+9779612345678", None, "Smart Telecom"),
     ("+9779842271353", "42902", "Ncell"),  # the provider's network wins (a ported number)
     ("+41793026727", None, "Swisscom"),
@@ -345,8 +368,77 @@ def test_upsert_takes_a_new_seq_only_on_change(runner: tuple[asyncio.Runner, obj
     (None, None, None),
 ])
 def test_operator(to: str | None, mcc_mnc: str | None, expected: str | None) -> None:
-    carrier = rules.recipient(to).carrier if to else None
-    assert rules.operator(mcc_mnc, carrier) == expected
+    """What a decoder says (rules.operator), as the report names it (rules.observation)."""
+    number = rules.recipient(to) if to else None
+    report = rules.observation(source="ib", message_id="m", status="PENDING",
+                               to=number.to if number else None, mcc_mnc=mcc_mnc,
+                               operator=rules.operator(mcc_mnc, number and number.carrier))
+    assert report.operator == expected
+
+
+@pytest.mark.parametrize(("name", "region", "expected"), [
+    ("NCell", "NP", "Ncell"),
+    ("NCELL", "NP", "Ncell"),  # as DiceSMS's own counters spell it
+    ("n-cell", "NP", "Ncell"),
+    ("Ncell", "NP", "Ncell"),
+    ("NCell", None, "Ncell"),  # no other region's network is called that
+    ("NCell", "CH", "NCell"),  # a Swiss network of that name would not be Nepal's
+    ("42902", None, "Ncell"),  # an MCC+MNC (Sinch's `operator`) names its network anywhere
+    ("429-02", "CH", "Ncell"),
+    ("22801", "CH", "22801"),  # not a network of NETWORKS: as given
+    ("nepal telecom", "NP", "Nepal Telecom"),
+    ("NDCL", "NP", "NDCL"),
+    ("Swisscom", "CH", "Swisscom"),
+    (None, "NP", None),
+])
+def test_network_name(name: str | None, region: str | None, expected: str | None) -> None:
+    assert rules.network_name(name, region) == expected
+
+
+def _carrier_names() -> dict[int, set[str]]:
+    """Every carrier name (English) phonenumbers' carrier data gives, by calling code."""
+    from phonenumbers.carrierdata import CARRIER_DATA
+
+    found: dict[int, set[str]] = {}
+    for prefix, names in CARRIER_DATA.items():
+        if name := names.get("en"):
+            code = next(int(prefix[:n]) for n in (1, 2, 3)
+                        if int(prefix[:n]) in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
+            found.setdefault(code, set()).add(name)
+    return found
+
+
+# phonenumbers' other carriers of the regions of rules.CARRIERS: none of them is a network
+# of NETWORKS (NDCL's ranges are Nepal Telecom's CDMA ones, not its GSM network 42901).
+NOT_NETWORKS = {"NP": {"NDCL", "STM Telecom", "NSTPL", "UTL"}}
+
+
+def test_every_carrier_name_of_a_networks_region_is_known() -> None:
+    """Each name phonenumbers gives for numbers of a region where we bill by network is a
+    network of NETWORKS (rules.CARRIERS) or known not to be one: a name it adds or respells
+    in a later release fails here rather than splitting a network."""
+    names = _carrier_names()
+    assert set(rules.CARRIERS) == set(NOT_NETWORKS)
+    for region, carriers in rules.CARRIERS.items():
+        given = names[phonenumbers.country_code_for_region(region)]
+        assert given == set(carriers) | NOT_NETWORKS[region], region
+        for name, code in carriers.items():
+            assert rules.network_name(name, region) == rules.NETWORKS[code]
+    assert {code for carriers in rules.CARRIERS.values() for code in carriers.values()} \
+        == set(rules.NETWORKS)
+
+
+def test_no_calling_code_spells_one_carrier_two_ways() -> None:
+    """Within a calling code, phonenumbers' names that differ only in case, spaces or
+    punctuation are one name once network_name has named them."""
+    for code, names in _carrier_names().items():
+        regions = phonenumbers.COUNTRY_CODE_TO_REGION_CODE[code]
+        spellings: dict[str, set[str | None]] = {}
+        for name in names:
+            folded = "".join(c for c in name.casefold() if c.isalnum())
+            spellings.setdefault(folded, set()).update(
+                rules.network_name(name, region) for region in regions)
+        assert all(len(named) == 1 for named in spellings.values()), (code, spellings)
 
 
 @st.composite

@@ -58,6 +58,7 @@ async def test_seed_example_accepted_verbatim_and_read_back(client: Client) -> N
     assert message["done_at"] == "2019-11-09T16:00:00Z"
     assert message["sent_at"] == "2019-11-09T16:00:00Z"
     assert message["to"] == "+41793026727"
+    assert message["country"] == "CH"
     assert message["bulk_id"] == "BULK-ID-123-xyz"
     assert message["sms_count"] == 1
     assert message["provider_status"] == {"id": 5, "name": "DELIVERED_TO_HANDSET",
@@ -65,7 +66,7 @@ async def test_seed_example_accepted_verbatim_and_read_back(client: Client) -> N
                                           "action": None}
     assert message["error"] is None
     assert set(message) == {
-        "source", "message_id", "bulk_id", "to", "sender", "callback_data", "matched_by",
+        "source", "message_id", "bulk_id", "to", "country", "sender", "callback_data", "matched_by",
         "status", "final", "provider_status", "error", "sent_at", "done_at", "sms_count", "price",
         "mcc_mnc", "operator", "text", "entity_id", "application_id", "campaign_reference_id",
         "seq", "updated_at", "history"}

@@ -12,7 +12,13 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, get
 from litestar.datastructures import State
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, OpenAPIType, Schema
+from litestar.openapi.spec import (
+    Example,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Schema,
+)
 from litestar.params import FromQuery, QueryParameter
 from litestar.response import Response
 
@@ -58,11 +64,14 @@ class BillingRow(msgspec.Struct, kw_only=True):
     source: str | None = None
     currency: Annotated[str | None, doc("ISO 4217; null when the provider reports no price",
                                         "EUR")] = None
-    operator: str | None = None
+    operator: Annotated[str | None, doc("Network, one name per network", "Ncell")] = None
     status: str | None = None
     origin: Annotated[str | None, doc(
         "Where the prices came from: `reported` by the provider, `rate_card` (estimated by "
         "the source's rate card), or null: unpriced", "reported")] = None
+    country: Annotated[str | None, doc(
+        "The recipients' country, ISO 3166 alpha-2 (from `to`); null when it cannot be told",
+        "NP")] = None
     messages: int
     parts: int
     amount: Annotated[str, doc("Exact decimal, in the row's currency; unpriced messages "
@@ -104,13 +113,18 @@ class BillingOperation(Documented):
                  "currency: currency is always a group key. Prices are the provider's or, "
                  "where it reports none, the source's rate card's (group by `origin` to tell "
                  "them apart); `unpriced` counts the messages with neither, which add nothing "
-                 "to `amount`. `Accept: text/csv` for CSV.")
+                 "to `amount`. `operator` names each network once (whoever reported it); "
+                 "`country` is the recipients' (ISO 3166 alpha-2, from `to`). "
+                 "`Accept: text/csv` for CSV.")
 async def billing_summary(
     request: Request[Any, Any, State],
     state: State,
     start: Annotated[str, QueryParameter(name="from", description=TIME)],
     to: Annotated[str, QueryParameter(description=TIME)],
-    group_by: FromQuery[str] = "currency",
+    group_by: Annotated[str, QueryParameter(
+        description=f"Comma-separated group keys among {', '.join(store.BILLING_KEYS)} "
+                    "(currency is always added)",
+        examples=[Example(value="day,country,operator")])] = "currency",
     tz: FromQuery[str] = "UTC",
 ) -> Response[Any]:
     since, until = query_time("from", start), query_time("to", to)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, get
 from litestar.datastructures import State
+from litestar.openapi.spec import Example
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from service import db, rules, store
@@ -36,6 +37,9 @@ def _spellings(to: str, source: str | None, sources: Mapping[str, Source]) -> tu
                if s.region and (source is None or s.name == source)}
     forms = {rules.e164(to)} | {rules.e164(to, region) for region in regions}
     return tuple(sorted(forms | {to.strip()}))
+
+
+COUNTRY_PATTERN = "^[A-Za-z]{2}$"
 
 
 @get("/v1/messages/{source:str}/{message_id:path}", guards=[require_scope], opt={"scope": "read"},
@@ -72,6 +76,10 @@ async def list_messages(
     to: FromQuery[str | None] = None,
     bulk_id: FromQuery[str | None] = None,
     callback_data: FromQuery[str | None] = None,
+    country: Annotated[str | None, QueryParameter(
+        description="The recipient's country, ISO 3166 alpha-2 in any case (`NP`, `np`): "
+                    "messages whose `country` it is", pattern=COUNTRY_PATTERN,
+        examples=[Example(value="NP")])] = None,
     final: FromQuery[bool | None] = None,
     sent_from: Annotated[str | None, QueryParameter(description=TIME)] = None,
     sent_to: Annotated[str | None, QueryParameter(description=TIME)] = None,
@@ -87,7 +95,7 @@ async def list_messages(
     where = store.MessageFilter(
         source=source, status=status and status.upper(), final=final,
         to=_spellings(to, source, state.settings.sources) if to else None, bulk_id=bulk_id,
-        callback_data=callback_data, **times)
+        callback_data=callback_data, country=country and country.upper(), **times)
     after = decode_cursor(cursor, tuple[str, str]) if cursor else None
     async with db.transaction(state.engine) as conn:
         rows = await store.list_messages(conn, where, limit + 1, after)

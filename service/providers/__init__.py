@@ -93,6 +93,8 @@ class Report(msgspec.Struct, frozen=True, kw_only=True):
     # 0: the provider reported it (or there is none). `price_rate`: that rate, as JSON.
     price_estimate: int = 0
     price_rate: str | None = None
+    # ISO 3166 alpha-2 of `to`, derived from it by rules.observation (rules.country)
+    country: str | None = None
 
 
 class Rejection(msgspec.Struct, frozen=True):
