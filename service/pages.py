@@ -33,6 +33,9 @@ class RunResult(msgspec.Struct):
     bytes_fetched: int = 0
     bytes_kept: int = 0
     resighted: int = 0  # pages fetched again unchanged: recorded as seen, not kept again
+    # records (reports, messages, batches …) the fetched pages held, unchanged ones too: what
+    # a provider that charges per record returned bills for the pass
+    records_fetched: int = 0
 
 
 class Taken(NamedTuple):
@@ -64,6 +67,10 @@ class Pages:
         self.spool_dir, self.run_id = spool_dir, run_id
         # what conditions() read for a URL, for the take() of its answer to use again
         self._last_kept: dict[str, store.KeptBody | None] = {}
+
+    def fetched(self, records: int) -> None:
+        """Count `records` read from a fetched page (what per-record pricing bills)."""
+        self.result.records_fetched += records
 
     async def conditions(self, path_or_url: str) -> dict[str, str]:
         """Headers that make a GET of a non-consuming URL conditional on the body last kept

@@ -111,10 +111,10 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
         metrics.show_count_missing(source.name, {day: c["missing"]
                                                  for day, c in provider_counts.items()})
     log.log(logging.WARNING if result.error else logging.INFO,
-            "pull %s: %d pages (%d seen before), %d reports, %d changed, %d rejected; "
-            "%d bytes fetched, %d kept%s", source.name, result.pages, result.resighted,
-            result.reports, result.changed, result.rejected, result.bytes_fetched,
-            result.bytes_kept,
+            "pull %s: %d pages (%d seen before), %d records, %d reports, %d changed, "
+            "%d rejected; %d bytes fetched, %d kept%s", source.name, result.pages,
+            result.resighted, result.records_fetched, result.reports, result.changed,
+            result.rejected, result.bytes_fetched, result.bytes_kept,
             f"; error: {result.error}" if result.error else "")
     return result
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from service import db, store
-from service.providers import infobip
+from service.providers import http, infobip
 
 if TYPE_CHECKING:
     from service.pages import Pages
@@ -33,6 +33,7 @@ async def pull(pages: Pages, source: infobip.InfobipSource) -> None:
     """
     while True:
         response = await infobip.fetch_reports_page(pages.client, source, retry=pages.retry)
+        pages.fetched(http.items(response.content, "results"))
         envelope = (await pages.take(response, consuming=True)).envelope
         if not envelope.reports and not envelope.rejections:
             break
@@ -55,6 +56,7 @@ async def _look_up_v1(pages: Pages, source: infobip.InfobipSource) -> None:
         if gap.message_id:
             response = await infobip.fetch_logs(pages.client, source, {
                 "messageId": gap.message_id}, pages.retry)
+            pages.fetched(http.items(response.content, "results"))
             await pages.take(response)
 
 
@@ -84,6 +86,7 @@ async def _read_logs(pages: Pages, source: infobip.InfobipSource,
     params = params | {"limit": LOGS_LIMIT, "useCursor": "true"}
     for _ in range(most_pages):
         response = await infobip.fetch_logs(pages.client, source, params, pages.retry)
+        pages.fetched(http.items(response.content, "results"))
         await pages.take(response)
         cursor = next_cursor(response.content) if response.status_code == 200 else None
         if cursor is None:

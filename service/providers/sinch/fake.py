@@ -112,11 +112,14 @@ class FakeSinch(FakeServer):
         if batch is None:
             return _json(404, {"code": "not_found", "text": f"Batch {rest[0]} not found"})
         if rest[1:] == ["delivery_report"]:
-            return _json(200, batch_report(batch, query.get("type", ["summary"])[0] == "full"))
+            report = batch_report(batch, query.get("type", ["summary"])[0] == "full")
+            self.returning(sum(len(s.get("recipients", [None])) for s in report["statuses"]))
+            return _json(200, report)
         if len(rest) == 3 and rest[1] == "delivery_report":
             found = next((r for r in batch.recipients if r.msisdn == rest[2].lstrip("+")), None)
             if found is None:
                 return _json(404, {"code": "not_found", "text": "No delivery report found"})
+            self.returning(1)
             return _json(200, recipient_report(batch, found))
         return _json(404, {"code": "not_found", "text": "Not found"})
 
@@ -129,5 +132,6 @@ class FakeSinch(FakeServer):
             since = datetime.fromisoformat(start.replace("Z", "+00:00"))
             found = [b for b in found if b.created_at >= since]
         chunk = found[page * size:(page + 1) * size]
+        self.returning(len(chunk))
         return _json(200, {"count": len(found), "page": page, "page_size": len(chunk),
                            "batches": [b.resource() for b in chunk]})

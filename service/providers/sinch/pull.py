@@ -9,8 +9,10 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+import msgspec
+
 from service import db, store
-from service.providers import sinch
+from service.providers import http, sinch
 
 if TYPE_CHECKING:
     from service.pages import Pages
@@ -28,6 +30,7 @@ async def pull(pages: Pages, source: sinch.SinchSource) -> None:
         response = await sinch.fetch(pages.client, source, sinch.plan_path(source, "batches"), {
             "start_date": since.strftime("%Y-%m-%dT%H:%M:%S.000Z"), "page": page,
             "page_size": PAGE_SIZE}, pages.retry)
+        pages.fetched(http.items(response.content, "batches"))
         await pages.take(response)
         if response.status_code != 200:
             break
@@ -42,8 +45,9 @@ async def pull(pages: Pages, source: sinch.SinchSource) -> None:
         if have >= count and have_final >= count:
             continue  # every recipient is here and final
         path = sinch.plan_path(source, f"batches/{quote(batch_id, safe='')}/delivery_report")
-        await pages.take(await sinch.fetch(pages.client, source, path, {"type": "full"},
-                                           pages.retry))
+        response = await sinch.fetch(pages.client, source, path, {"type": "full"}, pages.retry)
+        pages.fetched(recipients_in(response.content))
+        await pages.take(response)
     await _look_up(pages, source)
 
 
@@ -61,4 +65,25 @@ async def _look_up(pages: Pages, source: sinch.SinchSource) -> None:
         batch_id, digits = named
         path = sinch.plan_path(source, f"batches/{quote(batch_id, safe='')}/delivery_report/"
                                f"{digits}")
-        await pages.take(await sinch.fetch(pages.client, source, path, retry=pages.retry))
+        response = await sinch.fetch(pages.client, source, path, retry=pages.retry)
+        pages.fetched(1 if response.status_code == 200 else 0)
+        await pages.take(response)
+
+
+class _Status(msgspec.Struct):
+    recipients: list[msgspec.Raw] = []
+
+
+class _FullReport(msgspec.Struct):
+    statuses: list[_Status] = []
+
+
+_full_report = msgspec.json.Decoder(_FullReport)
+
+
+def recipients_in(body: bytes) -> int:
+    """The recipients a full batch delivery report lists (none when it is no such report)."""
+    try:
+        return sum(len(status.recipients) for status in _full_report.decode(body).statuses)
+    except (msgspec.MsgspecError, RecursionError):
+        return 0

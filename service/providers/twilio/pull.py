@@ -27,6 +27,7 @@ async def pull(pages: Pages, source: twilio.TwilioSource) -> None:
                                            "PageSize": PAGE_SIZE}
     for _ in range(PAGES_PER_RUN):
         response = await twilio.fetch(pages.client, source, path, params, pages.retry)
+        pages.fetched(http.items(response.content, "messages"))
         await pages.take(response)
         following = twilio.next_page(response.content) if response.status_code == 200 else None
         if following is None:

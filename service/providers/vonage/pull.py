@@ -36,6 +36,7 @@ async def pull(pages: Pages, source: vonage.VonageSource) -> None:
         while budget > 0:
             budget -= 1
             response = await vonage.fetch(pages.client, source, path, params, pages.retry)
+            pages.fetched(http.items(response.content, "records"))
             await pages.take(response)
             following = vonage.next_href(response.content) if response.status_code == 200 \
                 else None
