@@ -1,8 +1,11 @@
 """Pulls held to their cost: each pass records the records its pages held (`records_fetched`
-in /v1/runs), which is what each kind's fake counts it returned."""
+in /v1/runs), which is what each kind's fake counts it returned; a simulated day of passes,
+the clock moved from pass to pass, reads each record about twice at most and ends with what
+the provider has."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -10,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import worker
@@ -25,6 +29,7 @@ from service.providers.twilio import TwilioSource
 from service.providers.twilio.fake import FakeTwilio, message
 from service.providers.vonage import VonageSource
 from service.providers.vonage.fake import FakeVonage, record
+from service.tables import messages
 from tests.conftest import ADMIN_TOKEN
 from tests.reports import report
 
@@ -91,3 +96,96 @@ async def test_each_run_records_the_records_its_pages_held(
     assert result.records_fetched == fake.records_returned > 0
     [run] = (await client.get("/v1/runs", headers=ADMIN)).json()["items"]
     assert run["records_fetched"] == fake.records_returned
+
+
+class Clock:
+    """The time passes go by, moved by the test."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+DAY_START = datetime(2026, 11, 2, tzinfo=UTC)
+EVERY = timedelta(seconds=300)  # pull_interval_s: 289 passes from midnight to midnight
+
+
+async def a_day_of_passes(engine: AsyncEngine, source: Source, fake: FakeServer,
+                          move: Callable[[datetime], None]) -> int:
+    """Pass after pass over a day, the provider's data moved to each pass's time first; the
+    records fetched (checked against what the fake returned)."""
+    clock = Clock(DAY_START)
+    fetched = 0
+    async with httpx.AsyncClient() as provider_client:
+        while clock.at <= DAY_START + timedelta(days=1):
+            move(clock.at)
+            result = await worker.pull(engine, provider_client, source, "t", FAST, clock=clock)
+            assert result is not None and result.error is None, result
+            fetched += result.records_fetched
+            clock.at += EVERY
+    assert fetched == fake.records_returned
+    return fetched
+
+
+class Life:
+    """One message over the day: when the provider has it, lists it, and knows its end."""
+
+    def __init__(self, i: int, count: int, rnd: random.Random) -> None:
+        self.i = i
+        self.sent = DAY_START + timedelta(seconds=i * 86000 / count + rnd.uniform(0, 60))
+        late = rnd.random()  # listed within two minutes, a few only after half an hour
+        self.listed = self.sent + timedelta(seconds=rnd.uniform(0, 120) if late < 0.98
+                                            else rnd.uniform(1800, 3600))
+        settles = rnd.random()  # final within minutes mostly, some hours later, some never
+        self.done: datetime | None = self.sent + timedelta(seconds=(
+            rnd.uniform(10, 300) if settles < 0.7 else rnd.uniform(300, 3600)
+            if settles < 0.9 else rnd.uniform(3600, 8 * 3600)))
+        if settles > 0.98:
+            self.done = None
+        self.delivered = rnd.random() < 0.9
+
+    def final_at(self, now: datetime) -> bool:
+        return self.done is not None and self.done <= now
+
+
+def lives(count: int) -> list[Life]:
+    rnd = random.Random(20261102)
+    return [Life(i, count, rnd) for i in range(count)]
+
+
+async def statuses(engine: AsyncEngine, source: str) -> dict[str, str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.select(messages.c.message_id, messages.c.status)
+                                  .where(messages.c.source == source))
+        return {row.message_id: row.status for row in rows}
+
+
+async def test_a_day_of_vonage_passes_reads_each_record_about_twice(engine: AsyncEngine) -> None:
+    """Vonage bills each record returned: a day of passes every 5 minutes over N messages
+    reads at most 2N records (once settled, once in the day's whole re-read), and ends with
+    every status Vonage has; each pass re-reading the day would read ~144N."""
+    count = 400
+    day = lives(count)
+
+    def move(now: datetime) -> None:
+        fake.records = {}
+        for life in day:
+            if life.listed <= now:
+                final = life.final_at(now)
+                part = record(KEY, f"0D{life.i:014X}", "447700900001",
+                              ("delivered" if life.delivered else "failed") if final
+                              else "accepted", life.sent, life.done if final else None,
+                              error_code="0" if life.delivered or not final else "1")
+                fake.records[part["message_id"]] = part
+
+    with FakeVonage(KEY, "api-secret") as fake:
+        source = VonageSource("vg", fake.url, api_key=KEY, api_secret="api-secret")
+        fetched = await a_day_of_passes(engine, source, fake, move)
+        expected = {key: {"delivered": "DELIVERED", "failed": "UNDELIVERABLE",
+                          "accepted": "PENDING"}[part["status"]]
+                    for key, part in fake.records.items()}
+    assert len(expected) == count
+    assert fetched <= 2 * count, fetched
+    assert await statuses(engine, "vg") == expected
