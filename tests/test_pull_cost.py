@@ -189,3 +189,31 @@ async def test_a_day_of_vonage_passes_reads_each_record_about_twice(engine: Asyn
     assert len(expected) == count
     assert fetched <= 2 * count, fetched
     assert await statuses(engine, "vg") == expected
+
+
+async def test_a_day_of_twilio_passes_reads_each_message_about_twice(
+        engine: AsyncEngine) -> None:
+    """A day of passes every 5 minutes over N messages lists at most 2N of them (once
+    settled, once in the day's whole re-read) and ends with every status and price Twilio
+    has; each pass listing the last two days would list ~288N."""
+    count = 400
+    day = lives(count)
+
+    def move(now: datetime) -> None:
+        fake.messages = {}
+        for life in day:
+            if life.listed <= now:
+                final = life.final_at(now)
+                fake.add(message(ACCOUNT, f"SM{life.i:032d}", "+14155552671",
+                                 ("delivered" if life.delivered else "undelivered") if final
+                                 else "sent", life.sent, price=Decimal("0.0079") if final
+                                 else None, updated=life.done if final else None))
+
+    with FakeTwilio(ACCOUNT) as fake:
+        source = TwilioSource("tw", fake.url, account_sid=ACCOUNT, auth_token=fake.auth_token)
+        fetched = await a_day_of_passes(engine, source, fake, move)
+        expected = {sid: {"delivered": "DELIVERED", "undelivered": "UNDELIVERABLE",
+                          "sent": "PENDING"}[m["status"]] for sid, m in fake.messages.items()}
+    assert len(expected) == count
+    assert fetched <= 2 * count, fetched
+    assert await statuses(engine, "tw") == expected
