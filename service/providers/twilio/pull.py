@@ -42,10 +42,11 @@ async def pull(pages: Pages, source: twilio.TwilioSource) -> None:
     sweep = Sweep(pages, "messages", source.lookback_s, source.settle_s, source.full_interval_s)
     window = await sweep.window()  # asked for even when empty: the credentials are checked
     path: str = twilio.messages_path(source.account_sid or "")
-    params: dict[str, str | int] | None = {"DateSent>": twilio.twilio_time(window.since),
-                                           "PageSize": PAGE_SIZE}
+    first: dict[str, str | int] = {"DateSent>": twilio.twilio_time(window.since),
+                                   "PageSize": PAGE_SIZE}
     if not window.whole:  # a whole re-read lists everything sent since
-        params["DateSent<"] = twilio.twilio_time(window.until)
+        first["DateSent<"] = twilio.twilio_time(window.until)
+    params: dict[str, str | int] | None = first
     for _ in range(PAGES_PER_RUN):
         response = await twilio.fetch(pages.client, source, path, params, pages.retry)
         pages.fetched(http.items(response.content, "messages"))
