@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import worker
+from service import store, worker
 from service.config import DiceSmsSource, InfobipSource
 from service.providers import http
 from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
@@ -24,6 +24,7 @@ from service.providers.fakes import FakeServer
 from service.providers.infobip.fake import FakeInfobip
 from service.providers.registry import Source
 from service.providers.sinch import SinchSource
+from service.providers.sinch import message_id as sinch_message_id
 from service.providers.sinch.fake import Batch, FakeSinch, Recipient
 from service.providers.twilio import TwilioSource
 from service.providers.twilio.fake import FakeTwilio, message
@@ -217,3 +218,43 @@ async def test_a_day_of_twilio_passes_reads_each_message_about_twice(
     assert len(expected) == count
     assert fetched <= 2 * count, fetched
     assert await statuses(engine, "tw") == expected
+
+
+async def test_a_day_of_sinch_passes_reads_each_batch_and_report_about_twice(
+        engine: AsyncEngine) -> None:
+    """A day of passes every 5 minutes over N batches of two (half of their messages
+    registered) lists each batch and reads each report about twice at most (once settled,
+    once in the day's whole re-read, if not final by then), and ends with every status Sinch
+    has; each pass listing the day and looking up every open registration read far more."""
+    count = 200
+    day = lives(count)
+
+    def batch(life: Life) -> Batch:
+        return Batch(f"B{life.i:04d}", life.sent, [Recipient(
+            f"4477009{life.i:04d}{j}", "Dispatched", 401) for j in range(2)])
+
+    async with engine.begin() as conn:
+        await store.register_outbound(conn, [store.Registration(
+            "sn", life.sent, message_id=sinch_message_id(f"B{life.i:04d}", f"+4477009{life.i:04d}0"),
+            to=f"+4477009{life.i:04d}0") for life in day if life.i % 2])
+
+    def move(now: datetime) -> None:
+        fake.batches = {}
+        for life in day:
+            if life.listed <= now:
+                listed = batch(life)
+                if life.final_at(now):
+                    for r in listed.recipients:
+                        r.status, r.code = ("Delivered", 0) if life.delivered else ("Failed", 402)
+                        r.at = life.done
+                fake.add(listed)
+
+    with FakeSinch("plan0001", "sinch-token") as fake:
+        source = SinchSource("sn", fake.url, service_plan_id="plan0001", api_token="sinch-token")
+        fetched = await a_day_of_passes(engine, source, fake, move)
+        expected = {sinch_message_id(b.id, f"+{r.msisdn}"): {
+            "Delivered": "DELIVERED", "Failed": "UNDELIVERABLE", "Dispatched": "PENDING"}[r.status]
+            for b in fake.batches.values() for r in b.recipients}
+    assert len(expected) == 2 * count
+    assert fetched <= 2 * (count + 2 * count), fetched  # the batches and their recipients
+    assert await statuses(engine, "sn") == expected
