@@ -21,7 +21,8 @@ from service.config import DiceSmsSource, InfobipSource
 from service.providers import http
 from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
 from service.providers.fakes import FakeServer
-from service.providers.infobip.fake import FakeInfobip
+from service.providers.infobip import infobip_time as ib_time
+from service.providers.infobip.fake import FakeInfobip, as_v3
 from service.providers.registry import Source
 from service.providers.sinch import SinchSource
 from service.providers.sinch import message_id as sinch_message_id
@@ -258,3 +259,35 @@ async def test_a_day_of_sinch_passes_reads_each_batch_and_report_about_twice(
     assert len(expected) == 2 * count
     assert fetched <= 2 * (count + 2 * count), fetched  # the batches and their recipients
     assert await statuses(engine, "sn") == expected
+
+
+async def test_a_day_of_infobip_passes_looks_each_open_message_up_about_once(
+        engine: AsyncEngine) -> None:
+    """Every report lost, N messages registered over the day: a day of passes every 5
+    minutes reads at most 2N logs (each registration once when due, the ones still open
+    again every few hours), and ends with every status Infobip's logs have; looking up every
+    open registration at every pass re-read the slow ones up to 288 times a day."""
+    count = 400
+    day = lives(count)
+    async with engine.begin() as conn:
+        await store.register_outbound(conn, [store.Registration(
+            "ib", life.sent, message_id=f"MSG-{life.i:05d}", to="+41793026727") for life in day])
+
+    def move(now: datetime) -> None:
+        fake.logs = {}
+        for life in day:
+            if life.listed <= now:
+                final = life.final_at(now)
+                group = (3 if life.delivered else 2) if final else 1
+                fake.logs[f"MSG-{life.i:05d}"] = as_v3(report(
+                    f"MSG-{life.i:05d}", group_id=group, sentAt=ib_time(life.sent),
+                    doneAt=ib_time(life.done) if final and life.done else None))
+
+    with FakeInfobip() as fake:
+        source = InfobipSource("ib", fake.url, api_key=fake.api_key)
+        fetched = await a_day_of_passes(engine, source, fake, move)
+        expected = {key: {3: "DELIVERED", 2: "UNDELIVERABLE", 1: "PENDING"}[
+            log["status"]["groupId"]] for key, log in fake.logs.items()}
+    assert len(expected) == count
+    assert fetched <= 2 * count, fetched
+    assert await statuses(engine, "ib") == expected

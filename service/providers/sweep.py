@@ -8,7 +8,8 @@ high-water mark, a pull cursor) up to `settle_s` ago: a record is read once it h
 mark, so a record is read once. Every `full_interval_s`, on the first pass, and after an
 outage longer than the lookback, the pass reads the whole lookback instead, up to now, for the
 records whose status changed later than `settle_s` after they were sent; the mark then goes
-back to `settle_s` ago, so the newest of those are read again once settled.
+back to `settle_s` ago, so the newest of those are read again once settled. A whole re-read
+too long for one pass goes on from where it stopped in the next passes.
 
 Records read in a day, for N records sent a day (lookback_s L): about N from the passes, and
 N * L / 86400 from each whole re-read, so about 2N a day with full_interval_s = L = 1 day.
@@ -76,13 +77,13 @@ class Sweep:
 
     async def reached(self, window: Window, upto: datetime) -> None:
         """`window` is read up to `upto` (its end, once read entirely): the next pass starts
-        there, or `settle_s` ago if that is earlier. A whole window read to its end is the
-        last whole re-read."""
+        there, or `settle_s` ago if that is earlier. A whole re-read is done once reached,
+        even cut short: the next passes go on from where it stopped."""
         source = self.pages.source.name
         async with db.transaction(self.pages.engine) as conn:
             await store.set_cursor(conn, source, f"{self.name}.until",
                                    min(upto, self.settled).isoformat())
-            if window.whole and upto >= window.until:
+            if window.whole:
                 await store.set_cursor(conn, source, f"{self.name}.whole_at",
                                        self.now.isoformat())
 
