@@ -10,18 +10,21 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+import service.app  # noqa: F401 (the provider kinds, before the configuration)
 from service import store, worker
 from service.config import DiceSmsSource, InfobipSource
 from service.providers import http
 from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
 from service.providers.fakes import FakeServer
 from service.providers.infobip import infobip_time as ib_time
+from service.providers.infobip import pull as infobip_pull
 from service.providers.infobip.fake import FakeInfobip, as_v3
 from service.providers.registry import Source
 from service.providers.sinch import SinchSource
@@ -291,3 +294,30 @@ async def test_a_day_of_infobip_passes_looks_each_open_message_up_about_once(
     assert len(expected) == count
     assert fetched <= 2 * count, fetched
     assert await statuses(engine, "ib") == expected
+
+
+
+async def test_a_whole_look_up_too_long_for_one_pass_goes_on_in_the_next(
+        engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More open registrations than a pass looks up: the next pass goes on after the last
+    one looked up (that one again, as others may share its send time), not from the start."""
+    monkeypatch.setattr(infobip_pull, "OPEN_PER_RUN", 3)
+    clock = Clock(datetime(2026, 11, 2, 12, tzinfo=UTC))
+    async with engine.begin() as conn:
+        await store.register_outbound(conn, [store.Registration(
+            "ib", clock.at - timedelta(hours=1, seconds=-i), message_id=f"OPEN-{i}")
+            for i in range(7)])
+
+    def asked(requests: list[str]) -> list[set[str]]:
+        return [set(parse_qs(urlsplit(r).query)["messageId"][0].split(","))
+                for r in requests if r.startswith("/sms/3/logs")]
+
+    with FakeInfobip() as fake:
+        source = InfobipSource("ib", fake.url, api_key=fake.api_key)
+        async with httpx.AsyncClient() as provider_client:
+            for _ in range(4):
+                await worker.pull(engine, provider_client, source, "t", FAST, clock=clock)
+                clock.at += EVERY
+    assert asked(fake.requests) == [{"OPEN-0", "OPEN-1", "OPEN-2"},
+                                    {"OPEN-2", "OPEN-3", "OPEN-4"},
+                                    {"OPEN-4", "OPEN-5", "OPEN-6"}, {"OPEN-6"}]
