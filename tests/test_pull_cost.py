@@ -9,18 +9,20 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import msgspec
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import service.app  # noqa: F401 (the provider kinds, before the configuration)
-from service import store, worker
-from service.config import DiceSmsSource, InfobipSource
-from service.providers import http
+from service import simulate, store, worker
+from service.config import DiceSmsSource, InfobipSource, load_settings
+from service.providers import http, registry
 from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
 from service.providers.fakes import FakeServer
 from service.providers.infobip import infobip_time as ib_time
@@ -295,6 +297,36 @@ async def test_a_day_of_infobip_passes_looks_each_open_message_up_about_once(
     assert fetched <= 2 * count, fetched
     assert await statuses(engine, "ib") == expected
 
+
+@pytest.mark.parametrize("name", ["tw", "vg", "sn"])
+async def test_local_sources_find_simulated_messages_sent_an_hour_back(
+        engine: AsyncEngine, name: str) -> None:
+    """`simulate` sends its messages an hour back, which a running `serve` has read past
+    long before: deploy/local.toml's sources read their whole lookback again every minute."""
+    settings = load_settings({"DLR_CONFIG": str(Path(__file__).parent.parent / "deploy" /
+                                                 "local.toml")})
+    source = settings.sources[name]
+    kind = registry.provider(source).kind
+    scenario_kind, fake_kind, credentials = simulate.FAKES[kind]
+    user, secret = credentials(source)
+    clock = Clock(datetime.now(UTC))
+    with fake_kind(user, secret) as fake:
+        local = msgspec.structs.replace(source, base_url=fake.url, webhook=None)
+        async with httpx.AsyncClient() as provider_client:
+            async def passes(seconds: float) -> None:
+                until = clock.at + timedelta(seconds=seconds)
+                while clock.at < until:
+                    clock.at += timedelta(seconds=local.pull_interval_s)
+                    result = await worker.pull(engine, provider_client, local, "t", FAST,
+                                               clock=clock)
+                    assert result is not None and result.error is None, result
+
+            await passes(120)  # serve has been pulling for a while
+            extra = {"hook": source.webhook} if kind == "vonage" else {}
+            scenario = scenario_kind(20, source=name, account_sid=user, **extra)
+            scenario.load(fake)
+            await passes(70)
+    assert {key for _, key in scenario.truth} <= set(await statuses(engine, name))
 
 
 async def test_a_whole_look_up_too_long_for_one_pass_goes_on_in_the_next(
