@@ -35,10 +35,6 @@ class Window:
     until: datetime
     whole: bool
 
-    @property
-    def empty(self) -> bool:
-        return self.since >= self.until
-
 
 class Sweep:
     """The windows of one listing of one source, its high-water mark kept as the pull cursor

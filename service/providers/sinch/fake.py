@@ -113,8 +113,10 @@ class FakeSinch(FakeServer):
         if batch is None:
             return _json(404, {"code": "not_found", "text": f"Batch {rest[0]} not found"})
         if rest[1:] == ["delivery_report"]:
-            report = batch_report(batch, query.get("type", ["summary"])[0] == "full")
-            self.returning(sum(len(s.get("recipients", [None])) for s in report["statuses"]))
+            full = query.get("type", ["summary"])[0] == "full"
+            report = batch_report(batch, full)
+            # a full report lists each recipient; a summary one count per status
+            self.returning(len(batch.recipients) if full else len(report["statuses"]))
             return _json(200, report)
         if len(rest) == 3 and rest[1] == "delivery_report":
             found = next((r for r in batch.recipients if r.msisdn == rest[2].lstrip("+")), None)
