@@ -103,6 +103,9 @@ async def test_each_run_records_the_records_its_pages_held(
     assert result.records_fetched == fake.records_returned > 0
     [run] = (await client.get("/v1/runs", headers=ADMIN)).json()["items"]
     assert run["records_fetched"] == fake.records_returned
+    schema = (await client.get("/schema/openapi.json")).json()["components"]["schemas"]["Run"]
+    assert schema["properties"]["records_fetched"] == {"type": "integer"}
+    assert "records_fetched" in schema["required"]
 
 
 class Clock:
