@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 from urllib.parse import urljoin
@@ -22,6 +24,10 @@ log = logging.getLogger(__name__)
 LEASE_TTL_S = 120.0
 
 
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 class RunResult(msgspec.Struct):
     source: str
     pages: int = 0
@@ -33,6 +39,9 @@ class RunResult(msgspec.Struct):
     bytes_fetched: int = 0
     bytes_kept: int = 0
     resighted: int = 0  # pages fetched again unchanged: recorded as seen, not kept again
+    # records (reports, messages, batches …) the fetched pages held, unchanged ones too: what
+    # a provider that charges per record returned bills for the pass
+    records_fetched: int = 0
 
 
 class Taken(NamedTuple):
@@ -57,13 +66,23 @@ class Pages:
 
     def __init__(self, engine: AsyncEngine, client: httpx.AsyncClient, source: Source,
                  holder: str, retry: http.Retry, stop: asyncio.Event,
-                 spool_dir: Path | None = None, run_id: int | None = None) -> None:
+                 spool_dir: Path | None = None, run_id: int | None = None,
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.engine, self.client, self.source = engine, client, source
         self.holder, self.retry, self.stop = holder, retry, stop
         self.result = RunResult(source.name)
         self.spool_dir, self.run_id = spool_dir, run_id
+        self.clock = clock
         # what conditions() read for a URL, for the take() of its answer to use again
         self._last_kept: dict[str, store.KeptBody | None] = {}
+
+    def now(self) -> datetime:
+        """The time a pass reads its windows and look-ups by (`clock`: tests move it)."""
+        return self.clock()
+
+    def fetched(self, records: int) -> None:
+        """Count `records` read from a fetched page (what per-record pricing bills)."""
+        self.result.records_fetched += records
 
     async def conditions(self, path_or_url: str) -> dict[str, str]:
         """Headers that make a GET of a non-consuming URL conditional on the body last kept

@@ -383,7 +383,7 @@ async def start_run(conn: AsyncConnection, source: str) -> int:
 
 async def finish_run(conn: AsyncConnection, run_id: int, **counts: Any) -> None:
     """Record how a pass ended: its counts (pages, reports, changed, rejected,
-    bytes_fetched, bytes_kept, resighted), error and detail."""
+    bytes_fetched, bytes_kept, resighted, records_fetched), error and detail."""
     await conn.execute(sa.update(runs).where(runs.c.id == run_id).values(
         finished_at=sa.func.now(), **counts))
 

@@ -197,6 +197,9 @@ runs = sa.Table(
     sa.Column("bytes_fetched", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("bytes_kept", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("resighted", sa.Integer, nullable=False, server_default="0"),
+    # records the pass's pages held (reports, messages, batches …), pages seen before too:
+    # what a provider that charges per record returned bills
+    sa.Column("records_fetched", sa.Integer, nullable=False, server_default="0"),
 )
 sa.Index("ix_runs_source_started_at", runs.c.source, runs.c.started_at)
 

@@ -10,7 +10,7 @@ import os
 import random
 import secrets
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from service import db, metrics, retention, rules, store
 from service.config import Settings
 from service.errors import DatabaseUnavailable
-from service.pages import LEASE_TTL_S, Pages, Stopping
+from service.pages import LEASE_TTL_S, Pages, Stopping, utc_now
 from service.pages import RunResult as RunResult
 from service.providers import Report, http, registry
 from service.providers.registry import Source
@@ -65,12 +65,14 @@ def _stoppable(retry: http.Retry, stop: asyncio.Event) -> http.Retry:
 
 async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, holder: str,
                retry: http.Retry = http.DEFAULT_RETRY, stop: asyncio.Event | None = None,
-               spool_dir: Path | None = None) -> RunResult | None:
+               spool_dir: Path | None = None,
+               clock: Callable[[], datetime] = utc_now) -> RunResult | None:
     """One reconcile pass over one source; None when another process holds its lease.
 
     With `stop`, the pass ends after the page in hand once it is set: that page is kept
     and merged, and no new one is requested. With `spool_dir`, a one-time page is held on
     disk until the inbox has it, and pages an earlier pass left there are taken first.
+    `clock` is the time the pass reads its windows and look-ups by.
     """
     stop = stop or asyncio.Event()
     async with db.statement(engine) as conn:
@@ -80,7 +82,8 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
                 metrics.LAST_SUCCESS.labels(source.name).set(finished.timestamp())
             return None
         run_id = await store.start_run(conn, source.name)
-    page = Pages(engine, client, source, holder, _stoppable(retry, stop), stop, spool_dir, run_id)
+    page = Pages(engine, client, source, holder, _stoppable(retry, stop), stop, spool_dir, run_id,
+                 clock)
     try:
         await page.take_held()
         await registry.provider(source).pull(page, source)
@@ -111,10 +114,10 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
         metrics.show_count_missing(source.name, {day: c["missing"]
                                                  for day, c in provider_counts.items()})
     log.log(logging.WARNING if result.error else logging.INFO,
-            "pull %s: %d pages (%d seen before), %d reports, %d changed, %d rejected; "
-            "%d bytes fetched, %d kept%s", source.name, result.pages, result.resighted,
-            result.reports, result.changed, result.rejected, result.bytes_fetched,
-            result.bytes_kept,
+            "pull %s: %d pages (%d seen before), %d records, %d reports, %d changed, "
+            "%d rejected; %d bytes fetched, %d kept%s", source.name, result.pages,
+            result.resighted, result.records_fetched, result.reports, result.changed,
+            result.rejected, result.bytes_fetched, result.bytes_kept,
             f"; error: {result.error}" if result.error else "")
     return result
 

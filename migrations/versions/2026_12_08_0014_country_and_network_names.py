@@ -14,7 +14,7 @@ transaction. Going back drops the country and keeps the names (they are names 00
 hold).
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-08
 """
 
@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql as pg
 from service import rules
 
 revision = '0014'
-down_revision = '0012'
+down_revision = '0013'
 branch_labels = None
 depends_on = None
 

@@ -30,6 +30,9 @@ class Run(msgspec.Struct):
     bytes_fetched: int  # of pulled bodies, whole
     bytes_kept: int  # in the inbox: a body fetched again unchanged is recorded, not kept
     resighted: int  # pages fetched again unchanged (or answered 304 Not Modified)
+    # records (reports, messages, batches …) the fetched pages held, unchanged pages too:
+    # what a provider that charges per record returned bills for the pass
+    records_fetched: int
 
 
 class RunList(msgspec.Struct):

@@ -21,6 +21,15 @@ Decoder = Callable[[bytes], tuple[list[Report], list[Rejection]]]
 STATUS_GROUPS = ("PENDING", "DELIVERED", "UNDELIVERABLE", "EXPIRED", "REJECTED")
 # Seconds between passes: more than nothing, at most a week.
 Interval = Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)]
+# A delay: nothing, up to a week.
+Delay = Annotated[float, msgspec.Meta(ge=0, le=7 * 86400)]
+
+
+def sweep_problem(lookback_s: float, settle_s: float) -> tuple[str, str] | None:
+    """A `settle_s` that would leave a pass's window nothing of the lookback to read."""
+    if settle_s >= lookback_s:
+        return "settle_s", f"{settle_s:g} leaves nothing of lookback_s ({lookback_s:g}) to read"
+    return None
 
 
 class Strict(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

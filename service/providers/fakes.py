@@ -2,7 +2,8 @@
 
 Used by the tests, and meant for demos and load tests. Each checks its provider's
 credentials, can be told to fail first (`faults`: status codes, Retry-After, redirects),
-and records the requests it served.
+records the requests it served, and counts the records (reports, messages, batches …) its
+pull endpoints answered with, so that tests hold pulls to their cost.
 
 Each provider kind's fake is in its package (`service.providers.<kind>.fake`).
 """
@@ -40,6 +41,9 @@ class FakeServer:
         self.requests: list[str] = []
         self.delay_s = 0.0  # every answer this late
         self.etags = False  # tag 200 answers, and answer 304 to a matching If-None-Match
+        # records sent in answers: what a provider charging per record returned would bill
+        self.records_returned = 0
+        self._answering = 0  # records in the answer being built (answer() calls returning())
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -61,6 +65,11 @@ class FakeServer:
     def answer(self, path: str, query: dict[str, list[str]], headers: Any) -> Answer:
         raise NotImplementedError
 
+    def returning(self, count: int) -> None:
+        """Called by answer(): the answer holds `count` records. They count once sent (not
+        when the answer becomes a 304 Not Modified)."""
+        self._answering += count
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         fake = self
 
@@ -69,6 +78,7 @@ class FakeServer:
                 fake.requests.append(self.path)
                 with fake.lock:
                     fault = fake.faults.popleft() if fake.faults else None
+                counted = 0
                 if fault is not None:
                     time.sleep(fault.delay_s)
                     status, body, headers = fault.status, fault.body, fault.headers
@@ -76,13 +86,18 @@ class FakeServer:
                     time.sleep(fake.delay_s)
                     url = urlsplit(self.path)
                     with fake.lock:
+                        fake._answering = 0
                         status, body, headers = fake.answer(url.path, parse_qs(url.query),
                                                             self.headers)
+                        counted = fake._answering
                 if fake.etags and status == 200:
                     tag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
                     headers = headers | {"ETag": tag}
                     if self.headers.get("If-None-Match") == tag:
                         status, body = 304, b""
+                if status != 304:
+                    with fake.lock:
+                        fake.records_returned += counted
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

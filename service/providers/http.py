@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 import httpx
+import msgspec
 
 
 class ProviderError(Exception):
@@ -47,6 +48,22 @@ class Retry:
 
 
 DEFAULT_RETRY = Retry()
+_LIST = msgspec.json.Decoder(list[msgspec.Raw])
+_LISTS: dict[str, msgspec.json.Decoder[object]] = {}
+
+
+def items(body: bytes, field: str | None = None) -> int:
+    """How many records a page holds: the items of its JSON list `field`, or of the body
+    itself (a JSON list) without one. A page that is no such thing holds none."""
+    try:
+        if field is None:
+            return len(_LIST.decode(body))
+        if field not in _LISTS:
+            _LISTS[field] = msgspec.json.Decoder(msgspec.defstruct(
+                "Listed", [(field, list[msgspec.Raw], msgspec.field(default_factory=list))]))
+        return len(getattr(_LISTS[field].decode(body), field))
+    except (msgspec.MsgspecError, RecursionError):
+        return 0
 
 
 def new_client() -> httpx.AsyncClient:

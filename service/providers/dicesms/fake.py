@@ -42,12 +42,14 @@ class FakeDiceSms(FakeServer):
         if path == "/api/batch-ids":
             rows = [{"sent_at": m.sent_at, "delivered_at": m.delivered_at, "status": m.status,
                      "batch_id": m.batch_id} for m in self.messages]
+            self.returning(len(rows))
             return _json(200, rows) if rows else _json(404, {"error": "No batch ID found."})
         if path == "/api/sms-report/":
             return self._page(int(query.get("page", ["1"])[0]))
         if path.startswith("/api/sms-report/"):
             batch_id = unquote(path.removeprefix("/api/sms-report/").rstrip("/"))
             items = [m.report() for m in self._indexed()[1].get(batch_id, [])]
+            self.returning(len(items))
             return _json(200, items) if items else _json(404, {"error": "SMS message not found."})
         if path == "/api/metrics/snapshot/":
             if self.snapshot is None:
@@ -71,6 +73,7 @@ class FakeDiceSms(FakeServer):
         newest_first = self._indexed()[0]
         start = (page - 1) * self.page_size
         items = [m.report() for m in newest_first[start:start + self.page_size]]
+        self.returning(len(items))
         more = start + self.page_size < len(newest_first)
         base = self.next_base or self.url
         return _json(200, {"count": len(newest_first),

@@ -33,6 +33,7 @@ async def pull(pages: Pages, source: DiceSmsSource) -> None:
     """
     statuses = dicesms.StatusTable(source.status_map, source.name)
     response = await dicesms.fetch(pages.client, source, LISTING, pages.retry)
+    pages.fetched(http.items(response.content, "results"))
     newest = await pages.take(response, functools.partial(dicesms.decode_report_page, source,
                                                           statuses))
     rows = None
@@ -73,6 +74,7 @@ async def _batch_ids(pages: Pages, source: DiceSmsSource) -> list[dicesms.BatchR
 
     response = await dicesms.fetch(pages.client, source, "/api/batch-ids", pages.retry,
                                    await pages.conditions("/api/batch-ids"))
+    pages.fetched(http.items(response.content))
     await pages.take(response, batch_ids, read_unchanged=True)  # a 404 is not decoded: no rows
     async with db.transaction(pages.engine) as conn:
         await store.set_cursor(conn, source.name, "batch_ids_at", datetime.now(UTC).isoformat())
@@ -96,6 +98,7 @@ async def _batches(pages: Pages, source: DiceSmsSource, statuses: dicesms.Status
         path = f"{LISTING}{quote(batch_id, safe='')}/"
         response = await dicesms.fetch(pages.client, source, path, pages.retry,
                                        await pages.conditions(path))
+        pages.fetched(http.items(response.content))
         await pages.take(response, functools.partial(dicesms.decode_batch_report, source,
                                                      statuses, batch_id))
 
@@ -140,6 +143,7 @@ async def _walk(pages: Pages, source: DiceSmsSource, statuses: dicesms.StatusTab
         url = after_newest
     for _ in range(WALK_PAGES_PER_RUN):
         response = await dicesms.fetch(pages.client, source, url, pages.retry)
+        pages.fetched(http.items(response.content, "results"))
         taken = await pages.take(response, functools.partial(
             dicesms.decode_report_page, source, statuses, batch_of=batch_of))
         reports = taken.envelope.reports

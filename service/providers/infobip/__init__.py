@@ -44,6 +44,9 @@ from service.providers.infobip import status as statuses
 class InfobipSource(SourceBase, frozen=True, tag="infobip", tag_field="kind"):
     api_key: str | None = None  # pulls send "Authorization: App <key>"
     api_version: Literal[1, 3] = 3  # the /sms/3 endpoints, or the older /sms/1 ones
+    # Each pass looks up in the logs the registered messages still open that it has not
+    # looked up yet; every full_interval_s, all those still open of the last 48 hours.
+    full_interval_s: Interval = 21600.0
     pull_interval_s: Interval = 60.0
 
     @property

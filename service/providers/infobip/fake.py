@@ -74,12 +74,14 @@ class FakeInfobip(FakeServer):
         if path in ("/sms/3/reports", "/sms/1/reports"):
             shape = as_v3 if path.startswith("/sms/3") else as_v1
             taken = [self.queued.popleft() for _ in range(min(limit, len(self.queued)))]
+            self.returning(len(taken))
             return _json(200, {"results": [shape(r) for r in taken]})
         if path == "/sms/3/logs":
             return self._logs(query, limit)
         if path == "/sms/1/logs":
             wanted = query.get("messageId", [""])[0]
             found = [as_v1(self.logs[wanted])] if wanted in self.logs else []
+            self.returning(len(found))
             return _json(200, {"results": found})
         return _json(404, {"requestError": {"serviceException": {"messageId": "NOT_FOUND"}}})
 
@@ -101,6 +103,7 @@ class FakeInfobip(FakeServer):
                 found.append(log)
         start = int(base64.b64decode(query["cursor"][0])) if "cursor" in query else 0
         page = found[start:start + limit]
+        self.returning(len(page))
         body: dict[str, Any] = {"results": [as_v3_log(log) for log in page]}
         if query.get("useCursor") == ["true"]:
             more = start + limit < len(found)

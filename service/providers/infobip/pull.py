@@ -1,16 +1,23 @@
 """One reconcile pass of an Infobip-compatible source: drain the one-time reports, then
-look up in the logs the registered messages the reports have not finished."""
+look up in the logs the registered messages the reports have not finished.
+
+The logs are not consuming and keep 48 hours; a look-up asks again only what may have
+changed since (service.providers.sweep): each pass looks up the open registrations sent
+from where the last pass's look-ups stopped (the pull cursor `lookups.until`) up to 5
+minutes ago, each once; every `full_interval_s`, and on the first pass, every registration
+still open of the last 48 hours, for the messages whose status came later."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from service import db, store
-from service.providers import infobip
+from service.providers import http, infobip
+from service.providers.sweep import Sweep, Window
 
 if TYPE_CHECKING:
     from service.pages import Pages
@@ -33,6 +40,7 @@ async def pull(pages: Pages, source: infobip.InfobipSource) -> None:
     """
     while True:
         response = await infobip.fetch_reports_page(pages.client, source, retry=pages.retry)
+        pages.fetched(http.items(response.content, "results"))
         envelope = (await pages.take(response, consuming=True)).envelope
         if not envelope.reports and not envelope.rejections:
             break
@@ -42,27 +50,46 @@ async def pull(pages: Pages, source: infobip.InfobipSource) -> None:
         await _look_up(pages, source)
 
 
-async def _open(pages: Pages, source: infobip.InfobipSource, limit: int) -> Sequence[Any]:
-    """Registered messages sent between 5 minutes and 48 hours ago without a final status."""
-    now = datetime.now(UTC)
+async def _open(pages: Pages, source: infobip.InfobipSource,
+                limit: int) -> tuple[Sweep, Window, Sequence[Any]]:
+    """The registered messages without a final status this pass looks up: those sent in
+    its window, up to 5 minutes ago, oldest first, at most `limit`."""
+    sweep = Sweep(pages, "lookups", LOGS_KEPT_FOR.total_seconds(),
+                  LOOKUP_AFTER.total_seconds(), source.full_interval_s)
+    window = await sweep.window()
     async with db.transaction(pages.engine) as conn:
-        return await store.gaps(conn, source=source.name, sent_before=now - LOOKUP_AFTER,
-                                sent_after=now - LOGS_KEPT_FOR, limit=limit)
+        gaps = await store.gaps(conn, source=source.name, sent_after=window.since,
+                                sent_before=min(window.until, sweep.settled), limit=limit)
+    return sweep, window, gaps
+
+
+async def _looked_up(sweep: Sweep, window: Window, gaps: Sequence[Any], limit: int) -> None:
+    """The next pass goes on after these (after the last one, when there were more)."""
+    last = gaps[-1].sent_at if len(gaps) >= limit else None
+    await sweep.reached(window, last if last and last > window.since else window.until)
 
 
 async def _look_up_v1(pages: Pages, source: infobip.InfobipSource) -> None:
-    for gap in await _open(pages, source, V1_LOOKUPS_PER_RUN):
+    sweep, window, gaps = await _open(pages, source, V1_LOOKUPS_PER_RUN)
+    for gap in gaps:
         if gap.message_id:
             response = await infobip.fetch_logs(pages.client, source, {
                 "messageId": gap.message_id}, pages.retry)
+            pages.fetched(http.items(response.content, "results"))
             await pages.take(response)
+    await _looked_up(sweep, window, gaps, V1_LOOKUPS_PER_RUN)
 
 
 async def _look_up(pages: Pages, source: infobip.InfobipSource) -> None:
     """/sms/3/logs for the open messages: by lists of message ids (and bulk ids, for those
     registered by callback data), or, when that takes more than ID_REQUESTS requests, every
     log of their time window, a thousand a page."""
-    gaps = await _open(pages, source, OPEN_PER_RUN)
+    sweep, window, gaps = await _open(pages, source, OPEN_PER_RUN)
+    await _read_open(pages, source, gaps)
+    await _looked_up(sweep, window, gaps, OPEN_PER_RUN)
+
+
+async def _read_open(pages: Pages, source: infobip.InfobipSource, gaps: Sequence[Any]) -> None:
     message_ids = sorted({g.message_id for g in gaps if g.message_id})
     bulk_ids = sorted({g.bulk_id for g in gaps
                        if not g.message_id and g.bulk_id})
@@ -84,6 +111,7 @@ async def _read_logs(pages: Pages, source: infobip.InfobipSource,
     params = params | {"limit": LOGS_LIMIT, "useCursor": "true"}
     for _ in range(most_pages):
         response = await infobip.fetch_logs(pages.client, source, params, pages.retry)
+        pages.fetched(http.items(response.content, "results"))
         await pages.take(response)
         cursor = next_cursor(response.content) if response.status_code == 200 else None
         if cursor is None:

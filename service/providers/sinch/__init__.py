@@ -35,7 +35,15 @@ from service.providers import (
     judge_all,
     moment,
 )
-from service.providers.base import Decoder, Interval, SourceBase, StatusTable, status_map_problem
+from service.providers.base import (
+    Decoder,
+    Delay,
+    Interval,
+    SourceBase,
+    StatusTable,
+    status_map_problem,
+    sweep_problem,
+)
 from service.providers.sinch.status import STATUSES as STATUSES
 
 MAX_RECIPIENTS = 100_000  # a full batch report lists each recipient once
@@ -47,7 +55,11 @@ MAX_CALLBACK_BYTES = 1024 * 1024
 class SinchSource(SourceBase, frozen=True, tag="sinch", tag_field="kind"):
     service_plan_id: str | None = None  # pulls: /xms/v1/{service_plan_id}/…
     api_token: str | None = None  # pulls send "Authorization: Bearer <api_token>"
-    lookback_s: Interval = 86400.0  # each pass looks at the batches created this recently
+    lookback_s: Interval = 86400.0  # the batches created this recently are pulled
+    # Each pass lists the batches created since the last pass's end, up to settle_s ago,
+    # and reads their reports; every full_interval_s, the whole lookback.
+    settle_s: Delay = 600.0
+    full_interval_s: Interval = 86400.0
     pull_interval_s: Interval = 300.0
     status_map: dict[str, str] = msgspec.field(default_factory=dict)
 
@@ -56,7 +68,8 @@ class SinchSource(SourceBase, frozen=True, tag="sinch", tag_field="kind"):
         return bool(self.service_plan_id and self.api_token)
 
     def problem(self) -> tuple[str, str] | None:
-        return status_map_problem(self.status_map)
+        return sweep_problem(self.lookback_s, self.settle_s) or \
+            status_map_problem(self.status_map)
 
 
 BatchId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]

@@ -1,6 +1,7 @@
 """A fake Sinch SMS REST API: batches and their delivery reports, with a Bearer token.
 
-GET /xms/v1/{service_plan_id}/batches (`start_date`, `end_date`, `page`, `page_size`),
+GET /xms/v1/{service_plan_id}/batches (`start_date` at or after, `end_date` before, `page`,
+`page_size`),
 GET …/batches/{batch_id}/delivery_report (`type=summary` or `full`), and
 GET …/batches/{batch_id}/delivery_report/{recipient_msisdn}, answering as Sinch does
 (404 for a batch or recipient it does not know). `recipient_report()` builds the
@@ -112,11 +113,16 @@ class FakeSinch(FakeServer):
         if batch is None:
             return _json(404, {"code": "not_found", "text": f"Batch {rest[0]} not found"})
         if rest[1:] == ["delivery_report"]:
-            return _json(200, batch_report(batch, query.get("type", ["summary"])[0] == "full"))
+            full = query.get("type", ["summary"])[0] == "full"
+            report = batch_report(batch, full)
+            # a full report lists each recipient; a summary one count per status
+            self.returning(len(batch.recipients) if full else len(report["statuses"]))
+            return _json(200, report)
         if len(rest) == 3 and rest[1] == "delivery_report":
             found = next((r for r in batch.recipients if r.msisdn == rest[2].lstrip("+")), None)
             if found is None:
                 return _json(404, {"code": "not_found", "text": "No delivery report found"})
+            self.returning(1)
             return _json(200, recipient_report(batch, found))
         return _json(404, {"code": "not_found", "text": "Not found"})
 
@@ -124,10 +130,15 @@ class FakeSinch(FakeServer):
         page = int(query.get("page", ["0"])[0])
         size = min(int(query.get("page_size", ["30"])[0]), 100)
         start = query.get("start_date", [None])[0]
+        end = query.get("end_date", [None])[0]
         found = sorted(self.batches.values(), key=lambda b: (b.created_at, b.id), reverse=True)
-        if start:
+        if start:  # at or after
             since = datetime.fromisoformat(start.replace("Z", "+00:00"))
             found = [b for b in found if b.created_at >= since]
+        if end:  # before
+            until = datetime.fromisoformat(end.replace("Z", "+00:00"))
+            found = [b for b in found if b.created_at < until]
         chunk = found[page * size:(page + 1) * size]
+        self.returning(len(chunk))
         return _json(200, {"count": len(found), "page": page, "page_size": len(chunk),
                            "batches": [b.resource() for b in chunk]})

@@ -47,11 +47,13 @@ from service.providers import (
 )
 from service.providers.base import (
     Decoder,
+    Delay,
     Interval,
     SourceBase,
     StatusTable,
     TwilioSignatureAuth,
     status_map_problem,
+    sweep_problem,
 )
 from service.providers.twilio.status import STATUSES as STATUSES
 
@@ -68,7 +70,11 @@ class TwilioSource(SourceBase, frozen=True, tag="twilio", tag_field="kind"):
     auth_token: str | None = None  # pulls use HTTP Basic with account_sid and this…
     api_key_sid: str | None = None  # …or with an API key (SKxxxxxxxx…) and its secret
     api_key_secret: str | None = None
-    lookback_s: Interval = 2 * 86400.0  # each pass reads the messages sent this recently
+    lookback_s: Interval = 2 * 86400.0  # the messages sent this recently are pulled
+    # Each pass lists the messages sent since the last pass's end, up to settle_s ago (a
+    # status is final within minutes mostly); every full_interval_s, the whole lookback.
+    settle_s: Delay = 600.0
+    full_interval_s: Interval = 86400.0
     pull_interval_s: Interval = 300.0
     status_map: dict[str, str] = msgspec.field(default_factory=dict)
 
@@ -86,7 +92,8 @@ class TwilioSource(SourceBase, frozen=True, tag="twilio", tag_field="kind"):
     def problem(self) -> tuple[str, str] | None:
         if bool(self.api_key_sid) != bool(self.api_key_secret):
             return "api_key_sid", "give api_key_sid and api_key_secret together"
-        return status_map_problem(self.status_map)
+        return sweep_problem(self.lookback_s, self.settle_s) or \
+            status_map_problem(self.status_map)
 
 
 Sid = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]

@@ -108,6 +108,7 @@ class FakeTwilio(FakeServer):
             datetime.strptime(m["date_sent"] or m["date_created"], "%a, %d %b %Y %H:%M:%S %z"),
             m["sid"]), reverse=True)
         chunk = found[page * size:(page + 1) * size]
+        self.returning(len(chunk))
         filters = {k: v[0] for k, v in query.items()
                    if k in ("To", "From", "DateSent", "DateSent>", "DateSent<")}
 

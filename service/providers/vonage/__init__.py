@@ -46,11 +46,13 @@ from service.providers import (
 )
 from service.providers.base import (
     Decoder,
+    Delay,
     Interval,
     SourceBase,
     StatusTable,
     VonageSignatureAuth,
     status_map_problem,
+    sweep_problem,
 )
 from service.providers.vonage.status import STATUSES as STATUSES
 
@@ -67,7 +69,12 @@ class VonageSource(SourceBase, frozen=True, tag="vonage", tag_field="kind"):
     api_key: str | None = None  # pulls: HTTP Basic api_key:api_secret, account_id = api_key
     api_secret: str | None = None
     currency: str = "EUR"  # the account's currency: receipts give prices without one
-    lookback_s: Interval = 86400.0  # each pass reads the records of messages this recent
+    lookback_s: Interval = 86400.0  # the records of messages this recent are pulled
+    # Each pass reads the records received since the last pass's end, up to settle_s ago
+    # (Vonage: a final status is "usually available within minutes"); every
+    # full_interval_s, the whole lookback again, for statuses that came later.
+    settle_s: Delay = 600.0
+    full_interval_s: Interval = 86400.0
     pull_interval_s: Interval = 300.0
     status_map: dict[str, str] = msgspec.field(default_factory=dict)
     # The sender sets a client-ref unique to each message: its parts are grouped by it
@@ -80,7 +87,8 @@ class VonageSource(SourceBase, frozen=True, tag="vonage", tag_field="kind"):
     def problem(self) -> tuple[str, str] | None:
         if not (len(self.currency) == 3 and self.currency.isalpha()):
             return "currency", f"{self.currency!r} is not a three-letter currency code"
-        return status_map_problem(self.status_map)
+        return sweep_problem(self.lookback_s, self.settle_s) or \
+            status_map_problem(self.status_map)
 
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]

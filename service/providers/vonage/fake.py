@@ -104,6 +104,7 @@ class FakeVonage(FakeServer):
                        key=lambda r: (r["date_received"], r["message_id"]))
         offset = int(base64.urlsafe_b64decode(given["cursor"])) if "cursor" in given else 0
         chunk = found[offset:offset + PAGE]
+        self.returning(len(chunk))
         filters = {k: v for k, v in given.items() if k not in ("cursor", "iv")}
         include = given.get("include_message") == "true"
         body: dict[str, Any] = {
