@@ -329,7 +329,10 @@ async def test_local_sources_find_simulated_messages_sent_an_hour_back(
             scenario = scenario_kind(20, source=name, account_sid=user, **extra)
             scenario.load(fake)
             await passes(70)
-    assert {key for _, key in scenario.truth} <= set(await statuses(engine, name))
+    expected = {key for _, key in scenario.truth}
+    if kind == "twilio":  # never sent (canceled): no DateSent to list it by, only a callback
+        expected -= {r["sid"] for r in scenario.resources if r["date_sent"] is None}
+    assert expected <= set(await statuses(engine, name))
 
 
 async def test_a_whole_look_up_too_long_for_one_pass_goes_on_in_the_next(
