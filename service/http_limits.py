@@ -96,6 +96,28 @@ class _RefusalLog:
 _refusals = _RefusalLog()
 
 
+class _Lingering:
+    """The connection's transport, as uvicorn and the refusals close it: closed before its
+    request arrived whole, it lingers (LimitedHttp.linger) rather than reset the client."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: LimitedHttp) -> None:
+        self._transport, self._protocol = transport, protocol
+
+    def close(self) -> None:
+        protocol, transport = self._protocol, self._transport
+        if (protocol._arrived or not protocol._began or protocol._lingering
+                or transport.is_closing() or not transport.can_write_eof()):
+            transport.close()
+        else:
+            protocol.linger(transport)
+
+    def is_closing(self) -> bool:
+        return self._protocol._lingering or self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 def trusted_networks(entries: Iterable[str]) -> tuple[Any, ...]:
     return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
 
@@ -123,14 +145,19 @@ class LimitedHttp(HttpToolsProtocol):
         self._not_a_probe = False
         self._books: _Books | None = None
         self._counted = False  # its refusal is counted already
+        self._lingering = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.transport = _Lingering(transport, self)  # type: ignore[assignment]
         self._admit()
         self._arm(self.first_byte_timeout_s)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # answered and closing: what the client still sends is dropped
+            return
         if self._slot is None:
+            self._began = True
             self._refuse(503, self._refusal)
             return
         if not self._began:  # the first byte: the whole request is due request_timeout_s on
@@ -167,19 +194,6 @@ class LimitedHttp(HttpToolsProtocol):
         self._began = False
         self._arrived = True
         super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self._arrived or self.transport.is_closing():
-            return
-        # Answered before its body arrived (a refusal, which reads no further): no request
-        # can follow on this connection. The client is told (end of stream after the answer),
-        # what it still sends is discarded for LINGER_S, then the connection closes. Closing
-        # at once would reset it, and the client might lose the answer.
-        self._disarm()
-        self._arm(LINGER_S)
-        if self.transport.can_write_eof():
-            self.transport.write_eof()
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a parse error; a callback raising counts as one."""
@@ -248,6 +262,16 @@ class LimitedHttp(HttpToolsProtocol):
         if self._header_bytes > self.max_header_bytes:
             self._headers_too_large = True
             raise _HeadersTooLarge  # the parser stops; uvicorn calls send_400_response
+
+    def linger(self, transport: asyncio.Transport) -> None:
+        """Closing before the request arrived whole (a refusal, which reads no further):
+        the client is told (end of stream after the answer), what it still sends is
+        dropped for LINGER_S, then the connection closes. Closing at once would reset it
+        while it sends, and the client might lose the answer."""
+        self._lingering = True
+        self._disarm()
+        transport.write_eof()
+        self._deadline = self.loop.call_later(LINGER_S, transport.close)
 
     def _arm(self, seconds: float) -> None:
         self._deadline = self.loop.call_later(seconds, self._expired)

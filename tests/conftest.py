@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -38,9 +39,12 @@ MASKED_TOKEN = "masked-read-token"  # read without pii: numbers masked, texts wi
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A PostgreSQL server URL (asyncpg spelling): local if it answers, else embedded."""
-    return server_or_embedded(SERVER_URL, tmp_path_factory.mktemp("embedded"))
+def server_url() -> Iterator[str]:
+    """A PostgreSQL server URL (asyncpg spelling): local if it answers, else embedded (one
+    per test process, in a folder of its own: pytest keeps its own folders at mode 0700,
+    which the embedded server's user could not enter)."""
+    with tempfile.TemporaryDirectory(prefix="dlr-tests-") as folder:
+        yield server_or_embedded(SERVER_URL, Path(folder))
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import PAYLOADS, free_port
 from tests.services import serving
@@ -20,6 +24,15 @@ base_url = "http://127.0.0.1:9"
 [sources.webhook]
 token = { header = "X-Hook", value = "hook-secret" }
 '''
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[Path]:
+    """A folder outside pytest's own, which pytest keeps at mode 0700 (and sets back to it
+    when a parallel worker starts): the embedded server runs as a user of its own, which
+    must reach its data directory."""
+    with tempfile.TemporaryDirectory(prefix="dlr-embedded-") as folder:
+        yield Path(folder)
 
 
 def test_migrate_then_serve_on_the_embedded_default(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from service.errors import (
     ConfigError,
     Forbidden,
     NotFound,
+    ServiceError,
     TooLarge,
     TooManyReports,
     Unauthorized,
@@ -402,12 +403,15 @@ class Accepted(msgspec.Struct, omit_defaults=True):
                   "Each report is judged alone: a bad one is listed in `rejected`, the "
                   "others are merged.")
 async def receive_reports(source: FromPath[str], request: Request[None, None, State]) -> Accepted:
-    gate: Gate | None = request.app.state.gates.get(source)
-    if gate is None:
-        raise NotFound(f"no webhook for source {source!r}")
-    # Nothing unauthenticated is read: an attacker's body stays in the socket.
-    gate.check_headers(request.headers, request.client.host if request.client else None)
-    check = gate.body_check(request.headers, request.url.query)
+    try:
+        gate: Gate | None = request.app.state.gates.get(source)
+        if gate is None:
+            raise NotFound(f"no webhook for source {source!r}")
+        # Nothing unauthenticated is read: an attacker's body stays in the socket.
+        gate.check_headers(request.headers, request.client.host if request.client else None)
+        check = gate.body_check(request.headers, request.url.query)
+    except ServiceError as exc:
+        raise _unread(exc) from None
     content_type = request.headers.get("content-type")
     state = request.app.state
     limit = (state.settings.max_body_bytes, "DLR_MAX_BODY_BYTES")
@@ -432,18 +436,24 @@ async def _read(request: Request[None, None, State], source: str, limit: tuple[i
     A signature is checked here: past this, the sender is known good."""
     declared = request.content_length
     if declared is not None and declared > limit[0]:
-        raise _too_large(source, limit)
+        raise _unread(_too_large(source, limit))
     held = declared or 0  # a declared length is taken whole before a byte is read
     if take is not None:
-        take(held)
+        try:
+            take(held)
+        except Busy as exc:
+            raise _unread(exc) from None
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit[0]:
-            raise _too_large(source, limit)
+            raise _unread(_too_large(source, limit))
         if take is not None and size > held:
-            take(size - held)
+            try:
+                take(size - held)
+            except Busy as exc:
+                raise _unread(exc) from None
             held = size
         if check is not None:
             check.update(chunk)
@@ -453,6 +463,13 @@ async def _read(request: Request[None, None, State], source: str, limit: tuple[i
     if check is not None:
         check.verify(body)
     return body
+
+
+def _unread(exc: ServiceError) -> ServiceError:
+    """A refusal given before the body was read: the connection ends with it (the rest of
+    the body is not read, so no further request can follow on it)."""
+    exc.headers.setdefault("Connection", "close")
+    return exc
 
 
 def _too_large(source: str, limit: tuple[int, str]) -> TooLarge:
