@@ -39,12 +39,11 @@ MASKED_TOKEN = "masked-read-token"  # read without pii: numbers masked, texts wi
 
 
 @pytest.fixture(scope="session")
-def server_url() -> Iterator[str]:
+def server_url() -> str:
     """A PostgreSQL server URL (asyncpg spelling): local if it answers, else embedded (one
     per test process, in a folder of its own: pytest keeps its own folders at mode 0700,
-    which the embedded server's user could not enter)."""
-    with tempfile.TemporaryDirectory(prefix="dlr-tests-") as folder:
-        yield server_or_embedded(SERVER_URL, Path(folder))
+    which the embedded server's user could not enter; it stops when the process ends)."""
+    return server_or_embedded(SERVER_URL, Path(tempfile.mkdtemp(prefix="dlr-tests-")))
 
 
 @pytest.fixture(scope="session")
