@@ -38,7 +38,7 @@ from service.errors import (
     challenge,
 )
 from service.ingest import Ingestor, decode, decoder_for
-from service.providers import MAX_REJECTIONS_LISTED, registry, twilio, vonage
+from service.providers import MAX_REJECTIONS_LISTED, MAX_REPORTS, registry, twilio, vonage
 from service.schemas import doc
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,8 @@ class Accepted(msgspec.Struct):
           "why); the body is kept"),
           s403="The source address is not in the webhook's allow_ips",
           s404="No such source, or no webhook configured for it",
-          s413="Body larger than DLR_MAX_BODY_BYTES, or more than 2500 reports (then kept)",
+          s413=f"Body larger than DLR_MAX_BODY_BYTES, or more than {MAX_REPORTS} reports (then "
+               "kept)",
           s500="A bug while merging; `detail` says whether the body was kept for replay"),
       summary="Receive an Infobip-compatible delivery report push",
       description="Answers 200 only once the body and its merged reports are committed. "

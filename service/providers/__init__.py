@@ -7,6 +7,7 @@ and the reports beside it are still merged.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 
 from service import metrics
+from service.errors import TooManyReports
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,10 @@ EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)  # exclusive
 MAX_REASON = 500  # characters of one rejection's reason
 MAX_REJECTIONS_LISTED = 100  # an answer or an inbox reason lists the first ones and a count
+# Reports one body holds, whatever its kind and shape: Infobip pushes up to 2000 (its
+# maxBucketSize), pulled pages hold up to 1000. A push or a registration body past it is
+# refused (413); a pulled page past it is merged in parts of at most this many (judge_all).
+MAX_REPORTS = 2500
 
 IdText = Annotated[str, msgspec.Meta(max_length=MAX_ID)]
 NumberText = Annotated[str, msgspec.Meta(max_length=MAX_TO)]
@@ -268,20 +274,51 @@ def _drop_unknown(value: Any, known: FieldTree, path: str, source: str) -> None:
             _drop_unknown(value[name], inner, f"{path}{name}.", source)
 
 
+Judged = tuple[list[Out], list[Rejection]]
+
+
+class TooMany(TooManyReports):
+    """More than MAX_REPORTS reports in one body. A push or a registration is refused with
+    it (413); a pulled page, which a provider may send that large, is read in `parts`
+    instead, each a call judging at most MAX_REPORTS reports (ingest.merge_body)."""
+
+    def __init__(self, count: int, what: str, parts: Sequence[Callable[[], Judged[Any]]]) -> None:
+        super().__init__(f"{count} {what} in one body; at most {MAX_REPORTS} {what} a body")
+        self.parts = parts
+
+
 def judge_all(items: Sequence[Item], build: Callable[[Item], list[Out]], path: str,
               message_id: Callable[[Item], object] = lambda _: None,
-              wire_names: Mapping[str, str] | None = None) -> tuple[list[Out], list[Rejection]]:
+              wire_names: Mapping[str, str] | None = None, *,
+              weigh: Callable[[Item], int] | None = None, what: str = "reports",
+              capped: bool = True) -> Judged[Out]:
     """`build` each item into reports, judging each item alone: one that fails is a
-    Rejection with the reason, and never stops the others. This never raises.
+    Rejection with the reason, and never stops the others.
 
     `path` locates item i in its body (`$.results[{}]`), and `wire_names` gives the body's
     name of a Report field, for the field a reason names. A failure that is not about the
     input is a bug: logged, and the item rejected all the same.
+
+    At most MAX_REPORTS reports are judged in one call: past it (an item yields `weigh(item)`
+    reports, else one) this raises TooMany, whose parts judge the items a slice at a time.
+    Items that yield no report (`capped` False) are not counted.
     """
-    names = wire_names or {}
+    judge = functools.partial(_judge, build, path, message_id, wire_names or {})
+    if not capped or (len(items) <= MAX_REPORTS and weigh is None):
+        return judge(items)
+    slices, count = _slices(items, weigh or (lambda _: 1))
+    if len(slices) <= 1:
+        return judge(items)
+    raise TooMany(count, what, [functools.partial(judge, items[start:stop], start)
+                                for start, stop in slices])
+
+
+def _judge(build: Callable[[Item], list[Out]], path: str, message_id: Callable[[Item], object],
+           names: Mapping[str, str], items: Sequence[Item], first: int = 0) -> Judged[Out]:
+    """judge_all's work, on `items` that start at index `first` of their body."""
     reports: list[Out] = []
     rejections: list[Rejection] = []
-    for index, item in enumerate(items):
+    for index, item in enumerate(items, first):
         where = path.format(index)
         try:
             reports += build(item)
@@ -300,6 +337,23 @@ def judge_all(items: Sequence[Item], build: Callable[[Item], list[Out]], path: s
             reason = f"{where}: could not be decoded (kept for replay after a fix)"
         rejections.append(Rejection(index, reason[:MAX_REASON], _printable_id(message_id, item)))
     return reports, rejections
+
+
+def _slices(items: Sequence[Item], weigh: Callable[[Item], int]) -> tuple[list[tuple[int, int]], int]:
+    """Consecutive slices of `items` of at most MAX_REPORTS reports each (an item alone may
+    weigh more: a slice of its own), and the reports they hold."""
+    slices: list[tuple[int, int]] = []
+    start = held = count = 0
+    for index, item in enumerate(items):
+        weight = max(1, weigh(item))
+        if held and held + weight > MAX_REPORTS:
+            slices.append((start, index))
+            start, held = index, 0
+        held += weight
+        count += weight
+    if held:
+        slices.append((start, len(items)))
+    return slices, count
 
 
 def _printable_id(message_id: Callable[[Item], object], item: Item) -> str | None:

@@ -119,6 +119,10 @@ class BatchRow(WireStruct):
     delivered_at: AwareTime | None = None
 
 
+class _Recipients(msgspec.Struct):
+    recipients: list[msgspec.Raw] = []
+
+
 class ReportPage(msgspec.Struct):
     results: list[msgspec.Raw]
     next: Annotated[str, msgspec.Meta(max_length=MAX_URL)] | None = None
@@ -134,6 +138,7 @@ _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _report = Known(SmsReport)
 _page = msgspec.json.Decoder(ReportPage)
 _batch_row = Known(BatchRow)
+_recipients = msgspec.json.Decoder(_Recipients)
 
 
 class StatusTable(base.StatusTable):
@@ -189,7 +194,15 @@ def _decode_items(source: DiceSmsSource, statuses: StatusTable, items: list[msgs
         item = _report.decode(raw, source.name)
         return to_reports(source, statuses, item, batch_id or batch_of.get(item.sent_at))
 
-    return judge_all(items, build, path, wire_names=WIRE_NAMES)
+    return judge_all(items, build, path, wire_names=WIRE_NAMES, weigh=_weight)
+
+
+def _weight(raw: msgspec.Raw) -> int:
+    """The reports an item yields, one per recipient, counted before it is judged."""
+    try:
+        return len(_recipients.decode(raw).recipients)
+    except (msgspec.MsgspecError, RecursionError):
+        return 1  # judged, it is a rejection
 
 
 def decode_batch_report(source: DiceSmsSource, statuses: StatusTable, batch_id: str,
@@ -231,7 +244,7 @@ def decode_batch_ids(source: str, body: bytes) -> tuple[list[BatchRow], list[Rej
         moment("delivered_at", row.delivered_at)
         return [row]
 
-    return judge_all(items, build, "$[{}]")
+    return judge_all(items, build, "$[{}]", capped=False)  # rows, not reports
 
 
 def decoder(source: DiceSmsSource, url: str | None, content_type: str | None) -> Decoder:

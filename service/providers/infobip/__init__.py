@@ -19,7 +19,7 @@ import msgspec
 from defusedxml import DefusedXmlException
 
 from service import rules
-from service.errors import BadRequest, TooManyReports
+from service.errors import BadRequest
 from service.providers import (
     MAX_ID,
     AwareTime,
@@ -50,9 +50,6 @@ class InfobipSource(SourceBase, frozen=True, tag="infobip", tag_field="kind"):
 
 
 NO_ERROR_ID = 0
-# Infobip sends up to 2000 reports a push (maxBucketSize); a body with more is not one of
-# its pushes, and decoding millions of tiny entries would stall the process.
-MAX_REPORTS = 2500
 
 
 # Text lengths are checked on the report built from these (rules.observation), under
@@ -163,10 +160,9 @@ def decoder(source: InfobipSource, url: str | None, content_type: str | None) ->
 def decode_reports(source: str, body: bytes, content_type: str | None = None,
                    ) -> tuple[list[Report], list[Rejection]]:
     """Decode a body of reports, JSON or XML; a bad report is rejected alone, a bad body
-    raises BadRequest (TooManyReports past MAX_REPORTS)."""
+    raises BadRequest (TooMany past MAX_REPORTS reports)."""
     if _is_xml(body, content_type):
         items = _xml_reports(body)
-        _check_count(len(items))
         return judge_all(items, lambda item: [to_report(source, _report.convert(item, source))],
                          "results[{}]", lambda item: item.get("messageId"), WIRE_NAMES)
     try:
@@ -175,16 +171,9 @@ def decode_reports(source: str, body: bytes, content_type: str | None = None,
         raise BadRequest(f"not an Infobip report body: {exc}") from None
     except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise BadRequest(f"invalid JSON: {exc}") from None
-    _check_count(len(envelope.results))
     return judge_all(envelope.results,
                      lambda raw: [to_report(source, _report.decode(raw, source))],
                      "$.results[{}]", lambda raw: _maybe_id.decode(raw).messageId, WIRE_NAMES)
-
-
-def _check_count(count: int) -> None:
-    if count > MAX_REPORTS:
-        raise TooManyReports(f"{count} reports in one body; at most {MAX_REPORTS} (Infobip "
-                             "sends up to 2000)")
 
 
 def _is_xml(body: bytes, content_type: str | None) -> bool:
@@ -204,8 +193,6 @@ def _xml_reports(body: bytes) -> list[dict[str, Any]]:
         if _name(element) in ("results", "result") and \
                 any(_name(child) == "messageId" for child in element):
             reports.append(element)
-            if len(reports) > MAX_REPORTS:
-                break
     if not reports and _name(root) not in ("reportResponse", "SMSReportResponse", "results"):
         raise BadRequest(f"not an Infobip report body: XML root <{_name(root)[:40]}>")
     return [_xml_value(element, 3) for element in reports]  # type: ignore[misc]

@@ -68,7 +68,6 @@ DEFAULT_STATUS_MAP = {
     "failed": "REJECTED",  # never left Twilio (no charge)
     "canceled": "REJECTED",  # a scheduled message canceled before sending
 }
-MAX_REPORTS = 1000  # a list page holds at most PageSize=1000 messages
 _QUANTUM = Decimal(1).scaleb(-PRICE_DECIMALS)
 
 
@@ -202,9 +201,6 @@ def decode_page(source: TwilioSource, body: bytes) -> tuple[list[Report], list[R
         page = _page.decode(body)
     except (msgspec.MsgspecError, RecursionError) as exc:
         raise BadRequest(f"not a Twilio Messages page: {exc}") from None
-    if len(page.messages) > MAX_REPORTS:
-        raise BadRequest(f"{len(page.messages)} messages in one page; Twilio sends at most "
-                         f"{MAX_REPORTS}")
     statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
 
     def build(raw: msgspec.Raw) -> list[Report]:

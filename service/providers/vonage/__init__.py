@@ -63,7 +63,6 @@ DEFAULT_STATUS_MAP = {
     "deleted": "REJECTED",  # removed before delivery (Reports API)
 }
 MAX_CLIENT_REF = 100  # Vonage's limit on client-ref
-MAX_RECORDS = 1000  # a synchronous Reports page holds at most this many
 
 
 class VonageSource(SourceBase, frozen=True, tag="vonage", tag_field="kind"):
@@ -194,9 +193,6 @@ def decode_records(source: VonageSource, body: bytes) -> tuple[list[Report], lis
         page = _page.decode(body)
     except (msgspec.MsgspecError, RecursionError) as exc:
         raise BadRequest(f"not a Vonage Reports page: {exc}") from None
-    if len(page.records) > MAX_RECORDS:
-        raise BadRequest(f"{len(page.records)} records in one page; Vonage sends at most "
-                         f"{MAX_RECORDS}")
     statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
 
     def build(raw: msgspec.Raw) -> list[Report]:
