@@ -42,6 +42,11 @@ MAX_REJECTIONS_LISTED = 100  # an answer or an inbox reason lists the first ones
 # maxBucketSize), pulled pages hold up to 1000. A push or a registration body past it is
 # refused (413); a pulled page past it is merged in parts of at most this many (judge_all).
 MAX_REPORTS = 2500
+# What a body's structure may hold, JSON values or XML elements and attributes alike: a
+# report has some 40 (Infobip's, every field given), so this leaves room for new fields and
+# bounds what a hostile body of many tiny or nested values costs to parse.
+VALUES_PER_REPORT = 64
+MAX_VALUES = MAX_REPORTS * VALUES_PER_REPORT
 
 IdText = Annotated[str, msgspec.Meta(max_length=MAX_ID)]
 NumberText = Annotated[str, msgspec.Meta(max_length=MAX_TO)]
