@@ -5,20 +5,41 @@ body costs about what a legal one of its size costs; what they refuse is kept.""
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
-from litestar.testing import AsyncTestClient
+from litestar.testing import AsyncTestClient, TestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import providers
-from service.providers import infobip
+from service.app import create_app
+from service.providers import dicesms, infobip, twilio, vonage
+from service.providers.dicesms import DiceSmsSource
+from service.providers.dicesms.fake import DiceMessage
+from service.providers.twilio import TwilioSource
+from service.providers.twilio.fake import message
+from service.providers.vonage import VonageSource
+from service.providers.vonage.fake import record
 from service.tables import inbox
+from tests.conftest import WRITE_TOKEN, make_settings
+from tests.reports import report
 
 Client = AsyncTestClient  # type: ignore[type-arg]
 BASIC = {"Authorization": "Basic " + base64.b64encode(b"hook:hook-password").decode()}
+WRITE = {"Authorization": f"Bearer {WRITE_TOKEN}", "Content-Type": "application/json"}
 MAX_BODY = 8 * 1024 * 1024  # DLR_MAX_BODY_BYTES by default
 XML = "application/xml"
+
+
+@pytest.fixture
+def web(engine: AsyncEngine, database_url: str) -> Iterator[TestClient]:  # type: ignore[type-arg]
+    """The app over HTTP, usable from a synchronous hypothesis test."""
+    with TestClient(app=create_app(make_settings(), database_url)) as client:
+        yield client
 
 
 async def push(client: Client, body: bytes, content_type: str = "application/json") -> Any:
@@ -80,3 +101,95 @@ async def test_a_legal_xml_body_at_the_cap_is_read(client: Client) -> None:
     answer = await push(client, body, XML)
     assert answer.status_code == 200, answer.text
     assert answer.json()["accepted"] == providers.MAX_REPORTS
+
+
+# --- JSON: values ----------------------------------------------------------------------------
+
+async def test_a_json_body_of_millions_of_tiny_values_is_cut_short(
+        client: Client, engine: AsyncEngine) -> None:
+    tiny = b",".join([b"[]"] * ((MAX_BODY - 200) // 3))
+    body = b'{"results":[{"messageId":"m","status":{"groupId":3},"x":[' + tiny + b"]}]}"
+    answer = await push(client, body)
+    assert answer.status_code == 413, answer.text
+    assert f"more than {providers.MAX_VALUES} JSON values" in answer.json()["detail"]
+    kept = await last_kept(engine)
+    assert (kept.state, kept.body) == ("rejected", body)
+
+
+async def test_commas_and_brackets_inside_strings_are_no_values(client: Client) -> None:
+    noisy = "[,{" * 700  # 2100 a report: a quick count of the body is past the bound
+    body = json.dumps({"results": [report(f"n-{i}", callbackData=noisy)
+                                   for i in range(providers.MAX_REPORTS)]}).encode()
+    assert len(body) < MAX_BODY
+    answer = await push(client, body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == providers.MAX_REPORTS
+
+
+# --- JSON: a field nested too deeply rejects its report alone --------------------------------
+
+def deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def nested_body(depth: int) -> bytes:
+    bad = json.dumps(report("deep-1"))[:-1] + f', "x": {{"y": {deep(depth)}}}}}'
+    return f'{{"results": [{json.dumps(report("ok-0"))}, {bad}, ' \
+           f'{json.dumps(report("ok-2"))}]}}'.encode()
+
+
+@pytest.mark.parametrize("depth", [2000, 100_000])
+async def test_a_deeply_nested_unknown_field_rejects_its_report_alone(client: Client,
+                                                                     depth: int) -> None:
+    answer = await push(client, nested_body(depth))
+    assert answer.status_code == 200, answer.text
+    got = answer.json()
+    assert got["accepted"] == 2
+    [rejected] = got["rejected"]
+    assert rejected["index"] == 1
+    assert rejected["reason"] == "$.results[1]: nested too deeply"
+
+
+def test_every_kind_rejects_a_deeply_nested_item_alone() -> None:
+    at = datetime(2026, 11, 1, 10, tzinfo=UTC)
+    pages = {
+        "twilio": (lambda body: twilio.decode_page(TwilioSource("tw", "http://t"), body),
+                   "messages", [message("AC" + "a" * 32, f"SM{i:032x}", "+14155552671",
+                                        "delivered", at) for i in range(3)]),
+        "vonage": (lambda body: vonage.decode_records(VonageSource("vg", "http://v"), body),
+                   "records", [record("k", f"P{i}", "447700900000", "delivered", at, at)
+                               for i in range(3)]),
+        "dicesms": (lambda body: dicesms.decode_report_page(
+            DiceSmsSource("dice", "http://d"), dicesms.StatusTable({}), body),
+            "results", [DiceMessage(9841000000 + i, f"2026-11-01T10:00:0{i}.000000+05:45",
+                                    "B").report() for i in range(3)]),
+    }
+    for kind, (decode, field, items) in pages.items():
+        listed = [json.dumps(item) for item in items]
+        listed[1] = listed[1][:-1] + f', "extra": {deep(5000)}}}'
+        reports, rejections = decode(f'{{"{field}": [{", ".join(listed)}]}}'.encode())
+        assert len(reports) == 2, kind
+        assert [(r.index, r.reason) for r in rejections] == [
+            (1, f"$.{field}[1]: nested too deeply")], kind
+
+
+async def test_a_deeply_nested_registration_is_rejected_alone(client: Client) -> None:
+    good = {"source": "ib", "sent_at": "2026-11-01T10:00:00Z", "message_id": "reg-ok"}
+    body = f'[{json.dumps(good)}, {{"source": "ib", "x": {deep(3000)}}}]'.encode()
+    answer = await client.post("/v1/outbound", content=body, headers=WRITE)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["registered"] == 1
+    [rejected] = answer.json()["rejected"]
+    assert rejected["index"] == 1 and rejected["reason"].startswith("$[1]"), rejected
+
+
+async def test_a_body_nested_too_deeply_outside_its_reports_is_refused(client: Client) -> None:
+    body = f'{{"results": [{json.dumps(report("m"))}], "x": {deep(5000)}}}'.encode()
+    answer = await push(client, body)
+    assert answer.status_code == 400
+    assert "nested too deeply" in answer.json()["detail"]
+    for broken in (b'{"results": [[[[[', b'{"results": [1,, ' + deep(3000).encode() + b"]}",
+                   b'{"results": [' + deep(3000).encode() + b"]", b'{"results": [' +
+                   deep(3000).encode() + b"}}"):
+        answer = await push(client, broken)
+        assert answer.status_code == 400, broken[:40]

@@ -22,6 +22,7 @@ from service.providers import (
     MAX_ID,
     MAX_REJECTIONS_LISTED,
     MAX_REPORTS,
+    ROOT,
     AwareTime,
     NameText,
     NumberText,
@@ -29,6 +30,7 @@ from service.providers import (
     Report,
     judge_all,
     moment,
+    read_json,
 )
 from service.schemas import CursorId, CursorTime, decode_cursor, doc, encode_cursor, in_range
 
@@ -111,12 +113,8 @@ class RegisterOutbound(Documented):
 async def register(request: Request[Any, Any, State], state: State) -> Registered:
     # Read here, not by the framework: invalid UTF-8 or a bad type in one item must reject
     # that item alone.
-    try:
-        items = _items.decode(await request.body())
-    except msgspec.ValidationError:
-        raise BadRequest("the body must be a JSON array of registrations") from None
-    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"invalid JSON: {exc}") from None
+    items = read_json(_items, await request.body(), "a JSON array of registrations",
+                      items=ROOT, pushed=True)
     sources = state.settings.sources
 
     def build(item: tuple[int, msgspec.Raw]) -> list[tuple[int, store.Registration,

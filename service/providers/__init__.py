@@ -7,6 +7,7 @@ and the reports beside it are still merged.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import re
@@ -18,7 +19,7 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 
 from service import metrics
-from service.errors import TooManyReports
+from service.errors import BadRequest, TooManyReports
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +207,7 @@ def check(report: Report) -> None:
 Item = TypeVar("Item")
 Out = TypeVar("Out")
 Wire = TypeVar("Wire", bound=msgspec.Struct)
+Page = TypeVar("Page")
 _generic = msgspec.json.Decoder(float_hook=Decimal)  # numbers exactly as written
 _exact = msgspec.json.Encoder(decimal_format="number")
 
@@ -247,6 +249,166 @@ class Known(Generic[Wire]):
         """The same for an item already read (from XML or a form: every value text)."""
         _drop_unknown(item, self.fields, "", source)
         return msgspec.convert(item, self.kind, strict=False)
+
+
+# --- reading a JSON body within bounds -------------------------------------------------------
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# What shapes JSON: a run of openers or of closers, a comma or a colon, or a quote (the
+# string it opens is stepped over whole); numbers, literals and spaces are stepped over.
+_STRUCTURE = re.compile(rb'[\[{]+|[\]}]+|[,:"]')
+_SPACE = re.compile(rb"[ \t\r\n]*")
+_raw = msgspec.json.Decoder(msgspec.Raw)
+ROOT = "$"  # read_json's `items` for a body that is itself the list of items
+
+
+def check_values(body: bytes) -> None:
+    """Refuse (413) a JSON body of more than MAX_VALUES values, before decoding it: from its
+    commas, brackets and braces, those inside strings counted only when the quick count is
+    past the bound (a value takes two bytes at least, so a small body is not counted)."""
+    if len(body) < 2 * MAX_VALUES:
+        return
+    if _values(body) > MAX_VALUES and _values(_STRING.sub(b"", body)) > MAX_VALUES:
+        raise TooManyReports(f"more than {MAX_VALUES} JSON values in one body; at most "
+                             f"{MAX_VALUES}: {VALUES_PER_REPORT} for each of {MAX_REPORTS} reports")
+
+
+def _values(text: bytes) -> int:
+    """At least as many as the values of JSON `text` (each array and object one too)."""
+    return text.count(b",") + text.count(b"[") + text.count(b"{") + 1
+
+
+def read_json(decoder: msgspec.json.Decoder[Page], body: bytes, what: str, *,
+              items: str | None = None, pushed: bool = False) -> Page:
+    """Decode `body`, `what` it should be, as a whole: BadRequest when it is not one; a
+    push past MAX_VALUES values is refused first.
+
+    `items` names the field of the list of raw items (or ROOT): an item nested too deeply
+    for msgspec does not refuse the body, the list is then cut into its items without
+    recursion, and that item alone is rejected when it is judged."""
+    if pushed:
+        check_values(body)
+    try:
+        page = decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"not {what}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from None
+    except RecursionError:
+        if items is None:
+            raise BadRequest("invalid JSON: nested too deeply") from None
+        return _cut_out(decoder, body, what, items)
+    return page
+
+
+def _cut_out(decoder: msgspec.json.Decoder[Page], body: bytes, what: str, items: str) -> Page:
+    """The body decoded with its list of items cut out by hand (one of them nests deeper
+    than msgspec goes): the rest decoded from the body with an empty list in its place,
+    each item given raw. The items are checked to be JSON, but for their depth."""
+    text = body.rstrip()
+    try:
+        start = _skip_space(text, 0)
+        if items == ROOT:
+            at, (listed, end) = start, _split(text, start)
+        else:
+            _, _, inner = _split_into(text, start, items)
+            if inner is None:
+                raise BadRequest(f"not {what}: no {items!r} list")
+            at, listed, end = inner
+        raws = [msgspec.Raw(text[first:last]) for first, _, last in listed]
+        for raw in raws:
+            with contextlib.suppress(RecursionError):  # that one is rejected when judged
+                _raw.decode(raw)
+        rest = decoder.decode(text[:at] + b"[]" + text[end:])
+    except (ValueError, msgspec.DecodeError) as exc:  # msgspec.DecodeError: invalid JSON
+        raise BadRequest(f"invalid JSON: {str(exc)[:200]}") from None
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"not {what}: {exc}") from None
+    except RecursionError:
+        raise BadRequest("invalid JSON: nested too deeply outside the items") from None
+    if items == ROOT:
+        return raws  # type: ignore[return-value]
+    return msgspec.structs.replace(rest, **{items: raws})  # type: ignore[type-var]
+
+
+Member = tuple[int, int, int]  # start, colon (an object's member; else -1), end
+
+
+def _split(text: bytes, start: int) -> tuple[list[Member], int]:
+    """The members of the array or object opening at `start`, without recursion, and where
+    it ends. Whitespace around a member is left out; ValueError where it is no JSON."""
+    members, end, _ = _split_into(text, start, None)
+    return members, end
+
+
+def _split_into(text: bytes, start: int, into: str | None,
+                ) -> tuple[list[Member], int, tuple[int, list[Member], int] | None]:
+    """_split, and for an object whose member `into` is an array, that array's start, its
+    members and its end: found in the same pass, each byte read once."""
+    if text[start:start + 1] not in (b"[", b"{"):
+        raise ValueError(f"expected an array or an object at {start}")
+    members: list[Member] = []
+    inner = None
+    depth, begin, colon, at = 0, start + 1, -1, start
+    while (token := _STRUCTURE.search(text, at)) is not None:
+        found, after = token.span()
+        first = text[found]
+        if first == 0x22:  # '"'
+            at = _string_end(text, found)
+            continue
+        at = after
+        if first in b"[{":
+            depth += after - found
+        elif first in b"]}":
+            if depth > after - found:
+                depth -= after - found
+                continue
+            end = found + depth - 1  # the closing bracket of the one at `start`
+            if text[end] != text[start] + 2:  # ']' is '[' + 2, '}' is '{' + 2
+                raise ValueError(f"mismatched bracket at {end}")
+            if members or _skip_space(text, begin) < end:
+                members.append(_member(text, begin, colon, end))
+            return members, end + 1, inner
+        elif depth > 1:
+            continue
+        elif first == 0x2C:  # ','
+            members.append(_member(text, begin, colon, found))
+            begin, colon = after, -1
+        else:  # ':'
+            colon = found
+            value = _skip_space(text, after)
+            if into is not None and inner is None and text[value:value + 1] == b"[" and \
+                    msgspec.json.decode(text[begin:colon].strip(), type=str) == into:
+                listed, at = _split(text, value)
+                inner = (value, listed, at)
+    raise ValueError("unterminated array or object")
+
+
+def _string_end(text: bytes, start: int) -> int:
+    """Where the string opening at `start` ends (after its closing quote)."""
+    end = text.find(b'"', start + 1)
+    if end > 0 and text.find(b"\\", start + 1, end) < 0:  # no escape: memchr is enough
+        return end + 1
+    string = _STRING.match(text, start)
+    if string is None:
+        raise ValueError(f"unterminated string at {start}")
+    return string.end()
+
+
+def _skip_space(text: bytes, at: int) -> int:
+    """The first position from `at` on that is no JSON whitespace."""
+    space = _SPACE.match(text, at)
+    return space.end() if space else at
+
+
+def _member(text: bytes, begin: int, colon: int, end: int) -> Member:
+    """A member found between `begin` and `end`, whitespace left out."""
+    first, last = _skip_space(text, begin), end
+    while last > first and text[last - 1] in b" \t\r\n":
+        last -= 1
+    if first >= last:
+        raise ValueError(f"a member missing at {begin}")
+    return first, colon, last
 
 
 FieldTree = dict[str, "FieldTree | None"]
@@ -335,7 +497,9 @@ def _judge(build: Callable[[Item], list[Out]], path: str, message_id: Callable[[
             reason = f"{where}: {exc}"
         except OutOfBounds as exc:
             reason = f"{where}.{names.get(exc.field, exc.field)}: {exc.problem}"
-        except (ValueError, OverflowError, ArithmeticError, RecursionError) as exc:
+        except RecursionError:  # msgspec stops at Python's recursion limit
+            reason = f"{where}: nested too deeply"
+        except (ValueError, OverflowError, ArithmeticError) as exc:
             reason = f"{where}: unusable value ({exc})"
         except Exception:
             log.exception("decoder failed on one report")

@@ -19,8 +19,8 @@ import msgspec
 import phonenumbers
 
 from service import rules
-from service.errors import BadRequest
 from service.providers import (
+    ROOT,
     AwareTime,
     IdText,
     Int32,
@@ -36,6 +36,7 @@ from service.providers import (
     http,
     judge_all,
     moment,
+    read_json,
 )
 from service.providers.base import Decoder, Interval, SourceBase
 
@@ -208,10 +209,7 @@ def _weight(raw: msgspec.Raw) -> int:
 def decode_batch_report(source: DiceSmsSource, statuses: StatusTable, batch_id: str,
                         body: bytes) -> tuple[list[Report], list[Rejection]]:
     """GET /api/sms-report/{batch_id}/: a JSON list of report items."""
-    try:
-        items = _raw_list.decode(body)
-    except (msgspec.MsgspecError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"not a DiceSMS report list: {exc}") from None
+    items = read_json(_raw_list, body, "a DiceSMS report list", items=ROOT)
     return _decode_items(source, statuses, items, {}, batch_id, "$[{}]")
 
 
@@ -219,10 +217,7 @@ def decode_report_page(source: DiceSmsSource, statuses: StatusTable,
                        body: bytes, batch_of: Mapping[datetime, str] | None = None,
                        ) -> tuple[list[Report], list[Rejection]]:
     """GET /api/sms-report/: one page of the paginated listing (batch ids joined on sent_at)."""
-    try:
-        page = _page.decode(body)
-    except (msgspec.MsgspecError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"not a DiceSMS report page: {exc}") from None
+    page = read_json(_page, body, "a DiceSMS report page", items="results")
     return _decode_items(source, statuses, page.results, batch_of or {}, None, "$.results[{}]")
 
 
@@ -233,10 +228,7 @@ def next_url(body: bytes) -> str | None:
 
 def decode_batch_ids(source: str, body: bytes) -> tuple[list[BatchRow], list[Rejection]]:
     """GET /api/batch-ids: the rows that decode, and why the others did not."""
-    try:
-        items = _raw_list.decode(body)
-    except (msgspec.MsgspecError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"not a DiceSMS batch-id list: {exc}") from None
+    items = read_json(_raw_list, body, "a DiceSMS batch-id list", items=ROOT)
 
     def build(raw: msgspec.Raw) -> list[BatchRow]:
         row = _batch_row.decode(raw, source)

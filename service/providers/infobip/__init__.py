@@ -22,7 +22,9 @@ from service import rules
 from service.errors import BadRequest, TooManyReports
 from service.providers import (
     MAX_ID,
+    MAX_REPORTS,
     MAX_VALUES,
+    VALUES_PER_REPORT,
     AwareTime,
     Int32,
     Known,
@@ -36,6 +38,7 @@ from service.providers import (
     judge_all,
     moment,
     price,
+    read_json,
 )
 from service.providers.base import Decoder, Interval, SourceBase
 
@@ -155,23 +158,19 @@ _maybe_id = msgspec.json.Decoder(_MaybeId)
 
 def decoder(source: InfobipSource, url: str | None, content_type: str | None) -> Decoder:
     """Pushes and report or log pages all carry reports in one of the shapes above."""
-    return lambda body: decode_reports(source.name, body, content_type)
+    return lambda body: decode_reports(source.name, body, content_type, pushed=url is None)
 
 
-def decode_reports(source: str, body: bytes, content_type: str | None = None,
-                   ) -> tuple[list[Report], list[Rejection]]:
+def decode_reports(source: str, body: bytes, content_type: str | None = None, *,
+                   pushed: bool = True) -> tuple[list[Report], list[Rejection]]:
     """Decode a body of reports, JSON or XML; a bad report is rejected alone, a bad body
     raises BadRequest (TooMany past MAX_REPORTS reports)."""
     if _is_xml(body, content_type):
         items = _xml_reports(body)
         return judge_all(items, lambda item: [to_report(source, _report.convert(item, source))],
                          "results[{}]", lambda item: item.get("messageId"), WIRE_NAMES)
-    try:
-        envelope = _envelope.decode(body)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"not an Infobip report body: {exc}") from None
-    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"invalid JSON: {exc}") from None
+    envelope = read_json(_envelope, body, "an Infobip report body", items="results",
+                         pushed=pushed)
     return judge_all(envelope.results,
                      lambda raw: [to_report(source, _report.decode(raw, source))],
                      "$.results[{}]", lambda raw: _maybe_id.decode(raw).messageId, WIRE_NAMES)
@@ -210,34 +209,30 @@ class _XmlTree:
         self.builder = TreeBuilder()
         self.parser = parser = expat.ParserCreate(namespace_separator="}")
         parser.buffer_text = True
+        parser.ordered_attributes = True  # a list: cheaper to count than a dict to build
         parser.StartElementHandler = self.start
         parser.EndElementHandler = self.end
-        parser.CharacterDataHandler = self.data
+        parser.CharacterDataHandler = self.builder.data
         parser.StartDoctypeDeclHandler = _no_dtd
         parser.EntityDeclHandler = _no_entity
         parser.UnparsedEntityDeclHandler = _no_unparsed_entity
         parser.ExternalEntityRefHandler = _no_external_reference
-        self.values = self.depth = self.at = 0
+        self.values = self.depth = 0
 
-    def start(self, tag: str, attributes: dict[str, str]) -> None:
-        self.values += 1 + len(attributes)
+    def start(self, tag: str, attributes: list[str]) -> None:
+        self.values += 1 + len(attributes) // 2
         if self.values > MAX_VALUES:
             raise TooManyReports(f"more than {MAX_VALUES} XML elements and attributes in one "
-                                 f"body; at most {MAX_VALUES}")
+                                 f"body; at most {MAX_VALUES}: {VALUES_PER_REPORT} for each of "
+                                 f"{MAX_REPORTS} reports")
         self.depth += 1
         if self.depth > MAX_XML_DEPTH:
             raise BadRequest(f"XML nested deeper than {MAX_XML_DEPTH} elements")
-        self.at = self.parser.CurrentByteIndex
         self.builder.start(tag, {})
 
     def end(self, tag: str) -> None:
         self.depth -= 1
-        self.at = self.parser.CurrentByteIndex
         self.builder.end(tag)
-
-    def data(self, text: str) -> None:
-        self.at = self.parser.CurrentByteIndex
-        self.builder.data(text)
 
 
 def _xml_tree(body: bytes) -> Element:
@@ -245,7 +240,8 @@ def _xml_tree(body: bytes) -> Element:
     try:
         for start in range(0, len(body), XML_CHUNK):
             tree.parser.Parse(body[start:start + XML_CHUNK], False)
-            if min(start + XML_CHUNK, len(body)) - tree.at > MAX_XML_TOKEN:
+            # where expat stands: the start of a token it has not seen whole yet
+            if min(start + XML_CHUNK, len(body)) - tree.parser.CurrentByteIndex > MAX_XML_TOKEN:
                 raise BadRequest(f"an XML token longer than {MAX_XML_TOKEN} bytes")
         tree.parser.Parse(b"", True)
         return tree.builder.close()

@@ -33,6 +33,7 @@ from service.providers import (
     http,
     judge_all,
     moment,
+    read_json,
 )
 from service.providers.base import Decoder, Interval, SourceBase, StatusTable, status_map_problem
 
@@ -143,15 +144,12 @@ def decoder(source: SinchSource, url: str | None, content_type: str | None) -> D
     and yields no report."""
     if url is not None and urlsplit(url).path.rstrip("/").endswith("/batches"):
         return lambda body: decode_batches(source, body)
-    return lambda body: decode_report(source, body)
+    return lambda body: decode_report(source, body, pushed=url is None)
 
 
 def decode_batches(source: SinchSource, body: bytes) -> tuple[list[Report], list[Rejection]]:
     """A page of the batches list: each recipient of each batch sent, PENDING."""
-    try:
-        page = _batches.decode(body)
-    except (msgspec.MsgspecError, RecursionError) as exc:
-        raise BadRequest(f"not a Sinch batches page: {exc}") from None
+    page = read_json(_batches, body, "a Sinch batches page")
     listed = [(batch, number) for batch in page.batches for number in batch.to]
     return judge_all(listed, lambda item: [sent_report(source.name, *item)],
                      "$.batches[*].to[{}]", lambda item: item[1], WIRE_NAMES)
@@ -170,11 +168,9 @@ def message_id(batch_id: str, to: str) -> str:
     return f"{batch_id}:{to}"
 
 
-def decode_report(source: SinchSource, body: bytes) -> tuple[list[Report], list[Rejection]]:
-    try:
-        kind = _kind.decode(body)
-    except (msgspec.MsgspecError, RecursionError) as exc:
-        raise BadRequest(f"not a Sinch delivery report: {exc}") from None
+def decode_report(source: SinchSource, body: bytes, *, pushed: bool = True,
+                  ) -> tuple[list[Report], list[Rejection]]:
+    kind = read_json(_kind, body, "a Sinch delivery report", pushed=pushed)
     statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
 
     if kind.type in RECIPIENT_TYPES:

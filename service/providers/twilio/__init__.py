@@ -43,6 +43,7 @@ from service.providers import (
     judge_all,
     moment,
     price,
+    read_json,
 )
 from service.providers.base import (
     Decoder,
@@ -197,10 +198,7 @@ def decode_callback(source: TwilioSource, body: bytes) -> tuple[list[Report], li
 
 def decode_page(source: TwilioSource, body: bytes) -> tuple[list[Report], list[Rejection]]:
     """A page of the Messages list; inbound messages are no reports of ours and are skipped."""
-    try:
-        page = _page.decode(body)
-    except (msgspec.MsgspecError, RecursionError) as exc:
-        raise BadRequest(f"not a Twilio Messages page: {exc}") from None
+    page = read_json(_page, body, "a Twilio Messages page", items="messages")
     statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
 
     def build(raw: msgspec.Raw) -> list[Report]:

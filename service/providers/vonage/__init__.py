@@ -41,6 +41,7 @@ from service.providers import (
     judge_all,
     moment,
     price,
+    read_json,
 )
 from service.providers.base import (
     Decoder,
@@ -169,11 +170,11 @@ def decoder(source: VonageSource, url: str | None, content_type: str | None) -> 
 
 def receipt_params(body: bytes, content_type: str | None) -> dict[str, Any]:
     """A receipt's parameters from a JSON object or a query string / form."""
+    if "json" in (content_type or "").lower() or body.lstrip()[:1] == b"{":
+        return read_json(_object, body, "a Vonage delivery receipt", pushed=True)
     try:
-        if "json" in (content_type or "").lower() or body.lstrip()[:1] == b"{":
-            return _object.decode(body)
         return dict(parse_qsl(body.decode(), keep_blank_values=True, max_num_fields=100))
-    except (msgspec.MsgspecError, RecursionError, UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         raise BadRequest(f"not a Vonage delivery receipt: {str(exc)[:200]}") from None
 
 
@@ -189,10 +190,7 @@ def decode_receipt(source: VonageSource, body: bytes, content_type: str | None,
 
 
 def decode_records(source: VonageSource, body: bytes) -> tuple[list[Report], list[Rejection]]:
-    try:
-        page = _page.decode(body)
-    except (msgspec.MsgspecError, RecursionError) as exc:
-        raise BadRequest(f"not a Vonage Reports page: {exc}") from None
+    page = read_json(_page, body, "a Vonage Reports page", items="records")
     statuses = StatusTable(source.name, DEFAULT_STATUS_MAP, source.status_map)
 
     def build(raw: msgspec.Raw) -> list[Report]:
