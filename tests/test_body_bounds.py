@@ -12,14 +12,18 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient, TestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import providers
 from service.app import create_app
-from service.providers import dicesms, infobip, twilio, vonage
+from service.errors import BadRequest
+from service.providers import dicesms, infobip, sinch, twilio, vonage
 from service.providers.dicesms import DiceSmsSource
 from service.providers.dicesms.fake import DiceMessage
+from service.providers.sinch import SinchSource
 from service.providers.twilio import TwilioSource
 from service.providers.twilio.fake import message
 from service.providers.vonage import VonageSource
@@ -193,3 +197,143 @@ async def test_a_body_nested_too_deeply_outside_its_reports_is_refused(client: C
                    deep(3000).encode() + b"}}"):
         answer = await push(client, broken)
         assert answer.status_code == 400, broken[:40]
+
+
+# --- JSON: a key given twice -----------------------------------------------------------------
+
+async def test_a_key_given_twice_at_the_top_of_a_body_is_400_and_kept(
+        client: Client, engine: AsyncEngine) -> None:
+    for body in (b'{"results":[' + json.dumps(report("dup-1")).encode() + b'],"results":[]}',
+                 b'{"results":[' + json.dumps(report("dup-2")).encode() + b'], "x": {"a": 1},'
+                 b' "results" : []}'):
+        answer = await push(client, body)
+        assert answer.status_code == 400, answer.text
+        assert "duplicate key 'results'" in answer.json()["detail"]
+        kept = await last_kept(engine)
+        assert (kept.state, kept.body) == ("rejected", body)
+
+
+async def test_a_key_given_twice_in_a_report_rejects_it_alone(client: Client) -> None:
+    twice = json.dumps(report("dup-3"))[:-1] + ', "messageId": "dup-4"}'
+    status = json.dumps(report("dup-5")).replace('"id": 5', '"id": 5, "id": 6')
+    body = f'{{"results": [{json.dumps(report("fine"))}, {twice}, {status}]}}'.encode()
+    answer = await push(client, body)
+    assert answer.status_code == 200, answer.text
+    assert [(r["index"], r["reason"]) for r in answer.json()["rejected"]] == [
+        (1, "$.results[1].messageId: given twice (a duplicate key)"),
+        (2, "$.results[2].status.id: given twice (a duplicate key)")]
+    assert answer.json()["accepted"] == 1
+
+
+async def test_a_registration_with_a_key_given_twice_is_rejected_alone(client: Client) -> None:
+    body = (b'[{"source":"ib","sent_at":"2026-11-01T10:00:00Z","message_id":"r-1"},'
+            b'{"source":"ib","sent_at":"2026-11-01T10:00:00Z","message_id":"r-2",'
+            b'"message_id":"r-3"}]')
+    answer = await client.post("/v1/outbound", content=body, headers=WRITE)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["rejected"] == [
+        {"index": 1, "reason": "$[1].message_id: given twice (a duplicate key)"}]
+
+
+def test_every_kind_refuses_a_key_given_twice_at_the_top() -> None:
+    at = datetime(2026, 11, 1, 10, tzinfo=UTC)
+    sinch_source = SinchSource("sn", "http://s")
+    callback = json.dumps({"type": "recipient_delivery_report_sms", "batch_id": "B",
+                           "recipient": "447700900001", "code": 0, "status": "Delivered",
+                           "at": "2026-11-01T10:00:00.000Z"})
+    bodies = {
+        "twilio": (lambda body: twilio.decode_page(TwilioSource("tw", "http://t"), body),
+                   json.dumps({"messages": [message("AC" + "a" * 32, "SM1", "+14155552671",
+                                                    "delivered", at)]})[:-1]
+                   + ', "messages": []}'),
+        "vonage": (lambda body: vonage.decode_records(VonageSource("vg", "http://v"), body),
+                   '{"records": [], "records": []}'),
+        "vonage receipt": (lambda body: vonage.decode_receipt(
+            VonageSource("vg", "http://v"), body, "application/json"),
+            '{"messageId": "1", "status": "delivered", "status": "failed"}'),
+        "dicesms": (lambda body: dicesms.decode_report_page(
+            DiceSmsSource("dice", "http://d"), dicesms.StatusTable({}), body),
+            '{"results": [], "next": null, "results": []}'),
+        "sinch": (lambda body: sinch.decode_report(sinch_source, body),
+                  callback[:-1] + ', "status": "Failed"}'),
+        "sinch batch": (lambda body: sinch.decode_report(sinch_source, body),
+                        '{"type": "delivery_report_sms", "batch_id": "B", "statuses": '
+                        '[{"code": 0, "count": 1, "status": "Delivered", "count": 2}]}'),
+        "sinch batches": (lambda body: sinch.decode_batches(sinch_source, body),
+                          '{"batches": [], "page": 0, "page": 1}'),
+    }
+    for kind, (decode, body) in bodies.items():
+        with pytest.raises(BadRequest) as refused:
+            decode(body.encode())
+        assert "twice" in refused.value.message or "duplicate key" in refused.value.message, kind
+
+
+def test_a_colon_written_as_an_escape_hides_no_key_given_twice() -> None:
+    """Keys holding colons, some written \\u003a: a key given twice is still found, and
+    keys that only look alike are not taken for one."""
+    good = report("esc-1")
+    twice = json.dumps(good)[:-1] + ', "a\\u003ab": 1, "a:b": 2, "c": "x\\u003a"}'
+    apart = json.dumps(good)[:-1] + ', "a\\u003ab": 1, "a:c": 2, "c:\\u003a": "::"}'
+    body = f'{{"results": [{twice}, {apart}]}}'.encode()
+    reports, rejections = infobip.decode_reports("ib", body)
+    assert [r.message_id for r in reports] == ["esc-1"]
+    assert [(r.index, r.reason) for r in rejections] == [
+        (0, "$.results[0].a:b: given twice (a duplicate key)")]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(extra=st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.text(st.sampled_from("ab:\\\"é"), max_size=3), inner, max_size=3), max_leaves=12),
+    data=st.data())
+def test_a_key_given_twice_is_found_wherever_it_is(extra: Any, data: st.DataObject) -> None:
+    """The same report with an unknown field of any shape: merged as it is; with one key of
+    one of its objects given twice (written again at a random place), rejected."""
+    good = report("any-1", extra=extra)
+    assert infobip.decode_reports("ib", json.dumps({"results": [good]}).encode())[0]
+    objects = list(_objects(good))
+    target = data.draw(st.sampled_from(objects))
+    key = data.draw(st.sampled_from(sorted(target)))
+    spaced = data.draw(st.booleans())
+    text = _with_repeated(good, target, key, spaced)
+    reports, rejections = infobip.decode_reports("ib", b'{"results": [' + text + b"]}")
+    assert not reports and "given twice" in rejections[0].reason, text
+
+
+def _objects(value: Any) -> Any:
+    if isinstance(value, dict):
+        if value:
+            yield value
+        for inner in value.values():
+            yield from _objects(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            yield from _objects(inner)
+
+
+def _with_repeated(value: Any, target: dict[str, Any], key: str, spaced: bool) -> bytes:
+    """`value` as JSON, `target`'s `key` written twice (first with another value)."""
+    comma, colon = (", ", ": ") if spaced else (",", ":")
+    if isinstance(value, dict):
+        members = [f"{json.dumps(k)}{colon}{_with_repeated(v, target, key, spaced).decode()}"
+                   for k, v in value.items()]
+        if value is target:
+            members.insert(0, f"{json.dumps(key)}{colon}0")
+        return ("{" + comma.join(members) + "}").encode()
+    if isinstance(value, list):
+        return ("[" + comma.join(_with_repeated(v, target, key, spaced).decode()
+                                 for v in value) + "]").encode()
+    return json.dumps(value).encode()
+
+
+async def test_an_xml_element_given_twice_in_a_report_rejects_it_alone(client: Client) -> None:
+    twice = xml_report("x-2").replace("<to>", "<messageId>x-3</messageId><to>")
+    nested = xml_report("x-4").replace("<id>5</id>", "<id>5</id><id>6</id>")
+    body = f"<reportResponse><results>{xml_report('x-1')}{twice}{nested}</results>" \
+           "</reportResponse>"
+    answer = await push(client, body.encode(), XML)
+    assert answer.status_code == 200, answer.text
+    assert [(r["index"], r["reason"]) for r in answer.json()["rejected"]] == [
+        (1, "results[1].messageId: given twice (a duplicate element)"),
+        (2, "results[2].status.id: given twice (a duplicate element)")]

@@ -31,6 +31,7 @@ from service.providers import (
     judge_all,
     moment,
     read_json,
+    unique_keys,
 )
 from service.schemas import CursorId, CursorTime, decode_cursor, doc, encode_cursor, in_range
 
@@ -120,6 +121,7 @@ async def register(request: Request[Any, Any, State], state: State) -> Registere
     def build(item: tuple[int, msgspec.Raw]) -> list[tuple[int, store.Registration,
                                                              Report | None]]:
         index, raw = item
+        unique_keys(raw)
         sent = _sent.decode(raw)
         if sent.source not in sources:
             raise OutOfBounds("source", f"unknown source {sent.source!r}")

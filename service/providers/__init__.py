@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -236,6 +237,7 @@ class Known(Generic[Wire]):
         self.fields = fields
 
     def decode(self, raw: bytes, source: str) -> Wire:
+        unique_keys(raw)
         try:
             return self._strict.decode(raw)
         except msgspec.ValidationError as exc:
@@ -258,6 +260,9 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 # string it opens is stepped over whole); numbers, literals and spaces are stepped over.
 _STRUCTURE = re.compile(rb'[\[{]+|[\]}]+|[,:"]')
 _SPACE = re.compile(rb"[ \t\r\n]*")
+_plain = msgspec.json.Decoder()
+_plain_out = msgspec.json.Encoder()
+_members = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _raw = msgspec.json.Decoder(msgspec.Raw)
 ROOT = "$"  # read_json's `items` for a body that is itself the list of items
 
@@ -280,8 +285,8 @@ def _values(text: bytes) -> int:
 
 def read_json(decoder: msgspec.json.Decoder[Page], body: bytes, what: str, *,
               items: str | None = None, pushed: bool = False) -> Page:
-    """Decode `body`, `what` it should be, as a whole: BadRequest when it is not one; a
-    push past MAX_VALUES values is refused first.
+    """Decode `body`, `what` it should be, as a whole: BadRequest when it is not one, or
+    when its top level names a key twice; a push past MAX_VALUES values is refused first.
 
     `items` names the field of the list of raw items (or ROOT): an item nested too deeply
     for msgspec does not refuse the body, the list is then cut into its items without
@@ -298,7 +303,42 @@ def read_json(decoder: msgspec.json.Decoder[Page], body: bytes, what: str, *,
         if items is None:
             raise BadRequest("invalid JSON: nested too deeply") from None
         return _cut_out(decoder, body, what, items)
+    _top_level_unique(body)
     return page
+
+
+def _top_level_unique(body: bytes) -> None:
+    """BadRequest if the body is an object that names a key twice. Its colons are those of
+    its members (one each, and those in the keys) and those inside its values; a key given
+    twice adds one, unless a colon is written as an escape (then the keys are read)."""
+    text = body.lstrip()
+    if text[:1] != b"{":
+        return
+    members = _members.decode(text)
+    colons = len(members) + sum(key.count(":") for key in members) + sum(
+        bytes(value).count(b":") for value in members.values())
+    if colons == text.count(b":") and not _escaped_colon(text):
+        return
+    _keys(text, _split(text, 0)[0])
+
+
+def _escaped_colon(text: bytes) -> bool:
+    """Whether `text` may write a colon as an escape (\\u003a): a backslash is looked for
+    first, the quicker search, as most bodies have none."""
+    return b"\\" in text and b"\\u003" in text
+
+
+def _keys(text: bytes, members: list[tuple[int, int, int]]) -> list[str]:
+    """The keys of an object's members as `_split` found them; BadRequest for one twice."""
+    keys: list[str] = []
+    for start, colon, _ in members:
+        if colon < 0:
+            raise ValueError(f"a member without a key at {start}")
+        key = msgspec.json.decode(text[start:colon].rstrip(), type=str)
+        if key in keys:
+            raise BadRequest(f"duplicate key {key[:60]!r} in the JSON body")
+        keys.append(key)
+    return keys
 
 
 def _cut_out(decoder: msgspec.json.Decoder[Page], body: bytes, what: str, items: str) -> Page:
@@ -311,7 +351,8 @@ def _cut_out(decoder: msgspec.json.Decoder[Page], body: bytes, what: str, items:
         if items == ROOT:
             at, (listed, end) = start, _split(text, start)
         else:
-            _, _, inner = _split_into(text, start, items)
+            members, _, inner = _split_into(text, start, items)
+            _keys(text, members)
             if inner is None:
                 raise BadRequest(f"not {what}: no {items!r} list")
             at, listed, end = inner
@@ -409,6 +450,47 @@ def _member(text: bytes, begin: int, colon: int, end: int) -> Member:
     if first >= last:
         raise ValueError(f"a member missing at {begin}")
     return first, colon, last
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as its members, keys repeated as they were written."""
+
+
+def unique_keys(raw: bytes | msgspec.Raw) -> None:
+    """Raise OutOfBounds naming a key that an object of the JSON value `raw` gives twice, at
+    any depth (msgspec keeps the last one silently; another reader may keep the first).
+
+    Its colons are one per member and those inside strings: decoded and written again,
+    it loses one per key given twice. A colon written as an escape (\\u003a) could make up
+    for one, so then the members are read one by one. Decoding errors are left to the
+    decoder."""
+    text = bytes(raw)
+    try:
+        value = _plain.decode(text)
+    except msgspec.DecodeError:  # a number out of a float's range, say
+        value = _generic.decode(text)
+    if text.count(b":") == _plain_out.encode(value).count(b":") and not _escaped_colon(text):
+        return
+    path = _duplicate(json.loads(text, object_pairs_hook=_Pairs), [])
+    if path is not None:
+        raise OutOfBounds(path, "given twice (a duplicate key)")
+
+
+def _duplicate(value: Any, path: list[str]) -> str | None:
+    if isinstance(value, _Pairs):
+        seen: set[str] = set()
+        for key, _ in value:
+            if key in seen:
+                return "".join([*path, key]).lstrip(".")
+            seen.add(key)
+        for key, inner in value:
+            if (found := _duplicate(inner, [*path, key, "."])) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, inner in enumerate(value):
+            if (found := _duplicate(inner, [*path[:-1], f"[{index}]", "."])) is not None:
+                return found
+    return None
 
 
 FieldTree = dict[str, "FieldTree | None"]

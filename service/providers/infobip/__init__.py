@@ -29,6 +29,7 @@ from service.providers import (
     Int32,
     Known,
     NumberText,
+    OutOfBounds,
     Parts,
     Rejection,
     Report,
@@ -166,9 +167,9 @@ def decode_reports(source: str, body: bytes, content_type: str | None = None, *,
     """Decode a body of reports, JSON or XML; a bad report is rejected alone, a bad body
     raises BadRequest (TooMany past MAX_REPORTS reports)."""
     if _is_xml(body, content_type):
-        items = _xml_reports(body)
-        return judge_all(items, lambda item: [to_report(source, _report.convert(item, source))],
-                         "results[{}]", lambda item: item.get("messageId"), WIRE_NAMES)
+        return judge_all(_xml_reports(body), lambda element: [to_report(source, _report.convert(
+            _xml_value(element, 3), source))], "results[{}]",
+            lambda element: _xml_value(element, 1).get("messageId"), WIRE_NAMES)
     envelope = read_json(_envelope, body, "an Infobip report body", items="results",
                          pushed=pushed)
     return judge_all(envelope.results,
@@ -180,15 +181,15 @@ def _is_xml(body: bytes, content_type: str | None) -> bool:
     return "xml" in (content_type or "").lower() or body.lstrip()[:1] == b"<"
 
 
-def _xml_reports(body: bytes) -> list[dict[str, Any]]:
+def _xml_reports(body: bytes) -> list[Element]:
     """The reports of an XML body: each `results` (or `result`) element holding a
-    `messageId`, its children read by name as the JSON keys are."""
+    `messageId`, its children read by name as the JSON keys are (_xml_value)."""
     root = _xml_tree(body)
     reports = [element for element in root.iter() if _name(element) in ("results", "result")
                and any(_name(child) == "messageId" for child in element)]
     if not reports and _name(root) not in ("reportResponse", "SMSReportResponse", "results"):
         raise BadRequest(f"not an Infobip report body: XML root <{_name(root)[:40]}>")
-    return [_xml_value(element, 3) for element in reports]  # type: ignore[misc]
+    return reports
 
 
 # An XML body is parsed a chunk at a time, counting as it goes, and stops at the first
@@ -272,11 +273,18 @@ def _name(element: Element) -> str:
     return element.tag.rpartition("}")[2] if isinstance(element.tag, str) else ""
 
 
-def _xml_value(element: Element, depth: int) -> dict[str, Any] | str | None:
-    """An element with children as a dict by their names (`depth` levels down), else its text."""
+def _xml_value(element: Element, depth: int, path: str = "") -> Any:
+    """An element with children as a dict by their names (`depth` levels down), else its
+    text; OutOfBounds for a name given twice among the children (as for a JSON key)."""
     if len(element) == 0 or depth == 0:
         return element.text.strip() if element.text and element.text.strip() else None
-    return {_name(child): _xml_value(child, depth - 1) for child in element}
+    value: dict[str, Any] = {}
+    for child in element:
+        name = _name(child)
+        if name in value:
+            raise OutOfBounds(f"{path}{name}", "given twice (a duplicate element)")
+        value[name] = _xml_value(child, depth - 1, f"{path}{name}.")
+    return value
 
 
 def to_report(source: str, wire: SmsReport) -> Report:
