@@ -4,6 +4,7 @@ body costs about what a legal one of its size costs; what they refuse is kept.""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Iterator
@@ -12,12 +13,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import AsyncTestClient, TestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import providers
+from service import db, providers
 from service.app import create_app
 from service.errors import BadRequest
 from service.providers import dicesms, infobip, sinch, twilio, vonage
@@ -337,3 +338,146 @@ async def test_an_xml_element_given_twice_in_a_report_rejects_it_alone(client: C
     assert [(r["index"], r["reason"]) for r in answer.json()["rejected"]] == [
         (1, "results[1].messageId: given twice (a duplicate element)"),
         (2, "results[2].status.id: given twice (a duplicate element)")]
+
+
+# --- any shape, depth and size: 200, 400 or 413, and kept -------------------------------------
+
+@st.composite
+def json_bodies(draw: st.DrawFn) -> bytes:
+    """A JSON push of a random shape: reports good and bad, values many or nested, keys
+    repeated, random JSON, and any of them cut short or with junk in it."""
+    count = draw(st.sampled_from([0, 1, 3, 100, providers.MAX_REPORTS, providers.MAX_REPORTS + 1]))
+    depth = draw(st.sampled_from([1, 10, 999, 1001, 5000, 200_000]))
+    many = draw(st.sampled_from([1, 1000, providers.MAX_VALUES, 2_000_000]))
+    filler = draw(st.sampled_from(["[]", "0", '""', "{}", '{"a":1}', '"x,[{:"']))
+    odd = draw(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                                st.text(max_size=4), inner, max_size=4), max_leaves=20))
+    shape = draw(st.sampled_from(["reports", "deep field", "deep report", "many", "odd",
+                                  "duplicate top", "duplicate inside", "bare"]))
+    reports = [json.dumps(report(f"j-{i}")) for i in range(count)]
+    if shape == "deep field" and reports:
+        at = draw(st.integers(0, len(reports) - 1))
+        reports[at] = reports[at][:-1] + f', "x": {deep(depth)}}}'
+    elif shape == "deep report":
+        reports.append(deep(depth))
+    elif shape == "many":
+        reports.append("[" + ",".join([filler] * many) + "]")
+    elif shape == "odd":
+        reports.append(json.dumps(odd))
+    elif shape == "duplicate inside" and reports:
+        reports[0] = reports[0][:-1] + ', "messageId": "again"}'
+    listed = ",".join(reports)
+    body = {"duplicate top": f'{{"results": [{listed}], "results": []}}',
+            "bare": f"[{listed}]"}.get(shape, f'{{"results": [{listed}]}}').encode()
+    cut = draw(st.sampled_from([None, None, None, 1, 2, 7]))
+    if cut is not None and body:
+        body = body[:len(body) * cut // 8] if cut < 7 else body.replace(b'"', b"'", 1)
+    return body[:MAX_BODY]
+
+
+@st.composite
+def xml_bodies(draw: st.DrawFn) -> bytes:
+    """An XML push of a random shape: reports, elements many, nested or attributed, DTDs
+    and entities, cut short."""
+    count = draw(st.sampled_from([0, 1, 3, 100, providers.MAX_REPORTS, providers.MAX_REPORTS + 1]))
+    depth = draw(st.sampled_from([1, 10, 17, 1000, 1_000_000]))
+    many = draw(st.sampled_from([1, 1000, providers.MAX_VALUES + 1, 2_000_000]))
+    shape = draw(st.sampled_from(["reports", "deep", "many", "attributes", "dtd", "entity",
+                                  "text", "twice"]))
+    reports = [xml_report(f"x-{i}") for i in range(count)]
+    inside = "".join(reports)
+    if shape == "deep":
+        inside += "<a>" * depth + "</a>" * depth
+    elif shape == "many":
+        inside += "<a/>" * many
+    elif shape == "attributes":
+        inside += "<a " + " ".join(f'a{i}=""' for i in range(min(many, 800_000))) + "/>"
+    elif shape == "text":
+        inside += "<a>" + "&amp;<![CDATA[<x>]]>" * min(many, 300_000) + "</a>"
+    elif shape == "twice" and reports:
+        inside = reports[0].replace("<to>", "<to>1</to><to>") + inside
+    prolog = {"dtd": '<!DOCTYPE r [<!ELEMENT r ANY>]>',
+              "entity": '<!DOCTYPE r [<!ENTITY e "e">]>'}.get(shape, "")
+    body = f'<?xml version="1.0"?>{prolog}<reportResponse><results>{inside}</results>' \
+           "</reportResponse>"
+    cut = draw(st.sampled_from([None, None, 1, 4]))
+    if cut is not None:
+        body = body[:len(body) * cut // 8]
+    return body.encode()[:MAX_BODY]
+
+
+BODIES = settings(max_examples=40, deadline=None, derandomize=True,
+                  suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                         HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@BODIES
+@given(body=json_bodies())
+def test_any_json_push_is_answered_and_kept(web: TestClient, database_url: str,  # type: ignore[type-arg]
+                                            body: bytes) -> None:
+    answered_and_kept(web, database_url, body, "application/json")
+
+
+@BODIES
+@given(body=xml_bodies())
+def test_any_xml_push_is_answered_and_kept(web: TestClient, database_url: str,  # type: ignore[type-arg]
+                                           body: bytes) -> None:
+    answered_and_kept(web, database_url, body, XML)
+
+
+def answered_and_kept(web: TestClient, url: str, body: bytes,  # type: ignore[type-arg]
+                      content_type: str) -> None:
+    answer = web.post("/webhooks/ib", content=body, headers=BASIC | {"Content-Type": content_type})
+    assert answer.status_code in (200, 400, 413), answer.text[:300]
+    said = answer.json()
+    assert "kept for replay after a fix" not in json.dumps(said), said  # no decoder bug
+    assert _last_body(url) == body
+
+
+def _last_body(url: str) -> bytes:
+    async def query() -> bytes:
+        engine = db.create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                return bytes(await conn.scalar(sa.select(inbox.c.body).order_by(
+                    inbox.c.id.desc()).limit(1)))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(query())
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(value=st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(st.sampled_from('a"\\:,[]{} é'),
+                                                            max_size=6),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.text(st.sampled_from('a"\\:,[]{}'), max_size=3), inner, max_size=4),
+    max_leaves=30), spaced=st.booleans())
+def test_the_splitter_finds_what_a_parser_finds(value: Any, spaced: bool) -> None:
+    """An array or object cut into its members without recursion gives the members a parser
+    gives, whatever the strings and spaces in them."""
+    text = json.dumps(value, indent=1 if spaced else None, ensure_ascii=spaced).encode()
+    if not isinstance(value, list | dict):
+        with pytest.raises(ValueError):
+            providers._split(text, 0)
+        return
+    members, end = providers._split(text, 0)
+    assert end == len(text)
+    if isinstance(value, list):
+        assert [json.loads(text[first:last]) for first, _, last in members] == value
+    else:
+        assert {json.loads(text[first:colon]): json.loads(text[colon + 1:last])
+                for first, colon, last in members} == value
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(text=st.binary(max_size=60) | st.text(st.sampled_from('"\\[]{},: a1'), max_size=40)
+       .map(str.encode))
+def test_the_splitter_fails_on_anything_only_with_value_error(text: bytes) -> None:
+    try:
+        _, end = providers._split(text, 0)
+    except ValueError:
+        return
+    assert 0 < end <= len(text)
