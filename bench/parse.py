@@ -79,6 +79,9 @@ def shapes() -> dict[str, tuple[bytes, str | None]]:
             report(f"m-{i}", i) | {"callbackData": "c" * 2900} for i in range(2500)]}).replace(
             '"smsCount": 1', '"smsCount": 1, "x": ' + "[" * 60_000 + "]" * 60_000, 1).encode(),
             None),
+        "JSON, a report 3000 deep, 4 M escaped quotes": (
+            b'{"results":[' + b"[" * 3000 + b"]" * 3000 + b',"' + b'\\"' * ((MAX_BODY - 6100) // 2)
+            + b'"]}', None),
         "JSON, a key given twice": (legal_json[:-1] + b', "results": []}', None),
         "XML, legal: 2500 reports": (legal_xml, xml),
         "XML, legal: 2500 reports of 50 elements": (("<reportResponse><results>" + "".join(

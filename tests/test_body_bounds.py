@@ -117,8 +117,25 @@ async def test_a_json_body_of_millions_of_tiny_values_is_cut_short(
     answer = await push(client, body)
     assert answer.status_code == 413, answer.text
     assert f"more than {providers.MAX_VALUES} JSON values" in answer.json()["detail"]
+    assert str(providers.MAX_REPORTS) in answer.json()["detail"]
     kept = await last_kept(engine)
     assert (kept.state, kept.body) == ("rejected", body)
+
+
+@pytest.mark.parametrize("inside", [b'""' * 4_000_000, b'"' + b'\\"' * 4_000_000 + b'"'])
+async def test_millions_of_strings_are_cut_short_and_escaped_quotes_are_none(
+        client: Client, inside: bytes) -> None:
+    """Strings are counted too (keys and values, twice the values): millions of empty ones
+    after a report nested too deep are refused before the report is cut out; a quote after
+    a backslash is no string of its own."""
+    body = b'{"results":[' + deep(3000).encode() + b",[" + inside + b"]]}"
+    answer = await push(client, body)
+    if inside.startswith(b'""'):
+        assert answer.status_code == 413, answer.text
+        assert f"{2 * providers.MAX_VALUES} strings" in answer.json()["detail"]
+    else:
+        assert answer.status_code == 400, answer.text  # no usable report: both rejected
+        assert [r["index"] for r in answer.json()["rejected"]] == [0, 1]
 
 
 async def test_commas_and_brackets_inside_strings_are_no_values(client: Client) -> None:

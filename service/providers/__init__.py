@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from json.decoder import scanstring  # type: ignore[attr-defined]
 from typing import Annotated, Any, Generic, TypeVar
 
 import msgspec
@@ -255,11 +256,15 @@ class Known(Generic[Wire]):
 
 # --- reading a JSON body within bounds -------------------------------------------------------
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A string, or from a quote to the end when it is never closed: from any quote it matches,
+# so that a search never starts again inside a string (else "\\"\\"\\"… would cost n²).
+_STRING = re.compile(rb'"[^"\\]*(?:\\[\s\S][^"\\]*)*\\?(?:(")|\Z)')  # group 1: closed
 # What shapes JSON: a run of openers or of closers, a comma or a colon, or a quote (the
 # string it opens is stepped over whole); numbers, literals and spaces are stepped over.
 _STRUCTURE = re.compile(rb'[\[{]+|[\]}]+|[,:"]')
 _SPACE = re.compile(rb"[ \t\r\n]*")
+_NESTING = re.compile(rb'[\[{]+|[\]}]+|"')
+_MAX_TOKENS = 2 * MAX_VALUES  # the members of one list, its brackets, commas and colons
 _plain = msgspec.json.Decoder()
 _plain_out = msgspec.json.Encoder()
 _members = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -268,14 +273,27 @@ ROOT = "$"  # read_json's `items` for a body that is itself the list of items
 
 
 def check_values(body: bytes) -> None:
-    """Refuse (413) a JSON body of more than MAX_VALUES values, before decoding it: from its
-    commas, brackets and braces, those inside strings counted only when the quick count is
-    past the bound (a value takes two bytes at least, so a small body is not counted)."""
+    """Refuse (413) a JSON body of more than MAX_VALUES values, or twice as many strings
+    (keys and values), before decoding it: counted from its commas, brackets, braces and
+    quotes, those inside strings told apart only when the quick count is past a bound. A
+    value takes two bytes at least, so a small body is not counted."""
     if len(body) < 2 * MAX_VALUES:
         return
-    if _values(body) > MAX_VALUES and _values(_STRING.sub(b"", body)) > MAX_VALUES:
-        raise TooManyReports(f"more than {MAX_VALUES} JSON values in one body; at most "
-                             f"{MAX_VALUES}: {VALUES_PER_REPORT} for each of {MAX_REPORTS} reports")
+    sure = body.count(b'"') - body.count(b'\\"')  # a quote after no backslash: a string's
+    if sure > 4 * MAX_VALUES:
+        raise _too_many_values()
+    maybe = sure + body.count(b'\\\\"')  # and those after an escaped backslash
+    if _values(body) <= MAX_VALUES and maybe <= 4 * MAX_VALUES:
+        return
+    bare, strings = _STRING.subn(b"", body)  # exactly: the strings left out, and counted
+    if _values(bare) > MAX_VALUES or strings > 2 * MAX_VALUES:
+        raise _too_many_values()
+
+
+def _too_many_values() -> TooManyReports:
+    return TooManyReports(f"more than {MAX_VALUES} JSON values or {2 * MAX_VALUES} strings in "
+                          f"one body; at most {MAX_VALUES} values: {VALUES_PER_REPORT} for "
+                          f"each of {MAX_REPORTS} reports")
 
 
 def _values(text: bytes) -> int:
@@ -390,12 +408,19 @@ def _split_into(text: bytes, start: int, into: str | None,
         raise ValueError(f"expected an array or an object at {start}")
     members: list[Member] = []
     inner = None
-    depth, begin, colon, at = 0, start + 1, -1, start
-    while (token := _STRUCTURE.search(text, at)) is not None:
+    depth, begin, colon, at, tokens = 0, start + 1, -1, start, 0
+    decoded: list[str] = []  # the body as latin-1 text, once a string holds an escape
+    while True:
+        # inside a member only its brackets and strings matter: commas and colons are skipped
+        if (token := (_STRUCTURE if depth <= 1 else _NESTING).search(text, at)) is None:
+            break
+        tokens += 1
+        if tokens > _MAX_TOKENS:  # JSON within MAX_VALUES has fewer
+            raise ValueError(f"more than {_MAX_TOKENS} members, brackets, commas and colons")
         found, after = token.span()
         first = text[found]
         if first == 0x22:  # '"'
-            at = _string_end(text, found)
+            at = _string_end(text, found, decoded)
             continue
         at = after
         if first in b"[{":
@@ -415,6 +440,8 @@ def _split_into(text: bytes, start: int, into: str | None,
         elif first == 0x2C:  # ','
             members.append(_member(text, begin, colon, found))
             begin, colon = after, -1
+        elif colon >= 0:
+            raise ValueError(f"a second colon at {found}")
         else:  # ':'
             colon = found
             value = _skip_space(text, after)
@@ -425,15 +452,15 @@ def _split_into(text: bytes, start: int, into: str | None,
     raise ValueError("unterminated array or object")
 
 
-def _string_end(text: bytes, start: int) -> int:
-    """Where the string opening at `start` ends (after its closing quote)."""
+def _string_end(text: bytes, start: int, decoded: list[str]) -> int:
+    """Where the string opening at `start` ends (after its closing quote): the next quote
+    when no backslash comes before it (memchr), else as json's C scanner reads it."""
     end = text.find(b'"', start + 1)
-    if end > 0 and text.find(b"\\", start + 1, end) < 0:  # no escape: memchr is enough
+    if end > 0 and text.find(b"\\", start + 1, end) < 0:
         return end + 1
-    string = _STRING.match(text, start)
-    if string is None:
-        raise ValueError(f"unterminated string at {start}")
-    return string.end()
+    if not decoded:  # latin-1: one character a byte, so positions stay those of the bytes
+        decoded.append(text.decode("latin-1"))
+    return int(scanstring(decoded[0], start + 1, False)[1])  # ValueError if never closed
 
 
 def _skip_space(text: bytes, at: int) -> int:
