@@ -498,3 +498,11 @@ def test_the_splitter_fails_on_anything_only_with_value_error(text: bytes) -> No
     except ValueError:
         return
     assert 0 < end <= len(text)
+
+
+def test_a_sinch_batch_report_of_invalid_utf8_is_a_bad_request() -> None:
+    body = b'{"type": "delivery_report_sms", "batch_id": "B", "statuses": [{"code": 0, ' \
+           b'"count": 1, "status": "Deliv\xff"}]}'
+    with pytest.raises(BadRequest) as refused:
+        sinch.decode_report(SinchSource("sn", "http://s"), body)
+    assert "not a Sinch batch delivery report" in refused.value.message

@@ -181,7 +181,7 @@ def decode_report(source: SinchSource, body: bytes, *, pushed: bool = True,
     if kind.type in BATCH_TYPES:
         try:
             batch = _batch.decode(body, source.name)
-        except (msgspec.ValidationError, OutOfBounds) as exc:  # OutOfBounds: a key given twice
+        except (msgspec.DecodeError, OutOfBounds) as exc:  # OutOfBounds: a key given twice
             raise BadRequest(f"not a Sinch batch delivery report: {exc}") from None
         listed = [(status, number) for status in batch.statuses
                   for number in status.recipients or []]
