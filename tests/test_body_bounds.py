@@ -506,3 +506,14 @@ def test_a_sinch_batch_report_of_invalid_utf8_is_a_bad_request() -> None:
     with pytest.raises(BadRequest) as refused:
         sinch.decode_report(SinchSource("sn", "http://s"), body)
     assert "not a Sinch batch delivery report" in refused.value.message
+
+
+def test_a_dicesms_listing_page_with_a_deep_item_still_gives_its_next_link() -> None:
+    items = [json.dumps(DiceMessage(9841000000, "2026-11-01T10:00:00.000000+05:45",
+                                    "B").report()), deep(5000)]
+    body = f'{{"count": 2, "next": "https://d/api/sms-report/?page=2", "results": ' \
+           f'[{", ".join(items)}]}}'.encode()
+    reports, rejections = dicesms.decode_report_page(
+        DiceSmsSource("dice", "http://d"), dicesms.StatusTable({}), body)
+    assert (len(reports), [r.index for r in rejections]) == (1, [1])
+    assert dicesms.next_url(body) == "https://d/api/sms-report/?page=2"

@@ -222,8 +222,9 @@ def decode_report_page(source: DiceSmsSource, statuses: StatusTable,
 
 
 def next_url(body: bytes) -> str | None:
-    """The `next` link of a listing page that decoded."""
-    return _page.decode(body).next
+    """The `next` link of a listing page that decoded (an item nested too deeply in it is
+    rejected alone, and does not stop the walk)."""
+    return read_json(_page, body, "a DiceSMS report page", items="results").next
 
 
 def decode_batch_ids(source: str, body: bytes) -> tuple[list[BatchRow], list[Rejection]]:
