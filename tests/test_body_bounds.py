@@ -24,6 +24,7 @@ from service.errors import BadRequest
 from service.providers import dicesms, infobip, sinch, twilio, vonage
 from service.providers.dicesms import DiceSmsSource
 from service.providers.dicesms.fake import DiceMessage
+from service.providers.infobip import pull as infobip_pull
 from service.providers.sinch import SinchSource
 from service.providers.twilio import TwilioSource
 from service.providers.twilio.fake import message
@@ -517,3 +518,16 @@ def test_a_dicesms_listing_page_with_a_deep_item_still_gives_its_next_link() -> 
         DiceSmsSource("dice", "http://d"), dicesms.StatusTable({}), body)
     assert (len(reports), [r.index for r in rejections]) == (1, [1])
     assert dicesms.next_url(body) == "https://d/api/sms-report/?page=2"
+
+
+def test_the_next_page_of_a_page_holding_a_too_deep_item_is_still_read() -> None:
+    """A pulled page whose one item nests too deeply is merged but for that item: the pass
+    must still follow the page's link to the next one."""
+    bad = deep(5000)
+    twilio_page = f'{{"messages": [{bad}], "next_page_uri": "/2010-04-01/next"}}'.encode()
+    vonage_page = f'{{"records": [{bad}], "request_status": "TRUNCATED", ' \
+                  f'"_links": {{"next": {{"href": "/v2/reports/records?cursor=2"}}}}}}'.encode()
+    logs_page = f'{{"results": [{bad}], "cursor": {{"nextCursor": "Mg=="}}}}'.encode()
+    assert twilio.next_page(twilio_page) == "/2010-04-01/next"
+    assert vonage.next_href(vonage_page) == "/v2/reports/records?cursor=2"
+    assert infobip_pull.next_cursor(logs_page) == "Mg=="

@@ -386,8 +386,10 @@ def messages_path(account_sid: str) -> str:
 
 
 def next_page(body: bytes) -> str | None:
-    """The next page's URI (relative to the API's origin), or None on the last page."""
+    """The next page's URI (relative to the API's origin), or None on the last page (or
+    an unreadable one); read as the page is, so a message nested too deeply is no end."""
     try:
-        return _page.decode(body).next_page_uri or None
-    except (msgspec.MsgspecError, RecursionError):
+        return read_json(_page, body, "a Twilio Messages page", items="messages"
+                         ).next_page_uri or None
+    except BadRequest:
         return None

@@ -331,10 +331,11 @@ async def fetch(client: httpx.AsyncClient, source: VonageSource, path_or_url: st
 
 
 def next_href(body: bytes) -> str | None:
-    """A TRUNCATED page's `_links.next.href`, or None on the last page."""
+    """A TRUNCATED page's `_links.next.href`, or None on the last page (or an unreadable
+    one); read as the page is, so a record nested too deeply is no end."""
     try:
-        page = _page.decode(body)
-    except (msgspec.MsgspecError, RecursionError):
+        page = read_json(_page, body, "a Vonage Reports page", items="records")
+    except BadRequest:
         return None
     if page.request_status != "TRUNCATED" or not (page.links and page.links.next):
         return None
