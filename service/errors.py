@@ -3,7 +3,8 @@ document that every error answer of the service is.
 
     ServiceError
     ├── BadRequest            400  the request is malformed; nothing about it is retried
-    │   └── TooManyReports    413  more reports in one body than any provider sends
+    │   └── TooManyReports    413  more reports (or JSON values, XML elements) in one body
+    │                              than any provider sends
     ├── Unauthorized          401  missing or wrong credentials (with a WWW-Authenticate challenge)
     ├── Forbidden             403  valid credentials without the right (scope, source address)
     ├── NotFound              404  no such source, message or endpoint

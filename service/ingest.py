@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from service import db, metrics, pricing, store
 from service.errors import BadRequest, DatabaseUnavailable
-from service.providers import MAX_REJECTIONS_LISTED, Rejection, Report, registry
+from service.providers import MAX_REJECTIONS_LISTED, Rejection, Report, TooMany, registry
 from service.providers.base import Decoder
 from service.providers.registry import Source
 
@@ -119,10 +119,62 @@ async def merge_body(engine: AsyncEngine, inbox_id: int, source: Source, channel
                      decoder: Decoder | None = None) -> tuple[int, Envelope]:
     """Decode and merge a body already kept as inbox row `inbox_id` (a pulled page, or any
     body replayed), with `decoder` or else the one its source's kind reads it with; return
-    rows changed and the envelope as recorded."""
-    envelope = decode(source, channel, body, content_type,
-                      decoder or decoder_for(source, url, content_type), url)
-    return await merge_kept(engine, inbox_id, envelope)
+    rows changed and the envelope as recorded.
+
+    A pulled page of more than MAX_REPORTS reports (a provider may send one: the full report
+    of a Sinch batch sent to a group) is merged a part of at most MAX_REPORTS reports at a
+    time, a transaction each, so that no part holds the event loop longer than a push may;
+    a push that large is refused (413)."""
+    decoder = decoder or decoder_for(source, url, content_type)
+    parts: list[Callable[[], tuple[list[Report], list[Rejection]]]] = []
+
+    def whole(raw: bytes) -> tuple[list[Report], list[Rejection]]:
+        try:
+            return decoder(raw)
+        except TooMany as exc:
+            if channel != "pull":
+                raise
+            parts.extend(exc.parts)
+            return [], []
+
+    envelope = decode(source, channel, body, content_type, whole, url)
+    if not parts:
+        return await merge_kept(engine, inbox_id, envelope)
+    return await _merge_parts(engine, inbox_id, envelope, (
+        decode(source, channel, body, content_type, _given(part), url) for part in parts))
+
+
+def _given(part: Callable[[], tuple[list[Report], list[Rejection]]]) -> Decoder:
+    """A decoder of one part already read from its body."""
+    return lambda _: part()
+
+
+async def _merge_parts(engine: AsyncEngine, inbox_id: int, first: Envelope,
+                       pieces: Iterable[Envelope]) -> tuple[int, Envelope]:
+    """Merge the parts of one kept body, each decoded when its turn comes and merged in a
+    transaction of its own; then record the whole as `first` with every part's reports."""
+    changed, reports, rejections = 0, list[Report](), list[Rejection]()
+    for piece in pieces:
+        observed = [(r, piece.channel) for r in piece.reports]
+        try:
+            async with db.transaction(engine) as conn:
+                written = await store.write(conn, [], observed)
+        except DatabaseUnavailable:
+            raise
+        except Exception:
+            log.exception("merge failed; merging the reports one by one",
+                          extra={"source": piece.source})
+            async with db.transaction(engine) as conn:
+                written, failed = await merge_alone(conn, observed)
+            piece = piece.without(failed)
+        metrics.count_finished(written.finished)
+        changed += written.changed
+        reports += piece.reports
+        rejections += piece.rejections
+    envelope = msgspec.structs.replace(first, reports=reports, rejections=rejections)
+    async with db.transaction(engine) as conn:
+        await store.mark_inbox(conn, inbox_id, envelope.inbox_row())
+    return changed, envelope
 
 
 async def merge_kept(engine: AsyncEngine, inbox_id: int, envelope: Envelope,

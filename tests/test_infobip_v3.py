@@ -31,7 +31,7 @@ from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import metrics, rules, worker
+from service import metrics, providers, rules, worker
 from service.config import InfobipSource
 from service.providers import http, infobip
 from service.providers.infobip import pull as infobip_pull
@@ -371,7 +371,7 @@ async def test_registrations_without_message_id_are_looked_up_by_bulk_id(
 
 async def test_an_xml_body_past_the_report_limit_is_refused_and_kept(client: Client) -> None:
     one = _xml("results", as_v1(sdk_json(sdk_report(1))))
-    body = f"<SMSReportResponse>{one * (infobip.MAX_REPORTS + 1)}</SMSReportResponse>".encode()
+    body = f"<SMSReportResponse>{one * (providers.MAX_REPORTS + 1)}</SMSReportResponse>".encode()
     answer = await push(client, body, "application/xml")
     assert answer.status_code == 413, answer.text
     inbox = (await client.get("/v1/inbox", headers={

@@ -29,6 +29,7 @@ from litestar.openapi.spec import (
 )
 
 from service.errors import PROBLEM_JSON
+from service.providers import MAX_REPORTS
 from service.schemas import doc
 
 # --- errors --------------------------------------------------------------------------------
@@ -282,8 +283,8 @@ def _reports_schema() -> Schema:
     # by hand: msgspec takes a union of two Structs only when they are tagged
     return Schema(
         type=OpenAPIType.OBJECT, title="InfobipReports", required=["results"],
-        description="A push: up to 2500 reports, v3 and v1 shapes alike (even mixed)",
-        properties={"results": Schema(type=OpenAPIType.ARRAY, max_items=2500, items=Schema(
+        description=f"A push: up to {MAX_REPORTS} reports, v3 and v1 shapes alike (even mixed)",
+        properties={"results": Schema(type=OpenAPIType.ARRAY, max_items=MAX_REPORTS, items=Schema(
             any_of=[inline_schema(InfobipReportV3), inline_schema(InfobipReportV1)]))})
 
 

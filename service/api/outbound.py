@@ -21,14 +21,17 @@ from service.providers import (
     MAX_CALLBACK_DATA,
     MAX_ID,
     MAX_REJECTIONS_LISTED,
+    MAX_REPORTS,
+    ROOT,
     AwareTime,
     NameText,
     NumberText,
     OutOfBounds,
     Report,
-    in_words,
     judge_all,
     moment,
+    read_json,
+    unique_keys,
 )
 from service.schemas import (
     CursorId,
@@ -42,7 +45,6 @@ from service.schemas import (
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID)]
 CallbackData = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CALLBACK_DATA)]
-MAX_REGISTRATIONS = 10_000
 DURATION = re.compile(r"^([0-9]{1,12})([smhd]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 LONGEST = timedelta(days=3650)  # a grace period; anything longer is a mistake
@@ -103,15 +105,15 @@ class RegisterOutbound(Documented):
         super().__post_init__()
         self.request_body = RequestBody(required=True, content={"application/json": (
             OpenAPIMediaType(schema=inline_schema(Annotated[list[SentMessage], msgspec.Meta(
-                max_length=MAX_REGISTRATIONS)]), examples={
+                max_length=MAX_REPORTS)]), examples={
                 "registrations": Example(value=EXAMPLE)}))},
             description="Sent messages, each with `message_id` or `callback_data`")
 
 
 @post("/v1/outbound", guards=[require_scope], opt={"scope": "write"}, status_code=200,
       responses=errors(400, 401, 403, 413, s400=(
-          "Not a JSON array, more than 10,000 items, or no usable registration (then "
-          "`rejected` lists why)")),
+          "Not a JSON array, or no usable registration (then `rejected` lists why)"),
+          s413=f"Body larger than DLR_MAX_BODY_BYTES, or more than {MAX_REPORTS} items"),
       tags=["outbound"], operation_id="registerOutbound", security=bearer("write"),
       operation_class=RegisterOutbound, summary="Register sent messages (idempotent)",
       description="A JSON array of `{source, sent_at, to?, message_id?, bulk_id?, "
@@ -120,19 +122,14 @@ class RegisterOutbound(Documented):
 async def register(request: Request[Any, Any, State], state: State) -> Registered:
     # Read here, not by the framework: invalid UTF-8 or a bad type in one item must reject
     # that item alone.
-    try:
-        items = _items.decode(await request.body())
-    except msgspec.ValidationError:
-        raise BadRequest("the body must be a JSON array of registrations") from None
-    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"invalid JSON: {in_words(exc)}") from None
-    if len(items) > MAX_REGISTRATIONS:
-        raise BadRequest(f"at most {MAX_REGISTRATIONS} messages per request")
+    items = read_json(_items, await request.body(), "a JSON array of registrations",
+                      items=ROOT, pushed=True)
     sources = state.settings.sources
 
     def build(item: tuple[int, msgspec.Raw]) -> list[tuple[int, store.Registration,
                                                              Report | None]]:
         index, raw = item
+        unique_keys(raw)
         sent = _sent.decode(raw)
         if sent.source not in sources:
             raise OutOfBounds("source", f"unknown source {sent.source!r}")
@@ -154,7 +151,8 @@ async def register(request: Request[Any, Any, State], state: State) -> Registere
             callback_data=row.callback_data, sent_at=row.sent_at)
         return [(index, row, observed)]
 
-    judged, rejections = judge_all(list(enumerate(items)), build, "$[{}]")
+    judged, rejections = judge_all(list(enumerate(items)), build, "$[{}]",
+                                   what="registrations")  # TooMany (413) past MAX_REPORTS
     refused = [Refused(r.index, r.reason) for r in rejections]
     if not judged and refused:
         raise BadRequest("no usable registration in the body", extra={

@@ -50,7 +50,7 @@ from service.errors import (
     challenge,
 )
 from service.ingest import Ingestor, decode, decoder_for
-from service.providers import MAX_REJECTIONS_LISTED, registry, twilio, vonage
+from service.providers import MAX_REJECTIONS_LISTED, MAX_REPORTS, registry, twilio, vonage
 from service.schemas import doc
 
 log = logging.getLogger(__name__)
@@ -393,8 +393,8 @@ class Accepted(msgspec.Struct, omit_defaults=True):
           "why); the body is kept"),
           s403="The source address is not in the webhook's allow_ips",
           s404="No such source, or no webhook configured for it",
-          s413="Body larger than DLR_MAX_BODY_BYTES or than the kind's pushes can be, or "
-               "more reports than one body may hold (then kept)",
+          s413=f"Body larger than DLR_MAX_BODY_BYTES or than the kind's pushes can be, or "
+               f"more than {MAX_REPORTS} reports (then kept)",
           s503="The database is unavailable, or the process holds as many unverified bodies "
                "as it will (DLR_UNVERIFIED_BODY_BYTES); retry after Retry-After",
           s500="A bug while merging; `detail` says whether the body was kept for replay"),

@@ -19,8 +19,8 @@ import msgspec
 import phonenumbers
 
 from service import rules
-from service.errors import BadRequest
 from service.providers import (
+    ROOT,
     AwareTime,
     IdText,
     Int32,
@@ -34,9 +34,9 @@ from service.providers import (
     WireStruct,
     base,
     http,
-    in_words,
     judge_all,
     moment,
+    read_json,
 )
 from service.providers.base import Decoder, Interval, SourceBase
 from service.providers.dicesms.status import STATUSES
@@ -109,6 +109,10 @@ class BatchRow(WireStruct):
     delivered_at: AwareTime | None = None
 
 
+class _Recipients(msgspec.Struct):
+    recipients: list[msgspec.Raw] = []
+
+
 class ReportPage(msgspec.Struct):
     results: list[msgspec.Raw]
     next: Annotated[str, msgspec.Meta(max_length=MAX_URL)] | None = None
@@ -124,6 +128,7 @@ _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _report = Known(SmsReport)
 _page = msgspec.json.Decoder(ReportPage)
 _batch_row = Known(BatchRow)
+_recipients = msgspec.json.Decoder(_Recipients)
 
 
 class StatusTable(base.StatusTable):
@@ -183,16 +188,21 @@ def _decode_items(source: DiceSmsSource, statuses: StatusTable, items: list[msgs
         item = _report.decode(raw, source.name)
         return to_reports(source, statuses, item, batch_id or batch_of.get(item.sent_at))
 
-    return judge_all(items, build, path, wire_names=WIRE_NAMES)
+    return judge_all(items, build, path, wire_names=WIRE_NAMES, weigh=_weight)
+
+
+def _weight(raw: msgspec.Raw) -> int:
+    """The reports an item yields, one per recipient, counted before it is judged."""
+    try:
+        return len(_recipients.decode(raw).recipients)
+    except (msgspec.MsgspecError, RecursionError):
+        return 1  # judged, it is a rejection
 
 
 def decode_batch_report(source: DiceSmsSource, statuses: StatusTable, batch_id: str,
                         body: bytes) -> tuple[list[Report], list[Rejection]]:
     """GET /api/sms-report/{batch_id}/: a JSON list of report items."""
-    try:
-        items = _raw_list.decode(body)
-    except (msgspec.MsgspecError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"not a DiceSMS report list: {in_words(exc)}") from None
+    items = read_json(_raw_list, body, "a DiceSMS report list", items=ROOT)
     return _decode_items(source, statuses, items, {}, batch_id, "$[{}]")
 
 
@@ -200,24 +210,19 @@ def decode_report_page(source: DiceSmsSource, statuses: StatusTable,
                        body: bytes, batch_of: Mapping[datetime, str] | None = None,
                        ) -> tuple[list[Report], list[Rejection]]:
     """GET /api/sms-report/: one page of the paginated listing (batch ids joined on sent_at)."""
-    try:
-        page = _page.decode(body)
-    except (msgspec.MsgspecError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"not a DiceSMS report page: {in_words(exc)}") from None
+    page = read_json(_page, body, "a DiceSMS report page", items="results")
     return _decode_items(source, statuses, page.results, batch_of or {}, None, "$.results[{}]")
 
 
 def next_url(body: bytes) -> str | None:
-    """The `next` link of a listing page that decoded."""
-    return _page.decode(body).next
+    """The `next` link of a listing page that decoded (an item nested too deeply in it is
+    rejected alone, and does not stop the walk)."""
+    return read_json(_page, body, "a DiceSMS report page", items="results").next
 
 
 def decode_batch_ids(source: str, body: bytes) -> tuple[list[BatchRow], list[Rejection]]:
     """GET /api/batch-ids: the rows that decode, and why the others did not."""
-    try:
-        items = _raw_list.decode(body)
-    except (msgspec.MsgspecError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"not a DiceSMS batch-id list: {in_words(exc)}") from None
+    items = read_json(_raw_list, body, "a DiceSMS batch-id list", items=ROOT)
 
     def build(raw: msgspec.Raw) -> list[BatchRow]:
         row = _batch_row.decode(raw, source)
@@ -225,7 +230,7 @@ def decode_batch_ids(source: str, body: bytes) -> tuple[list[BatchRow], list[Rej
         moment("delivered_at", row.delivered_at)
         return [row]
 
-    return judge_all(items, build, "$[{}]")
+    return judge_all(items, build, "$[{}]", capped=False)  # rows, not reports
 
 
 def decoder(source: DiceSmsSource, url: str | None, content_type: str | None) -> Decoder:

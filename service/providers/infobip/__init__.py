@@ -11,31 +11,35 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
-from xml.etree.ElementTree import Element, ParseError
+from xml.etree.ElementTree import Element, TreeBuilder
+from xml.parsers import expat
 
-import defusedxml.ElementTree
 import httpx
 import msgspec
-from defusedxml import DefusedXmlException
+from defusedxml import DefusedXmlException, DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
 
 from service import rules
 from service.errors import BadRequest, TooManyReports
 from service.providers import (
     MAX_ID,
+    MAX_REPORTS,
+    MAX_VALUES,
+    VALUES_PER_REPORT,
     AwareTime,
     Int32,
     Known,
     NumberText,
+    OutOfBounds,
     Parts,
     Rejection,
     Report,
     WireStruct,
     currency,
     http,
-    in_words,
     judge_all,
     moment,
     price,
+    read_json,
 )
 from service.providers.base import Decoder, Interval, SourceBase
 from service.providers.infobip import status as statuses
@@ -55,9 +59,6 @@ class InfobipSource(SourceBase, frozen=True, tag="infobip", tag_field="kind"):
 
 
 NO_ERROR_ID = 0
-# Infobip sends up to 2000 reports a push (maxBucketSize); a body with more is not one of
-# its pushes, and decoding millions of tiny entries would stall the process.
-MAX_REPORTS = 2500
 
 
 # Text lengths are checked on the report built from these (rules.observation), under
@@ -162,74 +163,132 @@ _maybe_id = msgspec.json.Decoder(_MaybeId)
 
 def decoder(source: InfobipSource, url: str | None, content_type: str | None) -> Decoder:
     """Pushes and report or log pages all carry reports in one of the shapes above."""
-    return lambda body: decode_reports(source.name, body, content_type)
+    return lambda body: decode_reports(source.name, body, content_type, pushed=url is None)
 
 
-def decode_reports(source: str, body: bytes, content_type: str | None = None,
-                   ) -> tuple[list[Report], list[Rejection]]:
+def decode_reports(source: str, body: bytes, content_type: str | None = None, *,
+                   pushed: bool = True) -> tuple[list[Report], list[Rejection]]:
     """Decode a body of reports, JSON or XML; a bad report is rejected alone, a bad body
-    raises BadRequest (TooManyReports past MAX_REPORTS)."""
+    raises BadRequest (TooMany past MAX_REPORTS reports)."""
     if _is_xml(body, content_type):
-        items = _xml_reports(body)
-        _check_count(len(items))
-        return judge_all(items, lambda item: [to_report(source, _report.convert(item, source))],
-                         "results[{}]", lambda item: item.get("messageId"), WIRE_NAMES)
-    try:
-        envelope = _envelope.decode(body)
-    except msgspec.ValidationError as exc:
-        raise BadRequest(f"not an Infobip report body: {in_words(exc)}") from None
-    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise BadRequest(f"invalid JSON: {in_words(exc)}") from None
-    _check_count(len(envelope.results))
+        return judge_all(_xml_reports(body), lambda element: [to_report(source, _report.convert(
+            _xml_value(element, 3), source))], "results[{}]",
+            lambda element: _xml_value(element, 1).get("messageId"), WIRE_NAMES)
+    envelope = read_json(_envelope, body, "an Infobip report body", items="results",
+                         pushed=pushed)
     return judge_all(envelope.results,
                      lambda raw: [to_report(source, _report.decode(raw, source))],
                      "$.results[{}]", lambda raw: _maybe_id.decode(raw).messageId, WIRE_NAMES)
-
-
-def _check_count(count: int) -> None:
-    if count > MAX_REPORTS:
-        raise TooManyReports(f"{count} reports in one body; at most {MAX_REPORTS} (Infobip "
-                             "sends up to 2000)")
 
 
 def _is_xml(body: bytes, content_type: str | None) -> bool:
     return "xml" in (content_type or "").lower() or body.lstrip()[:1] == b"<"
 
 
-def _xml_reports(body: bytes) -> list[dict[str, Any]]:
+def _xml_reports(body: bytes) -> list[Element]:
     """The reports of an XML body: each `results` (or `result`) element holding a
-    `messageId`, its children read by name as the JSON keys are. Parsed with defusedxml:
-    no DTD, no entity, no external reference."""
-    try:
-        root = defusedxml.ElementTree.fromstring(body, forbid_dtd=True)
-    except DefusedXmlException:  # its message is a repr: DTDForbidden(name='r', ...)
-        raise BadRequest("invalid XML: a DTD, an entity or an external reference is not "
-                         "accepted") from None
-    except ParseError as exc:  # expat's words: "not well-formed (invalid token): line 1, …"
-        raise BadRequest(f"invalid XML: {str(exc)[:200]}") from None
-    except ValueError:
-        raise BadRequest("invalid XML: not readable as XML text") from None
-    reports = []
-    for element in root.iter():
-        if _name(element) in ("results", "result") and \
-                any(_name(child) == "messageId" for child in element):
-            reports.append(element)
-            if len(reports) > MAX_REPORTS:
-                break
+    `messageId`, its children read by name as the JSON keys are (_xml_value)."""
+    root = _xml_tree(body)
+    reports = [element for element in root.iter() if _name(element) in ("results", "result")
+               and any(_name(child) == "messageId" for child in element)]
     if not reports and _name(root) not in ("reportResponse", "SMSReportResponse", "results"):
         raise BadRequest(f"not an Infobip report body: XML root <{_name(root)[:40]}>")
-    return [_xml_value(element, 3) for element in reports]  # type: ignore[misc]
+    return reports
+
+
+# An XML body is parsed a chunk at a time, counting as it goes, and stops at the first
+# bound it breaks: the elements and attributes (MAX_VALUES, from the report cap), the depth
+# (a report is read 3 levels down, its body wraps it in 2 or 3), and the bytes of one
+# token (expat hands over a start tag only once it is whole, with all its attributes).
+MAX_XML_DEPTH = 16
+MAX_XML_TOKEN = 64 * 1024
+XML_CHUNK = 64 * 1024
+
+
+class _XmlTree:
+    """Builds the element tree of an XML body (without attributes: no report reads them)
+    with expat, within the bounds above. DTDs, entity declarations and external references
+    are refused, as defusedxml refuses them."""
+
+    def __init__(self) -> None:
+        self.builder = TreeBuilder()
+        self.parser = parser = expat.ParserCreate(namespace_separator="}")
+        parser.buffer_text = True
+        parser.ordered_attributes = True  # a list: cheaper to count than a dict to build
+        parser.StartElementHandler = self.start
+        parser.EndElementHandler = self.end
+        parser.CharacterDataHandler = self.builder.data
+        parser.StartDoctypeDeclHandler = _no_dtd
+        parser.EntityDeclHandler = _no_entity
+        parser.UnparsedEntityDeclHandler = _no_unparsed_entity
+        parser.ExternalEntityRefHandler = _no_external_reference
+        self.values = self.depth = 0
+
+    def start(self, tag: str, attributes: list[str]) -> None:
+        self.values += 1 + len(attributes) // 2
+        if self.values > MAX_VALUES:
+            raise TooManyReports(f"more than {MAX_VALUES} XML elements and attributes in one "
+                                 f"body; at most {MAX_VALUES}: {VALUES_PER_REPORT} for each of "
+                                 f"{MAX_REPORTS} reports")
+        self.depth += 1
+        if self.depth > MAX_XML_DEPTH:
+            raise BadRequest(f"XML nested deeper than {MAX_XML_DEPTH} elements")
+        self.builder.start(tag, {})
+
+    def end(self, tag: str) -> None:
+        self.depth -= 1
+        self.builder.end(tag)
+
+
+def _xml_tree(body: bytes) -> Element:
+    tree = _XmlTree()
+    try:
+        for start in range(0, len(body), XML_CHUNK):
+            tree.parser.Parse(body[start:start + XML_CHUNK], False)
+            # where expat stands: the start of a token it has not seen whole yet
+            if min(start + XML_CHUNK, len(body)) - tree.parser.CurrentByteIndex > MAX_XML_TOKEN:
+                raise BadRequest(f"an XML token longer than {MAX_XML_TOKEN} bytes")
+        tree.parser.Parse(b"", True)
+        return tree.builder.close()
+    except (expat.ExpatError, DefusedXmlException) as exc:
+        raise BadRequest(f"invalid XML: {str(exc)[:200]}") from None
+
+
+def _no_dtd(name: str, sysid: str | None, pubid: str | None, has_internal_subset: bool) -> None:
+    raise DTDForbidden(name, sysid, pubid)
+
+
+def _no_entity(name: str, is_parameter_entity: bool, value: str | None, base: str | None,
+               sysid: str | None, pubid: str | None, notation_name: str | None) -> None:
+    raise EntitiesForbidden(name, value, base, sysid, pubid, notation_name)
+
+
+def _no_unparsed_entity(name: str, base: str | None, sysid: str | None, pubid: str | None,
+                        notation_name: str | None) -> None:
+    raise EntitiesForbidden(name, None, base, sysid, pubid, notation_name)
+
+
+def _no_external_reference(context: str, base: str | None, sysid: str | None,
+                           pubid: str | None) -> int:
+    raise ExternalReferenceForbidden(context, base, sysid, pubid)
 
 
 def _name(element: Element) -> str:
     return element.tag.rpartition("}")[2] if isinstance(element.tag, str) else ""
 
 
-def _xml_value(element: Element, depth: int) -> dict[str, Any] | str | None:
-    """An element with children as a dict by their names (`depth` levels down), else its text."""
+def _xml_value(element: Element, depth: int, path: str = "") -> Any:
+    """An element with children as a dict by their names (`depth` levels down), else its
+    text; OutOfBounds for a name given twice among the children (as for a JSON key)."""
     if len(element) == 0 or depth == 0:
         return element.text.strip() if element.text and element.text.strip() else None
-    return {_name(child): _xml_value(child, depth - 1) for child in element}
+    value: dict[str, Any] = {}
+    for child in element:
+        name = _name(child)
+        if name in value:
+            raise OutOfBounds(f"{path}{name}", "given twice (a duplicate element)")
+        value[name] = _xml_value(child, depth - 1, f"{path}{name}.")
+    return value
 
 
 def to_report(source: str, wire: SmsReport) -> Report:

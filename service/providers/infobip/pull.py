@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from service import db, store
-from service.providers import http, infobip
+from service.errors import BadRequest
+from service.providers import http, infobip, read_json
 from service.providers.sweep import Sweep, Window
 
 if TYPE_CHECKING:
@@ -125,16 +126,18 @@ class _Cursor(msgspec.Struct):
 
 class _LogsPage(msgspec.Struct):
     cursor: _Cursor | None = None
+    results: list[msgspec.Raw] = []  # raw: read_json cuts them out if one nests too deeply
 
 
 _logs_page = msgspec.json.Decoder(_LogsPage)
 
 
 def next_cursor(body: bytes) -> str | None:
-    """The cursor of the next logs page, or None on the last (or an unreadable) page."""
+    """The cursor of the next logs page, or None on the last (or an unreadable) page; read
+    as the page is, so a log nested too deeply is no end."""
     try:
-        page = _logs_page.decode(body)
-    except (msgspec.MsgspecError, RecursionError):
+        page = read_json(_logs_page, body, "an Infobip logs page", items="results")
+    except BadRequest:
         return None
     return page.cursor.nextCursor if page.cursor and page.cursor.nextCursor else None
 

@@ -44,6 +44,7 @@ from service.providers import (
     judge_all,
     moment,
     price,
+    read_json,
 )
 from service.providers.base import (
     Decoder,
@@ -58,7 +59,6 @@ from service.providers.base import (
 from service.providers.twilio.status import STATUSES as STATUSES
 
 API_VERSION = "2010-04-01"
-MAX_REPORTS = 1000  # a list page holds at most PageSize=1000 messages
 # A status callback is about twenty form parameters of a few to a few hundred characters
 # (Twilio's "Outbound Message Status Callback" parameters): well under 4 KB.
 MAX_CALLBACK_BYTES = 64 * 1024
@@ -264,9 +264,7 @@ def decode_json_callback(source: TwilioSource,
             To=event.to, ErrorCode=None if event.errorCode is None else str(event.errorCode),
             Body=event.body, MessagingServiceSid=event.messagingServiceSid))]
 
-    if isinstance(decoded, list):
-        if len(decoded) > MAX_REPORTS:
-            raise BadRequest(f"{len(decoded)} events in one body; at most {MAX_REPORTS}")
+    if isinstance(decoded, list):  # judge_all holds it to the report cap
         return judge_all(decoded, build, "$[{}]", _json_id, WIRE_NAMES)
     if not isinstance(decoded, dict) or not ({"MessageSid", "data"} & set(decoded)):
         raise BadRequest("not a Twilio status callback: no MessageSid")
@@ -289,13 +287,7 @@ def _json_id(item: object) -> object:
 
 def decode_page(source: TwilioSource, body: bytes) -> tuple[list[Report], list[Rejection]]:
     """A page of the Messages list; inbound messages are no reports of ours and are skipped."""
-    try:
-        page = _page.decode(body)
-    except (msgspec.MsgspecError, RecursionError) as exc:
-        raise BadRequest(f"not a Twilio Messages page: {in_words(exc)}") from None
-    if len(page.messages) > MAX_REPORTS:
-        raise BadRequest(f"{len(page.messages)} messages in one page; Twilio sends at most "
-                         f"{MAX_REPORTS}")
+    page = read_json(_page, body, "a Twilio Messages page", items="messages")
     statuses = StatusTable(source.name, STATUSES, source.status_map)
 
     def build(raw: msgspec.Raw) -> list[Report]:
@@ -505,8 +497,10 @@ def messages_path(account_sid: str) -> str:
 
 
 def next_page(body: bytes) -> str | None:
-    """The next page's URI (relative to the API's origin), or None on the last page."""
+    """The next page's URI (relative to the API's origin), or None on the last page (or
+    an unreadable one); read as the page is, so a message nested too deeply is no end."""
     try:
-        return _page.decode(body).next_page_uri or None
-    except (msgspec.MsgspecError, RecursionError):
+        return read_json(_page, body, "a Twilio Messages page", items="messages"
+                         ).next_page_uri or None
+    except BadRequest:
         return None
