@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 
 from service.api.webhooks import Gate, sign, sinch_sign
 from service.errors import ServiceError
-from service.providers import twilio, vonage
+from service.providers import sinch, twilio, vonage
 from service.providers.base import (
     SinchSignatureAuth,
     StandardWebhooksAuth,
@@ -101,7 +101,7 @@ def vonage_kind() -> tuple[float, float]:
 def sinch_kind() -> tuple[float, float]:
     auth = SinchSignatureAuth(["sinch-callback-secret-0123456789"])
     gate = Gate("sn", WebhookConfig(sinch_signature=auth))
-    body = b"[" * (1 << 20)
+    body = b"[" * sinch.MAX_CALLBACK_BYTES
     stamp = str(int(time.time()))
     good = {"x-sinch-webhook-signature": sinch_sign(auth.secrets[0], "n", stamp, body),
             "x-sinch-webhook-signature-nonce": "n",
@@ -116,7 +116,7 @@ def main() -> None:
             ("standard_webhooks (Infobip)", standard_webhooks, 8 << 20),
             ("twilio_signature", twilio_kind, twilio.MAX_CALLBACK_BYTES),
             ("vonage_signature", vonage_kind, vonage.MAX_RECEIPT_BYTES),
-            ("sinch_signature", sinch_kind, 1 << 20)):
+            ("sinch_signature", sinch_kind, sinch.MAX_CALLBACK_BYTES)):
         legal, hostile = measure()
         print(f"{name:28} limit {limit:>9,} bytes  legal {legal:7.2f} ms  "
               f"hostile {hostile:7.2f} ms  ratio {hostile / max(legal, 0.001):5.2f}")

@@ -250,7 +250,10 @@ def _xml_tree(body: bytes) -> Element:
                 raise BadRequest(f"an XML token longer than {MAX_XML_TOKEN} bytes")
         tree.parser.Parse(b"", True)
         return tree.builder.close()
-    except (expat.ExpatError, DefusedXmlException) as exc:
+    except DefusedXmlException:  # its message is a repr: DTDForbidden(name='r', ...)
+        raise BadRequest("invalid XML: a DTD, an entity or an external reference is not "
+                         "accepted") from None
+    except expat.ExpatError as exc:  # expat's words: "not well-formed (invalid token): …"
         raise BadRequest(f"invalid XML: {str(exc)[:200]}") from None
 
 

@@ -47,9 +47,10 @@ from service.providers.base import (
 )
 from service.providers.sinch.status import STATUSES as STATUSES
 
-# A recipient report is a few hundred bytes; a full batch report lists its recipients' numbers
-# (about 20 bytes each) under their status codes: the report cap's worth fits well in this.
-MAX_CALLBACK_BYTES = 1024 * 1024
+# A recipient report is a few hundred bytes; a full batch report lists its recipients'
+# numbers (about 20 bytes each) under their status codes, up to 100,000 of them: such a body
+# fits, so it is read, answered 413 past the report cap, and kept.
+MAX_CALLBACK_BYTES = 4 * 1024 * 1024
 
 
 class SinchSource(SourceBase, frozen=True, tag="sinch", tag_field="kind"):
