@@ -17,10 +17,11 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from types import FrameType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import urlsplit
 
 from uvicorn.supervisors import Multiprocess
@@ -139,8 +140,50 @@ def version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line naming it, and exit 2, as every other
+    configuration error is (argparse's own is the usage, then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(Exit.CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """An argument's type: a whole number from `low` to `high`."""
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    return whole
+
+
+def _seconds(text: str) -> float:
+    """An argument's type: a number of seconds, more than 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text} is outside 0..86400 seconds")
+    return value
+
+
+def _http_url(text: str) -> str:
+    """An argument's type: an http(s) URL with a host."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL with a host, "
+                                         "e.g. http://127.0.0.1:8080")
+    return text.rstrip("/")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dlr-reconciler", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="SMS delivery reports, pushed and pulled, merged into one exact state.",
         epilog=_exit_codes(tuple(Exit)[1:-1]) + "\n\n`dlr-reconciler COMMAND --help` says which "
@@ -158,9 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = command("serve")
     serve.add_argument("--host", help="listen address (DLR_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (DLR_PORT, default 8080)")
+    serve.add_argument("--port", type=_whole(1, 65535),
+                       help="listen port (DLR_PORT, default 8080)")
     serve.add_argument("--migrate", action="store_true", help="migrate the database first")
-    serve.add_argument("--workers", type=int, help="worker processes (DLR_WORKERS, default 1)")
+    serve.add_argument("--workers", type=_whole(1, 64),
+                       help="worker processes, 1 to 64 (DLR_WORKERS, default 1)")
     serve.add_argument("--no-reconciler", action="store_true",
                        help="serve HTTP only; leave pulling to `worker` processes")
     command("worker")
@@ -168,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     pull = command("pull")
     pull.add_argument("source", help="a source name from DLR_CONFIG")
     sim = command("simulate")
-    sim.add_argument("--url", default=None, help="the service (default http://DLR_HOST:DLR_PORT)")
+    sim.add_argument("--url", type=_http_url, default=None, help="the service (default http://DLR_HOST:DLR_PORT)")
     sim.add_argument("--infobip", default="ib", help="the infobip source to fake")
     sim.add_argument("--dicesms", default="dice", help="the dicesms source to fake")
     sim.add_argument("--provider", choices=("infobip", "twilio", "vonage", "sinch"),
@@ -176,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "default), twilio, vonage or sinch")
     sim.add_argument("--source", help="with --provider: the source to fake (default: the "
                      "first of that kind)")
-    sim.add_argument("--messages", type=int, default=200)
+    sim.add_argument("--messages", type=_whole(1, 1_000_000), default=200)
     sim.add_argument("--api-version", type=int, choices=(3, 1), default=3,
                      help="the shape of the Infobip pushes: v3 (sender, messageCount) or v1")
-    sim.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for convergence")
+    sim.add_argument("--timeout", type=_seconds, default=300.0, help="seconds to wait for convergence")
     replay = command("replay")
     replay.add_argument("--rejected", action="store_true",
                         help="only bodies not fully accepted (rejected, partial, failed, received)")
@@ -206,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     except BadRequest as exc:
         return _fail(Exit.CONFIG, exc.message)
     except DatabaseUnavailable as exc:
+        if pooler := db.pooler_refusal(exc):  # a PgBouncer URL without ?pgbouncer=true
+            return _fail(Exit.CONFIG, f"config error: {pooler}")
         return _fail(Exit.DATABASE_UNAVAILABLE, f"database unavailable: {exc.detail or exc}")
     except NotMigrated as exc:
         return _fail(Exit.NOT_MIGRATED, f"cannot start: {exc}")
@@ -216,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail(Exit.INTERRUPTED, "interrupted")
     except Exception as exc:
+        if pooler := db.pooler_refusal(exc):
+            return _fail(Exit.CONFIG, f"config error: {pooler}")
         if refused := db.refusal(exc):  # a wrong role, password or database name
             return _fail(Exit.DATABASE_REFUSED, f"database refused the connection: {refused} "
                          "(check DLR_DATABASE_URL)")

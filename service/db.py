@@ -127,6 +127,31 @@ def refusal(exc: BaseException) -> str | None:
     return None
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, each with what the driver raised beneath it."""
+    seen: list[BaseException] = []
+    at: BaseException | None = exc
+    while at is not None and at not in seen:
+        seen.append(at)
+        orig = at.orig if isinstance(at, sa_exc.DBAPIError) else None
+        if isinstance(orig, BaseException) and orig not in seen:
+            seen.append(orig)
+        at = at.__cause__ or at.__context__
+    return seen
+
+
+def pooler_refusal(exc: BaseException) -> str | None:
+    """What to change when the server refused a startup parameter (lock_timeout), as a
+    transaction-pooling PgBouncer does (SQLSTATE 08P01, "unsupported startup parameter");
+    None for any other error."""
+    for seen in _chain(exc):
+        if "unsupported startup parameter" in str(seen):
+            return ("DLR_DATABASE_URL: the server refused the startup parameter lock_timeout, "
+                    "as PgBouncer does: add ?pgbouncer=true to the URL (and bound locks on the "
+                    "role instead: ALTER ROLE <role> SET lock_timeout = '5s')")
+    return None
+
+
 def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True

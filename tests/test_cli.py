@@ -7,6 +7,7 @@ import os
 import pty
 import re
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -96,6 +97,82 @@ def test_exit_codes_are_distinct() -> None:
     wanted = {"ADDRESS_IN_USE", "DATABASE_UNAVAILABLE", "CONFIG", "DIFFERENCES", "UNREACHABLE"}
     assert len({cli.Exit[name] for name in wanted}) == len(wanted)
     assert cli.Exit.FAILED not in {cli.Exit[name] for name in wanted}
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["serve", "--port", "99999"], "argument --port: 99999 is outside 1..65535"),
+    (["serve", "--port", "0"], "argument --port: 0 is outside 1..65535"),
+    (["serve", "--port", "http"], "argument --port: 'http' is not a whole number"),
+    (["serve", "--workers", "0"], "argument --workers: 0 is outside 1..64"),
+    (["simulate", "--messages", "-3"], "argument --messages: -3 is outside 1..1000000"),
+    (["simulate", "--timeout", "nan"], "argument --timeout: nan is outside 0..86400 seconds"),
+    (["simulate", "--url", "127.0.0.1:8080"], "argument --url: '127.0.0.1:8080' is not an "
+                                              "http(s) URL with a host"),
+    (["serve", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+])
+def test_a_bad_argument_is_one_line_naming_it_and_exit_2(args: list[str], said: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DLR_CONFIG"}
+    # were the argument taken, nothing starts: no database answers there
+    env["DLR_DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{free_port()}/none"
+    result = _run(env, *args)
+    assert result.returncode == cli.Exit.CONFIG
+    [line] = result.stderr.splitlines()
+    assert said in line and line.startswith("dlr-reconciler"), line
+    assert line.endswith("--help)"), line
+
+
+class StartupRefusing:
+    """A PostgreSQL look-alike that refuses every connection's startup parameters as a
+    transaction-pooling PgBouncer refuses lock_timeout."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.server = self.loop.run_until_complete(
+            asyncio.start_server(self._refuse, "127.0.0.1", 0))
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                length, code = struct.unpack("!ii", await reader.readexactly(8))
+                await reader.readexactly(length - 8)
+                if code != 80877103:  # not an SSLRequest: the startup message
+                    break
+                writer.write(b"N")
+            said = (b"SFATAL\0VFATAL\0C08P01\0Munsupported startup parameter: lock_timeout"
+                    b"\0\0")
+            writer.write(b"E" + struct.pack("!i", len(said) + 4) + said)
+            await writer.drain()
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+        self.loop.close()
+
+
+@pytest.mark.parametrize("command", [["migrate"], ["serve", "--port", str(free_port())]])
+def test_pgbouncer_without_its_url_flag_says_what_to_add(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        command: list[str]) -> None:
+    bouncer = StartupRefusing()
+    try:
+        monkeypatch.setenv("DLR_DATABASE_URL", f"postgresql://dlr@127.0.0.1:{bouncer.port}/dlr")
+        monkeypatch.delenv("DLR_CONFIG", raising=False)
+        assert cli.main(command) == cli.Exit.CONFIG
+    finally:
+        bouncer.close()
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("config error: DLR_DATABASE_URL: the server refused the startup "
+                           "parameter lock_timeout, as PgBouncer does: add ?pgbouncer=true"), line
 
 
 def _simulate_config(directory: Path) -> Path:
