@@ -243,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    logs.configure()
     try:
+        logs.configure()
         return _run(args)
     except ConfigError as exc:
         return _fail(Exit.CONFIG, f"config error: {exc}")
@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     except DatabaseUnavailable as exc:
         if pooler := db.pooler_refusal(exc):  # a PgBouncer URL without ?pgbouncer=true
             return _fail(Exit.CONFIG, f"config error: {pooler}")
-        return _fail(Exit.DATABASE_UNAVAILABLE, f"database unavailable: {exc.detail or exc}")
+        hint = db.password_hint(os.environ.get("DLR_DATABASE_URL")) if db.unresolved(exc) else ""
+        return _fail(Exit.DATABASE_UNAVAILABLE, f"database unavailable: {exc.detail or exc}{hint}")
     except NotMigrated as exc:
         return _fail(Exit.NOT_MIGRATED, f"cannot start: {exc}")
     except AddressInUse as exc:
@@ -342,10 +343,7 @@ class Progress:
 
 def _migrate(settings: Settings) -> int:
     url = db.database_url(settings.database_url, settings.data_dir)
-    try:
-        db.migrate(url)
-    except OSError as exc:
-        raise DatabaseUnavailable(str(exc), detail=str(exc)) from exc
+    db.migrate(url)
     _keep_partitions(settings, url)
     print(f"database at revision {db.head_revision()}")
     return Exit.OK

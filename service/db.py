@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +36,10 @@ _UNAVAILABLE = (OSError, TimeoutError, sa_exc.OperationalError, sa_exc.Interface
 _UNAVAILABLE_STATES = ("08", "53", "57P01", "57P02", "57P03", "55P03", "40001", "40P01")
 
 
+_ENCODE_HINT = ("percent-encode an '@' in the password as %40 (and ':' as %3A, '/' as %2F, "
+                    "'#' as %23)")
+
+
 def asyncpg_url(url: str) -> str:
     """Accept postgres://, postgresql:// and postgresql+asyncpg:// spellings, and libpq's
     `sslmode=` (asyncpg calls it `ssl=`)."""
@@ -42,7 +47,13 @@ def asyncpg_url(url: str) -> str:
     if scheme not in ("postgres", "postgresql", "postgresql+asyncpg"):
         raise ConfigError(f"DLR_DATABASE_URL: unsupported scheme {scheme!r}; "
                           "use postgresql://user:password@host:5432/database")
-    parsed = make_url(f"postgresql+asyncpg://{rest}")
+    try:
+        parsed = make_url(f"postgresql+asyncpg://{rest}")
+    except ValueError:  # a port that is not a number, say: never repeat the URL (a password)
+        raise ConfigError("DLR_DATABASE_URL: not postgresql://user:password@host:5432/database;"
+                          f" {_ENCODE_HINT}") from None
+    if "@" in (parsed.host or ""):  # the password's '@' was taken as the end of it
+        raise ConfigError(f"DLR_DATABASE_URL: the host part holds an '@': {_ENCODE_HINT}")
     if mode := parsed.query.get("sslmode"):
         parsed = parsed.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
     return parsed.render_as_string(hide_password=False)
@@ -167,7 +178,20 @@ def _why(exc: BaseException) -> str:
         return "the database is shutting down or starting up"
     if isinstance(exc, TimeoutError | sa_exc.TimeoutError) or isinstance(exc.__cause__, TimeoutError):
         return "the database did not answer in time"
+    if unresolved(exc):
+        return "the database host name does not resolve"
     return "no connection to the database"
+
+
+def unresolved(exc: BaseException) -> bool:
+    """Whether the database's host name did not resolve (beneath `exc`)."""
+    return any(isinstance(seen, socket.gaierror) for seen in _chain(exc))
+
+
+def password_hint(url: str | None) -> str:
+    """For a host name that does not resolve: a URL with more than one '@' likely holds one
+    in its password, unencoded (a user name may hold one: Azure's `user@server`)."""
+    return f": {_ENCODE_HINT}" if url and url.partition("?")[0].count("@") > 1 else ""
 
 
 @asynccontextmanager
@@ -234,7 +258,12 @@ def migrate(url: str) -> None:
     """Upgrade the database to the newest revision (safe to run from many replicas at once)."""
     from alembic import command
 
-    command.upgrade(_alembic_config(url), "head")  # type: ignore[arg-type]
+    try:
+        command.upgrade(_alembic_config(url), "head")  # type: ignore[arg-type]
+    except Exception as exc:
+        if is_unavailable(exc):  # in words, as for every other command
+            raise DatabaseUnavailable("database unavailable", detail=_why(exc)) from exc
+        raise
 
 
 async def current_revision(conn: AsyncConnection) -> str | None:

@@ -262,6 +262,16 @@ def test_lower_case_status_map_values_are_accepted(tmp_path: Path) -> None:
      'database refused the connection: database "no_such_database_here" does not exist'),
     ("postgresql://no_such_role@127.0.0.1:5432/postgres", 6,
      'database refused the connection: role "no_such_role" does not exist'),
+    # a password holding '@', unencoded: read as part of the host, or the host cut short
+    ("postgresql://dlr:se@cret@127.0.0.1:5432/dlr", 2,
+     "config error: DLR_DATABASE_URL: the host part holds an '@': percent-encode an '@' in "
+     "the password as %40"),
+    ("postgresql://dlr:se@cret.invalid/x@127.0.0.1:5432/dlr", 3,
+     "database unavailable: the database host name does not resolve: percent-encode an '@' "
+     "in the password as %40"),
+    ("postgresql://dlr:se@c:ret@127.0.0.1:5432/dlr", 2,
+     "config error: DLR_DATABASE_URL: not postgresql://user:password@host:5432/database; "
+     "percent-encode"),
 ])
 @pytest.mark.parametrize("command", ["migrate", "replay", "serve"])
 def test_database_url_mistakes_are_one_line(monkeypatch: pytest.MonkeyPatch,
@@ -272,6 +282,7 @@ def test_database_url_mistakes_are_one_line(monkeypatch: pytest.MonkeyPatch,
     assert cli.main([command]) == code
     err = capsys.readouterr().err.strip()
     assert err.startswith(said) and "\n" not in err, err
+    assert "cret" not in err and "ret@" not in err  # no part of a password
 
 
 def test_sslmode_is_read_as_asyncpg_ssl() -> None:
