@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 from uvicorn.supervisors import Multiprocess
 
 from service import db, logs, retention, store
-from service.config import Settings, load_settings
+from service.config import Settings, load_settings, no_source
 from service.errors import BadRequest, ConfigError, DatabaseUnavailable
 from service.http_limits import LimitedHttp, trusted_networks
 from service.schemas import query_time
@@ -383,6 +383,7 @@ def _serve_on(listener: socket.socket, settings: Settings, host: str | None, por
         options |= {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
         scheme = "https"
     workers = workers or settings.workers
+    _warn_without_config(settings)
     log.info("serving on %s://%s:%s (%d worker%s)", scheme, options["host"], options["port"],
              workers, "" if workers == 1 else "s")
     if workers == 1:
@@ -503,7 +504,7 @@ def _reprice(settings: Settings, names: list[str] | None, since: datetime | None
 
     unknown = [n for n in names or () if n not in settings.sources]
     if unknown:
-        return _fail(Exit.CONFIG, f"no source named {unknown[0]!r} in the configuration")
+        raise ConfigError(f"--source: {no_source(settings, unknown[0])}")
     sources = [settings.sources[n] for n in (names or settings.sources)]
     url = _ready_database(settings, migrate=False)
 
@@ -526,7 +527,7 @@ def _pull(settings: Settings, name: str) -> int:
 
     source = settings.sources.get(name)
     if source is None:
-        raise ConfigError(f"no source named {name!r} in the configuration")
+        raise ConfigError(no_source(settings, name))
     url = _ready_database(settings, migrate=False)
 
     async def once() -> worker.RunResult | None:
@@ -552,7 +553,7 @@ def _replay(settings: Settings, only_unaccepted: bool, since: datetime | None,
     from service import ingest
 
     if source is not None and source not in settings.sources:
-        raise ConfigError(f"--source: no source named {source!r} in the configuration")
+        raise ConfigError(f"--source: {no_source(settings, source)}")
     url = _ready_database(settings, migrate=False)
     progress = Progress("replay", "reports")
 
@@ -690,10 +691,17 @@ def _work(settings: Settings, listener: socket.socket | None) -> int:
             await serving
             await engine.dispose()
 
+    _warn_without_config(settings)
     log.info("reconciler running" + (f"; probes and metrics on http://{settings.host}:"
                                      f"{settings.worker_port}" if listener else ""))
     asyncio.run(forever())
     return Exit.OK
+
+
+def _warn_without_config(settings: Settings) -> None:
+    """Said as `serve` and `worker` start: without a file they take no report and pull none."""
+    if settings.config is None:
+        log.warning("no DLR_CONFIG: no sources and no API tokens")
 
 
 def _limited_http(settings: Settings) -> Any:

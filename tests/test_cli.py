@@ -261,8 +261,33 @@ def test_replay_one_source(kept_bodies: dict[str, str]) -> None:
     assert result.stdout.startswith("replayed 3 bodies: 3 reports, 0 rows changed")
     unknown = _run(kept_bodies, "replay", "--source", "nope")
     assert unknown.returncode == cli.Exit.CONFIG
-    assert unknown.stderr.strip() == ("config error: --source: no source named 'nope' in the "
-                                      "configuration")
+    assert unknown.stderr.strip() == (
+        "config error: --source: no source named 'nope' in DLR_CONFIG "
+        f"({kept_bodies['DLR_CONFIG']}); its sources: ib, other")
+
+
+def test_no_dlr_config_is_said_at_start_and_when_a_source_is_asked_for(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        tmp_path: Path, server_url: str) -> None:
+    monkeypatch.delenv("DLR_CONFIG", raising=False)
+    monkeypatch.setenv("DLR_DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/none")
+    assert cli.main(["pull", "ib"]) == cli.Exit.CONFIG
+    assert capsys.readouterr().err == ("config error: no source named 'ib': DLR_CONFIG is not "
+                                       "set, so there are no sources\n")
+    config = _simulate_config(tmp_path)  # sources ib and dice
+    monkeypatch.setenv("DLR_CONFIG", str(config))
+    assert cli.main(["pull", "infobip"]) == cli.Exit.CONFIG
+    assert capsys.readouterr().err == (f"config error: no source named 'infobip' in DLR_CONFIG "
+                                       f"({config}); its sources: ib, dice\n")
+    warning = " WARNING service no DLR_CONFIG: no sources and no API tokens"
+    with scratch_database(server_url) as url:
+        env = _env(url, free_port()) | {"DLR_LOG_FORMAT": "text"}
+        with serving(env) as served:
+            pass
+        assert warning in served.output
+        with serving(env | {"DLR_CONFIG": str(config)}) as served:
+            pass
+        assert "DLR_CONFIG" not in served.output
 
 
 def _on_a_terminal(env: dict[str, str], *args: str) -> tuple[int, str]:

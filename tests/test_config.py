@@ -65,7 +65,10 @@ def test_defaults_without_a_file() -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (("kind = \"dicesms\"", "kind = \"smpp\""), "$.sources[1].kind"),
+    (("kind = \"dicesms\"", "kind = \"smpp\""), "Invalid value 'smpp' - at `$.sources[1].kind`; "
+     "kind is one of infobip, dicesms, twilio, vonage, sinch"),
+    (("kind = \"dicesms\"\n", ""), "missing required field `kind` - at `$.sources[1]`; kind is "
+     "one of infobip, dicesms, twilio, vonage, sinch"),
     (("name = \"dice\"", "name = \"ib\""), "sources[1].name: duplicate source name 'ib'"),
     (("name = \"dice\"\n", ""), "missing required field `name`"),
     (("env:DICE_TOKEN", "env:NOT_SET_ANYWHERE"),
