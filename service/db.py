@@ -151,6 +151,12 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def cause(exc: BaseException) -> str:
+    """The error beneath `exc` as the driver or the network raised it, for a log line."""
+    deepest = _chain(exc)[-1]
+    return f"{type(deepest).__name__}: {deepest}" if str(deepest) else type(deepest).__name__
+
+
 def pooler_refusal(exc: BaseException) -> str | None:
     """What to change when the server refused a startup parameter (lock_timeout), as a
     transaction-pooling PgBouncer does (SQLSTATE 08P01, "unsupported startup parameter");
