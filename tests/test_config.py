@@ -288,6 +288,19 @@ def test_database_url_mistakes_are_one_line(monkeypatch: pytest.MonkeyPatch,
     assert "cret" not in err and "ret@" not in err  # no part of a password
 
 
+def test_a_data_dir_that_cannot_be_a_folder_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    monkeypatch.delenv("DLR_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DLR_CONFIG", raising=False)
+    monkeypatch.setenv("DLR_DATA_DIR", str(taken))
+    assert cli.main(["migrate"]) == 2
+    assert capsys.readouterr().err == (f"config error: DLR_DATA_DIR: cannot make the folder "
+                                       f"{taken}: File exists\n")
+
+
 def test_sslmode_is_read_as_asyncpg_ssl() -> None:
     from service import db
 
