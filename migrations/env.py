@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 
 import sqlalchemy as sa
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from service.db import create_engine
+from service.db import asyncpg_url, create_engine
+from service.errors import ConfigError
 from service.retention import PARTITIONED
 from service.tables import SCHEMA_LOCK_KEY, metadata
 
@@ -42,11 +44,19 @@ async def _run_async(url: str) -> None:
 
 
 def _url() -> str:
-    url = context.config.attributes.get("database_url") or context.config.get_main_option(
-        "sqlalchemy.url")
+    """`dlr-reconciler migrate`'s URL; by hand (`alembic … downgrade <rev>`), `-x dburl=…`,
+    else DLR_DATABASE_URL, else sqlalchemy.url in alembic.ini; spelled as the service reads it."""
+    url = (context.config.attributes.get("database_url")
+           or context.get_x_argument(as_dictionary=True).get("dburl")
+           or os.environ.get("DLR_DATABASE_URL")
+           or context.config.get_main_option("sqlalchemy.url"))
     if not url:
-        raise SystemExit("no database URL: use `dlr-reconciler migrate` or set sqlalchemy.url")
-    return str(url)
+        raise SystemExit("no database URL: give -x dburl=postgresql://user:password@host/database "
+                         "or set DLR_DATABASE_URL")
+    try:
+        return asyncpg_url(str(url))
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 if context.is_offline_mode():

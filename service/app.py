@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -61,7 +63,30 @@ def problem_details() -> ProblemDetailsPlugin:
     }))
 
 
+class Every:
+    """Lets a thing be done at most once per `seconds` (a warning that would repeat)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.last = -math.inf
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self.last < self.seconds:
+            return False
+        self.last = now
+        return True
+
+
+# Each 503 is an info line of the access log; what the database said is worth a warning,
+# once a minute while the outage lasts.
+UNAVAILABLE_WARNING = Every(60.0)
+
+
 def _service_error(exc: ServiceError) -> ProblemDetailsException:
+    if isinstance(exc, DatabaseUnavailable) and UNAVAILABLE_WARNING.due():
+        log.warning("answering 503, the database is unavailable: %s (%s); said at most once a "
+                    "minute while it lasts", exc.detail or exc.message, db.cause(exc))
     return _problem(exc.status_code, exc.explanation, exc.extra, exc.headers)
 
 
@@ -96,7 +121,9 @@ def _unexpected(exc: Exception) -> ProblemDetailsException:
         # SQLSTATE class 22, data exception: a parameter PostgreSQL cannot take (a NUL, say)
         return _problem(400, "a parameter holds a value the database cannot take")
     if db.is_unavailable(exc):
-        return _service_error(DatabaseUnavailable("database unavailable"))
+        unavailable = DatabaseUnavailable("database unavailable")
+        unavailable.__cause__ = exc
+        return _service_error(unavailable)
     log.exception("unhandled error", exc_info=exc)
     return _problem(500, "internal error")
 

@@ -17,16 +17,17 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from importlib import metadata
 from types import FrameType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import urlsplit
 
 from uvicorn.supervisors import Multiprocess
 
 from service import db, logs, retention, store
-from service.config import Settings, load_settings
+from service.config import Settings, load_settings, no_source
 from service.errors import BadRequest, ConfigError, DatabaseUnavailable
 from service.http_limits import LimitedHttp, trusted_networks
 from service.schemas import query_time
@@ -103,9 +104,12 @@ COMMANDS = {
         "a body could not be merged (logged), or the replay failed"),
     "simulate": Command(
         "fake providers feeding a running service",
-        "Run fake Infobip and DiceSMS providers feeding a running service (their ports are "
-        "those of the sources' base_url), and wait until the service matches their truth. "
-        "Counts and a rate on stderr while it runs, when stderr is a terminal.",
+        "Run fake providers (Infobip and DiceSMS, or --provider's) feeding a running service: "
+        "each fake listens on the port of its source's base_url, and refuses to start when "
+        "another process listens there. Once the service answers /health/ready, push lossy "
+        "reports to it and wait until it matches the fakes' truth; print each difference "
+        "(source/id: field is X, expected Y). Counts and a rate on stderr while it runs, "
+        "when stderr is a terminal.",
         (Exit.FAILED, Exit.ADDRESS_IN_USE, Exit.DIFFERENCES, Exit.UNREACHABLE)),
     "prune": Command(
         "drop raw bodies and history past the retention",
@@ -139,8 +143,50 @@ def version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line naming it, and exit 2, as every other
+    configuration error is (argparse's own is the usage, then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(Exit.CONFIG, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """An argument's type: a whole number from `low` to `high`."""
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    return whole
+
+
+def _seconds(text: str) -> float:
+    """An argument's type: a number of seconds, more than 0 and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= 86400:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text} is outside 0..86400 seconds")
+    return value
+
+
+def _http_url(text: str) -> str:
+    """An argument's type: an http(s) URL with a host."""
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL with a host, "
+                                         "e.g. http://127.0.0.1:8080")
+    return text.rstrip("/")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dlr-reconciler", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="SMS delivery reports, pushed and pulled, merged into one exact state.",
         epilog=_exit_codes(tuple(Exit)[1:-1]) + "\n\n`dlr-reconciler COMMAND --help` says which "
@@ -158,9 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = command("serve")
     serve.add_argument("--host", help="listen address (DLR_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (DLR_PORT, default 8080)")
+    serve.add_argument("--port", type=_whole(1, 65535),
+                       help="listen port (DLR_PORT, default 8080)")
     serve.add_argument("--migrate", action="store_true", help="migrate the database first")
-    serve.add_argument("--workers", type=int, help="worker processes (DLR_WORKERS, default 1)")
+    serve.add_argument("--workers", type=_whole(1, 64),
+                       help="worker processes, 1 to 64 (DLR_WORKERS, default 1)")
     serve.add_argument("--no-reconciler", action="store_true",
                        help="serve HTTP only; leave pulling to `worker` processes")
     command("worker")
@@ -168,18 +216,28 @@ def build_parser() -> argparse.ArgumentParser:
     pull = command("pull")
     pull.add_argument("source", help="a source name from DLR_CONFIG")
     sim = command("simulate")
-    sim.add_argument("--url", default=None, help="the service (default http://DLR_HOST:DLR_PORT)")
-    sim.add_argument("--infobip", default="ib", help="the infobip source to fake")
-    sim.add_argument("--dicesms", default="dice", help="the dicesms source to fake")
+    sim.add_argument("--url", type=_http_url, default=None,
+                     help="the running service to feed (default http://DLR_HOST:DLR_PORT)")
     sim.add_argument("--provider", choices=("infobip", "twilio", "vonage", "sinch"),
                      default="infobip", help="the kind to fake: infobip (with dicesms, the "
                      "default), twilio, vonage or sinch")
     sim.add_argument("--source", help="with --provider: the source to fake (default: the "
-                     "first of that kind)")
-    sim.add_argument("--messages", type=int, default=200)
+                     "first of that kind in DLR_CONFIG)")
+    sim.add_argument("--infobip", default="ib", metavar="SOURCE",
+                     help="the infobip source to fake (default ib)")
+    sim.add_argument("--dicesms", default="dice", metavar="SOURCE",
+                     help="the dicesms source to fake beside it (default dice)")
+    sim.add_argument("--messages", type=_whole(1, 1_000_000), default=300, metavar="N",
+                     help="messages to invent, N in all (default 300); with infobip, two "
+                     "thirds are Infobip's and a third DiceSMS's")
+    sim.add_argument("--seed", type=_whole(0, 999_999), default=None,
+                     help="the scenario's seed, 0 to 999999 (default: a new one each run, "
+                     "printed, so that a run can be repeated)")
     sim.add_argument("--api-version", type=int, choices=(3, 1), default=3,
-                     help="the shape of the Infobip pushes: v3 (sender, messageCount) or v1")
-    sim.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for convergence")
+                     help="the shape of the Infobip pushes: v3 (sender, messageCount, the "
+                     "default) or v1")
+    sim.add_argument("--timeout", type=_seconds, default=300.0, metavar="S",
+                     help="seconds to wait for the service to match the truth (default 300)")
     replay = command("replay")
     replay.add_argument("--rejected", action="store_true",
                         help="only bodies not fully accepted (rejected, partial, failed, received)")
@@ -198,16 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
-    # the long-running commands write their logs from a thread of their own
-    logs.configure(queued=args.command in ("serve", "worker"))
     try:
+        # the long-running commands write their logs from a thread of their own
+        logs.configure(queued=args.command in ("serve", "worker"))
         return _run(args)
     except ConfigError as exc:
         return _fail(Exit.CONFIG, f"config error: {exc}")
     except BadRequest as exc:
         return _fail(Exit.CONFIG, exc.message)
     except DatabaseUnavailable as exc:
-        return _fail(Exit.DATABASE_UNAVAILABLE, f"database unavailable: {exc.detail or exc}")
+        if pooler := db.pooler_refusal(exc):  # a PgBouncer URL without ?pgbouncer=true
+            return _fail(Exit.CONFIG, f"config error: {pooler}")
+        hint = db.password_hint(os.environ.get("DLR_DATABASE_URL")) if db.unresolved(exc) else ""
+        return _fail(Exit.DATABASE_UNAVAILABLE, f"database unavailable: {exc.detail or exc}{hint}")
     except NotMigrated as exc:
         return _fail(Exit.NOT_MIGRATED, f"cannot start: {exc}")
     except AddressInUse as exc:
@@ -217,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail(Exit.INTERRUPTED, "interrupted")
     except Exception as exc:
+        if pooler := db.pooler_refusal(exc):
+            return _fail(Exit.CONFIG, f"config error: {pooler}")
         if refused := db.refusal(exc):  # a wrong role, password or database name
             return _fail(Exit.DATABASE_REFUSED, f"database refused the connection: {refused} "
                          "(check DLR_DATABASE_URL)")
@@ -294,10 +357,7 @@ class Progress:
 
 def _migrate(settings: Settings) -> int:
     url = db.database_url(settings.database_url, settings.data_dir)
-    try:
-        db.migrate(url)
-    except OSError as exc:
-        raise DatabaseUnavailable(str(exc), detail=str(exc)) from exc
+    db.migrate(url)
     _keep_partitions(settings, url)
     print(f"database at revision {db.head_revision()}")
     return Exit.OK
@@ -337,6 +397,7 @@ def _serve_on(listener: socket.socket, settings: Settings, host: str | None, por
         options |= {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
         scheme = "https"
     workers = workers or settings.workers
+    _warn_without_config(settings)
     log.info("serving on %s://%s:%s (%d worker%s)", scheme, options["host"], options["port"],
              workers, "" if workers == 1 else "s")
     if workers == 1:
@@ -457,7 +518,7 @@ def _reprice(settings: Settings, names: list[str] | None, since: datetime | None
 
     unknown = [n for n in names or () if n not in settings.sources]
     if unknown:
-        return _fail(Exit.CONFIG, f"no source named {unknown[0]!r} in the configuration")
+        raise ConfigError(f"--source: {no_source(settings, unknown[0])}")
     sources = [settings.sources[n] for n in (names or settings.sources)]
     url = _ready_database(settings, migrate=False)
 
@@ -480,7 +541,7 @@ def _pull(settings: Settings, name: str) -> int:
 
     source = settings.sources.get(name)
     if source is None:
-        raise ConfigError(f"no source named {name!r} in the configuration")
+        raise ConfigError(no_source(settings, name))
     url = _ready_database(settings, migrate=False)
 
     async def once() -> worker.RunResult | None:
@@ -506,7 +567,7 @@ def _replay(settings: Settings, only_unaccepted: bool, since: datetime | None,
     from service import ingest
 
     if source is not None and source not in settings.sources:
-        raise ConfigError(f"--source: no source named {source!r} in the configuration")
+        raise ConfigError(f"--source: {no_source(settings, source)}")
     url = _ready_database(settings, migrate=False)
     progress = Progress("replay", "reports")
 
@@ -532,47 +593,38 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     import httpx
 
     from service import simulate
-    from service.config import DiceSmsSource, InfobipSource
-    from service.providers.dicesms.fake import FakeDiceSms
     from service.providers.infobip.fake import FakeInfobip
 
-    if args.provider != "infobip":
-        return simulate.run(settings, args.provider, args.source,
-                            args.url or f"http://{settings.host}:{settings.port}",
-                            args.messages, args.timeout)
-    ib, dice = settings.sources.get(args.infobip), settings.sources.get(args.dicesms)
-    if not isinstance(ib, InfobipSource) or not isinstance(dice, DiceSmsSource):
-        raise ConfigError(f"simulate needs an infobip source {args.infobip!r} and a dicesms "
-                          f"source {args.dicesms!r} in DLR_CONFIG")
-    token = simulate.reading_token(settings)
-    if token is None:
-        raise ConfigError("simulate needs an API token with the read and pii scopes (or admin) "
-                          "in DLR_CONFIG")
+    seed = simulate.new_seed() if args.seed is None else args.seed
+    run = simulate.plan(settings, args.provider, messages=args.messages, seed=seed,
+                        source=args.source, infobip=args.infobip, dicesms=args.dicesms,
+                        api_version=args.api_version)
+    scenario = run.scenario
     base = args.url or f"http://{settings.host}:{settings.port}"
-    scenario = simulate.Scenario(args.messages, ib_source=ib.name, dice_source=dice.name,
-                                 api_version=args.api_version)
-    with _fake(FakeInfobip, ib.api_key or "", port=_port(ib.base_url)) as fake_ib, \
-            _fake(FakeDiceSms, dice.token or "", page_size=50,
-                  port=_port(dice.base_url)) as fake_dice:
-        scenario.load(fake_ib, fake_dice)
-        print(f"fake Infobip on {fake_ib.url}, fake DiceSMS on {fake_dice.url}; "
-              f"{len(scenario.pushes)} pushes ({len(scenario.lost_finals)} final reports lost "
-              f"in transit, left for the pull) to {base}")
+    with contextlib.ExitStack() as stack:
+        # each fake on its source's port, taken by this process alone (else exit 7)
+        fakes = [stack.enter_context(_fake(make, port)) for _, make, port in run.fakes]
+        scenario.load(*fakes)
         pushing = Progress("simulate", "pushes")
         waiting = Progress("simulate", "matching")
 
-        async def run() -> list[str]:
+        async def converge() -> list[str]:
             async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-                await simulate.push(client, scenario, simulate.hook_headers(ib.webhook),
+                await simulate.ready(client)  # said before anything is announced or sent
+                print(", ".join(f"fake {name} on {fake.url}" for (name, _, _), fake
+                                in zip(run.fakes, fakes, strict=True))
+                      + f"; seed {seed}; {len(scenario.pushes)} pushes ({scenario.lost}) to "
+                      f"{base}", flush=True)
+                await simulate.push(client, scenario, run.headers_for,
                                     progress=lambda sent: pushing(pushes=sent))
                 pushing.done()
                 return await simulate.wait_until_matching(
-                    client, scenario, token, args.timeout,
+                    client, scenario, run.token, args.timeout,
                     progress=lambda matching: waiting(matching=matching,
                                                       messages=len(scenario.truth)))
 
         try:
-            differences = asyncio.run(run())
+            differences = asyncio.run(converge())
         except httpx.TransportError as exc:
             raise Unreachable(f"cannot reach the service at {base}: "
                               f"{exc or type(exc).__name__}") from None
@@ -582,22 +634,26 @@ def _simulate(settings: Settings, args: argparse.Namespace) -> int:
                               f"{request.url.path} with {exc.response.status_code}: "
                               f"{exc.response.text[:200]}") from None
         waiting.done()
-    for line in differences[:20]:
+    for line in simulate.shown(differences):
         print(line)
-    print(f"{len(scenario.truth)} messages, {len(differences)} differences")
+    infobip = next((fake for fake in fakes if isinstance(fake, FakeInfobip)), None)
+    if isinstance(scenario, simulate.Scenario) and infobip is not None \
+            and (taken := scenario.taken_elsewhere(infobip, differences)):
+        print(f"{taken} one-time reports that the fake Infobip on {infobip.url} handed out are "
+              f"not in the service at {base}: another service pulls {infobip.url} too (each "
+              "logs `pulling <source> (infobip) from <url>` as it starts); stop it, or give "
+              "this setup's sources other ports")
+    print(f"{len(scenario.truth)} messages, {len(differences)} differences (seed {seed})")
     return Exit.DIFFERENCES if differences else Exit.OK
 
 
-def _fake(kind: Any, credential: str, *, port: int, **options: Any) -> Any:
+def _fake(make: Callable[..., Any], port: int) -> Any:
     """A fake provider on 127.0.0.1:`port`; AddressInUse if something else listens there."""
     try:
-        return kind(credential, port=port, **options)
+        return make(port=port)
     except OSError as exc:
-        raise AddressInUse(f"a fake provider on 127.0.0.1:{port}: {exc.strerror}") from None
-
-
-def _port(url: str) -> int:
-    return urlsplit(url).port or 80
+        raise AddressInUse(f"a fake provider on 127.0.0.1:{port}: {exc.strerror}; is another "
+                           "simulate running? (or give this setup's sources other ports)") from None
 
 
 def _worker(settings: Settings) -> int:
@@ -644,10 +700,17 @@ def _work(settings: Settings, listener: socket.socket | None) -> int:
             await serving
             await engine.dispose()
 
+    _warn_without_config(settings)
     log.info("reconciler running" + (f"; probes and metrics on http://{settings.host}:"
                                      f"{settings.worker_port}" if listener else ""))
     asyncio.run(forever())
     return Exit.OK
+
+
+def _warn_without_config(settings: Settings) -> None:
+    """Said as `serve` and `worker` start: without a file they take no report and pull none."""
+    if settings.config is None:
+        log.warning("no DLR_CONFIG: no sources and no API tokens")
 
 
 def _limited_http(settings: Settings) -> Any:

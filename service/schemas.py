@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -122,8 +123,15 @@ class MessagePage(msgspec.Struct):
     next_cursor: str | None
 
 
+# A time whose '+' offset arrived as a space: an unescaped '+' in a query string means one.
+_SPACED_OFFSET = re.compile(r"[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)? \d\d(?::?\d\d)?$")
+
+
 def query_time(name: str, text: str) -> datetime:
     """`text` as an aware ISO 8601 time in UTC, from 1970 to 2200; else BadRequest naming `name`."""
+    if _SPACED_OFFSET.search(text):
+        raise BadRequest(f"{name}: a space where the offset's '+' would be: percent-encode '+' "
+                         "in a query string as %2B (2026-11-01T00:00:00%2B05:45)")
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

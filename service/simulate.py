@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import random
 import secrets
@@ -20,14 +21,15 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 
 from service import pricing, rules
 from service.api.webhooks import sign
-from service.config import Settings, WebhookConfig
+from service.config import Settings, WebhookConfig, no_source
+from service.errors import ConfigError
 from service.providers import dicesms, twilio, vonage
 from service.providers.dicesms.fake import DiceMessage, FakeDiceSms
 from service.providers.infobip import status as infobip_status
@@ -68,17 +70,21 @@ def _ib_status(name: str) -> dict[str, Any]:
 
 
 class Scenario:
-    def __init__(self, messages: int = 200, seed: int = 1, loss: float = 0.2,
+    """`messages` in all: two thirds sent through the Infobip source, a third through the
+    DiceSMS one."""
+
+    def __init__(self, messages: int = 300, seed: int = 1, loss: float = 0.2,
                  duplicates: float = 0.1, ib_source: str = "ib", dice_source: str = "dice",
                  api_version: int = 3) -> None:
         rnd = random.Random(seed)  # noqa: S311 (a reproducible scenario, not a secret)
         self.ib_source, self.dice_source = ib_source, dice_source
+        dice_messages = messages // 3
         shape = as_v3 if api_version == 3 else as_v1
         start = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
         self.pushes: list[dict[str, Any]] = []
         self.lost_finals: list[dict[str, Any]] = []
         self.truth: dict[tuple[str, str], dict[str, Any]] = {}
-        for i in range(messages):
+        for i in range(messages - dice_messages):
             sent = start + timedelta(seconds=i)
             done = sent + timedelta(seconds=rnd.randint(1, 600), milliseconds=rnd.randint(0, 999))
             # the statuses after PENDING_ENROUTE, as Infobip's reference lists them: some
@@ -113,7 +119,7 @@ class Scenario:
                     self.pushes.append(observation)
         rnd.shuffle(self.pushes)
         self.dice: list[DiceMessage] = []
-        for i in range(messages // 2):
+        for i in range(dice_messages):
             sent_at = start + timedelta(seconds=i, microseconds=rnd.randint(1, 999_999))
             # delivered ("1"), failed ("4", UNDELIVERABLE), not yet (SENT), and a failure that
             # carries a delivery time all the same (the failure stands)
@@ -123,13 +129,14 @@ class Scenario:
             delivered_at = sent_at + timedelta(seconds=3) if delivered else None
             phone = 9842000000 + i
             self.dice.append(DiceMessage(
-                phone, sent_at.astimezone(NPT).isoformat(), f"batch-{i % 5}", word,
+                phone, sent_at.astimezone(NPT).isoformat(), f"batch-{seed}-{i % 5}", word,
                 delivered_at.astimezone(NPT).isoformat() if delivered_at else None,
                 text=f"hello {i}"))
             self.truth[(dice_source, dicesms.message_id(f"+977{phone}", sent_at))] = {
                 "status": dicesms.StatusTable({}).group(word, delivered),
                 "done_at": delivered_at, "price": None, "sms_count": 1,  # counted from the text
-                "callback_data": None, "bulk_id": f"batch-{i % 5}", "sender": None}
+                "callback_data": None, "bulk_id": f"batch-{seed}-{i % 5}", "sender": None}
+        self.lost = f"{len(self.lost_finals)} final reports lost in transit, left for the pull"
 
     def push_bodies(self, per_body: int = 20) -> list[bytes]:
         return [json.dumps({"results": self.pushes[i:i + per_body]}).encode()
@@ -138,6 +145,13 @@ class Scenario:
     def load(self, infobip: FakeInfobip, dice: FakeDiceSms) -> None:
         infobip.queue(*self.lost_finals)
         dice.messages = list(self.dice)
+
+    def taken_elsewhere(self, infobip: FakeInfobip, differences: list[str]) -> int:
+        """How many of the messages still differing had their lost final report handed out
+        by `infobip`'s one-time reports: that report went to some other puller."""
+        differing = {line.split(": ", 1)[0] for line in differences}
+        return len({r["messageId"] for r in self.lost_finals} & infobip.handed_out
+                   & {key.removeprefix(f"{self.ib_source}/") for key in differing})
 
     def differences(self, merged: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
         return differences(self.truth, merged)
@@ -154,20 +168,42 @@ HeadersFor = Callable[[bytes], dict[str, str]]
 
 
 def differences(truth: Truth, merged: Truth) -> list[str]:
-    """One line per message (or field) that does not match the truth."""
+    """One line per message (or field) that does not match the truth:
+    `source/id: field is X, expected Y`, the values as JSON."""
     out = []
     for key, want in truth.items():
         got = merged.get(key)
         if got is None:
-            out.append(f"{key[0]}/{key[1]}: missing")
+            out.append(f"{key[0]}/{key[1]}: not in the service")
             continue
         for field, value in want.items():
             have = got.get(field)
             if field == "done_at" and have is not None:
                 have = datetime.fromisoformat(have.replace("Z", "+00:00"))
             if have != value:
-                out.append(f"{key[0]}/{key[1]}: {field} is {have!r}, expected {value!r}")
+                out.append(f"{key[0]}/{key[1]}: {field} is {_json(have)}, expected "
+                           f"{_json(value)}")
     return out
+
+
+def _json(value: Any) -> str:
+    """A value as the message JSON would hold it: times RFC 3339 in UTC, decimals as text."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return str(value)  # Decimal
+
+    return json.dumps(value, default=plain, ensure_ascii=False)
+
+
+SHOWN = 20  # differences printed; the rest are counted
+
+
+def shown(differences: list[str], limit: int = SHOWN) -> list[str]:
+    """The first `limit` differences, and a line counting those left out."""
+    more = len(differences) - limit
+    return differences[:limit] + ([f"... and {more} more differences not shown"]
+                                  if more > 0 else [])
 
 
 TWILIO_FINALS = {"delivered": "DELIVERED", "undelivered": "UNDELIVERABLE", "failed": "REJECTED",
@@ -185,11 +221,14 @@ class TwilioScenario:
                  account_sid: str = TWILIO_ACCOUNT) -> None:
         rnd = random.Random(seed)  # noqa: S311 (a reproducible scenario, not a secret)
         self.source, self.account_sid = source, account_sid
+        self.lost = _lost(loss, duplicates)
         start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
         self.resources: list[dict[str, Any]] = []
         self.pushes: list[bytes] = []
         self.truth: Truth = {}
-        for i in range(messages):
+        i = -1
+        while len(self.truth) < messages:  # a canceled message whose callback was lost is none
+            i += 1
             sent = start + timedelta(seconds=i)
             done = (sent + timedelta(seconds=rnd.randint(1, 600))).replace(second=0)
             final = rnd.choice(["delivered", "delivered", "delivered", "undelivered", "failed",
@@ -259,16 +298,21 @@ class VonageScenario:
                  hook: WebhookConfig | None = None, grouped: bool = False) -> None:
         rnd = random.Random(seed)  # noqa: S311 (a reproducible scenario, not a secret)
         self.source, self.api_key, self.hook = source, account_sid, hook
+        self.lost = _lost(loss, duplicates)
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
         self.records: list[dict[str, Any]] = []
         self.pushes: list[dict[str, str]] = []
         self.truth: Truth = {}
-        for i in range(messages):
+        i = -1
+        while len(self.truth) < messages:
+            i += 1
             received = start + timedelta(seconds=i)
             final = rnd.choice(["delivered", "delivered", "delivered", "expired", "failed",
                                 "rejected", "unknown"])
             price = None if final == "rejected" else Decimal(rnd.choice(["0.0333", "0.045"]))
             ref, to, parts = f"vg-{seed}-{i}", f"4477009{i:05d}", rnd.randint(1, 3)
+            if not grouped:  # each part a message: the last text has only the parts left
+                parts = min(parts, messages - len(self.truth))
             if not grouped and i % 10 == 9:  # a client-ref reused for another message
                 ref, to = f"vg-{seed}-{i - 1}", f"4477009{i - 1:05d}"
             done = received + timedelta(seconds=rnd.randint(5, 300))
@@ -317,6 +361,11 @@ class VonageScenario:
         return out
 
 
+def _lost(loss: float, duplicates: float) -> str:
+    return (f"{loss:.0%} lost in transit and left for the pull, {duplicates:.0%} repeated, "
+            "all reordered")
+
+
 def _reported(price: Decimal | None) -> dict[str, Any] | None:
     """A price as the message JSON gives a reported one, in EUR."""
     if price is None:
@@ -341,6 +390,7 @@ class SinchScenario:
                  ) -> None:
         rnd = random.Random(seed)  # noqa: S311 (a reproducible scenario, not a secret)
         self.source, self.service_plan_id = source, account_sid
+        self.lost = _lost(loss, duplicates)
         start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
         self.batches: list[SinchBatch] = []
         self.pushes: list[bytes] = []
@@ -473,45 +523,82 @@ FAKES: dict[str, tuple[Any, Any, Callable[[Any], tuple[str, str]]]] = {
 }
 
 
-def run(settings: Any, provider: str, source_name: str | None, base: str, messages: int,
-        timeout_s: float) -> int:
-    """`simulate --provider KIND`: a fake of that kind on the port of its source's
-    `base_url`, lossy pushes to the service at `base`, then wait for no differences."""
-    import sys
-    from urllib.parse import urlsplit
+class Simulation(NamedTuple):
+    """What `simulate` runs: a scenario, the fakes it needs (a name, and a maker taking the
+    port of its source's base_url), the pushes' credentials and a token to read with."""
 
+    scenario: AnyScenario
+    fakes: list[tuple[str, Callable[..., Any], int]]
+    headers_for: HeadersFor
+    token: str
+
+
+def plan(settings: Settings, provider: str, *, messages: int, seed: int,
+         source: str | None = None, infobip: str = "ib", dicesms: str = "dice",
+         api_version: int = 3) -> Simulation:
+    """The simulation of `provider` (infobip: with dicesms) against the sources of the
+    configuration; ConfigError when it lacks them or a token that reads them whole."""
     from service.providers import registry
 
-    sources = [s for s in settings.sources.values() if registry.provider(s).kind == provider
-               and (source_name is None or s.name == source_name)]
+    def named(flag: str, name: str, kind: str) -> Any:
+        found = settings.sources.get(name)
+        if found is None:
+            raise ConfigError(f"simulate {flag} {name}: {no_source(settings, name)}")
+        if registry.provider(found).kind != kind:
+            raise ConfigError(f"simulate {flag} {name}: a {registry.provider(found).kind} "
+                              f"source, not {kind}")
+        return found
+
     token = reading_token(settings)
-    if not sources or token is None:
-        print(f"simulate --provider {provider} needs a {provider} source"
-              f"{f' named {source_name!r}' if source_name else ''} and an API token with the "
-              "read and pii scopes (or admin) in DLR_CONFIG", file=sys.stderr)
-        return 2
-    source = sources[0]
+    candidates = [s for s in settings.sources.values() if registry.provider(s).kind == provider]
+    if provider == "infobip":
+        ib = named("--infobip", infobip, "infobip")
+        dice = named("--dicesms", dicesms, "dicesms")
+    elif source is not None:
+        candidates = [named("--source", source, provider)]
+    elif not candidates:
+        said = ("DLR_CONFIG is not set" if settings.config is None else
+                f"none in DLR_CONFIG ({settings.config}); its sources: "
+                f"{', '.join(settings.sources) or 'none'}")
+        raise ConfigError(f"simulate --provider {provider} needs a {provider} source: {said}")
+    if token is None:
+        raise ConfigError("simulate needs an API token with the read and pii scopes (or admin) "
+                          "in DLR_CONFIG")
+    if provider == "infobip":
+        return Simulation(
+            Scenario(messages, seed, ib_source=ib.name, dice_source=dice.name,
+                     api_version=api_version),
+            [("Infobip", functools.partial(FakeInfobip, ib.api_key or ""), _port(ib.base_url)),
+             ("DiceSMS", functools.partial(FakeDiceSms, dice.token or "", page_size=50),
+              _port(dice.base_url))],
+            hook_headers(ib.webhook), token)
+    faked: Any = candidates[0]  # a source of `provider`'s kind
     scenario_kind, fake_kind, credentials = FAKES[provider]
-    user, secret = credentials(source)
-    extra = ({"hook": source.webhook, "grouped": source.client_ref_unique}
+    user, secret = credentials(faked)
+    extra = ({"hook": faked.webhook, "grouped": faked.client_ref_unique}
              if provider == "vonage" else {})
-    scenario = scenario_kind(messages, source=source.name, account_sid=user, **extra)
-    port = urlsplit(source.base_url).port or 80
-    with fake_kind(user, secret, port=port) as fake:
-        scenario.load(fake)
-        print(f"fake {provider} on {fake.url}; {len(scenario.pushes)} pushes (20% lost in "
-              f"transit and left for the pull, 10% repeated, all reordered) to {base}")
+    return Simulation(scenario_kind(messages, seed, source=faked.name, account_sid=user, **extra),
+                      [(provider, functools.partial(fake_kind, user, secret),
+                        _port(faked.base_url))],
+                      hook_headers(faked.webhook), token)
 
-        async def converge() -> list[str]:
-            async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-                await push(client, scenario, hook_headers(source.webhook))
-                return await wait_until_matching(client, scenario, token, timeout_s)
 
-        found = asyncio.run(converge())
-    for line in found[:20]:
-        print(line)
-    print(f"{len(scenario.truth)} messages, {len(found)} differences")
-    return 1 if found else 0
+def _port(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def new_seed() -> int:
+    """A scenario's seed when none is given: each run invents other messages."""
+    return secrets.randbelow(SEEDS)
+
+
+SEEDS = 1_000_000  # seeds are 0 to 999999: short enough to type again
+
+
+async def ready(client: httpx.AsyncClient) -> None:
+    """The service answers and is ready (its /health/ready); httpx's errors otherwise."""
+    (await client.get("/health/ready")).raise_for_status()
 
 
 def reading_token(settings: Settings) -> str | None:

@@ -22,7 +22,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import db, metrics, retention, rules, store
+from service import db, logs, metrics, retention, rules, store
 from service.config import Settings
 from service.errors import DatabaseUnavailable
 from service.pages import LEASE_TTL_S, Pages, Stopping, utc_now
@@ -87,6 +87,8 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
     try:
         await page.take_held()
         await registry.provider(source).pull(page, source)
+    except Stopping as exc:  # asked to stop: the next pass resumes; not an error
+        page.result.detail = (page.result.detail or {}) | {"stopped": str(exc)}
     except http.ProviderError as exc:
         page.result.error = str(exc)
     except DatabaseUnavailable:
@@ -113,12 +115,13 @@ async def pull(engine: AsyncEngine, client: httpx.AsyncClient, source: Source, h
     if provider_counts := (result.detail or {}).get("counts"):
         metrics.show_count_missing(source.name, {day: c["missing"]
                                                  for day, c in provider_counts.items()})
+    stopped = (result.detail or {}).get("stopped")
     log.log(logging.WARNING if result.error else logging.INFO,
             "pull %s: %d pages (%d seen before), %d records, %d reports, %d changed, "
             "%d rejected; %d bytes fetched, %d kept%s", source.name, result.pages,
             result.resighted, result.records_fetched, result.reports, result.changed,
             result.rejected, result.bytes_fetched, result.bytes_kept,
-            f"; error: {result.error}" if result.error else "")
+            f"; error: {result.error}" if result.error else f"; {stopped}" if stopped else "")
     return result
 
 
@@ -133,6 +136,10 @@ async def run_forever(engine: AsyncEngine, client: httpx.AsyncClient,
     holder = holder_id()
     if not pullable(sources):
         log.info("reconciler has no source to pull")
+    for source in pullable(sources):  # where from, so that two setups never share a fake
+        log.info("pulling %s (%s) from %s every %g s", source.name,
+                 registry.provider(source).kind, logs.Own(http.shown_origin(source.base_url)),
+                 source.pull_interval_s)
     await _show_sources(engine, pullable(sources))
     await asyncio.gather(_keep_partitions_hourly(engine, keep_months, stop),
                          _close_every(engine, list(sources.values()), stop),

@@ -65,7 +65,10 @@ def test_defaults_without_a_file() -> None:
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    (("kind = \"dicesms\"", "kind = \"smpp\""), "$.sources[1].kind"),
+    (("kind = \"dicesms\"", "kind = \"smpp\""), "Invalid value 'smpp' - at `$.sources[1].kind`; "
+     "kind is one of infobip, dicesms, twilio, vonage, sinch"),
+    (("kind = \"dicesms\"\n", ""), "missing required field `kind` - at `$.sources[1]`; kind is "
+     "one of infobip, dicesms, twilio, vonage, sinch"),
     (("name = \"dice\"", "name = \"ib\""), "sources[1].name: duplicate source name 'ib'"),
     (("name = \"dice\"\n", ""), "missing required field `name`"),
     (("env:DICE_TOKEN", "env:NOT_SET_ANYWHERE"),
@@ -262,6 +265,16 @@ def test_lower_case_status_map_values_are_accepted(tmp_path: Path) -> None:
      'database refused the connection: database "no_such_database_here" does not exist'),
     ("postgresql://no_such_role@127.0.0.1:5432/postgres", 6,
      'database refused the connection: role "no_such_role" does not exist'),
+    # a password holding '@', unencoded: read as part of the host, or the host cut short
+    ("postgresql://dlr:se@cret@127.0.0.1:5432/dlr", 2,
+     "config error: DLR_DATABASE_URL: the host part holds an '@': percent-encode an '@' in "
+     "the password as %40"),
+    ("postgresql://dlr:se@cret.invalid/x@127.0.0.1:5432/dlr", 3,
+     "database unavailable: the database host name does not resolve: percent-encode an '@' "
+     "in the password as %40"),
+    ("postgresql://dlr:se@c:ret@127.0.0.1:5432/dlr", 2,
+     "config error: DLR_DATABASE_URL: not postgresql://user:password@host:5432/database; "
+     "percent-encode"),
 ])
 @pytest.mark.parametrize("command", ["migrate", "replay", "serve"])
 def test_database_url_mistakes_are_one_line(monkeypatch: pytest.MonkeyPatch,
@@ -272,6 +285,20 @@ def test_database_url_mistakes_are_one_line(monkeypatch: pytest.MonkeyPatch,
     assert cli.main([command]) == code
     err = capsys.readouterr().err.strip()
     assert err.startswith(said) and "\n" not in err, err
+    assert "cret" not in err and "ret@" not in err  # no part of a password
+
+
+def test_a_data_dir_that_cannot_be_a_folder_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         tmp_path: Path) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    monkeypatch.delenv("DLR_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DLR_CONFIG", raising=False)
+    monkeypatch.setenv("DLR_DATA_DIR", str(taken))
+    assert cli.main(["migrate"]) == 2
+    assert capsys.readouterr().err == (f"config error: DLR_DATA_DIR: cannot make the folder "
+                                       f"{taken}: File exists\n")
 
 
 def test_sslmode_is_read_as_asyncpg_ssl() -> None:

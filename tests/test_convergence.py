@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, Literal
 
 import httpx
@@ -192,3 +194,68 @@ async def test_sinch_recipient_reports_and_pulls_converge_to_the_truth(
                     assert result is not None and result.error is None
             after = scenario.differences(await simulate.fetch_all(client, READ_TOKEN))
     assert after == []
+
+
+@pytest.mark.parametrize("make", [
+    lambda n, seed: simulate.Scenario(n, seed),
+    lambda n, seed: simulate.TwilioScenario(n, seed),
+    lambda n, seed: simulate.VonageScenario(n, seed),
+    lambda n, seed: simulate.VonageScenario(n, seed, grouped=True),
+    lambda n, seed: simulate.SinchScenario(n, seed)])
+@pytest.mark.parametrize("messages", [1, 2, 31, 300])
+def test_messages_means_that_many_in_all_and_each_seed_invents_others(
+        make: Any, messages: int) -> None:
+    first, again, other = make(messages, 1), make(messages, 1), make(messages, 2)
+    assert len(first.truth) == len(other.truth) == messages
+    assert first.truth.keys() == again.truth.keys()  # a seed repeats its run
+    assert not first.truth.keys() & other.truth.keys()  # another invents other messages
+
+
+def test_differences_are_one_line_per_field_with_json_values() -> None:
+    truth = {("ib", "m1"): {"status": "DELIVERED", "done_at": datetime(2026, 11, 1, 8, 0, 1,
+                                                                       tzinfo=UTC),
+                            "price": {"amount": "0.01", "currency": "EUR"}, "sms_count": 2},
+             ("ib", "m2"): {"status": "DELIVERED"}}
+    merged = {("ib", "m1"): {"status": "PENDING", "done_at": None,
+                             "price": {"amount": "0.02", "currency": "EUR"}, "sms_count": 2}}
+    assert simulate.differences(truth, merged) == [
+        'ib/m1: status is "PENDING", expected "DELIVERED"',
+        'ib/m1: done_at is null, expected "2026-11-01T08:00:01Z"',
+        'ib/m1: price is {"amount": "0.02", "currency": "EUR"}, expected {"amount": "0.01", '
+        '"currency": "EUR"}',
+        "ib/m2: not in the service"]
+    lines = [f"ib/m{i}: not in the service" for i in range(23)]
+    assert simulate.shown(lines) == [*lines[:20], "... and 3 more differences not shown"]
+    assert simulate.shown(lines[:20]) == lines[:20]
+
+
+def test_one_time_reports_another_puller_took_are_counted() -> None:
+    scenario = simulate.Scenario(60, seed=4)
+    assert scenario.lost_finals
+    with FakeInfobip() as fake_ib, FakeDiceSms() as fake_dice:
+        scenario.load(fake_ib, fake_dice)
+        assert scenario.taken_elsewhere(fake_ib, scenario.differences({})) == 0
+        # another setup's reconciler, pulling the same address with the same key
+        taken = httpx.get(f"{fake_ib.url}/sms/3/reports", params={"limit": "1000"},
+                          headers={"Authorization": f"App {fake_ib.api_key}"}).json()["results"]
+    assert len(taken) == len(scenario.lost_finals)
+    differing = scenario.differences({})  # none of them reached this service
+    lost = {r["messageId"] for r in scenario.lost_finals}
+    assert scenario.taken_elsewhere(fake_ib, differing) == len(lost)
+    assert scenario.taken_elsewhere(fake_ib, []) == 0  # nothing differs: nothing went astray
+
+
+def test_simulate_without_the_sources_it_fakes_says_what_is_missing(tmp_path: Path) -> None:
+    from service.config import load_settings
+    from service.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="simulate --infobip ib: no source named 'ib': "
+                                          "DLR_CONFIG is not set"):
+        simulate.plan(load_settings({}), "infobip", messages=10, seed=1)
+    with pytest.raises(ConfigError, match="simulate --provider twilio needs a twilio source: "
+                                          "DLR_CONFIG is not set"):
+        simulate.plan(load_settings({}), "twilio", messages=10, seed=1)
+    config = tmp_path / "dlr.toml"
+    config.write_text('[[sources]]\nname = "ib"\nkind = "dicesms"\nbase_url = "http://127.0.0.1:9"\n')
+    with pytest.raises(ConfigError, match="simulate --infobip ib: a dicesms source, not infobip"):
+        simulate.plan(load_settings({"DLR_CONFIG": str(config)}), "infobip", messages=10, seed=1)

@@ -378,3 +378,16 @@ def test_compose_runs_our_containers_hardened() -> None:
         assert any(t.startswith("/tmp") for t in service["tmpfs"]), name
         assert service["mem_limit"] and service["cpus"], name
     assert any(v.endswith(":/var/lib/dlr") for v in ours["worker"]["volumes"])
+
+
+def test_the_readme_says_which_server_the_tests_use_and_what_they_make_there() -> None:
+    section = (ROOT / "README.md").read_text().split("\n## Running the tests\n", 1)[1]
+    section = " ".join(section.split("\n## ", 1)[0].split())
+    conftest = (ROOT / "tests" / "conftest.py").read_text()
+    found = re.search(r'os\.environ\.get\("DLR_TEST_DATABASE_URL", "([^"]+)"\)', conftest)
+    assert found is not None
+    assert "`DLR_TEST_DATABASE_URL` if set" in section and f"else `{found[1]}`" in section
+    assert 'name = f"dlr_scratch_{secrets.token_hex(4)}"' in (
+        ROOT / "tests" / "databases.py").read_text()
+    assert "databases named `dlr_scratch_<8 hex digits>`" in section
+    assert "DROP DATABASE … WITH (FORCE)" in section and "embedded PostgreSQL" in section

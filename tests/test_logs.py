@@ -384,6 +384,17 @@ def test_the_log_format_follows_stderr_unless_set(environ: dict[str, str], strea
     assert default_format(environ, stream) == expected
 
 
+def test_an_unknown_log_format_stops_every_command_in_one_line() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DLR_CONFIG"} | {
+        "DLR_LOG_FORMAT": "xml", "DLR_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none"}
+    for command in ("migrate", "serve", "replay"):
+        result = subprocess.run([sys.executable, "-m", "service", command], env=env,
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 2
+        assert result.stderr == "config error: DLR_LOG_FORMAT: 'xml' is not json or text\n"
+    assert default_format({"DLR_LOG_FORMAT": "JSON"}, Terminal()) == "json"
+
+
 def test_logs_at_a_terminal_are_text_lines() -> None:
     """configure() with no DLR_LOG_FORMAT, stderr a terminal (a pseudo-terminal here)."""
     program = ("import logging; from service import logs; logs.configure(); "

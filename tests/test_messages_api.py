@@ -98,6 +98,16 @@ async def test_bad_parameters_are_400(loaded: Client, params: dict[str, str]) ->
     assert response.json()["detail"]
 
 
+async def test_an_unknown_status_is_400_naming_the_five(loaded: Client) -> None:
+    response = await loaded.get("/v1/messages", params={"status": "delivred"}, headers=READ)
+    assert response.status_code == 400
+    assert response.json()["detail"] == ("status: 'delivred' is not one of PENDING, DELIVERED, "
+                                         "UNDELIVERABLE, EXPIRED, REJECTED (in any case)")
+    for spelled in ("Delivered", "delivered", "DELIVERED"):
+        answer = await loaded.get("/v1/messages", params={"status": spelled}, headers=READ)
+        assert answer.status_code == 200 and answer.json()["items"]
+
+
 async def test_health_and_schema(client: Client) -> None:
     assert (await client.get("/health/live")).json() == {"status": "ok"}
     assert (await client.get("/health/ready")).json() == {"status": "ready"}

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import shlex
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import asyncpg
 from alembic import command
@@ -12,6 +18,8 @@ from alembic.script import ScriptDirectory
 
 from service import db
 from tests.databases import scratch_database
+
+ROOT = Path(__file__).parent.parent
 
 
 def test_migrations_match_the_tables(database_url: str) -> None:
@@ -150,3 +158,39 @@ def test_countries_and_network_names_upgrade_and_downgrade_with_rows_in_place(
             ("NCell", 1), ("Ncell", 2), ("Swisscom", 1), (None, 1)]
         command.upgrade(config, "head")
         command.check(config)
+
+
+def test_rollback_runs_as_the_readme_writes_it(server_url: str) -> None:
+    """Each `alembic … downgrade <rev>` of the README, run by a shell from the checkout with
+    the placeholders filled in (and this test's venv for `.venv`), moves the schema down."""
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    documented = re.findall(r"`((?:DLR_DATABASE_URL=postgresql://… )?\.venv/bin/alembic "
+                            r"[^`]*downgrade <rev>)`", readme)
+    assert len(documented) == 2, documented
+    revision = {"DLR_DATABASE_URL": "0011", "-x dburl": "0010"}
+
+    async def at(url: str) -> str:
+        conn = await asyncpg.connect(url)
+        try:
+            return str(await conn.fetchval("SELECT version_num FROM alembic_version"))
+        finally:
+            await conn.close()
+
+    env = {k: v for k, v in os.environ.items() if k != "DLR_DATABASE_URL"}
+    with scratch_database(server_url) as url:
+        for command in documented:
+            rev = next(r for key, r in revision.items() if key in command)
+            line = (command.replace("postgresql://…", shlex.quote(url))
+                    .replace(".venv/bin/alembic", shlex.quote(str(Path(sys.executable).parent
+                                                                  / "alembic")))
+                    .replace("<rev>", rev))
+            done = subprocess.run(["sh", "-c", line], cwd=ROOT, env=env, capture_output=True,
+                                  text=True, timeout=120, check=False)
+            assert done.returncode == 0, done.stderr
+            assert asyncio.run(at(url)) == rev
+        missing = subprocess.run([str(Path(sys.executable).parent / "alembic"), "downgrade",
+                                  "0009"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                 timeout=120, check=False)
+        assert missing.returncode != 0
+        assert missing.stderr.strip().splitlines()[-1].startswith(
+            "no database URL: give -x dburl=postgresql://")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import threading
 import time
@@ -187,6 +188,28 @@ async def test_outage_gives_503_then_recovers(engine: AsyncEngine, database_url:
     async with engine.connect() as conn:
         stored = set((await conn.execute(sa.select(messages.c.message_id))).scalars())
     assert set(acknowledged) <= stored
+
+
+async def test_503s_for_the_database_warn_once_a_minute_naming_its_error(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from service import app as app_module
+
+    said = app_module.Every(60.0)
+    monkeypatch.setattr(app_module, "UNAVAILABLE_WARNING", said)
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/nothing"
+    app = create_app(make_settings(db_timeout_s=1.0), url)
+    with caplog.at_level(logging.INFO):
+        async with AsyncTestClient(app=app) as client:
+            assert [await _push(client, f"m{i}") for i in range(3)] == [503] * 3
+            warned = [r for r in caplog.records if r.levelno == logging.WARNING
+                      and r.getMessage().startswith("answering 503")]
+            assert len(warned) == 1, [r.getMessage() for r in warned]
+            assert warned[0].getMessage().startswith(
+                "answering 503, the database is unavailable: no connection to the database (")
+            assert "Connect call failed" in warned[0].getMessage()
+            said.last -= 60  # a minute later, while it lasts
+            assert await _push(client, "m4") == 503
+    assert len([r for r in caplog.records if r.getMessage().startswith("answering 503")]) == 2
 
 
 async def test_closed_port_gives_503(engine: AsyncEngine) -> None:

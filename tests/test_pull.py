@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -375,3 +376,37 @@ async def test_a_page_the_inbox_did_not_take_is_kept_by_the_next_pass(
     assert result is not None and result.error is None
     assert await stored_ids(engine) == {f"k{i}" for i in range(7)}
     assert held_pages(tmp_path) == 0
+
+
+async def test_a_pass_stopped_for_shutdown_is_no_error(
+        engine: AsyncEngine, caplog: pytest.LogCaptureFixture) -> None:
+    """Asked to stop, a pass ends after the page in hand: told at info, recorded as a stop
+    in the run's detail, not as its error."""
+    stop = asyncio.Event()
+    stop.set()
+    with FakeInfobip() as fake:
+        fake.queue(*[report(f"s{i}") for i in range(1500)])
+        async with httpx.AsyncClient() as client:
+            with caplog.at_level(logging.INFO, logger="service.worker"):
+                result = await worker.pull(engine, client, source_for(fake), "t", FAST, stop)
+    assert result is not None and result.error is None and result.pages == 1
+    [run] = await rows(engine, sa.select(runs))
+    assert run.error is None
+    assert run.detail == {"stopped": "stopped for shutdown after page 1; the next pass resumes"}
+    [said] = [r for r in caplog.records if r.getMessage().startswith("pull ib:")]
+    assert said.levelno == logging.INFO
+    assert said.getMessage().endswith("; stopped for shutdown after page 1; the next pass resumes")
+
+
+async def test_the_reconciler_says_where_it_pulls_each_source_from(
+        engine: AsyncEngine, caplog: pytest.LogCaptureFixture) -> None:
+    sources = {"ib": InfobipSource("ib", "https://hook:s3cret@api.example.com:8443/base?k=v",
+                                   api_key="key", pull_interval_s=10),
+               "quiet": InfobipSource("quiet", "http://127.0.0.1:9")}  # no credentials: no pull
+    stop = asyncio.Event()
+    stop.set()  # start, say so, and end at once
+    with caplog.at_level(logging.INFO, logger="service.worker"):
+        async with httpx.AsyncClient() as client:
+            await worker.run_forever(engine, client, sources, stop)
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("pulling")]
+    assert said == ["pulling ib (infobip) from https://api.example.com:8443 every 10 s"]

@@ -89,3 +89,21 @@ def test_replay_refuses_an_odd_time_in_one_line(database_url: str, argument: str
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith(argument.split("=")[0]), result.stderr
+
+
+@pytest.mark.parametrize(("path", "name"), [("/v1/messages", "sent_from"),
+                                            ("/v1/messages", "updated_since"),
+                                            ("/v1/billing/summary", "from")])
+@pytest.mark.parametrize("written", ["2026-11-01T00:00:00+05:45", "2026-11-01T00:00+0545",
+                                     "2026-11-01 00:00:00.5+05"])
+def test_an_unescaped_plus_in_a_time_says_to_percent_encode_it(
+        client: TestClient, path: str, name: str, written: str) -> None:  # type: ignore[type-arg]
+    query = {"from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"} | {name: written}
+    raw = "&".join(f"{k}={v}" for k, v in query.items())  # the '+' as typed: a space
+    answer = client.get(f"{path}?{raw}", headers=READ)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["detail"] == (
+        f"{name}: a space where the offset's '+' would be: percent-encode '+' in a query "
+        "string as %2B (2026-11-01T00:00:00%2B05:45)")
+    encoded = client.get(path, params=query, headers=READ)  # httpx encodes '+' as %2B
+    assert encoded.status_code == 200, encoded.text

@@ -240,8 +240,9 @@ country = "NP"
         assert done.stdout.startswith("repriced 7 messages: 6 changed, 0 ")
         assert reprice().stdout.startswith("repriced 7 messages: 0 changed")
         unknown = reprice("--source", "nope")
-        assert (unknown.returncode, unknown.stderr) == (2, "no source named 'nope' in the "
-                                                           "configuration\n")
+        assert (unknown.returncode, unknown.stderr) == (
+            2, f"config error: --source: no source named 'nope' in DLR_CONFIG ({config}); its "
+               "sources: ibc\n")
 
 
 async def test_reprice_leaves_a_row_a_report_changed_since_it_was_read(

@@ -101,15 +101,18 @@ def test_sigterm_ends_a_drain_after_the_page_in_hand(engine: AsyncEngine, databa
             async with checker.connect() as conn:
                 stored = await conn.scalar(sa.select(sa.func.count()).select_from(messages))
                 states = set((await conn.execute(sa.select(inbox.c.state))).scalars())
-                error = await conn.scalar(sa.select(runs.c.error))
+                run = (await conn.execute(sa.select(runs.c.error, runs.c.detail))).one()
         finally:
             await checker.dispose()
-        return stored, states, error
+        return stored, states, run
 
-    stored, states, error = asyncio.run(outcome())
+    stored, states, run = asyncio.run(outcome())
     assert stored + left == 30_000  # every page handed out was kept and merged
     assert states == {"accepted"}
-    assert "stopped for shutdown" in error
+    assert run.error is None  # a normal stop, not an error
+    assert "stopped for shutdown" in run.detail["stopped"]
+    warned = [line for line in errors.splitlines() if '"level":"warning"' in line]
+    assert not warned, warned  # the stop is said at info
 
 
 def test_a_stuck_provider_does_not_hold_shutdown_past_its_limit(database_url: str,

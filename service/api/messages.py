@@ -17,6 +17,7 @@ from service.api.openapi import Documented, bearer, errors
 from service.config import Source
 from service.errors import BadRequest, NotFound
 from service.providers import MAX_TO
+from service.providers.base import STATUS_GROUPS
 from service.schemas import (
     TIME,
     MessageDetail,
@@ -92,6 +93,9 @@ async def list_messages(
         if value is not None}
     if to is not None and len(to) > MAX_TO:  # no stored number is longer
         raise BadRequest(f"to: longer than {MAX_TO} characters")
+    if status is not None and status.upper() not in STATUS_GROUPS:  # a typo would match nothing
+        raise BadRequest(f"status: {status[:40]!r} is not one of {', '.join(STATUS_GROUPS)} "
+                         "(in any case)")
     where = store.MessageFilter(
         source=source, status=status and status.upper(), final=final,
         to=_spellings(to, source, state.settings.sources) if to else None, bulk_id=bulk_id,

@@ -34,6 +34,15 @@ def origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
+def shown_origin(url: str) -> str:
+    """`url`'s scheme, host and port, to name where a source is pulled from in a log line
+    (never its user or password, path or query)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme.lower()}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
 @dataclass(frozen=True)
 class Retry:
     attempts: int = 6

@@ -58,6 +58,7 @@ class FakeInfobip(FakeServer):
         super().__init__(port)
         self.api_key = api_key
         self.queued: deque[dict[str, Any]] = deque()
+        self.handed_out: set[str] = set()  # messageIds of the one-time reports served
         self.logs: dict[str, dict[str, Any]] = {}  # messageId -> latest state, not consumed
 
     def queue(self, *reports: dict[str, Any]) -> None:
@@ -75,6 +76,9 @@ class FakeInfobip(FakeServer):
             shape = as_v3 if path.startswith("/sms/3") else as_v1
             taken = [self.queued.popleft() for _ in range(min(limit, len(self.queued)))]
             self.returning(len(taken))
+
+
+            self.handed_out.update(str(r.get("messageId")) for r in taken)
             return _json(200, {"results": [shape(r) for r in taken]})
         if path == "/sms/3/logs":
             return self._logs(query, limit)
