@@ -17,6 +17,7 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db
+from service.api import changes
 from service.app import create_app
 from service.config import (
     ApiToken,
@@ -99,3 +100,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@pytest.fixture(autouse=True)
+def patient_feed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /v1/changes shows a change only once every transaction begun before it has ended,
+    across the whole server; the tests of other workers run on the same server, so in tests
+    the feed waits for them as long as it takes (a test of its time limit sets its own)."""
+    monkeypatch.setattr(changes, "WAIT_S", 60.0)

@@ -22,13 +22,6 @@ BASIC = {"Authorization": "Basic " + base64.b64encode(b"hook:hook-password").dec
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-@pytest.fixture(autouse=True)
-def patient_feed(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Feed requests wait for writers as long as it takes, unless a test says otherwise: a
-    long transaction elsewhere on a shared server must not make these tests flaky."""
-    monkeypatch.setattr(changes, "WAIT_S", 60.0)
-
-
 async def test_feed_in_seq_order_and_resumable(client: Client) -> None:
     await client.post("/webhooks/ib", headers=BASIC, content=body(
         *[report(f"m{i}", group_id=1, status_id=7) for i in range(5)]))
