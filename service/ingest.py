@@ -42,6 +42,7 @@ class Envelope(msgspec.Struct, frozen=True):
     error_status: int = 400  # the HTTP status that answers such a body
     url: str | None = None  # where a pulled body was fetched from
     replay: tuple[bytes, datetime] | None = None  # a signed push's replay key and its window
+    replayed: bool = False  # a replay of a push kept within its window: not written again
 
     def inbox_row(self, failure: str | None = None) -> store.InboxRow:
         if failure is not None:
@@ -264,6 +265,9 @@ class Ingestor:
                     self._queue.task_done()
 
     async def _write_batch(self, batch: list[tuple[Envelope, asyncio.Future[Envelope]]]) -> None:
+        batch = await self._without_replays(batch)
+        if not batch:
+            return
         try:
             await write(self._engine, [envelope for envelope, _ in batch])
         except DatabaseUnavailable as exc:
@@ -279,6 +283,32 @@ class Ingestor:
             return
         for envelope, future in batch:
             _settle(future, envelope)
+
+    async def _without_replays(self, batch: list[tuple[Envelope, asyncio.Future[Envelope]]],
+                               ) -> list[tuple[Envelope, asyncio.Future[Envelope]]]:
+        """The batch less the replays of signed pushes already kept (or kept earlier in this
+        batch), which are settled as replayed: one look-up for the whole batch."""
+        keyed = [(e.source, e.replay[0]) for e, _ in batch if e.replay is not None]
+        if not keyed:
+            return batch
+        try:
+            async with db.statement(self._engine) as conn:
+                seen = await store.seen_replays(conn, keyed)
+        except DatabaseUnavailable as exc:
+            for _, future in batch:
+                _settle(future, exc=exc)
+            return []
+        kept: list[tuple[Envelope, asyncio.Future[Envelope]]] = []
+        for envelope, future in batch:
+            key = (envelope.source, envelope.replay[0]) if envelope.replay is not None else None
+            if key is not None and key in seen:
+                _settle(future, msgspec.structs.replace(envelope, replayed=True, reports=(),
+                                                        rejections=()))
+                continue
+            if key is not None:
+                seen.add(key)
+            kept.append((envelope, future))
+        return kept
 
     async def _isolate(self, envelope: Envelope, future: asyncio.Future[Envelope]) -> None:
         """The body alone failed to merge: keep it and merge its reports one by one, so

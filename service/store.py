@@ -342,12 +342,13 @@ async def intermediate_due(conn: AsyncConnection, source: str, closing: Mapping[
     return (await conn.execute(query)).all()
 
 
-async def seen_replay(conn: AsyncConnection, source: str, key: bytes) -> bool:
-    """Whether a push with this replay key was kept and its window has not ended."""
-    found = await conn.execute(sa.select(sa.literal(1)).where(
-        push_replays.c.source == source, push_replays.c.key == key,
-        push_replays.c.expires_at > sa.func.now()))
-    return found.first() is not None
+async def seen_replays(conn: AsyncConnection, keys: Sequence[tuple[str, bytes]],
+                       ) -> set[tuple[str, bytes]]:
+    """Of these (source, replay key) pairs, those of pushes kept whose window has not ended."""
+    r = push_replays.c
+    found = await conn.execute(sa.select(r.source, r.key).where(
+        sa.tuple_(r.source, r.key).in_(keys), r.expires_at > sa.func.now()))
+    return {(row.source, row.key) for row in found}
 
 
 async def forget_replays(conn: AsyncConnection) -> int:

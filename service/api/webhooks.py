@@ -34,7 +34,7 @@ from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 
-from service import db, metrics, store
+from service import metrics, store
 from service.api.openapi import WEBHOOK_SECURITY, Documented, ReceiveReports, errors
 from service.config import Source, WebhookConfig
 from service.errors import (
@@ -504,9 +504,6 @@ async def _receive(source: str, request: Request[None, None, State], body: bytes
     """Decode, keep and merge an authenticated body, then answer; a replay of a signed push
     already kept is answered as accepted and not kept again."""
     replay = check.replay_key(body) if check is not None else None
-    if replay is not None and await _seen(request, source, replay[0]):
-        metrics.REPLAYS.labels(source).inc()
-        return Accepted(0, [], 0, replayed=True)
     settings = request.app.state.settings.sources[source]
     decoded = decode(settings, "push", body, content_type, decoder_for(settings, None, content_type))
     if replay is not None:
@@ -515,6 +512,9 @@ async def _receive(source: str, request: Request[None, None, State], body: bytes
     # As committed: a report the merge failed on (a bug) is a rejection, and its body kept
     # for replay, so the provider need not send it again.
     envelope = await ingestor.ingest(decoded)
+    if envelope.replayed:  # looked up with the other pushes of its write
+        metrics.REPLAYS.labels(source).inc()
+        return Accepted(0, [], 0, replayed=True)
     metrics.WEBHOOK_REPORTS.labels(source, "accepted").inc(len(envelope.reports))
     metrics.WEBHOOK_REPORTS.labels(source, "rejected").inc(len(envelope.rejections))
     rejected = [RejectedReport(r.index, r.message_id, r.reason)
@@ -526,9 +526,4 @@ async def _receive(source: str, request: Request[None, None, State], body: bytes
         raise BadRequest("no usable report in the body",
                          extra={"rejected": rejected, "rejected_count": len(envelope.rejections)})
     return Accepted(len(envelope.reports), rejected, len(envelope.rejections))
-
-
-async def _seen(request: Request[None, None, State], source: str, key: bytes) -> bool:
-    async with db.transaction(request.app.state.engine) as conn:
-        return await store.seen_replay(conn, source, key)
 
