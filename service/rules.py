@@ -130,15 +130,34 @@ def recipient(number: str, default_region: str | None = None) -> Recipient:
     if kind != phonenumbers.PhoneNumberType.UNKNOWN:  # what is_valid_number tests
         carrier = (phonenumbers.carrier.name_for_valid_number(parsed, "en")
                    if kind in _CARRIER_TYPES else "")
-        e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-        return Recipient(str(e164), str(carrier) or None)
+        e164 = str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+        _found_country(e164, parsed)
+        return Recipient(e164, str(carrier) or None)
     if not _DIALLABLE.fullmatch(raw):
         return Recipient(raw, None)
     if international:  # as given: the metadata may strip what it takes for a trunk prefix
         digits = _SEPARATORS.sub("", raw)
     else:
         digits = str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))[1:]
-    return Recipient(f"+{digits}" if len(digits) <= _E164_DIGITS else raw, None)
+    if len(digits) > _E164_DIGITS:
+        return Recipient(raw, None)
+    return Recipient(f"+{digits}", None)
+
+
+# The country of each E.164 number recipient() read, from the parse it made: country() then
+# needs no parse of its own for the numbers of the reports being decoded.
+_COUNTRIES: dict[str, str | None] = {}
+
+
+def _found_country(e164: str, parsed: phonenumbers.PhoneNumber) -> None:
+    if len(_COUNTRIES) >= 4 * NUMBER_CACHE_SIZE:
+        _COUNTRIES.clear()
+    _COUNTRIES[e164] = _region(parsed)
+
+
+def _region(parsed: phonenumbers.PhoneNumber) -> str | None:
+    region = phonenumbers.region_code_for_number(parsed)
+    return str(region) if region and region.isalpha() and region != UNKNOWN_REGION else None
 
 
 def e164(number: str, default_region: str | None = None) -> str:
@@ -149,20 +168,29 @@ def e164(number: str, default_region: str | None = None) -> str:
 UNKNOWN_REGION = "ZZ"  # phonenumbers' region of nothing (its non-geographic one is "001")
 
 
-@functools.lru_cache(maxsize=NUMBER_CACHE_SIZE)
+_UNSEEN = object()
+
+
 def country(to: str | None) -> str | None:
     """The country (ISO 3166 alpha-2) of a stored recipient: phonenumbers'
     region_code_for_number of an E.164 `to`; None when it cannot tell (text that is no E.164
     number, a non-geographic number, a range no region sharing its calling code claims).
     A function of `to` alone, so that it follows whichever `to` the merge keeps."""
-    if to is None or not to.startswith("+") or not (to[1:].isascii() and to[1:].isdigit()):
+    if to is None:
+        return None
+    found = _COUNTRIES.get(to, _UNSEEN)
+    return _country(to) if found is _UNSEEN else found  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=NUMBER_CACHE_SIZE)
+def _country(to: str) -> str | None:
+    if not to.startswith("+") or not (to[1:].isascii() and to[1:].isdigit()):
         return None
     try:
         parsed = phonenumbers.parse(to)
     except phonenumbers.NumberParseException:
         return None
-    region = phonenumbers.region_code_for_number(parsed)
-    return str(region) if region and region.isalpha() and region != UNKNOWN_REGION else None
+    return _region(parsed)
 
 
 # Networks by MCC+MNC where we bill by network: the one name `operator` gives each, whoever
