@@ -289,3 +289,29 @@ def test_idle_sockets_from_one_address_leave_probes_and_signed_pushes_answering(
             finally:
                 for conn in idle:
                     conn.close()
+
+
+UPGRADE = (b"GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, close\r\n"
+           b"Upgrade: websocket\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+def test_websocket_upgrades_give_their_connections_back(server_url: str, tmp_path: Path) -> None:
+    """The service has no WebSocket route: an upgrade request is a plain request, and its
+    connection's slot is given back when it closes. (Handed to uvicorn's WebSocket protocol,
+    a connection never gave its slot back: DLR_MAX_CONNECTIONS upgrades, each closed at
+    once, left the service refusing every request until it restarted.)"""
+    config = hooked_config(tmp_path, "ws-hook")
+    with scratch_database(server_url) as url:
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
+                            "DLR_PORT": str(free_port()), "DLR_MAX_CONNECTIONS": "4",
+                            "DLR_MAX_CONNECTIONS_PER_CLIENT": "4"}
+        with serving(env, "--no-reconciler") as served:
+            for _ in range(10):
+                with connect(served) as conn:
+                    conn.sendall(UPGRADE)
+                    assert answer(conn).startswith(b"HTTP/1.1 200 ")
+            assert open_slots(served) == 1
+            with served.client() as client:
+                assert client.post("/webhooks/ib", headers={"X-Hook": "ws-hook"},
+                                   content=SEED).status_code == 200
