@@ -55,6 +55,21 @@ REASONS = ("capacity", "client_share", "first_byte_timeout", "request_timeout",
            "headers_too_large", "bad_request")
 
 
+# uvicorn's own warning for each request it cannot parse (answered here, counted and logged
+# at most once per LOG_EVERY_S) or whose upgrade it does not take (served as a plain
+# request): a line per request would let anyone write the log as fast as they can send.
+UVICORN_PER_REQUEST = ("Invalid HTTP request received.", "Unsupported upgrade request.",
+                       "No supported WebSocket library detected.")
+
+
+class _PerRequestWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(UVICORN_PER_REQUEST))
+
+
+_per_request_warnings = _PerRequestWarnings()
+
+
 class _HeadersTooLarge(Exception):
     pass
 
@@ -128,6 +143,7 @@ class LimitedHttp(HttpToolsProtocol):
                  max_per_client: int | None = None, trusted: tuple[Any, ...] = (),
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.logger.addFilter(_per_request_warnings)  # once: the logger is uvicorn's own
         self.request_timeout_s = request_timeout_s
         self.first_byte_timeout_s = min(first_byte_timeout_s, request_timeout_s)
         self.max_header_bytes = max_header_bytes

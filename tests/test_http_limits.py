@@ -315,3 +315,23 @@ def test_websocket_upgrades_give_their_connections_back(server_url: str, tmp_pat
             with served.client() as client:
                 assert client.post("/webhooks/ib", headers={"X-Hook": "ws-hook"},
                                    content=SEED).status_code == 200
+
+
+def test_a_flood_of_unreadable_requests_is_not_a_flood_of_log_lines(served: Served) -> None:
+    """uvicorn warns once per request it cannot parse or whose upgrade it does not take;
+    those are answered and counted here, and logged at most once per 10 s per reason."""
+    time.sleep(0.5)  # what earlier tests logged is written
+    before = len(served.printed().splitlines())
+    for payload in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+                    f"GET / HTTP/1.1\r\nX-Pad: {'a' * 5000}\r\n\r\n".encode(),
+                    b"GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, close\r\n"
+                    b"Upgrade: h2c\r\n\r\n"):
+        for _ in range(25):
+            with connect(served) as conn:
+                conn.sendall(payload)
+                answer(conn)
+    time.sleep(0.5)
+    added = served.printed().splitlines()[before:]
+    assert not [line for line in added if "uvicorn.error" in line], added[:3]
+    # the upgrades' access lines (served), and a refusal summary per reason at most
+    assert len(added) <= 25 + 2, added[:5]
