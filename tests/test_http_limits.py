@@ -335,3 +335,44 @@ def test_a_flood_of_unreadable_requests_is_not_a_flood_of_log_lines(served: Serv
     assert not [line for line in added if "uvicorn.error" in line], added[:3]
     # the upgrades' access lines (served), and a refusal summary per reason at most
     assert len(added) <= 25 + 2, added[:5]
+
+
+def bound_to(address: str, served: Served) -> socket.socket:
+    conn = socket.socket()
+    conn.bind((address, 0))
+    conn.settimeout(20)
+    conn.connect(("127.0.0.1", int(served.base.rsplit(":", 1)[1])))
+    return conn
+
+
+def test_idle_sockets_from_many_addresses_leave_the_probes_their_reserve(
+        server_url: str, tmp_path: Path) -> None:
+    """Every slot taken, then two idle sockets from each of ten other addresses (more than
+    the reserve's sixteen): the probes from here still answer, as a place in the reserve is
+    taken only by a probe that has arrived, and given back with its answer. A probe past
+    the caps must come at once: one sent in pieces is refused, and holds nothing."""
+    config = hooked_config(tmp_path, "reserve-hook")
+    with scratch_database(server_url) as url:
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
+                            "DLR_PORT": str(free_port()), "DLR_MAX_CONNECTIONS": "4",
+                            "DLR_MAX_CONNECTIONS_PER_CLIENT": "4",
+                            "DLR_FIRST_BYTE_TIMEOUT_S": "30"}
+        with serving(env, "--no-reconciler") as served, contextlib.ExitStack() as held:
+            for _ in range(4):
+                held.enter_context(bound_to("127.0.0.2", served))
+            wait_until(lambda: open_slots(served) == 0)
+            for host in range(3, 13):
+                for _ in range(2):
+                    held.enter_context(bound_to(f"127.0.0.{host}", served))
+            piecemeal = held.enter_context(bound_to("127.0.0.13", served))
+            piecemeal.sendall(b"GET /health/li")
+            time.sleep(0.2)
+            with contextlib.suppress(OSError):
+                piecemeal.sendall(b"ve HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert answer(piecemeal).startswith(b"HTTP/1.1 503 ")
+            for path in ("/health/live", "/health/ready", "/metrics") * 3:
+                with connect(served) as probe:
+                    probe.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                    reply = answer(probe)  # closed once answered, though it asked for none
+                assert reply.startswith(b"HTTP/1.1 200 "), (path, reply[:200])
+                assert b"\r\nconnection: close\r\n" in reply.lower()
