@@ -437,12 +437,7 @@ async def _read(request: Request[None, None, State], source: str, limit: tuple[i
     declared = request.content_length
     if declared is not None and declared > limit[0]:
         raise _unread(_too_large(source, limit))
-    held = declared or 0  # a declared length is taken whole before a byte is read
-    if take is not None:
-        try:
-            take(held)
-        except Busy as exc:
-            raise _unread(exc) from None
+    held = 0  # bytes taken from the budget as they arrive: a length declared is not held yet
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
