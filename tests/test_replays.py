@@ -1,6 +1,6 @@
 """A signed push replayed within its window is recognised: answered 200, not kept again,
 counted. Standard Webhooks by `webhook-id`, Vonage by `nonce`, Twilio (which signs no
-time) by its signature and body; the key is kept in the statement that keeps the body."""
+time) by its signature and query; the key is kept in the statement that keeps the body."""
 
 from __future__ import annotations
 
@@ -126,3 +126,22 @@ async def test_unsigned_pushes_are_never_taken_for_replays(client: TestClient,
         answer = await client.post("/webhooks/ib", content=payload, auth=("hook", "hook-password"))
         assert answer.status_code == 200 and "replayed" not in answer.json()
     assert (await count(engine, inbox), await count(engine, push_replays)) == (2, 0)
+
+
+async def test_a_twilio_callback_written_again_differently_is_a_replay(
+        client: TestClient, engine: AsyncEngine) -> None:
+    """Twilio's signature covers the URL and the form's parameters sorted, each value once:
+    the same callback with its parameters reordered, one repeated, or a name
+    percent-encoded carries the same signature, and is the same replay. (Keyed by the body
+    as sent, each of these was kept again, as many times as it could be rewritten.)"""
+    params = test_twilio.callback(test_twilio.resource(3), "delivered")
+    headers = test_twilio.signed(params)
+    pairs = list(params.items())
+    first = urlencode(pairs).encode()
+    rewritten = [urlencode(pairs[::-1]).encode(), first + b"&" + urlencode(pairs[:1]).encode(),
+                 first.replace(b"MessageSid=", b"%4DessageSid="), first + b"&"]
+    assert (await client.post("/webhooks/tw", content=first, headers=headers)).status_code == 200
+    for content in rewritten:
+        again = await client.post("/webhooks/tw", content=content, headers=headers)
+        assert again.status_code == 200 and again.json()["replayed"] is True, again.text
+    assert await count(engine, inbox) == 1
