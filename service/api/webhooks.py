@@ -512,6 +512,9 @@ async def _receive(source: str, request: Request[None, None, State], body: bytes
     # As committed: a report the merge failed on (a bug) is a rejection, and its body kept
     # for replay, so the provider need not send it again.
     envelope = await ingestor.ingest(decoded)
+    if envelope.replayed:  # the same push, kept meanwhile by a request beside this one
+        metrics.REPLAYS.labels(source).inc()
+        return Accepted(0, [], 0, replayed=True)
     metrics.WEBHOOK_REPORTS.labels(source, "accepted").inc(len(envelope.reports))
     metrics.WEBHOOK_REPORTS.labels(source, "rejected").inc(len(envelope.rejections))
     rejected = [RejectedReport(r.index, r.message_id, r.reason)
