@@ -304,6 +304,30 @@ def test_every_kind_refuses_a_key_given_twice_at_the_top() -> None:
         assert "twice" in refused.value.message or "duplicate key" in refused.value.message, kind
 
 
+def test_every_kind_refuses_a_key_at_the_top_that_is_not_utf8() -> None:
+    """A body's decoder skips a key it does not read, unread; the check for keys given
+    twice reads them all: one that is not UTF-8 is invalid JSON (400), not a decoder bug
+    (which was logged with its traceback and kept "for replay after a fix")."""
+    sinch_source = SinchSource("sn", "http://s")
+    callback = {"type": "recipient_delivery_report_sms", "batch_id": "B",
+                "recipient": "447700900001", "code": 0, "status": "Delivered",
+                "at": "2026-11-01T10:00:00.000Z"}
+    decoders = {
+        "infobip": (lambda body: infobip.decode_reports("ib", body), {"results": [report("u")]}),
+        "sinch": (lambda body: sinch.decode_report(sinch_source, body), callback),
+        "sinch batches": (lambda body: sinch.decode_batches(sinch_source, body), {"batches": []}),
+        "vonage": (lambda body: vonage.decode_records(VonageSource("vg", "http://v"), body),
+                   {"records": []}),
+        "dicesms": (lambda body: dicesms.decode_report_page(
+            DiceSmsSource("dice", "http://d"), dicesms.StatusTable({}), body), {"results": []}),
+    }
+    for kind, (decode, good) in decoders.items():
+        decode(json.dumps(good).encode())
+        with pytest.raises(BadRequest) as refused:
+            decode(b'{"k\xff": 1, ' + json.dumps(good).encode()[1:])
+        assert "invalid JSON" in refused.value.message, kind
+
+
 def test_a_colon_written_as_an_escape_hides_no_key_given_twice() -> None:
     """Keys holding colons, some written \\u003a: a key given twice is still found, and
     keys that only look alike are not taken for one."""
