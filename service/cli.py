@@ -389,6 +389,9 @@ def _serve_on(listener: socket.socket, settings: Settings, host: str | None, por
                                "log_config": None, "log_level": "warning",
                                "timeout_graceful_shutdown": settings.shutdown_timeout_s,
                                "server_header": False, "http": http,
+                               # no WebSocket route: an upgrade is a plain request, and its
+                               # connection stays ours (its slot is given back on close)
+                               "ws": "none",
                                # uvicorn believes X-Forwarded-For from 127.0.0.1 unless told
                                "proxy_headers": bool(settings.trusted_proxies),
                                "forwarded_allow_ips": list(settings.trusted_proxies)}
@@ -686,7 +689,8 @@ def _work(settings: Settings, listener: socket.socket | None) -> int:
         engine = db.create_engine(url, settings.db_timeout_s, pool_size=len(settings.sources) + 3)
         ops = worker.OpsServer(uvicorn.Config(
             worker.ops_app(settings, engine), log_config=None, log_level="warning",
-            server_header=False, timeout_graceful_shutdown=5, http=_limited_http(settings)))
+            server_header=False, timeout_graceful_shutdown=5, http=_limited_http(settings),
+            ws="none"))
         serving = asyncio.create_task(ops.serve(sockets=[listener]) if listener else stop.wait())
         try:
             async with http.new_client() as client:

@@ -11,11 +11,15 @@
   HTTP/1.1 answering one request of a connection at a time), and at most
   `max_per_client` of them from one client address (trusted proxies excepted: every
   client behind them shares their address), so that one address cannot take them all.
-  Past either, a connection may still ask for a health probe or the metrics in a small
-  reserve (PROBE_RESERVE, two per address), so the kubelet's probes and the scrapes answer
-  while the service is full; anything else is answered 503 with Retry-After and closed, without its request
-  being parsed. uvicorn's own `limit_concurrency` answers without Retry-After and logs a
-  warning per refusal.
+  Past either, two connections per address may still ask for a health probe or the
+  metrics, their request line and headers in one read (a probe's few hundred bytes, written
+  at once): answered from a small reserve (PROBE_RESERVE requests at once), taken once the
+  request has arrived and given back with its answer, then closed. Sockets that send
+  nothing, or a probe a byte at a time, hold no place in it, so the kubelet's probes and
+  the scrapes answer while the service is full, whatever other addresses hold; anything
+  else is answered 503 with Retry-After and closed, without its request being parsed.
+  uvicorn's own `limit_concurrency` answers without Retry-After and logs a warning per
+  refusal.
 
 Each of these answers, and uvicorn's 400 for a request it cannot parse, is an RFC 9457
 problem like every other error of the service, with an X-Request-ID; each is counted in
@@ -46,8 +50,8 @@ from service.logs import REFUSED_WITH, REQUEST_ID_KEY, request_id
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 1  # past the connection cap: connections free up as fast as requests end
-PROBE_RESERVE = 16  # connections past the caps that may ask only for a probe
-PROBE_RESERVE_PER_CLIENT = 2
+PROBE_RESERVE = 16  # probe requests past the caps answered at once
+PROBE_RESERVE_PER_CLIENT = 2  # connections past the caps per address that may ask for one
 PROBE_PATHS = frozenset({b"/health/live", b"/health/ready", b"/metrics"})
 LOG_EVERY_S = 10.0
 LINGER_S = 2.0  # after an answer given before its body arrived: the rest is drained this long
@@ -55,23 +59,38 @@ REASONS = ("capacity", "client_share", "first_byte_timeout", "request_timeout",
            "headers_too_large", "bad_request")
 
 
+# uvicorn's own warning for each request it cannot parse (answered here, counted and logged
+# at most once per LOG_EVERY_S) or whose upgrade it does not take (served as a plain
+# request): a line per request would let anyone write the log as fast as they can send.
+UVICORN_PER_REQUEST = ("Invalid HTTP request received.", "Unsupported upgrade request.",
+                       "No supported WebSocket library detected.")
+
+
+class _PerRequestWarnings(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(UVICORN_PER_REQUEST))
+
+
+_per_request_warnings = _PerRequestWarnings()
+
+
 class _HeadersTooLarge(Exception):
     pass
 
 
-class _NotAProbe(Exception):
+class _NotAProbe(Exception):  # past the caps: not a probe, or no room in the reserve
     pass
 
 
 class _Books:
-    """The connections one server holds: admitted ones, per client address, and those in
-    the probe reserve."""
+    """The connections one server holds: admitted ones, per client address; those past the
+    caps that may ask for a probe, per address; and the probes being answered."""
 
     def __init__(self) -> None:
         self.admitted = 0
         self.per_client: collections.Counter[str] = collections.Counter()
         self.reserve = 0
-        self.reserve_per_client: collections.Counter[str] = collections.Counter()
+        self.asking: collections.Counter[str] = collections.Counter()
 
 
 class _RefusalLog:
@@ -128,13 +147,16 @@ class LimitedHttp(HttpToolsProtocol):
                  max_per_client: int | None = None, trusted: tuple[Any, ...] = (),
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.logger.addFilter(_per_request_warnings)  # once: the logger is uvicorn's own
         self.request_timeout_s = request_timeout_s
         self.first_byte_timeout_s = min(first_byte_timeout_s, request_timeout_s)
         self.max_header_bytes = max_header_bytes
         self.max_connections = max_connections
         self.max_per_client = max_per_client or max_connections
         self.trusted = trusted
-        self._slot: str | None = None  # "full", "probe", or None: refused
+        # "full"; past the caps "asking" (may ask for a probe), then "probe" (answering one
+        # from the reserve); or None: refused
+        self._slot: str | None = None
         self._refusal = "capacity"
         self._host = ""
         self._began = False  # a byte of the current request has arrived
@@ -156,7 +178,7 @@ class LimitedHttp(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._lingering:  # answered and closing: what the client still sends is dropped
             return
-        if self._slot is None:
+        if self._slot is None or (self._slot == "asking" and self._began):
             self._began = True
             self._refuse(503, self._refusal)
             return
@@ -165,6 +187,8 @@ class LimitedHttp(HttpToolsProtocol):
             self._disarm()
             self._arm(self.request_timeout_s)
         super().data_received(data)
+        if self._slot == "asking" and not self.transport.is_closing():
+            self._refuse(503, self._refusal)  # past the caps, a probe's headers come at once
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -179,7 +203,7 @@ class LimitedHttp(HttpToolsProtocol):
             self._arm(self.request_timeout_s)
 
     def on_url(self, url: bytes) -> None:
-        if self._slot == "probe" and url.partition(b"?")[0] not in PROBE_PATHS:
+        if self._slot in ("asking", "probe") and url.partition(b"?")[0] not in PROBE_PATHS:
             self._not_a_probe = True
             raise _NotAProbe  # the parser stops; uvicorn calls send_400_response
         self._count(len(url))
@@ -188,6 +212,24 @@ class LimitedHttp(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count(len(name) + len(value) + 4)  # ": " and CRLF
         super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        books = self._books
+        if self._slot == "asking" and books is not None:  # a probe has arrived: answered
+            if books.reserve >= PROBE_RESERVE:  # from the reserve, if it has room
+                self._not_a_probe = True
+                raise _NotAProbe
+            self._slot = "probe"
+            books.reserve += 1
+        super().on_headers_complete()
+        if self._slot == "probe" and self.cycle is not None:
+            self.cycle.keep_alive = False  # one probe a connection: closed once answered
+
+    def on_response_complete(self) -> None:
+        if self._slot == "probe" and self._books is not None:  # its place, given back
+            self._slot = "asking"
+            self._books.reserve -= 1
+        super().on_response_complete()
 
     def on_message_complete(self) -> None:
         self._disarm()
@@ -205,8 +247,8 @@ class LimitedHttp(HttpToolsProtocol):
             self._refuse(400, "bad_request", "not an HTTP/1.1 request this server can read")
 
     def _admit(self) -> None:
-        """Take a slot: a whole one if the caps allow, else one in the probe reserve, else
-        none (the connection is answered 503 when it speaks)."""
+        """Take a slot: a whole one if the caps allow, else one of its address's two that
+        may ask for a probe, else none (the connection is answered 503 when it speaks)."""
         books: _Books | None = getattr(self.server_state, "dlr_books", None)
         if books is None:
             books = _Books()
@@ -222,11 +264,9 @@ class LimitedHttp(HttpToolsProtocol):
             books.admitted += 1
             books.per_client[self._host] += 1
             return
-        if (books.reserve < PROBE_RESERVE
-                and books.reserve_per_client[self._host] < PROBE_RESERVE_PER_CLIENT):
-            self._slot = "probe"
-            books.reserve += 1
-            books.reserve_per_client[self._host] += 1
+        if books.asking[self._host] < PROBE_RESERVE_PER_CLIENT:
+            self._slot = "asking"
+            books.asking[self._host] += 1
         else:  # counted now: it may never speak
             _refusals.refused(self._refusal)
             self._counted = True
@@ -238,9 +278,10 @@ class LimitedHttp(HttpToolsProtocol):
         if self._slot == "full":
             books.admitted -= 1
             counts = books.per_client
-        elif self._slot == "probe":
-            books.reserve -= 1
-            counts = books.reserve_per_client
+        elif self._slot in ("asking", "probe"):
+            if self._slot == "probe":
+                books.reserve -= 1
+            counts = books.asking
         else:
             return
         self._slot = None

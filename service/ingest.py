@@ -42,7 +42,7 @@ class Envelope(msgspec.Struct, frozen=True):
     error_status: int = 400  # the HTTP status that answers such a body
     url: str | None = None  # where a pulled body was fetched from
     replay: tuple[bytes, datetime] | None = None  # a signed push's replay key and its window
-    replayed: bool = False  # a replay of a push kept within its window: not written again
+    replayed: bool = False  # its replay key was held when it was written: not kept again
 
     def inbox_row(self, failure: str | None = None) -> store.InboxRow:
         if failure is not None:
@@ -265,11 +265,9 @@ class Ingestor:
                     self._queue.task_done()
 
     async def _write_batch(self, batch: list[tuple[Envelope, asyncio.Future[Envelope]]]) -> None:
-        batch = await self._without_replays(batch)
-        if not batch:
-            return
+        replayed: list[int] = []
         try:
-            await write(self._engine, [envelope for envelope, _ in batch])
+            await write(self._engine, [envelope for envelope, _ in batch], replayed)
         except DatabaseUnavailable as exc:
             for _, future in batch:
                 _settle(future, exc=exc)
@@ -281,34 +279,9 @@ class Ingestor:
                 for item in batch:
                     await self._write_batch([item])
             return
-        for envelope, future in batch:
-            _settle(future, envelope)
-
-    async def _without_replays(self, batch: list[tuple[Envelope, asyncio.Future[Envelope]]],
-                               ) -> list[tuple[Envelope, asyncio.Future[Envelope]]]:
-        """The batch less the replays of signed pushes already kept (or kept earlier in this
-        batch), which are settled as replayed: one look-up for the whole batch."""
-        keyed = [(e.source, e.replay[0]) for e, _ in batch if e.replay is not None]
-        if not keyed:
-            return batch
-        try:
-            async with db.statement(self._engine) as conn:
-                seen = await store.seen_replays(conn, keyed)
-        except DatabaseUnavailable as exc:
-            for _, future in batch:
-                _settle(future, exc=exc)
-            return []
-        kept: list[tuple[Envelope, asyncio.Future[Envelope]]] = []
-        for envelope, future in batch:
-            key = (envelope.source, envelope.replay[0]) if envelope.replay is not None else None
-            if key is not None and key in seen:
-                _settle(future, msgspec.structs.replace(envelope, replayed=True, reports=(),
-                                                        rejections=()))
-                continue
-            if key is not None:
-                seen.add(key)
-            kept.append((envelope, future))
-        return kept
+        for index, (envelope, future) in enumerate(batch):
+            _settle(future, msgspec.structs.replace(envelope, replayed=True)
+                    if index in replayed else envelope)
 
     async def _isolate(self, envelope: Envelope, future: asyncio.Future[Envelope]) -> None:
         """The body alone failed to merge: keep it and merge its reports one by one, so
@@ -351,9 +324,29 @@ def _settle(future: asyncio.Future[Envelope], result: Envelope | None = None, *,
         future.set_result(result)  # type: ignore[arg-type]
 
 
-async def write(engine: AsyncEngine, envelopes: Sequence[Envelope]) -> int:
-    """Every body into the inbox and every report merged, atomically; return rows changed."""
-    async with db.statement(engine) as conn:
+async def write(engine: AsyncEngine, envelopes: Sequence[Envelope],
+                replayed: list[int] | None = None) -> int:
+    """Every body into the inbox and every report merged, atomically; return rows changed.
+
+    A signed push whose replay key is held (kept within its window, by a request that
+    committed meanwhile, or earlier in `envelopes`) is not written: its index goes to
+    `replayed`. Its key is claimed in the transaction that keeps it, so that of identical
+    pushes arriving at once, on any replica, one is kept."""
+    keys = [(e.source, *e.replay) for e in envelopes if e.replay is not None]
+    async with db.transaction(engine) if keys else db.statement(engine) as conn:
+        if keys:
+            claimed = await store.claim_replays(conn, keys)
+            kept = []
+            for index, envelope in enumerate(envelopes):
+                if envelope.replay is not None:
+                    key = (envelope.source, envelope.replay[0])
+                    if key not in claimed:
+                        if replayed is not None:
+                            replayed.append(index)
+                        continue
+                    claimed.discard(key)  # the same key again in this batch: a replay
+                kept.append(envelope)
+            envelopes = kept
         written = await store.write(conn, [e.inbox_row() for e in envelopes],
                                     [(r, e.channel) for e in envelopes for r in e.reports])
     # committed (one statement, or the pooler's transaction ended with the block)

@@ -342,13 +342,22 @@ async def intermediate_due(conn: AsyncConnection, source: str, closing: Mapping[
     return (await conn.execute(query)).all()
 
 
-async def seen_replays(conn: AsyncConnection, keys: Sequence[tuple[str, bytes]],
-                       ) -> set[tuple[str, bytes]]:
-    """Of these (source, replay key) pairs, those of pushes kept whose window has not ended."""
-    r = push_replays.c
-    found = await conn.execute(sa.select(r.source, r.key).where(
-        sa.tuple_(r.source, r.key).in_(keys), r.expires_at > sa.func.now()))
-    return {(row.source, row.key) for row in found}
+async def claim_replays(conn: AsyncConnection, keys: Sequence[tuple[str, bytes, datetime]],
+                        ) -> set[tuple[str, bytes]]:
+    """Record these replay keys (source, key, until), in the transaction that keeps their
+    bodies; return those not held already (a key past its window is taken again). A key a
+    concurrent transaction has just recorded waits for it: once that commits, it is held.
+    One row a key, in one order, so that two claims cannot deadlock."""
+    rows = sorted({(source, key): until for source, key, until in keys}.items())
+    insert = pg.insert(push_replays).values(
+        [{"source": source, "key": key, "expires_at": until} for (source, key), until in rows])
+    claimed = await conn.execute(insert.on_conflict_do_update(
+        index_elements=[push_replays.c.source, push_replays.c.key],
+        set_={"expires_at": insert.excluded.expires_at},
+        where=push_replays.c.expires_at <= sa.func.now(),
+    ).returning(push_replays.c.source, push_replays.c.key))
+    return {(row.source, row.key) for row in claimed}
+
 
 
 async def forget_replays(conn: AsyncConnection) -> int:

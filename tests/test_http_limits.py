@@ -289,3 +289,90 @@ def test_idle_sockets_from_one_address_leave_probes_and_signed_pushes_answering(
             finally:
                 for conn in idle:
                     conn.close()
+
+
+UPGRADE = (b"GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, close\r\n"
+           b"Upgrade: websocket\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+
+def test_websocket_upgrades_give_their_connections_back(server_url: str, tmp_path: Path) -> None:
+    """The service has no WebSocket route: an upgrade request is a plain request, and its
+    connection's slot is given back when it closes. (Handed to uvicorn's WebSocket protocol,
+    a connection never gave its slot back: DLR_MAX_CONNECTIONS upgrades, each closed at
+    once, left the service refusing every request until it restarted.)"""
+    config = hooked_config(tmp_path, "ws-hook")
+    with scratch_database(server_url) as url:
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
+                            "DLR_PORT": str(free_port()), "DLR_MAX_CONNECTIONS": "4",
+                            "DLR_MAX_CONNECTIONS_PER_CLIENT": "4"}
+        with serving(env, "--no-reconciler") as served:
+            for _ in range(10):
+                with connect(served) as conn:
+                    conn.sendall(UPGRADE)
+                    assert answer(conn).startswith(b"HTTP/1.1 200 ")
+            assert open_slots(served) == 1
+            with served.client() as client:
+                assert client.post("/webhooks/ib", headers={"X-Hook": "ws-hook"},
+                                   content=SEED).status_code == 200
+
+
+def test_a_flood_of_unreadable_requests_is_not_a_flood_of_log_lines(served: Served) -> None:
+    """uvicorn warns once per request it cannot parse or whose upgrade it does not take;
+    those are answered and counted here, and logged at most once per 10 s per reason."""
+    time.sleep(0.5)  # what earlier tests logged is written
+    before = len(served.printed().splitlines())
+    for payload in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+                    f"GET / HTTP/1.1\r\nX-Pad: {'a' * 5000}\r\n\r\n".encode(),
+                    b"GET /health/live HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, close\r\n"
+                    b"Upgrade: h2c\r\n\r\n"):
+        for _ in range(25):
+            with connect(served) as conn:
+                conn.sendall(payload)
+                answer(conn)
+    time.sleep(0.5)
+    added = served.printed().splitlines()[before:]
+    assert not [line for line in added if "uvicorn.error" in line], added[:3]
+    # the upgrades' access lines (served), and a refusal summary per reason at most
+    assert len(added) <= 25 + 2, added[:5]
+
+
+def bound_to(address: str, served: Served) -> socket.socket:
+    conn = socket.socket()
+    conn.bind((address, 0))
+    conn.settimeout(20)
+    conn.connect(("127.0.0.1", int(served.base.rsplit(":", 1)[1])))
+    return conn
+
+
+def test_idle_sockets_from_many_addresses_leave_the_probes_their_reserve(
+        server_url: str, tmp_path: Path) -> None:
+    """Every slot taken, then two idle sockets from each of ten other addresses (more than
+    the reserve's sixteen): the probes from here still answer, as a place in the reserve is
+    taken only by a probe that has arrived, and given back with its answer. A probe past
+    the caps must come at once: one sent in pieces is refused, and holds nothing."""
+    config = hooked_config(tmp_path, "reserve-hook")
+    with scratch_database(server_url) as url:
+        env = os.environ | {"DLR_DATABASE_URL": url, "DLR_CONFIG": str(config),
+                            "DLR_PORT": str(free_port()), "DLR_MAX_CONNECTIONS": "4",
+                            "DLR_MAX_CONNECTIONS_PER_CLIENT": "4",
+                            "DLR_FIRST_BYTE_TIMEOUT_S": "30"}
+        with serving(env, "--no-reconciler") as served, contextlib.ExitStack() as held:
+            for _ in range(4):
+                held.enter_context(bound_to("127.0.0.2", served))
+            wait_until(lambda: open_slots(served) == 0)
+            for host in range(3, 13):
+                for _ in range(2):
+                    held.enter_context(bound_to(f"127.0.0.{host}", served))
+            piecemeal = held.enter_context(bound_to("127.0.0.13", served))
+            piecemeal.sendall(b"GET /health/li")
+            time.sleep(0.2)
+            with contextlib.suppress(OSError):
+                piecemeal.sendall(b"ve HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert answer(piecemeal).startswith(b"HTTP/1.1 503 ")
+            for path in ("/health/live", "/health/ready", "/metrics") * 3:
+                with connect(served) as probe:
+                    probe.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                    reply = answer(probe)  # closed once answered, though it asked for none
+                assert reply.startswith(b"HTTP/1.1 200 "), (path, reply[:200])
+                assert b"\r\nconnection: close\r\n" in reply.lower()

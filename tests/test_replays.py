@@ -1,21 +1,23 @@
 """A signed push replayed within its window is recognised: answered 200, not kept again,
 counted. Standard Webhooks by `webhook-id`, Vonage by `nonce`, Twilio (which signs no
-time) by its signature and body; the key is kept in the statement that keeps the body."""
+time) by its signature and query; the key is claimed in the transaction that keeps the body."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
+import msgspec
 import pytest
 import sqlalchemy as sa
 from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from service import store
+from service import ingest, store
 from service.app import create_app
 from service.providers.vonage.fake import receipt
 from service.tables import inbox, push_replays
@@ -106,6 +108,50 @@ async def test_a_replay_after_its_window_is_kept_again(client: TestClient,
     assert await count(engine, inbox) == 2
 
 
+async def test_a_replay_after_its_window_holds_the_key_again(client: TestClient,
+                                                             engine: AsyncEngine) -> None:
+    """The first replay past the window is kept, and takes the key for a new window: the
+    next is a replay again (the key's old row, not yet forgotten, is renewed)."""
+    push = twilio()
+    assert (await push(client)).status_code == 200
+    async with engine.begin() as conn:
+        await conn.execute(sa.update(push_replays).values(
+            expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert "replayed" not in (await push(client)).json()
+    assert (await push(client)).json()["replayed"] is True
+    assert await count(engine, inbox) == 2
+
+
+def keyed_push(message_id: str) -> ingest.Envelope:
+    """A signed push as the webhook hands it to the ingestor: decoded, with its replay key."""
+    source = make_settings().sources["ib-signed"]
+    decoded = ingest.decode(source, "push", body(report(message_id)), "application/json",
+                            ingest.decoder_for(source, None, "application/json"))
+    until = datetime.now(UTC) + timedelta(minutes=5)
+    return msgspec.structs.replace(decoded, replay=(store.sha256(message_id.encode()), until))
+
+
+async def test_identical_pushes_at_once_keep_one_body(engine: AsyncEngine) -> None:
+    """Twenty copies of one signed push at once, none seeing another's key before it was
+    committed: one is kept, nineteen are replays, whether they are written in one batch
+    or by transactions side by side. (Checked only before the write, each was kept.)"""
+    ingestor = ingest.Ingestor(engine)
+    await ingestor.start()
+    try:
+        push = keyed_push("m-at-once")
+        written = await asyncio.gather(*[ingestor.ingest(push) for _ in range(20)])
+    finally:
+        await ingestor.stop()
+    assert await count(engine, inbox) == 1
+    assert sorted(e.replayed for e in written) == [False] + [True] * 19
+    side_by_side = keyed_push("m-side-by-side")
+    replayed: list[list[int]] = [[] for _ in range(8)]
+    await asyncio.gather(*[ingest.write(engine, [side_by_side], into) for into in replayed])
+    assert sorted(len(into) for into in replayed) == [0] + [1] * 7
+    assert await count(engine, inbox) == 2
+    assert await count(engine, push_replays) == 2
+
+
 async def test_keys_whose_window_ended_are_forgotten(client: TestClient,
                                                      engine: AsyncEngine) -> None:
     for make in (standard_webhooks, twilio):
@@ -126,3 +172,22 @@ async def test_unsigned_pushes_are_never_taken_for_replays(client: TestClient,
         answer = await client.post("/webhooks/ib", content=payload, auth=("hook", "hook-password"))
         assert answer.status_code == 200 and "replayed" not in answer.json()
     assert (await count(engine, inbox), await count(engine, push_replays)) == (2, 0)
+
+
+async def test_a_twilio_callback_written_again_differently_is_a_replay(
+        client: TestClient, engine: AsyncEngine) -> None:
+    """Twilio's signature covers the URL and the form's parameters sorted, each value once:
+    the same callback with its parameters reordered, one repeated, or a name
+    percent-encoded carries the same signature, and is the same replay. (Keyed by the body
+    as sent, each of these was kept again, as many times as it could be rewritten.)"""
+    params = test_twilio.callback(test_twilio.resource(3), "delivered")
+    headers = test_twilio.signed(params)
+    pairs = list(params.items())
+    first = urlencode(pairs).encode()
+    rewritten = [urlencode(pairs[::-1]).encode(), first + b"&" + urlencode(pairs[:1]).encode(),
+                 first.replace(b"MessageSid=", b"%4DessageSid="), first + b"&"]
+    assert (await client.post("/webhooks/tw", content=first, headers=headers)).status_code == 200
+    for content in rewritten:
+        again = await client.post("/webhooks/tw", content=content, headers=headers)
+        assert again.status_code == 200 and again.json()["replayed"] is True, again.text
+    assert await count(engine, inbox) == 1

@@ -151,12 +151,12 @@ def test_forty_unverified_8_mib_bodies_leave_memory_where_it_was(served: Served,
 
 
 def test_past_the_budget_a_signed_body_gets_503_with_retry_after(served: Served) -> None:
-    """Two bodies of 8 MiB take the 16 MiB budget while they arrive: a third is refused
-    by its Content-Length at once; once they are gone, a good push goes through."""
+    """Two bodies of 8 MiB take the 16 MiB budget as they arrive: a third is refused at
+    once; once they are gone, a good push goes through."""
     with connect(served) as one, connect(served) as two:
         for conn in (one, two):
-            conn.sendall(head("sw", 8 * MB) + b"{")
-        wait_until(lambda: unverified_bytes(served) == 16 * MB)
+            conn.sendall(head("sw", 8 * MB) + b"{" + b" " * (8 * MB - 2))
+        wait_until(lambda: unverified_bytes(served) == 16 * MB - 2)
         before = refusals(served, "sw", "budget")
         with connect(served) as third:
             third.sendall(head("sw", 1000) + b"{" * 1000)
@@ -165,6 +165,19 @@ def test_past_the_budget_a_signed_body_gets_503_with_retry_after(served: Served)
         assert refusals(served, "sw", "budget") == before + 1
     wait_until(lambda: unverified_bytes(served) == 0)
     assert signed_push(served, SEED).status_code == 200
+
+
+def test_a_length_declared_holds_none_of_the_budget_until_its_bytes_come(
+        served: Served) -> None:
+    """Two sockets that declare 8 MiB each and send nothing more hold none of the budget:
+    a good push from elsewhere goes through. (Taken whole from the Content-Length, they
+    left every signed push of the process answered 503 for as long as they stayed.)"""
+    with connect(served) as one, connect(served) as two:
+        for conn in (one, two):
+            conn.sendall(head("sw", 8 * MB))
+        time.sleep(0.5)  # read, and answered (or not) by now
+        assert unverified_bytes(served) == 0
+        assert signed_push(served, SEED).status_code == 200
 
 
 def test_a_receipt_over_its_kind_limit_is_refused_before_it_is_read(served: Served) -> None:

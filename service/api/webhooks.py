@@ -11,7 +11,7 @@ the body is read; where a signature needs the body, the body is read against its
 size limit and a process-wide budget of unverified bytes (503 with Retry-After past it),
 and hashed as it arrives, so that nothing scaling with the body runs before the last byte.
 A signed push whose key (Standard Webhooks `webhook-id`, Vonage `nonce`, Twilio signature
-and body) was kept within its window is a replay: answered 200, not kept again.
+and query) was kept within its window is a replay: answered 200, not kept again.
 """
 
 from __future__ import annotations
@@ -164,8 +164,10 @@ class _Twilio:
             raise Unauthorized("wrong X-Twilio-Signature", self.gate.challenge)
 
     def replay_key(self, body: bytes) -> tuple[bytes, datetime] | None:
-        # What was signed: the signature, the query and the body
-        key = store.sha256(b"\0".join([self.signature.encode(), self.query.encode(), body]))
+        # What was signed, which the signature stands for: the URL with its query, and the
+        # form's parameters sorted (each value once) or a JSON body's bodySHA256. Not the
+        # body as sent: reordered, repeated or encoded otherwise it is the same callback.
+        key = store.sha256(b"\0".join([self.signature.encode(), self.query.encode()]))
         return key, datetime.now(UTC) + timedelta(seconds=TWILIO_REPLAY_WINDOW_S)
 
 
@@ -437,12 +439,7 @@ async def _read(request: Request[None, None, State], source: str, limit: tuple[i
     declared = request.content_length
     if declared is not None and declared > limit[0]:
         raise _unread(_too_large(source, limit))
-    held = declared or 0  # a declared length is taken whole before a byte is read
-    if take is not None:
-        try:
-            take(held)
-        except Busy as exc:
-            raise _unread(exc) from None
+    held = 0  # bytes taken from the budget as they arrive: a length declared is not held yet
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -512,7 +509,7 @@ async def _receive(source: str, request: Request[None, None, State], body: bytes
     # As committed: a report the merge failed on (a bug) is a rejection, and its body kept
     # for replay, so the provider need not send it again.
     envelope = await ingestor.ingest(decoded)
-    if envelope.replayed:  # looked up with the other pushes of its write
+    if envelope.replayed:  # the same push, kept meanwhile by a request beside this one
         metrics.REPLAYS.labels(source).inc()
         return Accepted(0, [], 0, replayed=True)
     metrics.WEBHOOK_REPORTS.labels(source, "accepted").inc(len(envelope.reports))

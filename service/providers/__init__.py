@@ -333,7 +333,10 @@ def _top_level_unique(body: bytes) -> None:
     text = body.lstrip()
     if text[:1] != b"{":
         return
-    members = _members.decode(text)
+    try:
+        members = _members.decode(text)
+    except msgspec.DecodeError as exc:  # a key the decoder skipped unread, not UTF-8, say
+        raise BadRequest(f"invalid JSON: {exc}") from None
     colons = len(members) + sum(key.count(":") for key in members) + sum(
         bytes(value).count(b":") for value in members.values())
     if colons == text.count(b":") and not _escaped_colon(text):

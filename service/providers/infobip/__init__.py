@@ -255,6 +255,10 @@ def _xml_tree(body: bytes) -> Element:
                          "accepted") from None
     except expat.ExpatError as exc:  # expat's words: "not well-formed (invalid token): …"
         raise BadRequest(f"invalid XML: {str(exc)[:200]}") from None
+    except (LookupError, ValueError):  # a declared encoding expat cannot read: unknown (a
+        # LookupError), multi-byte or not text (ValueError, UnicodeError)
+        raise BadRequest("invalid XML: its encoding cannot be read (declare UTF-8, UTF-16 "
+                         "or a one-byte encoding)") from None
 
 
 def _no_dtd(name: str, sysid: str | None, pubid: str | None, has_internal_subset: bool) -> None:
