@@ -52,6 +52,20 @@ def mask(text: str) -> str:
     return _NUMBER.sub(_masked, text)
 
 
+def mask_number_in(text: str, number: str) -> str:
+    """`text` with `number` masked where it is written in it (as mask() masks it), whole or
+    in a national form (its last 7 digits among a run's); other numbers, and times, kept."""
+    tail = "".join(c for c in number if c.isdecimal())[-7:]
+    if len(tail) < 7:
+        return text
+
+    def masked(match: re.Match[str]) -> str:
+        found = "".join(c for c in match[0] if c.isdecimal())
+        return match[0] if match["time"] or tail not in found else _masked(match)
+
+    return _NUMBER.sub(masked, text)
+
+
 def _masked(match: re.Match[str]) -> str:
     if match["time"]:
         return match[0]

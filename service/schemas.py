@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from service.errors import BadRequest
-from service.logs import mask
+from service.logs import mask, mask_number_in
 
 # The times a request may name. Anything else is a mistake, and may not survive the trip to
 # the database (year 1 or 9999 moved to UTC leaves Python's calendar).
@@ -177,10 +177,14 @@ Shown = TypeVar("Shown", bound=msgspec.Struct)
 
 def without_pii(item: Shown) -> Shown:
     """`item` (a message, a gap) as a token without the pii scope sees it: its recipient
-    masked as the logs mask numbers, its text (if it has one) withheld."""
+    masked as the logs mask numbers, also where its id holds it (Sinch, Vonage and DiceSMS
+    ids are made of it), its text (if it has one) withheld."""
     changes: dict[str, Any] = {}
-    if getattr(item, "to", None) is not None:
-        changes["to"] = mask(item.to)  # type: ignore[attr-defined]
+    if (to := getattr(item, "to", None)) is not None:
+        changes["to"] = mask(to)
+        message_id = getattr(item, "message_id", None)
+        if message_id and (hidden := mask_number_in(message_id, to)) != message_id:
+            changes["message_id"] = hidden
     if getattr(item, "text", None) is not None:
         changes["text"] = None
     return msgspec.structs.replace(item, **changes) if changes else item

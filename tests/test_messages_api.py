@@ -178,6 +178,42 @@ async def test_numbers_and_texts_need_the_pii_scope(client: Client, engine: Asyn
             assert item["text"] == (texts[item["message_id"]] if full else None)
 
 
+@pytest.mark.parametrize(("token", "full"), [(MASKED_TOKEN, False), (READ_TOKEN, True)])
+async def test_an_id_made_of_the_number_needs_the_pii_scope_too(
+        client: Client, engine: AsyncEngine, token: str, full: bool) -> None:
+    """Sinch, Vonage and DiceSMS ids are made of the recipient's number: without `pii` it is
+    masked there as in `to` (an Infobip id of digits is not the number, and stays), and
+    pages still go through every message once. (The ids showed every number in full.)"""
+    ids = {"01FC66621XXXXX119Z8PMV1QPQ:447700900123": "+447700900123",
+           "order-7@+447700900000": "+447700900000",
+           "9841000000@2026-11-01T10:00:00.000000+05:45": "+9779841000000",
+           "2033247207850523791": "+41793026727"}
+    observed = [(rules.observation(source="ib", message_id=message_id, status="DELIVERED",
+                                   to=to, sent_at=datetime(2026, 11, 1, tzinfo=UTC)), "push")
+                for message_id, to in ids.items()]
+    async with engine.begin() as conn:
+        await store.write(conn, [], observed)
+    headers = {"Authorization": f"Bearer {token}"}
+    shown, cursor = [], None
+    for _ in range(2 * len(ids)):  # a cursor made of a masked id would go round for ever
+        page = (await client.get("/v1/messages", headers=headers, params={
+            "limit": 1, **({"cursor": cursor} if cursor else {})})).json()
+        shown += page["items"]
+        if not (cursor := page["next_cursor"]):
+            break
+    shown += (await client.get("/v1/changes", headers=headers)).json()["items"]
+    assert len(shown) == 2 * len(ids) and len({item["message_id"] for item in shown}) == len(ids)
+    for item in shown:
+        if full:
+            assert ids[item["message_id"]] == item["to"]
+        else:
+            assert not [number for number in ids.values() if number[-7:] in item["message_id"]]
+    if not full:
+        assert {item["message_id"] for item in shown} == {
+            "01FC66621XXXXX119Z8PMV1QPQ:4477******23", "order-7@+4477******00",
+            "98******00@2026-11-01T10:00:00.000000+05:45", "2033247207850523791"}
+
+
 async def test_every_message_says_its_country_and_can_be_found_by_it(client: Client) -> None:
     """`country` is the recipient's (ISO 3166 alpha-2, from `to`), null when it cannot be
     told; in every answer carrying messages, and a filter in any case."""

@@ -19,8 +19,9 @@ SCOPES_KEY = "dlr.scopes"  # ASGI scope key: the scopes of the request's token
 # Recipients' numbers in full and message texts: `pii`, or `admin` (whose inbox holds the
 # raw bodies anyway).
 PII_SCOPES = frozenset({"pii", "admin"})
-PII_NOTE = ("A token without the `pii` scope (or `admin`) sees `to` masked (`+417******27`) "
-            "and `text` null.")
+PII_NOTE = ("A token without the `pii` scope (or `admin`) sees `to` masked (`+417******27`), "
+            "also where `message_id` holds it (Sinch, Vonage and DiceSMS ids), and `text` "
+            "null.")
 
 
 class TokenBook:

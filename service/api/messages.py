@@ -107,6 +107,6 @@ async def list_messages(
     if not sees_pii(request):
         items = [without_pii(item) for item in items]
     next_cursor = None
-    if len(rows) > limit:
-        next_cursor = encode_cursor((items[-1].source, items[-1].message_id))
+    if len(rows) > limit:  # the row's own id: a token without pii sees some ids masked
+        next_cursor = encode_cursor((rows[limit - 1].source, rows[limit - 1].message_id))
     return MessagePage(items, next_cursor)

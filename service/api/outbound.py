@@ -191,7 +191,8 @@ def parse_duration(text: str) -> timedelta:
      security=bearer("read"), operation_class=Documented,
      summary="Registered messages with no final status after a grace period (default 48h), "
              "oldest first, keyset-paginated",
-     description="A token without the `pii` scope (or `admin`) sees `to` masked.")
+     description="A token without the `pii` scope (or `admin`) sees `to` masked, also where "
+                 "`message_id` holds it.")
 async def list_gaps(state: State, request: Request[Any, Any, State],
                     source: FromQuery[str | None] = None,
                     older_than: FromQuery[str] = "48h",
