@@ -213,6 +213,22 @@ def test_every_kind_rejects_a_deeply_nested_item_alone() -> None:
             (1, f"$.{field}[1]: nested too deeply")], kind
 
 
+async def test_a_lone_surrogate_rejects_its_report_alone(client: Client) -> None:
+    """`\\ud83d` without its other half (an emoji cut short, in a callbackData the sender
+    truncated) is JSON that msgspec will not read: that report is rejected alone, the
+    others merged; outside the reports it refuses the body. (It refused every report of
+    the body, pushed or in a pulled page.)"""
+    cut = json.dumps(report("cut-1"))[:-1] + ', "callbackData": "order 7 \\ud83d"}'
+    whole = json.dumps(report("ok-2", callbackData="\U0001F600"))  # \ud83d\ude00: a pair
+    body = f'{{"results": [{json.dumps(report("ok-0"))}, {cut}, {whole}]}}'.encode()
+    answer = await push(client, body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 2
+    assert [r["index"] for r in answer.json()["rejected"]] == [1]
+    outside = f'{{"results": [{json.dumps(report("ok-3"))}], "x": "\\udc00"}}'.encode()
+    assert (await push(client, outside)).status_code == 400
+
+
 async def test_a_deeply_nested_registration_is_rejected_alone(client: Client) -> None:
     good = {"source": "ib", "sent_at": "2026-11-01T10:00:00Z", "message_id": "reg-ok"}
     body = f'[{json.dumps(good)}, {{"source": "ib", "x": {deep(3000)}}}]'.encode()

@@ -317,13 +317,20 @@ def read_json(decoder: msgspec.json.Decoder[Page], body: bytes, what: str, *,
     except msgspec.ValidationError as exc:
         raise BadRequest(f"not {what}: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"invalid JSON: {exc}") from None
+        if items is None or not _SURROGATE.search(body):
+            raise BadRequest(f"invalid JSON: {exc}") from None
+        # JSON msgspec will not read, a lone surrogate (\ud83d, half an emoji cut short):
+        # the item holding it is rejected alone when it is judged
+        return _cut_out(decoder, body, what, items, unreadable=True)
     except RecursionError:
         if items is None:
             raise BadRequest("invalid JSON: nested too deeply") from None
         return _cut_out(decoder, body, what, items)
     _top_level_unique(body)
     return page
+
+
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # a UTF-16 surrogate written as an escape
 
 
 def _top_level_unique(body: bytes) -> None:
@@ -366,10 +373,12 @@ def _keys(text: bytes, members: list[tuple[int, int, int]]) -> list[str]:
     return keys
 
 
-def _cut_out(decoder: msgspec.json.Decoder[Page], body: bytes, what: str, items: str) -> Page:
+def _cut_out(decoder: msgspec.json.Decoder[Page], body: bytes, what: str, items: str,
+             unreadable: bool = False) -> Page:
     """The body decoded with its list of items cut out by hand (one of them nests deeper
-    than msgspec goes): the rest decoded from the body with an empty list in its place,
-    each item given raw. The items are checked to be JSON, but for their depth."""
+    than msgspec goes, or holds what it will not read: `unreadable`): the rest decoded from
+    the body with an empty list in its place, each item given raw. The items are checked
+    to be JSON, but for their depth (and, `unreadable`, what msgspec will not read)."""
     text = body.rstrip()
     try:
         start = _skip_space(text, 0)
@@ -382,8 +391,9 @@ def _cut_out(decoder: msgspec.json.Decoder[Page], body: bytes, what: str, items:
                 raise BadRequest(f"not {what}: no {items!r} list")
             at, listed, end = inner
         raws = [msgspec.Raw(text[first:last]) for first, _, last in listed]
+        tolerated = (RecursionError, msgspec.DecodeError) if unreadable else (RecursionError,)
         for raw in raws:
-            with contextlib.suppress(RecursionError):  # that one is rejected when judged
+            with contextlib.suppress(*tolerated):  # that one is rejected when judged
                 _raw.decode(raw)
         rest = decoder.decode(text[:at] + b"[]" + text[end:])
     except (ValueError, msgspec.DecodeError) as exc:  # msgspec.DecodeError: invalid JSON
