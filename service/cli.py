@@ -257,8 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     try:
-        # the long-running commands write their logs from a thread of their own
-        logs.configure(queued=args.command in ("serve", "worker"))
+        logs.configure()
         return _run(args)
     except ConfigError as exc:
         return _fail(Exit.CONFIG, f"config error: {exc}")
@@ -406,6 +405,7 @@ def _serve_on(listener: socket.socket, settings: Settings, host: str | None, por
     if workers == 1:
         server = uvicorn.Server(uvicorn.Config(
             create_app(settings, url, reconciler=reconciler, reload=load_settings), **options))
+        logs.queued()  # serving: logs are written from a thread of their own
         server.run(sockets=[listener])
         if not server.started:  # the app did not start (logged)
             return Exit.FAILED
@@ -707,6 +707,7 @@ def _work(settings: Settings, listener: socket.socket | None) -> int:
     _warn_without_config(settings)
     log.info("reconciler running" + (f"; probes and metrics on http://{settings.host}:"
                                      f"{settings.worker_port}" if listener else ""))
+    logs.queued()  # running: logs are written from a thread of their own
     asyncio.run(forever())
     return Exit.OK
 

@@ -253,6 +253,21 @@ class QueuedHandler(logging.handlers.QueueHandler):
 _listener: logging.handlers.QueueListener | None = None
 
 
+def queued() -> None:
+    """From now on, records reach the handlers configured through a queue and a thread of
+    their own (serve and worker, once they run): a log call costs the event loop a record
+    and a queue put, not a regex pass and a blocking write."""
+    global _listener
+    root = logging.getLogger()
+    if _listener is not None or not root.handlers:
+        return
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(records, *root.handlers,
+                                               respect_handler_level=True)
+    _listener.start()
+    root.handlers = [QueuedHandler(records)]
+
+
 def configure(fmt: str | None = None, level: int = logging.INFO, *,
               queued: bool = False) -> None:
     """Log to stderr as JSON lines, or as text lines (`fmt` "text"); by default as
