@@ -54,10 +54,8 @@ class Envelope(msgspec.Struct, frozen=True):
             reason = msgspec.json.encode(self.rejections[:MAX_REJECTIONS_LISTED]).decode()
         else:
             state, reason = "accepted", None
-        key, until = self.replay or (None, None)
         return store.InboxRow(self.source, self.channel, self.content_type, self.body, state,
-                              len(self.reports), len(self.rejections), reason, self.url,
-                              key, until)
+                              len(self.reports), len(self.rejections), reason, self.url)
 
     def without(self, failed: Sequence[Report]) -> Envelope:
         """This envelope less the reports that could not be merged, now rejections."""
@@ -290,6 +288,8 @@ class Ingestor:
                       extra={"source": envelope.source})
         try:
             async with db.transaction(self._engine) as conn:
+                if envelope.replay is not None:  # claimed with the body, as write() claims it
+                    await store.claim_replays(conn, [(envelope.source, *envelope.replay)])
                 written, failed = await merge_alone(
                     conn, [(r, envelope.channel) for r in envelope.reports])
                 envelope = envelope.without(failed)

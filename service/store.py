@@ -50,9 +50,6 @@ class InboxRow(msgspec.Struct, frozen=True):
     rejected: int
     reason: str | None
     url: str | None = None
-    # A signed push's replay key (push_replays), kept with it until `replay_until`
-    replay_key: bytes | None = None
-    replay_until: datetime | None = None
 
 
 def _unnest(table: sa.Table, names: Sequence[str], prefix: str) -> Any:
@@ -161,8 +158,7 @@ def _upsert_messages() -> Any:
                   for name in ("source", "message_id", "status", "sent_at", "done_at")])
 
 
-_INBOX_FIELDS = tuple(f for f in InboxRow.__struct_fields__ if not f.startswith("replay_"))
-_REPLAY_FIELDS = ("source", "key", "expires_at")
+_INBOX_FIELDS = tuple(InboxRow.__struct_fields__)
 _HISTORY_FIELDS = ("source", "message_id", "obs_hash", "channel", "sent_month", "status",
                    "status_id", "status_name", "done_at")
 
@@ -172,9 +168,7 @@ _HISTORY_FIELDS = ("source", "message_id", "obs_hash", "channel", "sent_month", 
 _WRITE = (_upsert_messages()
           .add_cte(_insert_from(inbox, _INBOX_FIELDS, "i").cte("new_inbox"))
           .add_cte(_insert_from(message_history, _HISTORY_FIELDS, "h")
-                   .on_conflict_do_nothing().cte("new_history"))
-          .add_cte(_insert_from(push_replays, _REPLAY_FIELDS, "r")
-                   .on_conflict_do_nothing().cte("new_replays")))
+                   .on_conflict_do_nothing().cte("new_history")))
 
 
 class _Observed(msgspec.Struct, frozen=True):
@@ -220,10 +214,7 @@ async def write(conn: AsyncConnection, bodies: Sequence[InboxRow],
     history = sorted({(r.source, r.message_id, r.obs_hash, channel): _Observed(
         r.source, r.message_id, r.obs_hash, channel, month_start(r.sent_at or r.done_at or now),
         r.status, r.status_id, r.status_name, r.done_at) for r, channel in observed}.items())
-    replays = [(b.source, b.replay_key, b.replay_until) for b in bodies
-               if b.replay_key is not None]
     params = (_columns(bodies, _INBOX_FIELDS, "i")
-              | {f"r_{name}": [r[i] for r in replays] for i, name in enumerate(_REPLAY_FIELDS)}
               | _columns([h for _, h in history], _HISTORY_FIELDS, "h")
               | _columns(merged, REPORT_FIELDS, "m"))
     rows = (await conn.execute(_WRITE, params)).all()
@@ -312,7 +303,7 @@ async def list_messages(conn: AsyncConnection, where: MessageFilter, limit: int,
 
 async def keep_raw(conn: AsyncConnection, row: InboxRow) -> int:
     """Store one raw body before anything else happens to it; return its inbox id."""
-    values = {name: getattr(row, name) for name in _INBOX_FIELDS}
+    values = msgspec.structs.asdict(row)
     return int(await conn.scalar(sa.insert(inbox).values(values).returning(inbox.c.id)))
 
 

@@ -294,14 +294,7 @@ class Gate:
         if not (headers.get(SINCH_SIGNATURE) and headers.get(SINCH_NONCE)):
             raise Unauthorized("missing X-Sinch-Webhook-Signature, -Nonce or -Timestamp",
                                self.challenge)
-        stamp = headers.get(SINCH_TIMESTAMP, "")
-        if not TIMESTAMP.match(stamp):
-            raise Unauthorized("X-Sinch-Webhook-Signature-Timestamp is not a number of "
-                               "seconds", self.challenge)
-        if abs(time.time() - int(stamp)) > tolerance_s:
-            raise Unauthorized("X-Sinch-Webhook-Signature-Timestamp outside the accepted "
-                               "window", self.challenge)
-        return int(stamp)
+        return self._fresh(headers, "X-Sinch-Webhook-Signature-Timestamp", tolerance_s)
 
     def _allowed(self, client_ip: str | None) -> bool:
         try:
@@ -323,13 +316,16 @@ class Gate:
         if not (headers.get("webhook-id") and headers.get("webhook-signature")):
             raise Unauthorized("missing webhook-id, webhook-timestamp or webhook-signature",
                                self.challenge)
-        stamp = headers.get("webhook-timestamp", "")
+        return self._fresh(headers, "webhook-timestamp", tolerance_s)
+
+    def _fresh(self, headers: Mapping[str, str], header: str, tolerance_s: int) -> int:
+        """The signing time a header says (seconds since 1970), within `tolerance_s` of now."""
+        stamp = headers.get(header.lower(), "")
         if not TIMESTAMP.match(stamp):
-            raise Unauthorized("webhook-timestamp is not a number of seconds", self.challenge)
-        timestamp = int(stamp)
-        if abs(time.time() - timestamp) > tolerance_s:
-            raise Unauthorized("webhook-timestamp outside the accepted window", self.challenge)
-        return timestamp
+            raise Unauthorized(f"{header} is not a number of seconds", self.challenge)
+        if abs(time.time() - int(stamp)) > tolerance_s:
+            raise Unauthorized(f"{header} outside the accepted window", self.challenge)
+        return int(stamp)
 
 
 def _challenge(name: str, hook: WebhookConfig) -> str:
@@ -439,19 +435,17 @@ async def _read(request: Request[None, None, State], source: str, limit: tuple[i
     declared = request.content_length
     if declared is not None and declared > limit[0]:
         raise _unread(_too_large(source, limit))
-    held = 0  # bytes taken from the budget as they arrive: a length declared is not held yet
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit[0]:
             raise _unread(_too_large(source, limit))
-        if take is not None and size > held:
+        if take is not None:  # taken as they arrive: a length declared holds nothing yet
             try:
-                take(size - held)
+                take(len(chunk))
             except Busy as exc:
                 raise _unread(exc) from None
-            held = size
         if check is not None:
             check.update(chunk)
         chunks.append(chunk)
