@@ -684,6 +684,9 @@ def _work(settings: Settings, listener: socket.socket | None) -> int:
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, log.warning, "SIGHUP ignored: the reconciler "
                                 "reads DLR_CONFIG when it starts; restart it to change sources")
+        # said once SIGTERM stops it cleanly: whoever waits for this line may send it
+        log.info("reconciler running" + (f"; probes and metrics on http://{settings.host}:"
+                                         f"{settings.worker_port}" if listener else ""))
         # sources are pulled side by side, each holding at most one connection at a time,
         # and a probe takes one more
         engine = db.create_engine(url, settings.db_timeout_s, pool_size=len(settings.sources) + 3)
@@ -705,8 +708,6 @@ def _work(settings: Settings, listener: socket.socket | None) -> int:
             await engine.dispose()
 
     _warn_without_config(settings)
-    log.info("reconciler running" + (f"; probes and metrics on http://{settings.host}:"
-                                     f"{settings.worker_port}" if listener else ""))
     logs.queued()  # running: logs are written from a thread of their own
     asyncio.run(forever())
     return Exit.OK
